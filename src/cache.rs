@@ -1,0 +1,292 @@
+//! The public [`Cache`]: a cheap-to-clone handle over the shared core. No `unsafe` here.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+
+use crate::builder::CacheBuilder;
+use crate::listener::RemovalCause;
+use crate::raw::RawCache;
+use crate::raw::node::NEVER;
+use crate::raw::shard::Inserted;
+use crate::stats::Stats;
+use crate::sync::{Arc, Condvar, Mutex, lock};
+
+/// A concurrent cache. See the [crate documentation](crate) for the guarantees.
+///
+/// `Cache` is a handle: cloning it is cheap and every clone sees the same entries. It is
+/// `Send` and `Sync`; share it between threads by cloning it (or behind an `Arc`).
+pub struct Cache<K, V, S = ahash::RandomState> {
+    inner: Arc<Inner<K, V, S>>,
+}
+
+struct Inner<K, V, S> {
+    raw: RawCache<K, V, S>,
+    /// `get_or_insert_with` calls that are computing a value, by hash (see there).
+    pending: Box<[Mutex<Vec<(u64, Arc<Pending>)>>]>,
+}
+
+/// One in-flight `get_or_insert_with` initialisation that others wait for.
+struct Pending {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Pending {
+    fn wait(&self) {
+        let mut done = lock(&self.done);
+        while !*done {
+            done = match self.cv.wait(done) {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+        }
+    }
+}
+
+/// Unregisters an in-flight initialisation and wakes its waiters, also if `init` panics.
+struct PendingGuard<'a> {
+    list: &'a Mutex<Vec<(u64, Arc<Pending>)>>,
+    me: Arc<Pending>,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.list).retain(|(_, p)| !Arc::ptr_eq(p, &self.me));
+        *lock(&self.me.done) = true;
+        self.me.cv.notify_all();
+    }
+}
+
+impl<K, V, S> Clone for Cache<K, V, S> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+}
+
+impl<K, V> Cache<K, V, ahash::RandomState>
+where
+    K: Eq + Hash + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// A builder with default settings.
+    pub fn builder() -> CacheBuilder<K, V> {
+        CacheBuilder::new()
+    }
+
+    /// An unbounded cache with default settings.
+    pub fn new() -> Self {
+        match Self::builder().build() {
+            Ok(cache) => cache,
+            // The default settings are valid by construction.
+            Err(e) => unreachable!("default settings rejected: {e}"),
+        }
+    }
+}
+
+impl<K, V> Default for Cache<K, V, ahash::RandomState>
+where
+    K: Eq + Hash + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K, V, S> Cache<K, V, S>
+where
+    K: Eq + Hash + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    pub(crate) fn from_raw(raw: RawCache<K, V, S>) -> Self {
+        let pending = (0..raw.shard_count()).map(|_| Mutex::new(Vec::new())).collect();
+        Self { inner: Arc::new(Inner { raw, pending }) }
+    }
+
+    /// A clone of the value stored for `key`, if it is live.
+    ///
+    /// Lock-free: no lock, no compare-and-swap, and no write to memory shared with other
+    /// threads (unless stats are recorded).
+    #[inline]
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.raw.read(key, V::clone)
+    }
+
+    /// Whether `key` has a live value. Lock-free, like [`get`](Self::get).
+    #[inline]
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.raw.read(key, |_| ()).is_some()
+    }
+
+    /// Stores `value` for `key`, replacing any previous value (which the eviction listener
+    /// hears about as [`RemovalCause::Replaced`]).
+    pub fn insert(&self, key: K, value: V) {
+        if let Err((key, value)) = self.inner.raw.insert(key, value, NEVER, 1, false) {
+            self.refused(&key, &value);
+        }
+    }
+
+    /// Removes `key`, returning its value if it was live.
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.raw.remove(key)
+    }
+
+    /// The value for `key`, computing and storing it with `init` if there is none.
+    ///
+    /// Concurrent calls for the same key run `init` once: the others wait for it and return
+    /// its value. If `init` panics, one of the waiters runs its own `init` instead. (A
+    /// concurrent plain [`insert`](Self::insert) of the key is not waited for; whichever
+    /// value is stored first wins and is returned.)
+    pub fn get_or_insert_with(&self, key: K, init: impl FnOnce() -> V) -> V {
+        let raw = &self.inner.raw;
+        let hash = raw.cfg.hash(&key);
+        let list = &self.inner.pending[hash as usize % self.inner.pending.len()];
+        let me = loop {
+            if let Some(v) = self.get(&key) {
+                return v;
+            }
+            let mut pending = lock(list);
+            if let Some((_, other)) = pending.iter().find(|(h, _)| *h == hash) {
+                let other = other.clone();
+                drop(pending);
+                other.wait();
+                continue;
+            }
+            let me = Arc::new(Pending { done: Mutex::new(false), cv: Condvar::new() });
+            pending.push((hash, me.clone()));
+            break me;
+        };
+        let _registered = PendingGuard { list, me };
+        // A call that finished between our lookup and our registration stored its value.
+        if let Some(v) = self.get(&key) {
+            return v;
+        }
+        let value = init();
+        match raw.insert(key, value.clone(), NEVER, 1, true) {
+            Ok(Inserted::Stored) => value,
+            Ok(Inserted::Present(existing)) => existing,
+            Err((key, refused)) => {
+                self.refused(&key, &refused);
+                value
+            }
+        }
+    }
+
+    /// The shard cannot address another node (2^31 per shard): the entry is not stored,
+    /// and the listener is told, as for an entry evicted at once.
+    fn refused(&self, key: &K, value: &V) {
+        if let Some(listener) = &self.inner.raw.cfg.listener {
+            listener(key, value, RemovalCause::Size);
+        }
+    }
+
+    /// Number of live entries.
+    ///
+    /// Exact when no write is in flight. Under concurrent writes it is a snapshot of each
+    /// shard's counter, taken one shard after the other, and may transiently count a value
+    /// that an insert has superseded but not yet marked (an upper bound by at most one per
+    /// in-flight insert).
+    pub fn len(&self) -> usize {
+        self.inner.raw.len()
+    }
+
+    /// Whether [`len`](Self::len) is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes every entry; the listener hears about each as [`RemovalCause::Cleared`].
+    ///
+    /// Weakly consistent: entries inserted while `clear` runs may survive it.
+    pub fn clear(&self) {
+        self.inner.raw.clear();
+    }
+
+    /// Runs every shard's pending maintenance now (applying recorded writes, unlinking and
+    /// reclaiming removed entries, advancing a growth), waiting for a shard's maintenance
+    /// lock if another thread holds it. The cache runs maintenance on its own as writes
+    /// happen; this is for tests and for callers that want it done at a moment of their
+    /// choosing.
+    pub fn run_pending_tasks(&self) {
+        self.inner.raw.run_pending_tasks();
+    }
+
+    /// The counters. Hits and misses are counted only with
+    /// [`record_stats(true)`](CacheBuilder::record_stats).
+    pub fn stats(&self) -> Stats {
+        self.inner.raw.cfg.stats.snapshot()
+    }
+
+    /// Iterates over clones of the live entries.
+    ///
+    /// Weakly consistent: each shard is snapshotted when the iterator reaches it, so an entry
+    /// present during the whole iteration is yielded exactly once, one inserted or removed
+    /// meanwhile may or may not be, and no entry is ever yielded twice or after it was
+    /// removed before the iterator reached its shard.
+    pub fn iter(&self) -> Iter<K, V, S>
+    where
+        K: Clone,
+    {
+        Iter { cache: self.clone(), next_shard: 0, buffer: Vec::new().into_iter() }
+    }
+}
+
+/// Iterator over a [`Cache`]'s entries; see [`Cache::iter`].
+pub struct Iter<K, V, S> {
+    cache: Cache<K, V, S>,
+    next_shard: usize,
+    buffer: std::vec::IntoIter<(K, V)>,
+}
+
+impl<K, V, S> Iterator for Iter<K, V, S>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    type Item = (K, V);
+
+    fn next(&mut self) -> Option<(K, V)> {
+        loop {
+            if let Some(item) = self.buffer.next() {
+                return Some(item);
+            }
+            let raw = &self.cache.inner.raw;
+            if self.next_shard >= raw.shard_count() {
+                return None;
+            }
+            let mut buffer = Vec::new();
+            raw.snapshot_shard(self.next_shard, &mut buffer);
+            self.next_shard += 1;
+            self.buffer = buffer.into_iter();
+        }
+    }
+}
+
+impl<K, V, S> fmt::Debug for Cache<K, V, S>
+where
+    K: Eq + Hash + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("len", &self.len())
+            .field("shards", &self.inner.raw.shard_count())
+            .finish_non_exhaustive()
+    }
+}

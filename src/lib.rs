@@ -1,0 +1,55 @@
+//! # evanesce
+//!
+//! A concurrent in-process cache whose reads are lock-free, and a session store built on it.
+//!
+//! ```
+//! use evanesce::Cache;
+//!
+//! let cache: Cache<String, u64> = Cache::new();
+//! cache.insert("visits".to_string(), 1);
+//! assert_eq!(cache.get("visits"), Some(1)); // lookups borrow: &str for a String key
+//! assert_eq!(cache.get_or_insert_with("other".to_string(), || 7), 7);
+//! assert_eq!(cache.remove("visits"), Some(1));
+//! assert_eq!(cache.len(), 1);
+//! ```
+//!
+//! ## Consistency
+//!
+//! Every operation on a single key is linearizable:
+//! - [`get`](Cache::get) returns the value of the latest insert that completed before it
+//!   started, or of one running concurrently with it; never a value that was replaced or
+//!   removed before it started, and never freed memory.
+//! - [`insert`](Cache::insert), [`remove`](Cache::remove) and
+//!   [`get_or_insert_with`](Cache::get_or_insert_with) on the same key from many threads
+//!   leave exactly the value of one of them (the last to take effect); every replaced or
+//!   removed value is reported to the eviction listener exactly once.
+//!
+//! Whole-cache operations are weakly consistent: [`len`](Cache::len) sums per-shard
+//! counters (exact when no write is in flight), [`iter`](Cache::iter) snapshots one shard at
+//! a time, [`clear`](Cache::clear) may leave entries inserted while it runs.
+//!
+//! ## Progress
+//!
+//! - Reads never lock, never CAS, and never write memory other threads read (except a
+//!   per-entry counter that saturates after a few hits).
+//! - Writes publish and unlink with CAS; no write ever waits for a reader, and a writer
+//!   waits for another thread only when its shard's event buffer is full (it then takes the
+//!   shard's maintenance lock and does the maintenance itself: back-pressure).
+//! - Removed entries are reclaimed with crossbeam-epoch: memory is freed once every thread
+//!   that could hold a reference has moved on.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod builder;
+mod cache;
+mod clock;
+mod listener;
+mod raw;
+mod stats;
+mod sync;
+
+pub use builder::{BuildError, CacheBuilder, MAX_SHARDS};
+pub use cache::{Cache, Iter};
+pub use listener::RemovalCause;
+pub use stats::Stats;

@@ -1,0 +1,362 @@
+//! Node memory of one shard: slots addressed by `u32` index.
+//!
+//! Why not `Box` per node: an allocator rounds a 32-byte node up to a 48-byte chunk (glibc),
+//! and pointer links are 8 bytes where indices are 4. The arena stores nodes back to back in
+//! chunks of geometrically growing size (`F`, `2F`, `4F`, …, where the first chunk `F` is
+//! sized for the shard's expected entries and allocated up front), so:
+//! - the directory of chunks never moves or grows (at most [`NCHUNKS`] pointers, allocated
+//!   once), and mapping an index to its node is a leading-zeros count, a shift and one load of
+//!   a directory entry that stays in cache;
+//! - memory is committed as it is used: a chunk's untouched pages are never resident.
+//!
+//! Free slots form a Treiber stack threaded through the nodes' `next` fields; the head carries
+//! a version in its upper 32 bits so that a pop cannot succeed on a stale head (ABA).
+//! Slots come back to the stack only through [`Arena::release`], which the maintainer calls from
+//! an epoch-deferred function: by then no thread holds a reference to the node (see the ground
+//! rules in [`node`](super::node)).
+//!
+//! The arena never shrinks while the cache lives: a shard's node memory is its peak number of
+//! simultaneous entries (live entries plus those awaiting their grace period), and slots are
+//! reused.
+
+use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
+use std::ptr;
+
+use super::node::{IDX_MASK, Idx, LIFE_LIVE, MAX_NODES, NIL, Node};
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+/// log2 of the smallest first chunk.
+#[cfg(not(loom))]
+const MIN_SHIFT: u32 = 5;
+#[cfg(loom)]
+const MIN_SHIFT: u32 = 1;
+/// Enough chunks to address [`MAX_NODES`] slots with the smallest first chunk: chunk `c` holds
+/// `first << c` slots.
+pub(crate) const NCHUNKS: usize = (32 - MIN_SHIFT) as usize;
+
+/// The node slots of one shard.
+pub(crate) struct Arena<K, V> {
+    /// Chunk 0, allocated up front and sized for the shard's expected entries, so that most
+    /// lookups find their node at `first + idx` without loading a directory entry.
+    first: *mut Node<K, V>,
+    /// log2 of chunk 0's length.
+    first_shift: u32,
+    chunks: [AtomicPtr<Node<K, V>>; NCHUNKS],
+    /// Slots `0..fresh` have been handed out at least once (and their headers initialised).
+    fresh: AtomicU32,
+    /// Free stack head: `(version << 32) | idx`.
+    free: AtomicU64,
+}
+
+// SAFETY: the arena hands out shared references to nodes to any thread; a node holds a K and a
+// V that readers on any thread access by reference and that the thread running the deferred
+// release drops, so both must be Send and Sync. `first` is an owned allocation like the others.
+unsafe impl<K: Send + Sync, V: Send + Sync> Send for Arena<K, V> {}
+// SAFETY: as above.
+unsafe impl<K: Send + Sync, V: Send + Sync> Sync for Arena<K, V> {}
+
+impl<K, V> Arena<K, V> {
+    /// An arena whose first chunk holds at least `expected` slots.
+    pub(crate) fn new(expected: usize) -> Self {
+        // A quarter of slack: shards are not all equally loaded, and a slot stays taken for a
+        // grace period after its entry is removed.
+        let slack = expected.saturating_add(expected / 4);
+        let first_shift = slack.next_power_of_two().trailing_zeros().clamp(MIN_SHIFT, 30);
+        let mut arena = Self {
+            first: ptr::null_mut(),
+            first_shift,
+            chunks: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            fresh: AtomicU32::new(0),
+            free: AtomicU64::new(NIL as u64),
+        };
+        arena.first = arena.ensure_chunk(0);
+        arena
+    }
+
+    /// Chunk number and offset of slot `idx`.
+    #[inline]
+    fn locate(&self, idx: Idx) -> (usize, usize) {
+        let n = idx as u64 + (1 << self.first_shift);
+        let chunk = 63 - n.leading_zeros() - self.first_shift;
+        let offset = n - ((1 << self.first_shift) << chunk);
+        (chunk as usize, offset as usize)
+    }
+
+    fn chunk_len(&self, chunk: usize) -> usize {
+        (1usize << self.first_shift) << chunk
+    }
+
+    fn chunk_layout(&self, chunk: usize) -> Layout {
+        match Layout::array::<Node<K, V>>(self.chunk_len(chunk)) {
+            Ok(layout) => layout,
+            // Unreachable for any node size that fits in memory: chunk sizes are bounded by
+            // MAX_NODES slots. Treat like an allocation failure rather than panicking.
+            Err(_) => handle_alloc_error(Layout::new::<Node<K, V>>()),
+        }
+    }
+
+    /// The node in slot `idx`.
+    ///
+    /// `idx` must have been handed out by [`alloc`](Self::alloc) of this arena (every index
+    /// found in a link or an event was); this is checked in debug builds.
+    #[inline]
+    pub(crate) fn node(&self, idx: Idx) -> &Node<K, V> {
+        debug_assert!(idx < self.fresh.load(Ordering::Relaxed), "index {idx} never allocated");
+        if idx < 1 << self.first_shift {
+            // SAFETY: chunk 0 is allocated at construction and holds `1 << first_shift` slots;
+            // `idx` was handed out by `alloc`, which initialised its header.
+            return unsafe { &*self.first.add(idx as usize) };
+        }
+        self.node_slow(idx)
+    }
+
+    #[cold]
+    fn node_slow(&self, idx: Idx) -> &Node<K, V> {
+        let (chunk, offset) = self.locate(idx);
+        // Acquire: pairs with the Release CAS that installed the chunk. (The link or event
+        // through which the caller learned `idx` already orders this load after the install;
+        // Acquire makes that explicit and costs nothing on x86.)
+        let base = self.chunks[chunk].load(Ordering::Acquire);
+        debug_assert!(!base.is_null());
+        // SAFETY: `idx` was handed out by `alloc`, which installed its chunk (never freed before
+        // the arena) and initialised the header of slot `offset` before returning the index;
+        // `offset < first << chunk` by construction of `locate`.
+        unsafe { &*base.add(offset) }
+    }
+
+    /// Takes a free slot: a recycled one if any, else a never-used one. The slot's header is
+    /// initialised and its payload is vacant. `None` when the shard holds [`MAX_NODES`] slots.
+    pub(crate) fn alloc(&self) -> Option<Idx> {
+        // Acquire: pairs with the Release CAS in `release`, so that the previous occupant's
+        // payload drop and the free-list link are visible before the slot is reused.
+        let mut head = self.free.load(Ordering::Acquire);
+        loop {
+            let idx = head as u32;
+            if idx == NIL {
+                break;
+            }
+            // Relaxed: the slot is on the free stack, so its `next` holds the stack link, written
+            // before the push's Release CAS we acquired. If another thread popped the slot in
+            // the meantime, the value may be anything, but then the version in `free` changed
+            // and the CAS below fails.
+            let next = self.node(idx).next.load(Ordering::Relaxed) & IDX_MASK;
+            let new = (((head >> 32) + 1) << 32) | next as u64;
+            // Acquire on success: as for the load above. Acquire on failure: the new head is
+            // about to be used the same way.
+            match self.free.compare_exchange_weak(
+                head,
+                new,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(idx),
+                Err(actual) => head = actual,
+            }
+        }
+        self.alloc_fresh()
+    }
+
+    fn alloc_fresh(&self) -> Option<Idx> {
+        // Relaxed: the counter only hands out distinct indices; the slot's memory is made
+        // visible to other threads by the links through which they later reach it.
+        let mut fresh = self.fresh.load(Ordering::Relaxed);
+        loop {
+            if fresh >= MAX_NODES {
+                return None;
+            }
+            match self.fresh.compare_exchange_weak(
+                fresh,
+                fresh + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(actual) => fresh = actual,
+            }
+        }
+        let idx = fresh;
+        let (chunk, offset) = self.locate(idx);
+        let base = self.ensure_chunk(chunk);
+        // SAFETY: `offset` is inside the chunk; slot `idx` was never handed out before (the
+        // counter is monotonic), so no one else accesses this memory, and it holds no value
+        // to drop.
+        unsafe { base.add(offset).write(Node::vacant()) };
+        Some(idx)
+    }
+
+    fn ensure_chunk(&self, chunk: usize) -> *mut Node<K, V> {
+        // Acquire: pairs with the Release CAS below (by whichever thread installed the chunk).
+        let cur = self.chunks[chunk].load(Ordering::Acquire);
+        if !cur.is_null() {
+            return cur;
+        }
+        let layout = self.chunk_layout(chunk);
+        // SAFETY: the layout has a non-zero size (a node has a 16-byte header).
+        let fresh = unsafe { alloc(layout) } as *mut Node<K, V>;
+        if fresh.is_null() {
+            handle_alloc_error(layout);
+        }
+        // Release on success: publishes the allocation to every thread that later loads the
+        // pointer. Acquire on failure: we will use the winner's chunk.
+        match self.chunks[chunk].compare_exchange(
+            ptr::null_mut(),
+            fresh,
+            Ordering::Release,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => fresh,
+            Err(winner) => {
+                // SAFETY: `fresh` was allocated above with this layout and never shared.
+                unsafe { dealloc(fresh as *mut u8, layout) };
+                winner
+            }
+        }
+    }
+
+    /// Drops the payload of slot `idx` and returns the slot to the free stack.
+    ///
+    /// # Safety
+    /// The slot's payload is initialised and no other thread can reach the node (rule 5 of
+    /// [`node`](super::node)): the caller runs from the epoch-deferred function of the node's
+    /// retirement, or has exclusive access to the shard.
+    pub(crate) unsafe fn release(&self, idx: Idx) {
+        let node = self.node(idx);
+        // SAFETY: initialised and unreachable, per this function's contract.
+        unsafe { node.drop_payload() };
+        // Relaxed: the Release CAS below publishes this load's consequences.
+        let mut head = self.free.load(Ordering::Relaxed);
+        loop {
+            // Relaxed: published by the Release CAS.
+            node.next.store(head as u32, Ordering::Relaxed);
+            let new = (((head >> 32) + 1) << 32) | idx as u64;
+            // Release: pairs with the Acquire in `alloc`; the payload drop and the link above
+            // happen before the slot is reused.
+            match self.free.compare_exchange_weak(
+                head,
+                new,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => head = actual,
+            }
+        }
+    }
+
+    /// Number of slots ever handed out (`0..allocated()` are initialised headers).
+    pub(crate) fn allocated(&self) -> u32 {
+        self.fresh.load(Ordering::Acquire)
+    }
+
+    /// Drops the payload of every slot still holding one (`life == LIVE`).
+    ///
+    /// Called when the shard is dropped: slots retired through the epoch are `RETIRED` and
+    /// dropped by their deferred functions, free slots hold nothing.
+    ///
+    /// # Safety
+    /// No other thread can reach any `LIVE` node: the last cache handle is being dropped, so
+    /// no operation is in flight, and deferred functions only touch `RETIRED` slots.
+    pub(crate) unsafe fn drop_live_payloads(&self) {
+        for idx in 0..self.allocated() {
+            let node = self.node(idx);
+            // SAFETY: exclusive access to the shard (this function's contract).
+            if unsafe { node.life() } == LIFE_LIVE {
+                // SAFETY: a LIVE slot's payload is initialised; no other thread can reach it,
+                // per this function's contract.
+                unsafe { node.drop_payload() };
+            }
+        }
+    }
+
+    /// Bytes of node memory committed for slots handed out so far (an estimate of resident
+    /// memory: a chunk's pages beyond its last used slot are never touched).
+    pub(crate) fn committed_bytes(&self) -> usize {
+        self.allocated() as usize * std::mem::size_of::<Node<K, V>>()
+    }
+}
+
+impl<K, V> Drop for Arena<K, V> {
+    fn drop(&mut self) {
+        // Relaxed: `&mut self`, nothing runs concurrently (loom's atomics have no `get_mut`).
+        let allocated = self.fresh.load(Ordering::Relaxed);
+        for chunk in 0..NCHUNKS {
+            // Relaxed: as above.
+            let base = self.chunks[chunk].load(Ordering::Relaxed);
+            if base.is_null() {
+                continue;
+            }
+            let len = self.chunk_len(chunk);
+            let start = (len - (1 << self.first_shift)) as u64;
+            let used = (allocated as u64).saturating_sub(start).min(len as u64) as usize;
+            for offset in 0..used {
+                // SAFETY: slots below `allocated` have initialised headers; every payload has
+                // been dropped by now (see `drop_live_payloads` and `release`), so dropping
+                // the header (its atomics) is all that is left.
+                unsafe { ptr::drop_in_place(base.add(offset)) };
+            }
+            // SAFETY: allocated in `ensure_chunk` with this layout.
+            unsafe { dealloc(base as *mut u8, self.chunk_layout(chunk)) };
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_is_dense_and_geometric() {
+        for expected_entries in [0, 31, 32, 33, 1000, 1 << 20] {
+            let arena: Arena<u64, u64> = Arena::new(expected_entries);
+            let mut expected = (0usize, 0usize);
+            for idx in 0..10_000u32 {
+                let got = arena.locate(idx);
+                assert_eq!(got, expected, "idx {idx}");
+                expected.1 += 1;
+                if expected.1 == arena.chunk_len(expected.0) {
+                    expected = (expected.0 + 1, 0);
+                }
+            }
+            let (c, o) = arena.locate(MAX_NODES - 1);
+            assert!(c < NCHUNKS);
+            assert!(o < arena.chunk_len(c));
+        }
+    }
+
+    #[test]
+    fn slots_beyond_the_first_chunk() {
+        let arena: Arena<u64, u64> = Arena::new(0);
+        let idx: Vec<u32> = (0..200).map(|_| arena.alloc().unwrap()).collect();
+        for (i, &x) in idx.iter().enumerate() {
+            // SAFETY: private slots.
+            unsafe { arena.node(x).init(0, 0, i as u64, i as u64 * 3) };
+        }
+        for (i, &x) in idx.iter().enumerate() {
+            // SAFETY: initialised above, owned by this test.
+            let v = unsafe { arena.node(x).with_payload(|k, v| (*k, *v)) };
+            assert_eq!(v, (i as u64, i as u64 * 3));
+        }
+        for &x in &idx {
+            // SAFETY: initialised, owned by this test.
+            unsafe { arena.release(x) };
+        }
+    }
+
+    #[test]
+    fn alloc_release_reuses_slots() {
+        let arena: Arena<u64, String> = Arena::new(0);
+        let a = arena.alloc().unwrap();
+        let b = arena.alloc().unwrap();
+        assert_ne!(a, b);
+        // SAFETY: private slots.
+        unsafe {
+            arena.node(a).init(1, 0, 1, "a".into());
+            arena.node(b).init(2, 0, 2, "b".into());
+            arena.release(a);
+        }
+        assert_eq!(arena.alloc(), Some(a));
+        // SAFETY: b is live and owned by this test.
+        unsafe { arena.release(b) };
+        assert_eq!(arena.allocated(), 2);
+    }
+}

@@ -1,0 +1,240 @@
+//! The entry: one node per stored value, and its life cycle.
+//!
+//! # Layout
+//!
+//! A node is a 16-byte header followed by the key and the value, in one slot of the shard's
+//! [`Arena`](super::arena::Arena) (no allocation per entry, no allocator header):
+//!
+//! | field      | type        | written by                          | read by                |
+//! |------------|-------------|-------------------------------------|------------------------|
+//! | `deadline` | `AtomicU64` | inserter, `touch`/`set_ttl`, TTI reads | readers, maintainer |
+//! | `next`     | `AtomicU32` | inserter (before publishing), markers (bit 31), maintainer (unlinks) | everyone |
+//! | `tag`      | `u16` cell  | inserter (before publishing)         | readers (chain filter) |
+//! | `freq`     | `AtomicU8`  | readers (saturating bump), maintainer (CLOCK hand) | maintainer |
+//! | `life`     | `u8` cell   | the slot's owner: inserter, maintainer (retire), deferred release | shard drop |
+//! | payload    | `(K, V)`    | inserter (before publishing)         | readers (immutable while reachable) |
+//!
+//! `tag` and `life` are plain cells, not atomics: each is written only while no other thread
+//! can reach the node (`tag` before publication; `life` at allocation, at retirement, in the
+//! deferred release and at drop), so the orderings that publish and retire the node order
+//! those writes too (and loom checks that they do). `freq` is the only field a *reader*
+//! writes, so it has its own byte: a reader's store can never clobber anything else.
+//!
+//! For `Cache<u64, u64>` a node is 32 bytes.
+//!
+//! # Ground rules (the entry state machine)
+//!
+//! 1. **Private.** A slot popped from the arena belongs to the thread that popped it. It fills
+//!    the header and the payload with plain (Relaxed / `with_mut`) writes.
+//! 2. **Published.** The inserter links the node at the head of its bucket chain with a
+//!    Release CAS. From then on the payload is immutable; readers reach it through Acquire
+//!    loads of links, so they see it initialised.
+//! 3. **Marked (logically removed).** Exactly one thread wins the CAS that sets [`MARK`] in the
+//!    node's `next`: that thread is the entry's remover. It decrements the live count, reports
+//!    the removal (listener, event for the maintainer) and nothing else. A reader that finds the
+//!    node as the *first* node of its key in the chain treats the key as absent. The mark is
+//!    never cleared while the node is reachable.
+//! 4. **Unlinked.** Only the shard's maintainer (the holder of the shard's maintenance lock)
+//!    changes links other than bucket heads, so only it unlinks nodes, one at a time, with a
+//!    CAS on the predecessor's link. Before unlinking a marked node it marks every later node
+//!    of the same key (such a node is an older value that a newer insert superseded), so that
+//!    unlinking never uncovers an older value.
+//! 5. **Retired.** Once the maintainer has seen both the node's `Inserted` event and its
+//!    `Removed` event (in either order) and the node is unlinked, no new reference to it can be
+//!    made: it is not reachable from any bucket head, and events about it have all been
+//!    consumed. The maintainer hands it to crossbeam-epoch (`Guard::defer`); the deferred
+//!    function drops the payload and pushes the slot onto the free list, after every thread
+//!    that was pinned at the time has unpinned, so no reader still holds it.
+//!
+//! The key invariant that makes replacement linearizable: **the first node of a key in its
+//! chain is the key's current state** (its value, or absence if it is marked). Inserts
+//! always go to the head, so a newer value always precedes older ones.
+
+use std::mem::MaybeUninit;
+
+use crate::sync::{AtomicU8, AtomicU32, AtomicU64, Ordering, UnsafeCell};
+
+/// Index of a node in its shard's arena.
+pub(crate) type Idx = u32;
+
+/// Bit 31 of a link: in a node's `next`, "this node is marked removed"; in a bucket head of a
+/// table being split, "frozen: insert into the new table instead".
+pub(crate) const MARK: u32 = 1 << 31;
+/// The index bits of a link.
+pub(crate) const IDX_MASK: u32 = MARK - 1;
+/// End of a chain.
+pub(crate) const NIL: u32 = IDX_MASK;
+/// A bucket of a growing table that has not been split off its old bucket yet.
+pub(crate) const UNINIT: u32 = IDX_MASK - 1;
+/// Number of indices an arena can hand out (all below [`UNINIT`]).
+pub(crate) const MAX_NODES: u32 = UNINIT;
+
+/// Deadline of an entry that never expires.
+pub(crate) const NEVER: u64 = u64::MAX;
+
+/// Saturation value of the CLOCK reference counter.
+pub(crate) const FREQ_MAX: u8 = 3;
+
+/// `life` values (debug checks, and the cache's drop, which frees every `LIVE` payload).
+pub(crate) const LIFE_FREE: u8 = 0;
+pub(crate) const LIFE_LIVE: u8 = 1;
+pub(crate) const LIFE_RETIRED: u8 = 2;
+
+/// One entry. See the module documentation for who may touch which field when.
+#[repr(C)]
+pub(crate) struct Node<K, V> {
+    pub(crate) deadline: AtomicU64,
+    pub(crate) next: AtomicU32,
+    tag: UnsafeCell<u16>,
+    pub(crate) freq: AtomicU8,
+    life: UnsafeCell<u8>,
+    payload: UnsafeCell<MaybeUninit<(K, V)>>,
+}
+
+impl<K, V> Node<K, V> {
+    /// A free node (no payload).
+    pub(crate) fn vacant() -> Self {
+        Self {
+            deadline: AtomicU64::new(NEVER),
+            next: AtomicU32::new(NIL),
+            tag: UnsafeCell::new(0),
+            freq: AtomicU8::new(0),
+            life: UnsafeCell::new(LIFE_FREE),
+            payload: UnsafeCell::new(MaybeUninit::uninit()),
+        }
+    }
+
+    /// Fills a private node (rule 1).
+    ///
+    /// # Safety
+    /// The caller owns the slot: it was just popped from the arena, nothing else references
+    /// it, and its payload is not initialised.
+    pub(crate) unsafe fn init(&self, tag: u16, deadline: u64, key: K, value: V) {
+        // Relaxed: the node is private; these stores are published by the Release CAS that
+        // links the node (rule 2).
+        self.deadline.store(deadline, Ordering::Relaxed);
+        self.next.store(NIL, Ordering::Relaxed);
+        self.freq.store(0, Ordering::Relaxed);
+        // SAFETY (three blocks): the caller owns the slot, so nothing else accesses its cells.
+        debug_assert_eq!(unsafe { self.life() }, LIFE_FREE);
+        // SAFETY: as above.
+        unsafe { self.set_life(LIFE_LIVE) };
+        self.tag.with_mut(|t| {
+            // SAFETY: as above.
+            unsafe { *t = tag };
+        });
+        self.payload.with_mut(|p| {
+            // SAFETY: the caller owns the slot (no other access, per this function's contract).
+            unsafe { (*p).write((key, value)) };
+        });
+    }
+
+    /// Runs `f` on the key and value.
+    ///
+    /// # Safety
+    /// The payload is initialised and stays so for the call: the node is published and the
+    /// caller is pinned since it reached the node through a link (rule 5), or the caller owns
+    /// the node.
+    #[inline]
+    pub(crate) unsafe fn with_payload<R>(&self, f: impl FnOnce(&K, &V) -> R) -> R {
+        self.payload.with(|p| {
+            // SAFETY: initialised and not mutated while reachable, per this function's contract.
+            let (k, v) = unsafe { (*p).assume_init_ref() };
+            f(k, v)
+        })
+    }
+
+    /// Drops the payload in place.
+    ///
+    /// # Safety
+    /// The payload is initialised, and no other thread can reach the node any more (it was
+    /// retired and its grace period has passed, or the whole shard is being dropped).
+    pub(crate) unsafe fn drop_payload(&self) {
+        self.payload.with_mut(|p| {
+            // SAFETY: exclusive access to an initialised payload, per this function's contract.
+            unsafe { (*p).assume_init_drop() };
+        });
+        // SAFETY: exclusive access, per this function's contract.
+        unsafe { self.set_life(LIFE_FREE) };
+    }
+
+    /// The chain tag (16 bits of the key's hash).
+    ///
+    /// # Safety
+    /// As for [`with_payload`](Self::with_payload): the node is published and the caller is
+    /// pinned since it reached it, or the caller owns it (the tag is written only before
+    /// publication).
+    #[inline]
+    pub(crate) unsafe fn tag(&self) -> u16 {
+        self.tag.with(|t| {
+            // SAFETY: no concurrent write, per this function's contract.
+            unsafe { *t }
+        })
+    }
+
+    /// The slot's life state.
+    ///
+    /// # Safety
+    /// No other thread writes it concurrently: the caller owns the slot, or it is the
+    /// maintainer retiring the node (unreachable: nothing else writes `life` until the
+    /// deferred release, which the epoch orders after), or has exclusive access to the shard.
+    pub(crate) unsafe fn life(&self) -> u8 {
+        self.life.with(|l| {
+            // SAFETY: per this function's contract.
+            unsafe { *l }
+        })
+    }
+
+    /// Sets the slot's life state.
+    ///
+    /// # Safety
+    /// As for [`life`](Self::life), and no other thread reads it concurrently.
+    pub(crate) unsafe fn set_life(&self, life: u8) {
+        self.life.with_mut(|l| {
+            // SAFETY: per this function's contract.
+            unsafe { *l = life };
+        })
+    }
+
+    /// Whether the node is marked removed.
+    #[inline]
+    pub(crate) fn is_marked(&self) -> bool {
+        // Acquire: pairs with the AcqRel CAS that set the mark, so that a thread which sees the
+        // mark also sees what the remover did before marking.
+        self.next.load(Ordering::Acquire) & MARK != 0
+    }
+
+    /// Tries to mark the node removed (rule 3). Returns true if this call set the mark.
+    pub(crate) fn mark(&self) -> bool {
+        // Relaxed first load: only a hint for the CAS below, which validates it.
+        let mut cur = self.next.load(Ordering::Relaxed);
+        loop {
+            if cur & MARK != 0 {
+                return false;
+            }
+            // AcqRel: Release publishes the remover's earlier writes to whoever sees the mark
+            // (readers, the maintainer); Acquire orders the remover after the last link update.
+            match self.next.compare_exchange_weak(
+                cur,
+                cur | MARK,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Bumps the CLOCK counter the way a hit does: a Relaxed load, and a store only if the
+    /// counter is below its cap, so a hot entry causes no write at all.
+    #[inline]
+    pub(crate) fn touch_freq(&self) {
+        // Relaxed: the counter is a hint for the eviction policy; a lost increment between two
+        // racing readers (or against the CLOCK hand) only changes the policy's estimate.
+        let f = self.freq.load(Ordering::Relaxed);
+        if f < FREQ_MAX {
+            self.freq.store(f + 1, Ordering::Relaxed);
+        }
+    }
+}

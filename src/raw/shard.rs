@@ -1,0 +1,605 @@
+//! One shard: a bucket table, the arena of its nodes, the event ring and the maintainer.
+//!
+//! # Reads
+//! `get` pins an epoch guard, loads the table and the bucket head with Acquire, walks the
+//! chain comparing the 16-bit tag before touching a key, and stops at the first node of the
+//! key. No lock, no CAS, no write to shared memory except the node's CLOCK counter when it is
+//! below its cap.
+//!
+//! # Writes
+//! An insert links a new node at the head of its bucket with a CAS (retrying if the head
+//! moved), then marks the node it superseded, if any. A remove marks the key's first node.
+//! Both record an event for the maintainer. Nothing a writer does can make a reader wait.
+//!
+//! # Growing
+//! When a shard holds more entries than buckets, its maintainer publishes a table twice as
+//! large whose buckets are [`UNINIT`]: readers of an uninitialised bucket read the old
+//! bucket's chain (a superset of theirs), and the first thread that needs to link into a new
+//! bucket (a writer, or the maintainer) *splits* it: it freezes the old bucket head (so no
+//! insert can land in the old table any more) and points the new bucket at the first node of
+//! the old chain that hashes to it. Chains are then shared ("zipped") between the two sibling
+//! buckets; readers skip the sibling's nodes by key. Finally the maintainer "unzips" each
+//! chain one link per grace period, in chain order (after Triplett, McKenney and Walpole,
+//! "Resizable, scalable, concurrent hash tables via relativistic programming", 2011): a link
+//! is redirected only when no reader of the other bucket can be positioned on it. No reader
+//! ever waits, and writers never wait either: the only writer-visible state is an
+//! uninitialised bucket, which the writer initialises itself.
+
+use std::borrow::Borrow;
+use std::hash::BuildHasher;
+
+use crossbeam_utils::CachePadded;
+
+use super::Config;
+use super::arena::Arena;
+use super::lock::TryLock;
+use super::maint::Maint;
+use super::node::{IDX_MASK, Idx, MARK, NEVER, NIL, Node, UNINIT};
+use super::ring::{Event, EventKind, Ring};
+use super::table::{Table, bucket_of, free_table, new_table};
+use crate::listener::RemovalCause;
+use crate::stats::Counter;
+use crate::sync::epoch::{self, Guard};
+use crate::sync::{Arc, AtomicI64, AtomicUsize, Ordering};
+
+/// The chain tag of a hash: bits 32..48 (the bucket uses the low bits, the shard the top ones).
+#[inline]
+pub(crate) fn tag_of(hash: u64) -> u16 {
+    (hash >> 32) as u16
+}
+
+/// Where a lookup started (see [`Shard::unchanged`]).
+pub(crate) struct Start {
+    table: usize,
+    bucket: u32,
+    old: u32,
+}
+
+/// What an insert did.
+pub(crate) enum Inserted<V> {
+    /// The value was stored.
+    Stored,
+    /// `only_if_absent` was set and the key had a live value: here is a clone of it.
+    Present(V),
+}
+
+pub(crate) struct Shard<K, V> {
+    /// The current table's tagged word (see table.rs).
+    pub(super) table: AtomicUsize,
+    /// While growing: the tagged word of the table being split (its chains back the new
+    /// table's uninitialised buckets). Zero otherwise.
+    pub(super) old: AtomicUsize,
+    pub(super) arena: Arc<Arena<K, V>>,
+    pub(super) ring: Ring,
+    pub(super) maint: TryLock<Maint>,
+    /// Unmarked nodes in the table, as of the events the maintainer has applied: +1 per
+    /// `Inserted`, -1 per removal. Written only by the maintainer (see `len`).
+    pub(super) live: CachePadded<AtomicI64>,
+}
+
+impl<K, V> Shard<K, V>
+where
+    K: Eq + std::hash::Hash + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    pub(crate) fn new(buckets: usize, ring: usize) -> Self {
+        Self {
+            table: AtomicUsize::new(new_table(buckets, NIL)),
+            old: AtomicUsize::new(0),
+            arena: Arc::new(Arena::new(buckets)),
+            ring: Ring::new(ring),
+            maint: TryLock::new(Maint::default()),
+            live: CachePadded::new(AtomicI64::new(0)),
+        }
+    }
+
+    /// The current table.
+    #[inline]
+    pub(super) fn current<'g>(&self, _guard: &'g Guard) -> Table<'g> {
+        // Acquire: pairs with the Release store that published the table (construction or
+        // growth), so its buckets are initialised.
+        let word = self.table.load(Ordering::Acquire);
+        // SAFETY: the word is never zero while the shard lives, was made by `new_table`, and a
+        // replaced table is freed only through the epoch after it became unreachable from
+        // here; `_guard` pins this thread, so it outlives the borrow.
+        unsafe { Table::from_word(word) }
+    }
+
+    /// The table being split, during a growth.
+    #[inline]
+    pub(super) fn old_table<'g>(&self, _guard: &'g Guard) -> Option<Table<'g>> {
+        // Acquire: pairs with the Release store in `publish_larger`, which set `old` before
+        // publishing the new table.
+        let word = self.old.load(Ordering::Acquire);
+        if word == 0 {
+            return None;
+        }
+        // SAFETY: made by `new_table`; cleared and retired through the epoch only once no
+        // bucket of the current table is uninitialised and a grace period has passed, so a
+        // pinned thread that can still need it keeps it alive.
+        Some(unsafe { Table::from_word(word) })
+    }
+
+    /// Where a lookup of `hash` starts: the first node of its chain, and a [`Start`] to
+    /// validate an "absent" answer with. An uninitialised bucket reads the old table's chain
+    /// (a superset: it also holds the sibling bucket's nodes, which the key comparison skips).
+    #[inline]
+    pub(super) fn start(&self, hash: u64, guard: &Guard) -> (u32, Start) {
+        let table = self.current(guard);
+        // Acquire: pairs with the Release CAS that linked the head node (insert, unlink or
+        // bucket split), so the node's contents are visible.
+        let bucket = table.bucket(hash).load(Ordering::Acquire);
+        let mut start = Start { table: table.word(), bucket, old: 0 };
+        if bucket != UNINIT {
+            return (bucket & IDX_MASK, start);
+        }
+        match self.old_table(guard) {
+            Some(old) => {
+                // Acquire: as above. The frozen bit may be set; it is not part of the index.
+                start.old = old.bucket(hash).load(Ordering::Acquire);
+                (start.old & IDX_MASK, start)
+            }
+            None => {
+                debug_assert!(false, "uninitialised bucket without an old table");
+                (NIL, start)
+            }
+        }
+    }
+
+    /// Whether nothing was linked in front of the chain since `start`: the table, the bucket
+    /// head and (for an uninitialised bucket) the old head are unchanged.
+    ///
+    /// A lookup that started from a head loaded *before* an insert of its key can walk into
+    /// the node that insert superseded (already marked, or even unlinked). So "absent" is
+    /// only an answer if the head did not move meanwhile (no node was linked in front, or
+    /// every such node has been removed again, so the key was absent at some point of the
+    /// lookup); otherwise the lookup starts over. Indices cannot be reused while we are
+    /// pinned, so an unchanged head is the same node.
+    #[inline]
+    pub(super) fn unchanged(&self, start: &Start, hash: u64, guard: &Guard) -> bool {
+        let table = self.current(guard);
+        if table.word() != start.table {
+            return false;
+        }
+        // Acquire: as in `start`.
+        let bucket = table.bucket(hash).load(Ordering::Acquire);
+        if bucket != start.bucket {
+            return false;
+        }
+        if bucket != UNINIT {
+            return true;
+        }
+        // Acquire: as in `start`.
+        self.old_table(guard).is_some_and(|old| old.bucket(hash).load(Ordering::Acquire) == start.old)
+    }
+
+    /// The first node of `key` (marked or not), from a chain head that is current enough: if
+    /// it is live, it was `key`'s value at some point of the call; if it is marked or there is
+    /// none, `key` was absent at some point of the call (see [`unchanged`](Self::unchanged)).
+    #[inline]
+    pub(super) fn lookup<'a, Q>(
+        &'a self,
+        hash: u64,
+        key: &Q,
+        guard: &Guard,
+    ) -> Option<(Idx, &'a Node<K, V>, u32)>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        loop {
+            let (head, start) = self.start(hash, guard);
+            let found = self.find(head, tag_of(hash), key, guard);
+            if matches!(found, Some((_, _, next)) if next & MARK == 0)
+                || self.unchanged(&start, hash, guard)
+            {
+                return found;
+            }
+        }
+    }
+
+    /// The first node of `key` in the chain starting at `head` (marked or not), with the value
+    /// of its `next` link as read.
+    ///
+    /// The caller is pinned (`guard`) and reached `head` through an Acquire load.
+    #[inline]
+    pub(super) fn find<'a, Q>(
+        &'a self,
+        head: u32,
+        tag: u16,
+        key: &Q,
+        _guard: &Guard,
+    ) -> Option<(Idx, &'a Node<K, V>, u32)>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let mut cur = head;
+        while cur != NIL {
+            let node = self.arena.node(cur);
+            // Acquire: pairs with the Release CAS that linked the successor (so its contents
+            // are visible when we follow the link) and with the AcqRel CAS that set the mark.
+            let next = node.next.load(Ordering::Acquire);
+            // SAFETY (tag and payload): reached through links while pinned: the node is
+            // initialised (the Acquire load of the link that led here orders its publication
+            // before) and cannot be freed or reused before `_guard` is dropped (node.rs, rules
+            // 2 and 5).
+            if unsafe { node.tag() } == tag
+                // SAFETY: as above.
+                && unsafe { node.with_payload(|k, _| k.borrow() == key) }
+            {
+                return Some((cur, node, next));
+            }
+            cur = next & IDX_MASK;
+        }
+        None
+    }
+
+    /// Whether the node's deadline is still ahead (`now` is read only if it has one).
+    #[inline]
+    pub(super) fn alive<S>(node: &Node<K, V>, cfg: &Config<K, V, S>) -> bool {
+        // Relaxed: the deadline is a single word; whichever value a racing `touch` or TTI read
+        // left is a deadline the entry really had during this read.
+        let deadline = node.deadline.load(Ordering::Relaxed);
+        deadline == NEVER || cfg.time.now() < deadline
+    }
+
+    /// Runs `f` on the live value of `key`, if any.
+    #[inline]
+    pub(crate) fn read<Q, S, R>(
+        &self,
+        cfg: &Config<K, V, S>,
+        hash: u64,
+        key: &Q,
+        f: impl FnOnce(&V) -> R,
+    ) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let guard = epoch::pin();
+        let found = match self.lookup(hash, key, &guard) {
+            Some((_, node, next)) if next & MARK == 0 && Self::alive(node, cfg) => {
+                node.touch_freq();
+                // SAFETY: found while pinned (see `find`).
+                Some(unsafe { node.with_payload(|_, v| f(v)) })
+            }
+            _ => None,
+        };
+        cfg.stats.read(found.is_some());
+        found
+    }
+
+    /// Inserts `key -> value` (or, with `only_if_absent`, only if `key` has no live value).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn insert<S: BuildHasher>(
+        &self,
+        cfg: &Config<K, V, S>,
+        hash: u64,
+        key: K,
+        value: V,
+        deadline: u64,
+        weight: u32,
+        only_if_absent: bool,
+    ) -> Result<Inserted<V>, (K, V)>
+    where
+        V: Clone,
+    {
+        let guard = epoch::pin();
+        let Some(idx) = self.arena.alloc() else {
+            return Err((key, value));
+        };
+        let node = self.arena.node(idx);
+        let tag = tag_of(hash);
+        // SAFETY: `idx` was just taken from the arena, so this thread owns the slot (rule 1).
+        unsafe { node.init(tag, deadline, key, value) };
+        let superseded = loop {
+            let table = self.current(&guard);
+            let bucket = table.bucket(hash);
+            // Acquire: pairs with the Release CAS of whoever linked the current head, so that
+            // `find` below sees the chain's nodes.
+            let head = bucket.load(Ordering::Acquire);
+            if head == UNINIT {
+                self.split_bucket(cfg, table, bucket_of(hash, table.mask()), &guard);
+                continue;
+            }
+            if head & MARK != 0 {
+                // Frozen: a larger table has been published since we loaded this one.
+                continue;
+            }
+            // SAFETY: we own the node (not yet published), so its payload is initialised.
+            let older = unsafe { node.with_payload(|k, _| self.find(head, tag, k, &guard)) };
+            let older = match older {
+                Some((old_idx, old, next)) if next & MARK == 0 => {
+                    if only_if_absent && Self::alive(old, cfg) {
+                        // SAFETY: found while pinned (see `find`).
+                        let present = unsafe { old.with_payload(|_, v| v.clone()) };
+                        // SAFETY: the node was never published, so nothing else can reach it.
+                        unsafe { self.arena.release(idx) };
+                        return Ok(Inserted::Present(present));
+                    }
+                    Some(old_idx)
+                }
+                _ => None,
+            };
+            // Relaxed: published by the Release CAS below.
+            node.next.store(head, Ordering::Relaxed);
+            // Release: publishes the node's contents (rule 2); pairs with the Acquire loads of
+            // bucket heads by readers and writers.
+            if bucket.compare_exchange(head, idx, Ordering::Release, Ordering::Relaxed).is_ok() {
+                break older;
+            }
+        };
+        cfg.stats.add(Counter::Insert, 1);
+        let offer = self.record(cfg, Event { idx, kind: EventKind::Inserted, weight }, &guard);
+        let mut removed = None;
+        if let Some(old_idx) = superseded {
+            let old = self.arena.node(old_idx);
+            let cause =
+                if Self::alive(old, cfg) { RemovalCause::Replaced } else { RemovalCause::Expired };
+            // Whoever wins the mark reports the removal; if a remove or the maintainer got
+            // there first, this insert replaced nothing.
+            if old.mark() {
+                self.on_writer_marked(cfg, old_idx, cause, &guard);
+                removed = Some((old_idx, cause));
+            }
+        }
+        if offer {
+            self.try_maintain(cfg, &guard);
+        }
+        if let Some((old_idx, cause)) = removed {
+            self.notify(cfg, old_idx, cause, &guard);
+        }
+        Ok(Inserted::Stored)
+    }
+
+    /// Removes `key`, returning its value if it was live.
+    pub(crate) fn remove<Q, S: BuildHasher>(
+        &self,
+        cfg: &Config<K, V, S>,
+        hash: u64,
+        key: &Q,
+    ) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+        V: Clone,
+    {
+        let guard = epoch::pin();
+        loop {
+            let (idx, node, next) = self.lookup(hash, key, &guard)?;
+            if next & MARK != 0 {
+                return None;
+            }
+            let live = Self::alive(node, cfg);
+            if node.mark() {
+                let cause = if live { RemovalCause::Explicit } else { RemovalCause::Expired };
+                // SAFETY: found while pinned (see `find`).
+                let value = live.then(|| unsafe { node.with_payload(|_, v| v.clone()) });
+                if self.on_writer_marked(cfg, idx, cause, &guard) {
+                    self.try_maintain(cfg, &guard);
+                }
+                self.notify(cfg, idx, cause, &guard);
+                return value;
+            }
+            // Lost the race for the mark: another remove, an insert that superseded the node,
+            // or the maintainer. Look again: a newer node may have taken its place.
+        }
+    }
+
+    /// Bookkeeping after a writer (not the maintainer) marked `idx`. Returns whether to offer
+    /// a maintenance pass (see [`record`](Self::record)).
+    fn on_writer_marked<S: BuildHasher>(
+        &self,
+        cfg: &Config<K, V, S>,
+        idx: Idx,
+        cause: RemovalCause,
+        guard: &Guard,
+    ) -> bool {
+        cfg.stats.add(
+            if cause == RemovalCause::Expired { Counter::Expiration } else { Counter::Removal },
+            1,
+        );
+        self.record(cfg, Event { idx, kind: EventKind::Removed, weight: 0 }, guard)
+    }
+
+    /// Hands an event to the maintainer. Returns whether this writer should offer a
+    /// maintenance pass: the producer of every `drain_threshold`-th event does (a power of
+    /// two; no shared counter to read). If the ring is full, applies back-pressure instead:
+    /// waits for the maintenance lock, drains the ring and applies the event directly.
+    pub(super) fn record<S: BuildHasher>(
+        &self,
+        cfg: &Config<K, V, S>,
+        event: Event,
+        guard: &Guard,
+    ) -> bool {
+        match self.ring.push(event) {
+            Ok(pos) => (pos + 1) & (cfg.drain_threshold - 1) == 0,
+            Err(event) => {
+                let notes = self.maint.run(|m| {
+                    self.pass(m, cfg, guard);
+                    self.apply(m, cfg, event, guard);
+                    self.finish_pass(m, cfg, guard)
+                });
+                self.deliver(cfg, notes, guard);
+                false
+            }
+        }
+    }
+
+    /// Runs a maintenance pass if the lock is free.
+    pub(crate) fn try_maintain<S: BuildHasher>(&self, cfg: &Config<K, V, S>, guard: &Guard) {
+        if let Some(notes) = self.maint.try_run(|m| {
+            self.pass(m, cfg, guard);
+            self.finish_pass(m, cfg, guard)
+        }) {
+            self.deliver(cfg, notes, guard);
+        }
+    }
+
+    /// Runs a maintenance pass, waiting for the lock.
+    pub(crate) fn maintain<S: BuildHasher>(&self, cfg: &Config<K, V, S>) {
+        let guard = epoch::pin();
+        let notes = self.maint.run(|m| {
+            self.pass(m, cfg, &guard);
+            self.finish_pass(m, cfg, &guard)
+        });
+        self.deliver(cfg, notes, &guard);
+    }
+
+    /// Calls the listener for one entry (inline, after the removal is complete).
+    pub(super) fn notify<S>(
+        &self,
+        cfg: &Config<K, V, S>,
+        idx: Idx,
+        cause: RemovalCause,
+        _guard: &Guard,
+    ) {
+        if let Some(listener) = &cfg.listener {
+            let node = self.arena.node(idx);
+            // SAFETY: the node was marked by this thread while pinned, and it is not freed
+            // before `_guard` (held since then) is dropped (rule 5).
+            unsafe { node.with_payload(|k, v| listener(k, v, cause)) };
+        }
+    }
+
+    /// Calls the listener for the removals a maintenance pass made, outside the lock.
+    pub(super) fn deliver<S>(
+        &self,
+        cfg: &Config<K, V, S>,
+        notes: Vec<(Idx, RemovalCause)>,
+        guard: &Guard,
+    ) {
+        if notes.is_empty() || cfg.listener.is_none() {
+            return;
+        }
+        crate::listener::deliver_all(notes, |(idx, cause)| self.notify(cfg, idx, cause, guard));
+    }
+
+    /// Number of live entries as of the events applied so far: exact after a maintenance pass
+    /// when no write is in flight (the cache's `len` runs one first).
+    pub(crate) fn len(&self) -> usize {
+        // Relaxed: a counter; the maintenance lock orders it after the pass that wrote it.
+        self.live.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    /// Appends a clone of every live entry to `out` (a snapshot of this shard, weakly
+    /// consistent with concurrent writes).
+    pub(crate) fn snapshot<S: BuildHasher>(&self, cfg: &Config<K, V, S>, out: &mut Vec<(K, V)>)
+    where
+        K: Clone,
+        V: Clone,
+    {
+        let guard = epoch::pin();
+        let table = self.current(&guard);
+        let old = self.old_table(&guard);
+        let mut seen: Vec<Idx> = Vec::new();
+        for j in 0..table.len() {
+            // Acquire: as in `chain_head`.
+            let head = table.at(j).load(Ordering::Acquire);
+            let (head, filter) = if head == UNINIT {
+                let Some(old) = old else {
+                    debug_assert!(false, "uninitialised bucket without an old table");
+                    continue;
+                };
+                // Acquire: as in `chain_head`.
+                (old.at(j & old.mask() as usize).load(Ordering::Acquire) & IDX_MASK, true)
+            } else {
+                (head & IDX_MASK, old.is_some())
+            };
+            seen.clear();
+            let mut cur = head;
+            while cur != NIL {
+                let node = self.arena.node(cur);
+                // Acquire: as in `find`.
+                let next = node.next.load(Ordering::Acquire);
+                // SAFETY: reached through links while pinned (see `find`).
+                let (mine, first) = unsafe {
+                    node.with_payload(|k, _| {
+                        let mine = !filter || bucket_of(cfg.hash(k), table.mask()) == j;
+                        let first = mine
+                            && !seen.iter().any(|&s| {
+                                let other = self.arena.node(s);
+                                other.tag() == node.tag() && other.with_payload(|ok, _| ok == k)
+                            });
+                        (mine, first)
+                    })
+                };
+                if mine && first {
+                    seen.push(cur);
+                    if next & MARK == 0 && Self::alive(node, cfg) {
+                        // SAFETY: as above.
+                        out.push(unsafe { node.with_payload(|k, v| (k.clone(), v.clone())) });
+                    }
+                }
+                cur = next & IDX_MASK;
+            }
+        }
+    }
+
+    /// Splits bucket `j` of a growing table off its old bucket (idempotent; any thread).
+    pub(super) fn split_bucket<S: BuildHasher>(
+        &self,
+        cfg: &Config<K, V, S>,
+        table: Table<'_>,
+        j: usize,
+        guard: &Guard,
+    ) {
+        let Some(old) = self.old_table(guard) else {
+            debug_assert!(false, "uninitialised bucket without an old table");
+            return;
+        };
+        let b = j & old.mask() as usize;
+        // AcqRel: freezing makes every later insert CAS on this old head fail (so the chain we
+        // walk is final); Acquire also makes the nodes linked before visible.
+        let head = old.at(b).fetch_or(MARK, Ordering::AcqRel) & IDX_MASK;
+        let mut cur = head;
+        while cur != NIL {
+            let node = self.arena.node(cur);
+            // SAFETY: reached through links while pinned (see `find`).
+            let hash = unsafe { node.with_payload(|k, _| cfg.hash(k)) };
+            if bucket_of(hash, table.mask()) == j {
+                break;
+            }
+            // Acquire: as in `find`.
+            cur = node.next.load(Ordering::Acquire) & IDX_MASK;
+        }
+        // Release: publishes the chain to readers of the new bucket. If another thread split
+        // the bucket first it stored the same value (the frozen chain is final), so a
+        // failure changes nothing.
+        let _ = table.at(j).compare_exchange(
+            UNINIT,
+            cur,
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Publishes a table twice as large (called by the maintainer, see "Growing").
+    pub(super) fn publish_larger(&self, guard: &Guard) {
+        let current = self.current(guard);
+        // Release: the old table stays reachable for readers of uninitialised buckets; pairs
+        // with the Acquire in `old_table`. Stored before the new table is published, so anyone
+        // who sees the new table sees its old one.
+        self.old.store(current.word(), Ordering::Release);
+        // Release: publishes the new table; pairs with the Acquire loads in `current`.
+        self.table.store(new_table(current.len() * 2, UNINIT), Ordering::Release);
+    }
+}
+
+impl<K, V> Drop for Shard<K, V> {
+    fn drop(&mut self) {
+        for slot in [&self.table, &self.old] {
+            // Relaxed: `&mut self`, nothing runs concurrently.
+            let word = slot.swap(0, Ordering::Relaxed);
+            if word != 0 {
+                // SAFETY: the shard owns its current and old tables (a replaced one is owned by
+                // its deferred free instead), and no other thread uses the shard any more.
+                unsafe { free_table(word) };
+            }
+        }
+        // SAFETY: no operation is in flight (we are dropping the last handle); nodes retired to
+        // the epoch are `RETIRED` and dropped by their deferred functions.
+        unsafe { self.arena.drop_live_payloads() };
+    }
+}

@@ -1,0 +1,126 @@
+//! A shard's bucket array.
+//!
+//! Buckets are `u32` links (4 bytes per bucket) to the first node of a chain threaded through
+//! the nodes' `next` fields. A table is one 64-byte-aligned allocation of `len` buckets
+//! (`len` a power of two), and the shard holds it as a *tagged* word: the address with
+//! `log2(len)` in its six low bits. A reader therefore computes its bucket's address from the
+//! single word it loads, with no dependent load of the length.
+//!
+//! Tables are reclaimed through the epoch like nodes: a replaced table is retired with
+//! `Guard::defer_unchecked` and freed once no pinned thread can hold it.
+//!
+//! A table never changes size; growing a shard publishes a new table of twice the size whose
+//! buckets start as [`UNINIT`](super::node::UNINIT) and are split lazily off the old table's
+//! chains (see "Growing" in `shard.rs`).
+
+use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
+use std::marker::PhantomData;
+
+use crate::sync::AtomicU32;
+
+const ALIGN: usize = 64;
+const SHIFT_BITS: usize = ALIGN - 1;
+
+/// Bucket of a hash in a table of `mask + 1` buckets: the low 32 bits of the hash. (The shard
+/// is chosen by the top bits and the chain tag by bits 32..48.)
+#[inline]
+pub(crate) fn bucket_of(hash: u64, mask: u32) -> usize {
+    (hash as u32 & mask) as usize
+}
+
+fn layout(len: usize) -> Layout {
+    match Layout::from_size_align(len * std::mem::size_of::<AtomicU32>(), ALIGN) {
+        Ok(layout) => layout,
+        Err(_) => handle_alloc_error(Layout::new::<AtomicU32>()),
+    }
+}
+
+/// Allocates a table of `len` (a power of two, at most 2^31) buckets, all set to `fill`, and
+/// returns its tagged word. The caller owns it until it publishes it.
+pub(crate) fn new_table(len: usize, fill: u32) -> usize {
+    debug_assert!(len.is_power_of_two() && len <= 1 << 31);
+    let layout = layout(len);
+    // SAFETY: the layout has a non-zero size (len >= 1).
+    let base = unsafe { alloc(layout) } as *mut AtomicU32;
+    if base.is_null() {
+        handle_alloc_error(layout);
+    }
+    for i in 0..len {
+        // SAFETY: `i < len`, inside the allocation; the memory is uninitialised, so `write`.
+        unsafe { base.add(i).write(AtomicU32::new(fill)) };
+    }
+    base as usize | len.trailing_zeros() as usize
+}
+
+/// Frees a table made by [`new_table`].
+///
+/// # Safety
+/// `word` came from `new_table`, is freed once, and no thread can access the table any more
+/// (it was retired through the epoch and its grace period passed, or the shard is dropped).
+pub(crate) unsafe fn free_table(word: usize) {
+    let table = Table::<'static> { word, _life: PhantomData };
+    let len = table.len();
+    let base = (word & !SHIFT_BITS) as *mut AtomicU32;
+    for i in 0..len {
+        // SAFETY: initialised by `new_table`, and no one else accesses it (contract above).
+        unsafe { std::ptr::drop_in_place(base.add(i)) };
+    }
+    // SAFETY: allocated by `new_table` with this layout.
+    unsafe { dealloc(base as *mut u8, layout(len)) };
+}
+
+/// A borrowed table, valid for `'g` (the guard under which its word was loaded).
+#[derive(Clone, Copy)]
+pub(crate) struct Table<'g> {
+    word: usize,
+    _life: PhantomData<&'g [AtomicU32]>,
+}
+
+impl<'g> Table<'g> {
+    /// Views a table word.
+    ///
+    /// # Safety
+    /// `word` came from [`new_table`] and the table is not freed before `'g` ends: it was
+    /// loaded under a guard that lives for `'g` and is retired only through the epoch, or the
+    /// caller owns it.
+    #[inline]
+    pub(crate) unsafe fn from_word(word: usize) -> Table<'g> {
+        debug_assert!(word & !SHIFT_BITS != 0);
+        Table { word, _life: PhantomData }
+    }
+
+    #[inline]
+    pub(crate) fn word(self) -> usize {
+        self.word
+    }
+
+    #[inline]
+    fn shift(self) -> u32 {
+        (self.word & SHIFT_BITS) as u32
+    }
+
+    #[inline]
+    pub(crate) fn len(self) -> usize {
+        1 << self.shift()
+    }
+
+    #[inline]
+    pub(crate) fn mask(self) -> u32 {
+        ((1u64 << self.shift()) - 1) as u32
+    }
+
+    /// Bucket `i` (`i < len`).
+    #[inline]
+    pub(crate) fn at(self, i: usize) -> &'g AtomicU32 {
+        debug_assert!(i < self.len());
+        let base = (self.word & !SHIFT_BITS) as *const AtomicU32;
+        // SAFETY: `i < len` (callers mask indices with `mask`), the table holds `len`
+        // initialised buckets, and it lives for 'g (see `from_word`).
+        unsafe { &*base.add(i) }
+    }
+
+    #[inline]
+    pub(crate) fn bucket(self, hash: u64) -> &'g AtomicU32 {
+        self.at(bucket_of(hash, self.mask()))
+    }
+}

@@ -1,0 +1,115 @@
+//! The one place that names atomics, `UnsafeCell`, locks and thread-locals.
+//!
+//! Normally these are std's types. Under `--cfg loom` (with `--cfg crossbeam_loom`, so that
+//! crossbeam-epoch is built on loom too) they are loom's, so the loom models in
+//! `tests/loom.rs` see every shared access the crate makes. `clippy.toml` forbids naming the
+//! std types anywhere else.
+//!
+//! [`UnsafeCell`] exposes loom's closure API (`with` / `with_mut`) in both builds: loom can
+//! only check an access that happens inside such a closure.
+
+#![allow(clippy::disallowed_types)]
+#![allow(unused_imports, dead_code)]
+
+#[cfg(loom)]
+mod imp {
+    pub(crate) use loom::cell::UnsafeCell;
+    pub(crate) use loom::sync::atomic::{
+        AtomicBool, AtomicI64, AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize,
+        Ordering,
+        fence,
+    };
+    pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
+    pub(crate) use loom::thread::yield_now;
+
+    /// Spin-loop hint; under loom a yield, so that the model can schedule the thread we wait for.
+    #[inline]
+    pub(crate) fn spin_hint() {
+        loom::thread::yield_now();
+    }
+}
+
+#[cfg(not(loom))]
+mod imp {
+    pub(crate) use std::sync::atomic::{
+        AtomicBool, AtomicI64, AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize,
+        Ordering,
+        fence,
+    };
+    pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+    pub(crate) use std::thread::yield_now;
+
+    /// Spin-loop hint.
+    #[inline]
+    pub(crate) fn spin_hint() {
+        std::hint::spin_loop();
+    }
+
+    /// std's `UnsafeCell` with loom's access API, so that one code path serves both builds.
+    #[derive(Debug)]
+    #[repr(transparent)]
+    pub(crate) struct UnsafeCell<T: ?Sized>(std::cell::UnsafeCell<T>);
+
+    impl<T> UnsafeCell<T> {
+        #[inline]
+        pub(crate) const fn new(value: T) -> Self {
+            Self(std::cell::UnsafeCell::new(value))
+        }
+    }
+
+    impl<T: ?Sized> UnsafeCell<T> {
+        /// Runs `f` with a shared raw pointer to the contents.
+        #[inline]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
+        }
+
+        /// Runs `f` with a mutable raw pointer to the contents.
+        #[inline]
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+    }
+}
+
+pub(crate) use imp::*;
+
+/// crossbeam-epoch, re-exported so that the rest of the crate names it through the shim
+/// (it is loom-instrumented under `--cfg crossbeam_loom`).
+pub(crate) use crossbeam_epoch as epoch;
+
+/// Locks a mutex, ignoring poisoning: every critical section in this crate leaves its data
+/// consistent before anything that can panic runs, so a poisoned lock carries no broken
+/// invariant.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// A small number identifying the calling thread (distinct for the first threads that ask; used
+/// to spread striped counters).
+#[cfg(not(loom))]
+pub(crate) fn thread_index() -> usize {
+    use std::cell::Cell;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|i| {
+        let mut v = i.get();
+        if v == usize::MAX {
+            // Relaxed: only distinctness matters, and a collision only shares a stripe.
+            v = NEXT.fetch_add(1, Ordering::Relaxed);
+            i.set(v);
+        }
+        v
+    })
+}
+
+/// Under loom, every thread shares stripe 0 (the models do not look at statistics).
+#[cfg(loom)]
+pub(crate) fn thread_index() -> usize {
+    0
+}
