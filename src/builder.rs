@@ -3,16 +3,18 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
+use std::time::Duration;
 
 use crate::cache::Cache;
 use crate::clock::TimeSource;
 use crate::listener::{ListenerFn, RemovalCause};
+use crate::raw::node::NEVER;
 use crate::raw::{Config, Layout, RawCache};
 use crate::stats::StatsCounters;
 
-/// Most shards a cache may have (the shard is chosen by the top bits of the hash, and bits
-/// 32..48 are the chain tag).
-pub const MAX_SHARDS: usize = 1 << 16;
+/// Most shards a cache may have. A shard costs a few KiB even when empty (its event ring, its
+/// first table and arena chunk), and more shards than about four per core buy nothing.
+pub const MAX_SHARDS: usize = 1 << 12;
 
 /// Why [`CacheBuilder::build`] refused its settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +28,11 @@ pub enum BuildError {
     TooManyShards(usize),
     /// An initial capacity so large that no shard could address it.
     CapacityTooLarge(usize),
+    /// A duration setting of zero (named): a zero time to live or idle would make every entry
+    /// expire at once, and a zero check period would make the sweeper spin.
+    ZeroDuration(&'static str),
+    /// The background sweeper thread (`check_period`) could not be started.
+    SweeperSpawn(String),
 }
 
 impl fmt::Display for BuildError {
@@ -39,6 +46,10 @@ impl fmt::Display for BuildError {
                 write!(f, "at most {MAX_SHARDS} shards are supported, got {n}")
             }
             BuildError::CapacityTooLarge(n) => write!(f, "initial capacity {n} is too large"),
+            BuildError::ZeroDuration(what) => write!(f, "{what} must be longer than zero"),
+            BuildError::SweeperSpawn(why) => {
+                write!(f, "the sweeper thread could not be started: {why}")
+            }
         }
     }
 }
@@ -63,6 +74,9 @@ pub struct CacheBuilder<K, V, S = ahash::RandomState> {
     listener: Option<Box<ListenerFn<K, V>>>,
     clock: Option<quanta::Clock>,
     record_stats: bool,
+    time_to_live: Option<Duration>,
+    time_to_idle: Option<Duration>,
+    check_period: Option<Duration>,
     _types: PhantomData<fn(K, V)>,
 }
 
@@ -75,6 +89,9 @@ impl<K, V> CacheBuilder<K, V, ahash::RandomState> {
             listener: None,
             clock: None,
             record_stats: false,
+            time_to_live: None,
+            time_to_idle: None,
+            check_period: None,
             _types: PhantomData,
         }
     }
@@ -104,8 +121,36 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             listener: self.listener,
             clock: self.clock,
             record_stats: self.record_stats,
+            time_to_live: self.time_to_live,
+            time_to_idle: self.time_to_idle,
+            check_period: self.check_period,
             _types: PhantomData,
         }
+    }
+
+    /// Default time to live: an entry expires this long after it was inserted (or last given
+    /// a new lifetime with [`touch`](Cache::touch) / [`set_ttl`](Cache::set_ttl)), unless it
+    /// was inserted with its own ([`insert_with_ttl`](Cache::insert_with_ttl)). Default: none.
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.time_to_live = Some(ttl);
+        self
+    }
+
+    /// Time to idle: an entry expires this long after it was last read (or written). Its
+    /// deadline moves forward on reads at most once per tick of the coarse clock (about a
+    /// millisecond), so a hot entry is not written on every read. With a time to live as
+    /// well, an entry expires at whichever comes first. Default: none.
+    pub fn time_to_idle(mut self, tti: Duration) -> Self {
+        self.time_to_idle = Some(tti);
+        self
+    }
+
+    /// Runs a background thread that reclaims expired entries every `period`, so that an idle
+    /// cache gives its memory back too (writes reclaim on their own, amortised). The thread
+    /// holds only a weak reference: dropping the cache stops it. Default: no thread.
+    pub fn check_period(mut self, period: Duration) -> Self {
+        self.check_period = Some(period);
+        self
     }
 
     /// Called once for every entry that leaves the cache, with the reason.
@@ -144,7 +189,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     where
         K: Eq + Hash + Send + Sync + 'static,
         V: Clone + Send + Sync + 'static,
-        S: BuildHasher,
+        S: BuildHasher + Send + Sync + 'static,
     {
         let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shards = match self.shards {
@@ -154,24 +199,56 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             Some(n) => n,
             None => (parallelism * 4).next_power_of_two().min(MAX_SHARDS),
         };
-        // Buckets per shard: at least the expected entries (load factor at most one).
+        // Buckets per shard: two per expected entry, so that a pre-sized table runs at a load
+        // factor of at most one half (a hit then walks 1.25 nodes on average, and a chain
+        // walk's branches stay predictable; see ARCHITECTURE.md). A table that grows past its
+        // size doubles when it holds more entries than buckets.
         let per_shard = self.initial_capacity.div_ceil(shards);
-        if per_shard > 1 << 30 {
+        if per_shard > 1 << 29 {
             return Err(BuildError::CapacityTooLarge(self.initial_capacity));
         }
-        let buckets_per_shard = per_shard.max(MIN_BUCKETS).next_power_of_two();
+        let buckets_per_shard = (per_shard * BUCKETS_PER_ENTRY)
+            .max(MIN_BUCKETS)
+            .next_power_of_two();
+        let nanos = |what: &'static str, d: Option<Duration>| match d {
+            None => Ok(NEVER),
+            Some(d) if d.is_zero() => Err(BuildError::ZeroDuration(what)),
+            Some(d) => Ok(duration_to_ns(d)),
+        };
+        let ttl = nanos("time_to_live", self.time_to_live)?;
+        let tti = nanos("time_to_idle", self.time_to_idle)?;
+        if self.check_period.is_some_and(|d| d.is_zero()) {
+            return Err(BuildError::ZeroDuration("check_period"));
+        }
         let ring = RING;
-        let layout = Layout { shards, buckets_per_shard, ring };
+        let layout = Layout {
+            shards,
+            buckets_per_shard,
+            entries_per_shard: per_shard,
+            ring,
+        };
         let cfg = Config {
             hasher: self.hasher,
             listener: self.listener,
             time: TimeSource::new(self.clock.unwrap_or_default()),
             stats: StatsCounters::new(self.record_stats, parallelism * 2),
             drain_threshold: DRAIN_THRESHOLD,
+            ttl,
+            tti,
         };
-        Ok(Cache::from_raw(RawCache::new(layout, cfg)))
+        let cache = Cache::from_raw(RawCache::new(layout, cfg));
+        #[cfg(not(loom))]
+        if let Some(period) = self.check_period {
+            cache
+                .set_check_period(Some(period))
+                .map_err(|e| BuildError::SweeperSpawn(e.to_string()))?;
+        }
+        Ok(cache)
     }
 }
+
+/// Buckets of a pre-sized table per expected entry.
+const BUCKETS_PER_ENTRY: usize = 2;
 
 /// Smallest table of a shard.
 #[cfg(not(loom))]
@@ -200,6 +277,14 @@ impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
             .field("initial_capacity", &self.initial_capacity)
             .field("eviction_listener", &self.listener.is_some())
             .field("record_stats", &self.record_stats)
+            .field("time_to_live", &self.time_to_live)
+            .field("time_to_idle", &self.time_to_idle)
+            .field("check_period", &self.check_period)
             .finish_non_exhaustive()
     }
+}
+
+/// A duration in ns, saturating to "never" (`u64::MAX`).
+pub(crate) fn duration_to_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(NEVER)
 }

@@ -3,8 +3,9 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
+use std::time::Duration;
 
-use crate::builder::CacheBuilder;
+use crate::builder::{CacheBuilder, duration_to_ns};
 use crate::listener::RemovalCause;
 use crate::raw::RawCache;
 use crate::raw::node::NEVER;
@@ -20,10 +21,16 @@ pub struct Cache<K, V, S = ahash::RandomState> {
     inner: Arc<Inner<K, V, S>>,
 }
 
+/// In-flight `get_or_insert_with` initialisations of one stripe, by key hash.
+type PendingList = Mutex<Vec<(u64, Arc<Pending>)>>;
+
 struct Inner<K, V, S> {
     raw: RawCache<K, V, S>,
-    /// `get_or_insert_with` calls that are computing a value, by hash (see there).
-    pending: Box<[Mutex<Vec<(u64, Arc<Pending>)>>]>,
+    /// `get_or_insert_with` calls that are computing a value, striped by hash (see there).
+    pending: Box<[PendingList]>,
+    /// The background sweeper, if one runs (see `set_check_period`).
+    #[cfg(not(loom))]
+    sweeper: Mutex<Option<crate::sweeper::Sweeper>>,
 }
 
 /// One in-flight `get_or_insert_with` initialisation that others wait for.
@@ -46,7 +53,7 @@ impl Pending {
 
 /// Unregisters an in-flight initialisation and wakes its waiters, also if `init` panics.
 struct PendingGuard<'a> {
-    list: &'a Mutex<Vec<(u64, Arc<Pending>)>>,
+    list: &'a PendingList,
     me: Arc<Pending>,
 }
 
@@ -60,7 +67,9 @@ impl Drop for PendingGuard<'_> {
 
 impl<K, V, S> Clone for Cache<K, V, S> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -101,8 +110,17 @@ where
     S: BuildHasher,
 {
     pub(crate) fn from_raw(raw: RawCache<K, V, S>) -> Self {
-        let pending = (0..raw.shard_count()).map(|_| Mutex::new(Vec::new())).collect();
-        Self { inner: Arc::new(Inner { raw, pending }) }
+        let pending = (0..raw.shard_count())
+            .map(|_| Mutex::new(Vec::new()))
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                raw,
+                pending,
+                #[cfg(not(loom))]
+                sweeper: Mutex::new(None),
+            }),
+        }
     }
 
     /// A clone of the value stored for `key`, if it is live.
@@ -129,9 +147,29 @@ where
     }
 
     /// Stores `value` for `key`, replacing any previous value (which the eviction listener
-    /// hears about as [`RemovalCause::Replaced`]).
+    /// hears about as [`RemovalCause::Replaced`]). It expires after the cache's
+    /// [`time_to_live`](CacheBuilder::time_to_live) / [`time_to_idle`](CacheBuilder::time_to_idle),
+    /// if any.
     pub fn insert(&self, key: K, value: V) {
-        if let Err((key, value)) = self.inner.raw.insert(key, value, NEVER, 1, false) {
+        if let Err((key, value)) = self.inner.raw.insert(key, value, None, 1, false) {
+            self.refused(&key, &value);
+        }
+    }
+
+    /// Stores `value` for `key` with its own time to live (which [`touch`](Self::touch)
+    /// restarts). A zero `ttl` means "already expired": nothing is stored, a previous value
+    /// of the key is removed (reported as [`RemovalCause::Replaced`]), and the listener hears
+    /// about `value` as [`RemovalCause::Expired`]. `Duration::MAX` means "never expires".
+    pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
+        if ttl.is_zero() {
+            self.inner.raw.remove(&key, RemovalCause::Replaced);
+            if let Some(listener) = &self.inner.raw.cfg.listener {
+                listener(&key, &value, RemovalCause::Expired);
+            }
+            return;
+        }
+        let ttl = duration_to_ns(ttl);
+        if let Err((key, value)) = self.inner.raw.insert(key, value, Some(ttl), 1, false) {
             self.refused(&key, &value);
         }
     }
@@ -142,7 +180,86 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.raw.remove(key)
+        self.inner.raw.remove(key, RemovalCause::Explicit)
+    }
+
+    /// Restarts `key`'s lifetime without rewriting its value: its own time to live (from
+    /// [`insert_with_ttl`](Self::insert_with_ttl) or [`set_ttl`](Self::set_ttl)) or the
+    /// cache's [`time_to_live`](CacheBuilder::time_to_live) counts again from now, and its
+    /// idle time restarts. Returns false, and brings nothing back, if `key` has no live entry.
+    pub fn touch<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.raw.retime(key, None)
+    }
+
+    /// Gives `key` a new time to live, counted from now (and kept as its own, for
+    /// [`touch`](Self::touch)). A zero `ttl` expires the entry now (reported as
+    /// [`RemovalCause::Expired`]). Returns false if `key` has no live entry.
+    pub fn set_ttl<Q>(&self, key: &Q, ttl: Duration) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.raw.retime(key, Some(duration_to_ns(ttl)))
+    }
+
+    /// The remaining lifetime of `key`'s live entry: `None` if there is none,
+    /// `Some(Duration::MAX)` if it never expires.
+    pub fn ttl<Q>(&self, key: &Q) -> Option<Duration>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.raw.remaining(key).map(|ns| {
+            if ns == NEVER {
+                Duration::MAX
+            } else {
+                Duration::from_nanos(ns)
+            }
+        })
+    }
+
+    /// Like [`get`](Self::get), but if `key`'s entry has expired and has not been reclaimed
+    /// yet, its value is returned once more and the entry is removed (reported as
+    /// [`RemovalCause::Expired`]); a second call finds nothing. For callers that prefer a
+    /// stale value to none (memorystore's `stale` option).
+    pub fn get_stale<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.raw.read_stale(key)
+    }
+
+    /// Starts, restarts with a new period, or (with `None`) stops the background sweeper
+    /// that reclaims expired entries every `period` (see
+    /// [`check_period`](CacheBuilder::check_period)). Fails only if the thread cannot be
+    /// spawned.
+    #[cfg(not(loom))]
+    pub fn set_check_period(&self, period: Option<Duration>) -> std::io::Result<()>
+    where
+        S: Send + Sync + 'static,
+    {
+        let mut sweeper = lock(&self.inner.sweeper);
+        // Dropping the old sweeper stops its thread.
+        *sweeper = None;
+        if let Some(period) = period.filter(|p| !p.is_zero()) {
+            let weak = Arc::downgrade(&self.inner);
+            *sweeper = Some(crate::sweeper::Sweeper::spawn(
+                period,
+                move || match weak.upgrade() {
+                    Some(inner) => {
+                        inner.raw.run_pending_tasks();
+                        true
+                    }
+                    None => false,
+                },
+            )?);
+        }
+        Ok(())
     }
 
     /// The value for `key`, computing and storing it with `init` if there is none.
@@ -166,7 +283,10 @@ where
                 other.wait();
                 continue;
             }
-            let me = Arc::new(Pending { done: Mutex::new(false), cv: Condvar::new() });
+            let me = Arc::new(Pending {
+                done: Mutex::new(false),
+                cv: Condvar::new(),
+            });
             pending.push((hash, me.clone()));
             break me;
         };
@@ -176,7 +296,7 @@ where
             return v;
         }
         let value = init();
-        match raw.insert(key, value.clone(), NEVER, 1, true) {
+        match raw.insert(key, value.clone(), None, 1, true) {
             Ok(Inserted::Stored) => value,
             Ok(Inserted::Present(existing)) => existing,
             Err((key, refused)) => {
@@ -194,12 +314,12 @@ where
         }
     }
 
-    /// Number of live entries.
+    /// Number of live entries: never counts an entry whose deadline has passed.
     ///
-    /// Exact when no write is in flight. Under concurrent writes it is a snapshot of each
-    /// shard's counter, taken one shard after the other, and may transiently count a value
-    /// that an insert has superseded but not yet marked (an upper bound by at most one per
-    /// in-flight insert).
+    /// It first applies each shard's pending writes and expires what is due (taking each
+    /// shard's maintenance lock in turn, so it may wait for a pass in progress), then sums.
+    /// Exact when no write is in flight; under concurrent writes it counts each shard as of
+    /// its own moment.
     pub fn len(&self) -> usize {
         self.inner.raw.len()
     }
@@ -241,7 +361,11 @@ where
     where
         K: Clone,
     {
-        Iter { cache: self.clone(), next_shard: 0, buffer: Vec::new().into_iter() }
+        Iter {
+            cache: self.clone(),
+            next_shard: 0,
+            buffer: Vec::new().into_iter(),
+        }
     }
 }
 

@@ -60,16 +60,6 @@ impl TimeSource {
         // Saturate rather than wrap (584 years of uptime).
         ns.min(u64::MAX as u128 - 1) as u64
     }
-
-    /// `now + ttl` as a deadline, saturating to "never".
-    #[inline]
-    pub(crate) fn deadline_after(now: u64, ttl: Duration) -> u64 {
-        let ns = ttl.as_nanos();
-        if ns >= u64::MAX as u128 {
-            return u64::MAX;
-        }
-        now.saturating_add(ns as u64)
-    }
 }
 
 #[cfg(not(loom))]
@@ -103,19 +93,24 @@ mod ticker {
                     quanta::set_recent(clock.now());
                     let stop = Arc::new(AtomicBool::new(false));
                     let flag = stop.clone();
-                    let spawned = thread::Builder::new().name("evanesce-ticker".into()).spawn(
-                        move || {
-                            // Relaxed: a stop request needs no data with it.
-                            while !flag.load(Ordering::Relaxed) {
-                                quanta::set_recent(clock.now());
-                                thread::park_timeout(TICK);
-                            }
-                        },
-                    );
+                    let spawned =
+                        thread::Builder::new()
+                            .name("evanesce-ticker".into())
+                            .spawn(move || {
+                                // Relaxed: a stop request needs no data with it.
+                                while !flag.load(Ordering::Relaxed) {
+                                    quanta::set_recent(clock.now());
+                                    thread::park_timeout(TICK);
+                                }
+                            });
                     // If the thread cannot be spawned, `TimeSource::now` falls back to reading
                     // the clock source directly (slower, still correct).
                     if let Ok(thread) = spawned {
-                        *state = Some(Running { leases: 1, stop, thread });
+                        *state = Some(Running {
+                            leases: 1,
+                            stop,
+                            thread,
+                        });
                     }
                 }
             }

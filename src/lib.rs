@@ -44,9 +44,12 @@
 mod builder;
 mod cache;
 mod clock;
+mod expire;
 mod listener;
 mod raw;
 mod stats;
+#[cfg(not(loom))]
+mod sweeper;
 mod sync;
 
 pub use builder::{BuildError, CacheBuilder, MAX_SHARDS};

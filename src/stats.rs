@@ -31,7 +31,11 @@ impl Stats {
     /// `hits / (hits + misses)`, or 0 when nothing was counted.
     pub fn hit_ratio(&self) -> f64 {
         let total = self.hits + self.misses;
-        if total == 0 { 0.0 } else { self.hits as f64 / total as f64 }
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
     }
 }
 
@@ -60,13 +64,10 @@ impl StatsCounters {
         let stripes = stripes.next_power_of_two().max(1);
         Self {
             record_reads,
-            stripes: (0..stripes).map(|_| CachePadded::new(Stripe::default())).collect(),
+            stripes: (0..stripes)
+                .map(|_| CachePadded::new(Stripe::default()))
+                .collect(),
         }
-    }
-
-    #[inline]
-    pub(crate) fn records_reads(&self) -> bool {
-        self.record_reads
     }
 
     #[inline]

@@ -37,20 +37,21 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
     }
 }
 
-
 /// loom replays schedules, so every run of a model must hash the same way: a fixed-key hasher
 /// instead of the default randomly seeded one.
 type Fixed = BuildHasherDefault<DefaultHasher>;
 
 fn builder<V: Clone + Send + Sync + 'static>() -> evanesce::CacheBuilder<u64, V, Fixed> {
     let (clock, _mock) = quanta::Clock::mock();
-    Cache::builder().shards(1).clock(clock).hasher(Fixed::default())
+    Cache::builder()
+        .shards(1)
+        .clock(clock)
+        .hasher(Fixed::default())
 }
 
 fn cache<V: Clone + Send + Sync + 'static>() -> Cache<u64, V, Fixed> {
     builder().build().unwrap()
 }
-
 
 #[test]
 fn insert_publishes_to_get() {
@@ -128,7 +129,11 @@ fn two_inserts_of_one_key_leave_one() {
         assert!(v == Some(1) || v == Some(2));
         assert_eq!(cache.len(), 1);
         cache.run_pending_tasks();
-        assert_eq!(replaced.load(Ordering::SeqCst), 1, "the loser is reported once");
+        assert_eq!(
+            replaced.load(Ordering::SeqCst),
+            1,
+            "the loser is reported once"
+        );
         // Exactly one node survives in the table; loom checks that both values are dropped
         // exactly once by the end of the execution (nothing leaks, nothing freed twice).
     });
@@ -183,6 +188,114 @@ fn remove_vs_maintenance_reports_once() {
         cache.run_pending_tasks();
         assert_eq!(reports.load(Ordering::SeqCst), 1);
         assert_eq!(cache.get(&1), None);
+        assert_eq!(cache.get(&2), Some(20));
+    });
+}
+
+/// A cache with a mock clock (moved by the model between steps) and a listener recording
+/// `(key, value, cause)`.
+#[allow(clippy::type_complexity)]
+fn timed() -> (
+    Cache<u64, u64, Fixed>,
+    std::sync::Arc<quanta::Mock>,
+    std::sync::Arc<std::sync::Mutex<Vec<(u64, u64, RemovalCause)>>>,
+) {
+    let (clock, mock) = quanta::Clock::mock();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = log.clone();
+    let cache = Cache::builder()
+        .shards(1)
+        .clock(clock)
+        .hasher(Fixed::default())
+        .eviction_listener(move |k: &u64, v: &u64, c| sink.lock().unwrap().push((*k, *v, c)))
+        .build()
+        .unwrap();
+    (cache, mock, log)
+}
+
+fn ms(n: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(n)
+}
+
+#[test]
+fn touch_vs_expiry_never_reclaims_early() {
+    model(|| {
+        let (cache, mock, log) = timed();
+        cache.insert_with_ttl(1, 10, ms(10));
+        mock.increment(ms(8));
+        let toucher = {
+            let cache = cache.clone();
+            thread::spawn(move || cache.touch(&1))
+        };
+        // The clock passes the old deadline while the touch may or may not have happened, and
+        // a maintenance pass expires what it finds due.
+        mock.increment(ms(4));
+        cache.run_pending_tasks();
+        let touched = toucher.join().unwrap();
+        if touched {
+            // The touch happened before the old deadline: the entry lives until 8 + 10 ms.
+            assert_eq!(
+                cache.get(&1),
+                Some(10),
+                "a touched entry was reclaimed early"
+            );
+            assert!(log.lock().unwrap().is_empty());
+        } else {
+            assert_eq!(cache.get(&1), None);
+        }
+        cache.run_pending_tasks();
+        let expired = log.lock().unwrap().len();
+        assert_eq!(
+            expired,
+            usize::from(!touched),
+            "reported once, and only if expired"
+        );
+    });
+}
+
+#[test]
+fn replace_vs_expiry_never_removes_the_new_value() {
+    model(|| {
+        let (cache, mock, log) = timed();
+        cache.insert_with_ttl(1, 10, ms(10));
+        mock.increment(ms(10));
+        // The old value has expired but is not reclaimed; a replacement races with the pass
+        // that reclaims it.
+        let writer = {
+            let cache = cache.clone();
+            thread::spawn(move || cache.insert_with_ttl(1, 20, ms(1000)))
+        };
+        cache.run_pending_tasks();
+        writer.join().unwrap();
+        cache.run_pending_tasks();
+        assert_eq!(
+            cache.get(&1),
+            Some(20),
+            "the old deadline removed the new value"
+        );
+        assert_eq!(*log.lock().unwrap(), vec![(1, 10, RemovalCause::Expired)]);
+    });
+}
+
+#[test]
+fn remove_vs_expiry_reports_once() {
+    model(|| {
+        let (cache, mock, log) = timed();
+        cache.insert_with_ttl(1, 10, ms(10));
+        cache.insert(2, 20);
+        mock.increment(ms(10));
+        let remover = {
+            let cache = cache.clone();
+            thread::spawn(move || cache.remove(&1))
+        };
+        cache.run_pending_tasks();
+        assert_eq!(
+            remover.join().unwrap(),
+            None,
+            "an expired entry is not returned"
+        );
+        cache.run_pending_tasks();
+        assert_eq!(*log.lock().unwrap(), vec![(1, 10, RemovalCause::Expired)]);
         assert_eq!(cache.get(&2), Some(20));
     });
 }

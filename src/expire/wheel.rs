@@ -37,10 +37,6 @@
 //! bit must be cleared; so [`Wheel::cancel`] is O(1) without a per-entry slot field. A node that
 //! is not scheduled has both links set to [`UNLINKED`].
 
-// The shard is wired to the wheel separately; until every method is called from non-test
-// code, an unused `pub(crate)` item must not fail `clippy -D warnings`.
-#![cfg_attr(not(test), allow(dead_code))]
-
 /// Bits of a tick number consumed by one level.
 const SLOT_BITS: u32 = 6;
 /// Slots per level.
@@ -292,16 +288,22 @@ impl Wheel {
             .map(|(_, start)| start << self.tick_shift)
     }
 
+    // Test and fuzz support (the invariant checks of the proptest model and fuzz target).
+    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
     /// Number of scheduled entries.
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
+    // Test and fuzz support (the invariant checks of the proptest model and fuzz target).
+    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
     /// Whether no entry is scheduled.
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    // Test and fuzz support (the invariant checks of the proptest model and fuzz target).
+    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
     /// Checks the structural invariants, panicking with a message on the first violation.
     /// For tests and fuzzing; O(LISTS + size of the link table).
     ///
@@ -395,6 +397,8 @@ impl Wheel {
         }
     }
 
+    // Test and fuzz support (the invariant checks of the proptest model and fuzz target).
+    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
     /// [`Wheel::validate`], plus the timing invariant given the current deadlines: every entry
     /// outside the due list sits in a slot that starts no later than the tick of its current
     /// deadline, so the slot comes due no later than the entry does. (Entries whose deadline

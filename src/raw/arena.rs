@@ -61,7 +61,10 @@ impl<K, V> Arena<K, V> {
         // A quarter of slack: shards are not all equally loaded, and a slot stays taken for a
         // grace period after its entry is removed.
         let slack = expected.saturating_add(expected / 4);
-        let first_shift = slack.next_power_of_two().trailing_zeros().clamp(MIN_SHIFT, 30);
+        let first_shift = slack
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(MIN_SHIFT, 30);
         let mut arena = Self {
             first: ptr::null_mut(),
             first_shift,
@@ -101,7 +104,10 @@ impl<K, V> Arena<K, V> {
     /// found in a link or an event was); this is checked in debug builds.
     #[inline]
     pub(crate) fn node(&self, idx: Idx) -> &Node<K, V> {
-        debug_assert!(idx < self.fresh.load(Ordering::Relaxed), "index {idx} never allocated");
+        debug_assert!(
+            idx < self.fresh.load(Ordering::Relaxed),
+            "index {idx} never allocated"
+        );
         if idx < 1 << self.first_shift {
             // SAFETY: chunk 0 is allocated at construction and holds `1 << first_shift` slots;
             // `idx` was handed out by `alloc`, which initialised its header.
@@ -143,12 +149,10 @@ impl<K, V> Arena<K, V> {
             let new = (((head >> 32) + 1) << 32) | next as u64;
             // Acquire on success: as for the load above. Acquire on failure: the new head is
             // about to be used the same way.
-            match self.free.compare_exchange_weak(
-                head,
-                new,
-                Ordering::Acquire,
-                Ordering::Acquire,
-            ) {
+            match self
+                .free
+                .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
+            {
                 Ok(_) => return Some(idx),
                 Err(actual) => head = actual,
             }
@@ -231,12 +235,10 @@ impl<K, V> Arena<K, V> {
             let new = (((head >> 32) + 1) << 32) | idx as u64;
             // Release: pairs with the Acquire in `alloc`; the payload drop and the link above
             // happen before the slot is reused.
-            match self.free.compare_exchange_weak(
-                head,
-                new,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
+            match self
+                .free
+                .compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed)
+            {
                 Ok(_) => return,
                 Err(actual) => head = actual,
             }
@@ -267,11 +269,130 @@ impl<K, V> Arena<K, V> {
             }
         }
     }
+}
 
-    /// Bytes of node memory committed for slots handed out so far (an estimate of resident
-    /// memory: a chunk's pages beyond its last used slot are never touched).
-    pub(crate) fn committed_bytes(&self) -> usize {
-        self.allocated() as usize * std::mem::size_of::<Node<K, V>>()
+/// A per-node `u64` that most caches never need (a per-entry TTL, a hard expiry cap), stored
+/// beside the arena in chunks of the same geometry, allocated only when a value is first
+/// written into the chunk. A chunk starts zeroed, and 0 is each column's "default" value, so
+/// a node whose chunk is absent reads as 0 without any allocation.
+pub(crate) struct Column {
+    first_shift: u32,
+    chunks: [AtomicPtr<AtomicU64>; NCHUNKS],
+}
+
+impl Column {
+    pub(crate) fn new<K, V>(arena: &Arena<K, V>) -> Self {
+        Self {
+            first_shift: arena.first_shift,
+            chunks: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+        }
+    }
+
+    fn locate(&self, idx: Idx) -> (usize, usize) {
+        let n = idx as u64 + (1 << self.first_shift);
+        let chunk = 63 - n.leading_zeros() - self.first_shift;
+        let offset = n - ((1 << self.first_shift) << chunk);
+        (chunk as usize, offset as usize)
+    }
+
+    fn layout(&self, chunk: usize) -> Layout {
+        match Layout::array::<AtomicU64>((1usize << self.first_shift) << chunk) {
+            Ok(layout) => layout,
+            Err(_) => handle_alloc_error(Layout::new::<AtomicU64>()),
+        }
+    }
+
+    /// The value for node `idx` (0 if never written in its chunk).
+    #[inline]
+    pub(crate) fn get(&self, idx: Idx) -> u64 {
+        let (chunk, offset) = self.locate(idx);
+        // Acquire: pairs with the Release CAS that installed the chunk.
+        let base = self.chunks[chunk].load(Ordering::Acquire);
+        if base.is_null() {
+            return 0;
+        }
+        // SAFETY: an installed chunk holds `first << chunk` initialised atomics and lives as
+        // long as the column; `offset` is within it by construction of `locate`.
+        let cell = unsafe { &*base.add(offset) };
+        // Relaxed: the value's writer published the node (or the value) through the orderings
+        // of the operation that stored it (see the callers).
+        cell.load(Ordering::Relaxed)
+    }
+
+    /// Whether node `idx`'s chunk exists (so that a stale value could be in it).
+    #[inline]
+    pub(crate) fn is_allocated(&self, idx: Idx) -> bool {
+        let (chunk, _) = self.locate(idx);
+        // Acquire: as in `get`.
+        !self.chunks[chunk].load(Ordering::Acquire).is_null()
+    }
+
+    /// Stores the value for node `idx`, allocating its chunk if needed.
+    pub(crate) fn set(&self, idx: Idx, value: u64) {
+        let (chunk, offset) = self.locate(idx);
+        // Acquire: as in `get`.
+        let mut base = self.chunks[chunk].load(Ordering::Acquire);
+        if base.is_null() {
+            base = self.install(chunk);
+        }
+        // SAFETY: as in `get`.
+        let cell = unsafe { &*base.add(offset) };
+        // Relaxed: see `get`.
+        cell.store(value, Ordering::Relaxed);
+    }
+
+    fn install(&self, chunk: usize) -> *mut AtomicU64 {
+        let layout = self.layout(chunk);
+        let len = (1usize << self.first_shift) << chunk;
+        #[cfg(not(loom))]
+        // SAFETY: non-zero size. All-zero bytes are a valid `AtomicU64` holding 0, so zeroed
+        // memory is initialised (and its pages are committed only when written).
+        let fresh = unsafe { std::alloc::alloc_zeroed(layout) } as *mut AtomicU64;
+        #[cfg(loom)]
+        // SAFETY: non-zero size; every element is initialised below (loom's atomics are objects
+        // that must be constructed).
+        let fresh = unsafe { alloc(layout) } as *mut AtomicU64;
+        if fresh.is_null() {
+            handle_alloc_error(layout);
+        }
+        #[cfg(loom)]
+        for i in 0..len {
+            // SAFETY: inside the fresh allocation.
+            unsafe { fresh.add(i).write(AtomicU64::new(0)) };
+        }
+        let _ = len;
+        // Release on success: publishes the zeroed chunk. Acquire on failure: we use the winner's.
+        match self.chunks[chunk].compare_exchange(
+            ptr::null_mut(),
+            fresh,
+            Ordering::Release,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => fresh,
+            Err(winner) => {
+                // SAFETY: allocated above with this layout and never shared.
+                unsafe { dealloc(fresh as *mut u8, layout) };
+                winner
+            }
+        }
+    }
+}
+
+impl Drop for Column {
+    fn drop(&mut self) {
+        for chunk in 0..NCHUNKS {
+            // Relaxed: `&mut self`, nothing runs concurrently.
+            let base = self.chunks[chunk].load(Ordering::Relaxed);
+            if !base.is_null() {
+                let len = (1usize << self.first_shift) << chunk;
+                for i in 0..len {
+                    // SAFETY: initialised (see `install`); no other access remains.
+                    unsafe { ptr::drop_in_place(base.add(i)) };
+                }
+                // SAFETY: allocated in `install` with this layout.
+                unsafe { dealloc(base as *mut u8, self.layout(chunk)) };
+            }
+        }
     }
 }
 

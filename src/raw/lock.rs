@@ -32,7 +32,10 @@ impl Drop for Unlock<'_> {
 
 impl<T> TryLock<T> {
     pub(crate) fn new(value: T) -> Self {
-        Self { locked: CachePadded::new(AtomicBool::new(false)), value: UnsafeCell::new(value) }
+        Self {
+            locked: CachePadded::new(AtomicBool::new(false)),
+            value: UnsafeCell::new(value),
+        }
     }
 
     fn acquire(&self) -> bool {
@@ -75,19 +78,5 @@ impl<T> TryLock<T> {
                 backoff.snooze();
             }
         }
-    }
-
-    /// Whether some thread holds the lock right now (a hint).
-    pub(crate) fn is_locked(&self) -> bool {
-        // Relaxed: a hint only.
-        self.locked.load(Ordering::Relaxed)
-    }
-
-    /// Exclusive access without locking.
-    pub(crate) fn get_mut(&mut self) -> &mut T {
-        self.value.with_mut(|p| {
-            // SAFETY: `&mut self` proves no other reference to the lock, hence to the value.
-            unsafe { &mut *p }
-        })
     }
 }

@@ -14,10 +14,11 @@ use std::hash::BuildHasher;
 use std::mem;
 
 use super::Config;
-use super::node::{IDX_MASK, Idx, LIFE_RETIRED, MARK, NIL, UNINIT};
+use super::node::{IDX_MASK, Idx, LIFE_RETIRED, MARK, NEVER, NIL, UNINIT};
 use super::ring::{Event, EventKind};
-use super::shard::{Shard, tag_of};
+use super::shard::{Shard, TICK_SHIFT, tag_of};
 use super::table::{Table, bucket_of, free_table};
+use crate::expire::wheel::Wheel;
 use crate::listener::RemovalCause;
 use crate::stats::Counter;
 use crate::sync::epoch::Guard;
@@ -50,6 +51,10 @@ pub(crate) struct Maint {
     /// Removals this pass made, for the listener.
     notify: Vec<(Idx, RemovalCause)>,
     growth: Option<Growth>,
+    /// Admitted entries with a deadline, filed by deadline (created with the first one).
+    wheel: Option<Wheel>,
+    /// Scratch: what the wheel found expired in this pass.
+    expired: Vec<Idx>,
 }
 
 impl Maint {
@@ -108,16 +113,64 @@ where
     K: Eq + std::hash::Hash + Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
-    /// One maintenance pass (the lock is held by the caller).
-    pub(super) fn pass<S: BuildHasher>(&self, m: &mut Maint, cfg: &Config<K, V, S>, guard: &Guard) {
+    /// One maintenance pass (the lock is held by the caller). With `exact`, every entry whose
+    /// deadline has passed is expired; otherwise only those in the wheel's elapsed ticks.
+    pub(super) fn pass<S: BuildHasher>(
+        &self,
+        m: &mut Maint,
+        cfg: &Config<K, V, S>,
+        guard: &Guard,
+        exact: bool,
+    ) {
         for _ in 0..self.ring.capacity() {
             match self.ring.pop() {
                 Some(event) => self.apply(m, cfg, event, guard),
                 None => break,
             }
         }
+        self.expire(m, cfg, exact);
         self.process_unlinks(m, cfg, guard);
         self.grow(m, cfg, guard);
+    }
+
+    /// Expires what the wheel finds due, and publishes when the wheel next needs a pass.
+    fn expire<S>(&self, m: &mut Maint, cfg: &Config<K, V, S>, exact: bool) {
+        let Some(wheel) = m.wheel.as_mut() else {
+            return;
+        };
+        let mut expired = std::mem::take(&mut m.expired);
+        let now = cfg.time.now();
+        // Relaxed (deadline): see `Shard::alive`. An entry touched since it was filed reports
+        // its later deadline here and is re-filed, not expired.
+        wheel.advance(
+            now,
+            exact,
+            |idx| self.arena.node(idx).deadline.load(Ordering::Relaxed),
+            |idx| expired.push(idx),
+        );
+        let next = wheel.next_expiration().unwrap_or(NEVER);
+        for idx in expired.drain(..) {
+            // If someone else marked it first, their removal is the one reported.
+            self.maint_mark(m, cfg, idx, RemovalCause::Expired);
+        }
+        m.expired = expired;
+        // Relaxed: a hint for writers (see `Shard::expiry_due`).
+        self.next_expiry.store(next, Ordering::Relaxed);
+    }
+
+    /// Files `idx` in the wheel at its current deadline, if it has one.
+    fn schedule<S>(&self, m: &mut Maint, cfg: &Config<K, V, S>, idx: Idx) {
+        // Relaxed: see `Shard::alive`; a later move is found when the slot comes due.
+        let deadline = self.arena.node(idx).deadline.load(Ordering::Relaxed);
+        if deadline == NEVER {
+            return;
+        }
+        let wheel = m
+            .wheel
+            .get_or_insert_with(|| Wheel::new(TICK_SHIFT, cfg.time.now()));
+        wheel.schedule(idx, deadline);
+        // Relaxed: a hint (see `expire`); never later than what the wheel would report.
+        self.next_expiry.fetch_min(deadline, Ordering::Relaxed);
     }
 
     /// Ends a pass: unlinks what is pending, hands finished nodes to the epoch, and returns
@@ -148,6 +201,10 @@ where
                     unsafe { arena.release(idx) };
                 }
             });
+            // Hand the batch to the global queue now: left in this thread's local bag, it would
+            // wait until this thread defers or pins many more times, which an idle thread never
+            // does. From the queue, any thread's next collection frees it.
+            guard.flush();
         }
         mem::take(&mut m.notify)
     }
@@ -156,7 +213,7 @@ where
     pub(super) fn apply<S: BuildHasher>(
         &self,
         m: &mut Maint,
-        _cfg: &Config<K, V, S>,
+        cfg: &Config<K, V, S>,
         event: Event,
         _guard: &Guard,
     ) {
@@ -171,6 +228,7 @@ where
                     self.try_retire(m, idx);
                 } else {
                     *m.flags(idx) |= ADMITTED;
+                    self.schedule(m, cfg, idx);
                 }
             }
             EventKind::Removed => {
@@ -179,7 +237,17 @@ where
                 *m.flags(idx) |= SEEN_REMOVE;
                 m.unlink_queue.push(idx);
             }
-            EventKind::Rescheduled => {}
+            EventKind::Rescheduled => {
+                // The deadline moved earlier: re-file it. (A stale event about a slot that was
+                // reused is harmless: re-filing an admitted entry at its own deadline is a
+                // no-op in effect; an entry not yet admitted is filed when it is.)
+                if m.has(idx, ADMITTED) && !self.arena.node(idx).is_marked() {
+                    if let Some(wheel) = m.wheel.as_mut() {
+                        wheel.cancel(idx);
+                    }
+                    self.schedule(m, cfg, idx);
+                }
+            }
         }
     }
 
@@ -223,15 +291,26 @@ where
     }
 
     fn try_retire(&self, m: &mut Maint, idx: Idx) {
-        let flags = m.flags(idx);
-        if *flags & DONE == DONE {
-            *flags = 0;
+        let flags = *m.flags(idx);
+        if flags & DONE == DONE {
+            if flags & ADMITTED != 0
+                && let Some(wheel) = m.wheel.as_mut()
+            {
+                wheel.cancel(idx);
+            }
+            *m.flags(idx) = 0;
             m.retired.push(idx);
         }
     }
 
     /// Unlinks the marked node `idx` from its chain (node.rs, rule 4).
-    fn unlink<S: BuildHasher>(&self, m: &mut Maint, cfg: &Config<K, V, S>, idx: Idx, guard: &Guard) {
+    fn unlink<S: BuildHasher>(
+        &self,
+        m: &mut Maint,
+        cfg: &Config<K, V, S>,
+        idx: Idx,
+        guard: &Guard,
+    ) {
         let node = self.arena.node(idx);
         debug_assert!(node.is_marked());
         // SAFETY: the node is in the table (only this thread unlinks), and we are pinned.
@@ -243,7 +322,10 @@ where
             let mut pred = bucket;
             // Acquire: pairs with the Release CAS that linked the head node.
             let mut pred_val = pred.load(Ordering::Acquire);
-            debug_assert!(pred_val != UNINIT && pred_val & MARK == 0, "unlink during growth");
+            debug_assert!(
+                pred_val != UNINIT && pred_val & MARK == 0,
+                "unlink during growth"
+            );
             let mut cur = pred_val & IDX_MASK;
             while cur != NIL {
                 let cur_node = self.arena.node(cur);
@@ -311,8 +393,7 @@ where
         let table = self.current(guard);
         let Some(mut growth) = m.growth.take() else {
             // Relaxed: a trigger.
-            if self.live.load(Ordering::Relaxed) > table.len() as i64 && table.len() < MAX_BUCKETS
-            {
+            if self.live.load(Ordering::Relaxed) > table.len() as i64 && table.len() < MAX_BUCKETS {
                 self.publish_larger(guard);
                 m.growth = Some(Growth {
                     phase: Phase::Splitting,
@@ -486,7 +567,7 @@ where
     pub(crate) fn clear<S: BuildHasher>(&self, cfg: &Config<K, V, S>) {
         let guard = crate::sync::epoch::pin();
         let notes = self.maint.run(|m| {
-            self.pass(m, cfg, &guard);
+            self.pass(m, cfg, &guard, false);
             let table = self.current(&guard);
             for j in 0..table.len() {
                 // Acquire: as in `Table::chain_head`.

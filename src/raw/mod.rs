@@ -24,7 +24,7 @@ use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 
 use crate::clock::TimeSource;
-use crate::listener::ListenerFn;
+use crate::listener::{ListenerFn, RemovalCause};
 use crate::stats::StatsCounters;
 use shard::{Inserted, Shard};
 
@@ -36,6 +36,10 @@ pub(crate) struct Config<K, V, S> {
     pub(crate) stats: StatsCounters,
     /// Waiting events at which a writer offers a maintenance pass.
     pub(crate) drain_threshold: usize,
+    /// Default time to live, in ns ([`NEVER`](node::NEVER): none).
+    pub(crate) ttl: u64,
+    /// Time to idle, in ns ([`NEVER`](node::NEVER): none).
+    pub(crate) tti: u64,
 }
 
 impl<K, V, S: BuildHasher> Config<K, V, S> {
@@ -49,6 +53,8 @@ impl<K, V, S: BuildHasher> Config<K, V, S> {
 pub(crate) struct Layout {
     pub(crate) shards: usize,
     pub(crate) buckets_per_shard: usize,
+    /// Expected entries per shard (sizes the arena's first chunk).
+    pub(crate) entries_per_shard: usize,
     pub(crate) ring: usize,
 }
 
@@ -68,7 +74,13 @@ where
         debug_assert!(layout.shards.is_power_of_two());
         Self {
             shards: (0..layout.shards)
-                .map(|_| Shard::new(layout.buckets_per_shard, layout.ring))
+                .map(|_| {
+                    Shard::new(
+                        layout.buckets_per_shard,
+                        layout.entries_per_shard,
+                        layout.ring,
+                    )
+                })
                 .collect(),
             shard_bits: layout.shards.trailing_zeros(),
             cfg,
@@ -77,7 +89,11 @@ where
 
     #[inline]
     fn shard(&self, hash: u64) -> &Shard<K, V> {
-        let i = if self.shard_bits == 0 { 0 } else { (hash >> (64 - self.shard_bits)) as usize };
+        let i = if self.shard_bits == 0 {
+            0
+        } else {
+            (hash >> (64 - self.shard_bits)) as usize
+        };
         &self.shards[i]
     }
 
@@ -91,12 +107,13 @@ where
         self.shard(hash).read(&self.cfg, hash, key, f)
     }
 
-    /// Stores `key -> value`; returns them back if the shard cannot hold another node.
+    /// Stores `key -> value` with a per-entry time to live in ns (`None`: the cache's
+    /// default); returns them back if the shard cannot hold another node.
     pub(crate) fn insert(
         &self,
         key: K,
         value: V,
-        deadline: u64,
+        ttl: Option<u64>,
         weight: u32,
         only_if_absent: bool,
     ) -> Result<Inserted<V>, (K, V)>
@@ -104,20 +121,55 @@ where
         V: Clone,
     {
         let hash = self.cfg.hash(&key);
-        self.shard(hash).insert(&self.cfg, hash, key, value, deadline, weight, only_if_absent)
+        self.shard(hash)
+            .insert(&self.cfg, hash, key, value, ttl, weight, only_if_absent)
     }
 
-    pub(crate) fn remove<Q>(&self, key: &Q) -> Option<V>
+    /// Removes `key`; the listener hears `cause` (or `Expired` if it had expired meanwhile).
+    pub(crate) fn remove<Q>(&self, key: &Q, cause: RemovalCause) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
         V: Clone,
     {
         let hash = self.cfg.hash(key);
-        self.shard(hash).remove(&self.cfg, hash, key)
+        self.shard(hash).remove(&self.cfg, hash, key, cause)
     }
 
-    /// Applies every shard's pending events, then sums the live counts.
+    /// Restarts `key`'s expiry: with `ttl` (ns, which becomes the entry's own), or with the
+    /// entry's own or the cache's default when `None`. False if `key` has no live entry.
+    pub(crate) fn retime<Q>(&self, key: &Q, ttl: Option<u64>) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.cfg.hash(key);
+        self.shard(hash).retime(&self.cfg, hash, key, ttl)
+    }
+
+    /// Remaining lifetime of `key` in ns ([`NEVER`](node::NEVER) if it does not expire).
+    pub(crate) fn remaining<Q>(&self, key: &Q) -> Option<u64>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.cfg.hash(key);
+        self.shard(hash).remaining(&self.cfg, hash, key)
+    }
+
+    /// Like `read`, but an expired entry not yet reclaimed is returned once and removed.
+    pub(crate) fn read_stale<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        let hash = self.cfg.hash(key);
+        self.shard(hash).read_stale(&self.cfg, hash, key)
+    }
+
+    /// Applies every shard's pending events and expires what is due, then sums the live
+    /// counts.
     pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
@@ -151,5 +203,64 @@ where
         V: Clone,
     {
         self.shards[i].snapshot(&self.cfg, out);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::sync::epoch;
+
+    fn raw(shards: usize, buckets: usize) -> RawCache<u64, u64, ahash::RandomState> {
+        let layout = Layout {
+            shards,
+            buckets_per_shard: buckets,
+            entries_per_shard: 0,
+            ring: 128,
+        };
+        let cfg = Config {
+            hasher: ahash::RandomState::new(),
+            listener: None,
+            time: TimeSource::new(quanta::Clock::mock().0),
+            stats: StatsCounters::new(false, 1),
+            drain_threshold: 32,
+            ttl: node::NEVER,
+            tti: node::NEVER,
+        };
+        RawCache::new(layout, cfg)
+    }
+
+    /// Growth runs to completion: after enough passes (each needing a grace period between
+    /// unzip steps), the table has doubled repeatedly and no old table is left.
+    #[test]
+    fn growth_completes_and_retires_the_old_table() {
+        let cache = raw(1, 8);
+        for k in 0..10_000u64 {
+            cache.insert(k, k, None, 1, false).ok().unwrap();
+        }
+        let shard = &cache.shards[0];
+        for _ in 0..10_000 {
+            cache.run_pending_tasks();
+            epoch::pin().flush();
+            let guard = epoch::pin();
+            if shard.old_table(&guard).is_none() && shard.current(&guard).len() >= 8192 {
+                break;
+            }
+        }
+        let guard = epoch::pin();
+        assert!(
+            shard.old_table(&guard).is_none(),
+            "growth still in progress"
+        );
+        assert!(
+            shard.current(&guard).len() >= 8192,
+            "{}",
+            shard.current(&guard).len()
+        );
+        drop(guard);
+        for k in 0..10_000u64 {
+            assert_eq!(cache.read(&k, |v| *v), Some(k));
+        }
+        assert_eq!(cache.len(), 10_000);
     }
 }

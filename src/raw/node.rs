@@ -115,7 +115,7 @@ impl<K, V> Node<K, V> {
         self.deadline.store(deadline, Ordering::Relaxed);
         self.next.store(NIL, Ordering::Relaxed);
         self.freq.store(0, Ordering::Relaxed);
-        // SAFETY (three blocks): the caller owns the slot, so nothing else accesses its cells.
+        // SAFETY: the caller owns the slot, so nothing else accesses its cells.
         debug_assert_eq!(unsafe { self.life() }, LIFE_FREE);
         // SAFETY: as above.
         unsafe { self.set_life(LIFE_LIVE) };

@@ -63,7 +63,11 @@ impl Ring {
         let slots = (0..capacity)
             .map(|i| Slot {
                 seq: AtomicUsize::new(i),
-                event: UnsafeCell::new(Event { idx: 0, kind: EventKind::Inserted, weight: 0 }),
+                event: UnsafeCell::new(Event {
+                    idx: 0,
+                    kind: EventKind::Inserted,
+                    weight: 0,
+                }),
             })
             .collect();
         Self {
@@ -138,18 +142,11 @@ impl Ring {
             unsafe { *p }
         });
         // Release: hands the slot back to the producer of `pos + capacity` (Acquire in push).
-        slot.seq.store(pos.wrapping_add(self.capacity()), Ordering::Release);
+        slot.seq
+            .store(pos.wrapping_add(self.capacity()), Ordering::Release);
         // Relaxed: see above; producers read it only for an estimate.
         self.head.store(pos.wrapping_add(1), Ordering::Relaxed);
         Some(event)
-    }
-
-    /// Approximate number of waiting events.
-    pub(crate) fn len(&self) -> usize {
-        // Relaxed: an estimate.
-        let tail = self.tail.load(Ordering::Relaxed);
-        let head = self.head.load(Ordering::Relaxed);
-        tail.wrapping_sub(head).min(self.capacity())
     }
 }
 
@@ -158,7 +155,11 @@ mod tests {
     use super::*;
 
     fn ev(idx: u32) -> Event {
-        Event { idx, kind: EventKind::Removed, weight: 1 }
+        Event {
+            idx,
+            kind: EventKind::Removed,
+            weight: 1,
+        }
     }
 
     #[test]
@@ -174,7 +175,6 @@ mod tests {
             assert_eq!(ring.pop(), Some(ev(i)));
         }
         assert_eq!(ring.pop(), None);
-        assert_eq!(ring.len(), 0);
     }
 
     #[test]
@@ -199,7 +199,7 @@ mod tests {
                 })
             })
             .collect();
-        let mut seen = vec![0u32; 4];
+        let mut seen = [0u32; 4];
         let mut got = 0;
         while got < 40_000 {
             if let Some(e) = ring.pop() {

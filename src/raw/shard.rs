@@ -31,7 +31,7 @@ use std::hash::BuildHasher;
 use crossbeam_utils::CachePadded;
 
 use super::Config;
-use super::arena::Arena;
+use super::arena::{Arena, Column};
 use super::lock::TryLock;
 use super::maint::Maint;
 use super::node::{IDX_MASK, Idx, MARK, NEVER, NIL, Node, UNINIT};
@@ -40,7 +40,7 @@ use super::table::{Table, bucket_of, free_table, new_table};
 use crate::listener::RemovalCause;
 use crate::stats::Counter;
 use crate::sync::epoch::{self, Guard};
-use crate::sync::{Arc, AtomicI64, AtomicUsize, Ordering};
+use crate::sync::{Arc, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 /// The chain tag of a hash: bits 32..48 (the bucket uses the low bits, the shard the top ones).
 #[inline]
@@ -75,21 +75,40 @@ pub(crate) struct Shard<K, V> {
     /// Unmarked nodes in the table, as of the events the maintainer has applied: +1 per
     /// `Inserted`, -1 per removal. Written only by the maintainer (see `len`).
     pub(super) live: CachePadded<AtomicI64>,
+    /// The earliest time the timer wheel may expire something ([`NEVER`] if it holds
+    /// nothing): writers offer a maintenance pass once it has passed. Written by the
+    /// maintainer.
+    pub(super) next_expiry: CachePadded<AtomicU64>,
+    /// Per-entry time to live set by `insert_with_ttl` / `set_ttl` (0: the cache's default),
+    /// so that `touch` restarts an entry with its own lifetime.
+    pub(super) lifetime: Column,
+    /// With a time to idle and a time to live: the entry's hard deadline (0: none), which
+    /// idle extensions never pass.
+    pub(super) cap: Column,
 }
+
+/// Ticks of the coarse clock: deadlines moved by reads (time to idle) are written at most once
+/// per tick, and the timer wheel files entries by tick (2^20 ns, about a millisecond).
+pub(crate) const TICK_SHIFT: u32 = 20;
+const TICK_NS: u64 = 1 << TICK_SHIFT;
 
 impl<K, V> Shard<K, V>
 where
     K: Eq + std::hash::Hash + Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
-    pub(crate) fn new(buckets: usize, ring: usize) -> Self {
+    pub(crate) fn new(buckets: usize, entries: usize, ring: usize) -> Self {
+        let arena = Arena::new(entries);
         Self {
             table: AtomicUsize::new(new_table(buckets, NIL)),
             old: AtomicUsize::new(0),
-            arena: Arc::new(Arena::new(buckets)),
+            lifetime: Column::new(&arena),
+            cap: Column::new(&arena),
+            arena: Arc::new(arena),
             ring: Ring::new(ring),
             maint: TryLock::new(Maint::default()),
             live: CachePadded::new(AtomicI64::new(0)),
+            next_expiry: CachePadded::new(AtomicU64::new(NEVER)),
         }
     }
 
@@ -129,7 +148,11 @@ where
         // Acquire: pairs with the Release CAS that linked the head node (insert, unlink or
         // bucket split), so the node's contents are visible.
         let bucket = table.bucket(hash).load(Ordering::Acquire);
-        let mut start = Start { table: table.word(), bucket, old: 0 };
+        let mut start = Start {
+            table: table.word(),
+            bucket,
+            old: 0,
+        };
         if bucket != UNINIT {
             return (bucket & IDX_MASK, start);
         }
@@ -170,7 +193,8 @@ where
             return true;
         }
         // Acquire: as in `start`.
-        self.old_table(guard).is_some_and(|old| old.bucket(hash).load(Ordering::Acquire) == start.old)
+        self.old_table(guard)
+            .is_some_and(|old| old.bucket(hash).load(Ordering::Acquire) == start.old)
     }
 
     /// The first node of `key` (marked or not), from a chain head that is current enough: if
@@ -220,7 +244,7 @@ where
             // Acquire: pairs with the Release CAS that linked the successor (so its contents
             // are visible when we follow the link) and with the AcqRel CAS that set the mark.
             let next = node.next.load(Ordering::Acquire);
-            // SAFETY (tag and payload): reached through links while pinned: the node is
+            // SAFETY: reached through links while pinned (both the tag and the payload): the node is
             // initialised (the Acquire load of the link that led here orders its publication
             // before) and cannot be freed or reused before `_guard` is dropped (node.rs, rules
             // 2 and 5).
@@ -244,6 +268,78 @@ where
         deadline == NEVER || cfg.time.now() < deadline
     }
 
+    /// On a hit: whether the entry is alive, and if the cache has a time to idle, its
+    /// deadline moved to `now + tti` (capped by its hard deadline), written at most once per
+    /// tick so that a hot entry does not write its cache line on every read.
+    #[inline]
+    fn alive_on_hit<S>(&self, cfg: &Config<K, V, S>, idx: Idx, node: &Node<K, V>) -> bool {
+        // Relaxed: as in `alive`.
+        let deadline = node.deadline.load(Ordering::Relaxed);
+        if deadline == NEVER {
+            return true;
+        }
+        let now = cfg.time.now();
+        if now >= deadline {
+            return false;
+        }
+        if cfg.tti != NEVER {
+            let mut idle = now.saturating_add(cfg.tti);
+            let cap = self.cap.get(idx);
+            if cap != 0 {
+                idle = idle.min(cap);
+            }
+            if idle >= deadline.saturating_add(TICK_NS) {
+                // Relaxed: a later deadline needs no event (the wheel re-files lazily); a lost
+                // race with another extension or a `touch` leaves one of their deadlines.
+                node.deadline.store(idle, Ordering::Relaxed);
+            }
+        }
+        true
+    }
+
+    /// Whether the timer wheel has something due: writers then offer a maintenance pass.
+    #[inline]
+    fn expiry_due<S>(&self, cfg: &Config<K, V, S>) -> bool {
+        // Relaxed: a hint written by the maintainer.
+        let next = self.next_expiry.load(Ordering::Relaxed);
+        next != NEVER && cfg.time.now() >= next
+    }
+
+    /// The expiry of a new entry: `(deadline, hard cap)` for a lifetime in ns.
+    fn expiry_of<S>(cfg: &Config<K, V, S>, lifetime: u64) -> (u64, u64) {
+        if lifetime == NEVER && cfg.tti == NEVER {
+            return (NEVER, NEVER);
+        }
+        cfg.time.ensure_ticking();
+        let now = cfg.time.now();
+        let cap = if lifetime == NEVER {
+            NEVER
+        } else {
+            now.saturating_add(lifetime)
+        };
+        let deadline = if cfg.tti == NEVER {
+            cap
+        } else {
+            now.saturating_add(cfg.tti).min(cap)
+        };
+        (deadline, cap)
+    }
+
+    /// Records node `idx`'s own lifetime and hard cap in the columns (clearing what a previous
+    /// occupant of the slot left there).
+    fn set_columns<S>(&self, cfg: &Config<K, V, S>, idx: Idx, own_ttl: Option<u64>, cap: u64) {
+        match own_ttl {
+            Some(ttl) => self.lifetime.set(idx, ttl),
+            None if self.lifetime.is_allocated(idx) => self.lifetime.set(idx, 0),
+            None => {}
+        }
+        if cfg.tti != NEVER && cap != NEVER {
+            self.cap.set(idx, cap);
+        } else if self.cap.is_allocated(idx) {
+            self.cap.set(idx, 0);
+        }
+    }
+
     /// Runs `f` on the live value of `key`, if any.
     #[inline]
     pub(crate) fn read<Q, S, R>(
@@ -259,7 +355,7 @@ where
     {
         let guard = epoch::pin();
         let found = match self.lookup(hash, key, &guard) {
-            Some((_, node, next)) if next & MARK == 0 && Self::alive(node, cfg) => {
+            Some((idx, node, next)) if next & MARK == 0 && self.alive_on_hit(cfg, idx, node) => {
                 node.touch_freq();
                 // SAFETY: found while pinned (see `find`).
                 Some(unsafe { node.with_payload(|_, v| f(v)) })
@@ -270,7 +366,8 @@ where
         found
     }
 
-    /// Inserts `key -> value` (or, with `only_if_absent`, only if `key` has no live value).
+    /// Inserts `key -> value` (or, with `only_if_absent`, only if `key` has no live value),
+    /// with its own time to live in ns, or the cache's default.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn insert<S: BuildHasher>(
         &self,
@@ -278,7 +375,7 @@ where
         hash: u64,
         key: K,
         value: V,
-        deadline: u64,
+        own_ttl: Option<u64>,
         weight: u32,
         only_if_absent: bool,
     ) -> Result<Inserted<V>, (K, V)>
@@ -291,8 +388,11 @@ where
         };
         let node = self.arena.node(idx);
         let tag = tag_of(hash);
+        let (deadline, cap) = Self::expiry_of(cfg, own_ttl.unwrap_or(cfg.ttl));
         // SAFETY: `idx` was just taken from the arena, so this thread owns the slot (rule 1).
         unsafe { node.init(tag, deadline, key, value) };
+        // Published with the node by the Release CAS below.
+        self.set_columns(cfg, idx, own_ttl, cap);
         let superseded = loop {
             let table = self.current(&guard);
             let bucket = table.bucket(hash);
@@ -326,17 +426,31 @@ where
             node.next.store(head, Ordering::Relaxed);
             // Release: publishes the node's contents (rule 2); pairs with the Acquire loads of
             // bucket heads by readers and writers.
-            if bucket.compare_exchange(head, idx, Ordering::Release, Ordering::Relaxed).is_ok() {
+            if bucket
+                .compare_exchange(head, idx, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+            {
                 break older;
             }
         };
         cfg.stats.add(Counter::Insert, 1);
-        let offer = self.record(cfg, Event { idx, kind: EventKind::Inserted, weight }, &guard);
+        let offer = self.record(
+            cfg,
+            Event {
+                idx,
+                kind: EventKind::Inserted,
+                weight,
+            },
+            &guard,
+        );
         let mut removed = None;
         if let Some(old_idx) = superseded {
             let old = self.arena.node(old_idx);
-            let cause =
-                if Self::alive(old, cfg) { RemovalCause::Replaced } else { RemovalCause::Expired };
+            let cause = if Self::alive(old, cfg) {
+                RemovalCause::Replaced
+            } else {
+                RemovalCause::Expired
+            };
             // Whoever wins the mark reports the removal; if a remove or the maintainer got
             // there first, this insert replaced nothing.
             if old.mark() {
@@ -344,7 +458,7 @@ where
                 removed = Some((old_idx, cause));
             }
         }
-        if offer {
+        if offer || self.expiry_due(cfg) {
             self.try_maintain(cfg, &guard);
         }
         if let Some((old_idx, cause)) = removed {
@@ -353,12 +467,14 @@ where
         Ok(Inserted::Stored)
     }
 
-    /// Removes `key`, returning its value if it was live.
+    /// Removes `key`, returning its value if it was live; the listener hears `cause` (or
+    /// `Expired` if the entry's deadline had passed).
     pub(crate) fn remove<Q, S: BuildHasher>(
         &self,
         cfg: &Config<K, V, S>,
         hash: u64,
         key: &Q,
+        cause: RemovalCause,
     ) -> Option<V>
     where
         K: Borrow<Q>,
@@ -373,10 +489,10 @@ where
             }
             let live = Self::alive(node, cfg);
             if node.mark() {
-                let cause = if live { RemovalCause::Explicit } else { RemovalCause::Expired };
+                let cause = if live { cause } else { RemovalCause::Expired };
                 // SAFETY: found while pinned (see `find`).
                 let value = live.then(|| unsafe { node.with_payload(|_, v| v.clone()) });
-                if self.on_writer_marked(cfg, idx, cause, &guard) {
+                if self.on_writer_marked(cfg, idx, cause, &guard) || self.expiry_due(cfg) {
                     self.try_maintain(cfg, &guard);
                 }
                 self.notify(cfg, idx, cause, &guard);
@@ -385,6 +501,133 @@ where
             // Lost the race for the mark: another remove, an insert that superseded the node,
             // or the maintainer. Look again: a newer node may have taken its place.
         }
+    }
+
+    /// Restarts the expiry of `key`'s live entry: with `own_ttl` (which becomes the entry's
+    /// own lifetime), or with its own lifetime, or the cache's default. A lifetime of zero
+    /// expires the entry now. Returns false if `key` has no live entry (an expired one is
+    /// never brought back).
+    pub(crate) fn retime<Q, S: BuildHasher>(
+        &self,
+        cfg: &Config<K, V, S>,
+        hash: u64,
+        key: &Q,
+        own_ttl: Option<u64>,
+    ) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let guard = epoch::pin();
+        let Some((idx, node, next)) = self.lookup(hash, key, &guard) else {
+            return false;
+        };
+        if next & MARK != 0 || !Self::alive(node, cfg) {
+            return false;
+        }
+        let lifetime = match own_ttl {
+            Some(ttl) => {
+                self.lifetime.set(idx, ttl);
+                ttl
+            }
+            None => match self.lifetime.get(idx) {
+                0 => cfg.ttl,
+                own => own,
+            },
+        };
+        if lifetime == 0 {
+            // Already expired: remove it now, as an expiry.
+            if node.mark() {
+                if self.on_writer_marked(cfg, idx, RemovalCause::Expired, &guard) {
+                    self.try_maintain(cfg, &guard);
+                }
+                self.notify(cfg, idx, RemovalCause::Expired, &guard);
+            }
+            return true;
+        }
+        let (deadline, cap) = Self::expiry_of(cfg, lifetime);
+        if cfg.tti != NEVER {
+            self.cap.set(idx, if cap == NEVER { 0 } else { cap });
+        }
+        // Relaxed: the deadline is one word (see `alive`). A later deadline needs nothing more:
+        // the wheel re-files the entry when its old slot comes due.
+        let old = node.deadline.swap(deadline, Ordering::Relaxed);
+        if deadline < old
+            && self.record(
+                cfg,
+                Event {
+                    idx,
+                    kind: EventKind::Rescheduled,
+                    weight: 0,
+                },
+                &guard,
+            )
+        {
+            self.try_maintain(cfg, &guard);
+        }
+        true
+    }
+
+    /// Remaining lifetime of `key`'s live entry in ns ([`NEVER`] if it does not expire).
+    pub(crate) fn remaining<Q, S>(&self, cfg: &Config<K, V, S>, hash: u64, key: &Q) -> Option<u64>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let guard = epoch::pin();
+        let (_, node, next) = self.lookup(hash, key, &guard)?;
+        if next & MARK != 0 {
+            return None;
+        }
+        // Relaxed: as in `alive`.
+        let deadline = node.deadline.load(Ordering::Relaxed);
+        if deadline == NEVER {
+            return Some(NEVER);
+        }
+        let now = cfg.time.now();
+        (now < deadline).then(|| deadline - now)
+    }
+
+    /// Like `read`, but an entry whose deadline has passed and that the maintainer has not
+    /// reclaimed yet is returned once more, and removed (reported as `Expired`).
+    pub(crate) fn read_stale<Q, S: BuildHasher>(
+        &self,
+        cfg: &Config<K, V, S>,
+        hash: u64,
+        key: &Q,
+    ) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+        V: Clone,
+    {
+        let guard = epoch::pin();
+        let Some((idx, node, next)) = self.lookup(hash, key, &guard) else {
+            cfg.stats.read(false);
+            return None;
+        };
+        if next & MARK != 0 {
+            cfg.stats.read(false);
+            return None;
+        }
+        if self.alive_on_hit(cfg, idx, node) {
+            node.touch_freq();
+            cfg.stats.read(true);
+            // SAFETY: found while pinned (see `find`).
+            return Some(unsafe { node.with_payload(|_, v| v.clone()) });
+        }
+        if !node.mark() {
+            cfg.stats.read(false);
+            return None;
+        }
+        cfg.stats.read(true);
+        // SAFETY: found while pinned (see `find`).
+        let value = unsafe { node.with_payload(|_, v| v.clone()) };
+        if self.on_writer_marked(cfg, idx, RemovalCause::Expired, &guard) {
+            self.try_maintain(cfg, &guard);
+        }
+        self.notify(cfg, idx, RemovalCause::Expired, &guard);
+        Some(value)
     }
 
     /// Bookkeeping after a writer (not the maintainer) marked `idx`. Returns whether to offer
@@ -397,10 +640,22 @@ where
         guard: &Guard,
     ) -> bool {
         cfg.stats.add(
-            if cause == RemovalCause::Expired { Counter::Expiration } else { Counter::Removal },
+            if cause == RemovalCause::Expired {
+                Counter::Expiration
+            } else {
+                Counter::Removal
+            },
             1,
         );
-        self.record(cfg, Event { idx, kind: EventKind::Removed, weight: 0 }, guard)
+        self.record(
+            cfg,
+            Event {
+                idx,
+                kind: EventKind::Removed,
+                weight: 0,
+            },
+            guard,
+        )
     }
 
     /// Hands an event to the maintainer. Returns whether this writer should offer a
@@ -417,7 +672,7 @@ where
             Ok(pos) => (pos + 1) & (cfg.drain_threshold - 1) == 0,
             Err(event) => {
                 let notes = self.maint.run(|m| {
-                    self.pass(m, cfg, guard);
+                    self.pass(m, cfg, guard, false);
                     self.apply(m, cfg, event, guard);
                     self.finish_pass(m, cfg, guard)
                 });
@@ -430,18 +685,19 @@ where
     /// Runs a maintenance pass if the lock is free.
     pub(crate) fn try_maintain<S: BuildHasher>(&self, cfg: &Config<K, V, S>, guard: &Guard) {
         if let Some(notes) = self.maint.try_run(|m| {
-            self.pass(m, cfg, guard);
+            self.pass(m, cfg, guard, false);
             self.finish_pass(m, cfg, guard)
         }) {
             self.deliver(cfg, notes, guard);
         }
     }
 
-    /// Runs a maintenance pass, waiting for the lock.
+    /// Runs a maintenance pass, waiting for the lock, and expires every entry whose deadline
+    /// has passed.
     pub(crate) fn maintain<S: BuildHasher>(&self, cfg: &Config<K, V, S>) {
         let guard = epoch::pin();
         let notes = self.maint.run(|m| {
-            self.pass(m, cfg, &guard);
+            self.pass(m, cfg, &guard, true);
             self.finish_pass(m, cfg, &guard)
         });
         self.deliver(cfg, notes, &guard);
@@ -503,7 +759,10 @@ where
                     continue;
                 };
                 // Acquire: as in `chain_head`.
-                (old.at(j & old.mask() as usize).load(Ordering::Acquire) & IDX_MASK, true)
+                (
+                    old.at(j & old.mask() as usize).load(Ordering::Acquire) & IDX_MASK,
+                    true,
+                )
             } else {
                 (head & IDX_MASK, old.is_some())
             };
@@ -567,12 +826,9 @@ where
         // Release: publishes the chain to readers of the new bucket. If another thread split
         // the bucket first it stored the same value (the frozen chain is final), so a
         // failure changes nothing.
-        let _ = table.at(j).compare_exchange(
-            UNINIT,
-            cur,
-            Ordering::Release,
-            Ordering::Relaxed,
-        );
+        let _ = table
+            .at(j)
+            .compare_exchange(UNINIT, cur, Ordering::Release, Ordering::Relaxed);
     }
 
     /// Publishes a table twice as large (called by the maintainer, see "Growing").
@@ -583,7 +839,8 @@ where
         // who sees the new table sees its old one.
         self.old.store(current.word(), Ordering::Release);
         // Release: publishes the new table; pairs with the Acquire loads in `current`.
-        self.table.store(new_table(current.len() * 2, UNINIT), Ordering::Release);
+        self.table
+            .store(new_table(current.len() * 2, UNINIT), Ordering::Release);
     }
 }
 

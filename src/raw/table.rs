@@ -58,7 +58,10 @@ pub(crate) fn new_table(len: usize, fill: u32) -> usize {
 /// `word` came from `new_table`, is freed once, and no thread can access the table any more
 /// (it was retired through the epoch and its grace period passed, or the shard is dropped).
 pub(crate) unsafe fn free_table(word: usize) {
-    let table = Table::<'static> { word, _life: PhantomData };
+    let table = Table::<'static> {
+        word,
+        _life: PhantomData,
+    };
     let len = table.len();
     let base = (word & !SHIFT_BITS) as *mut AtomicU32;
     for i in 0..len {
@@ -86,7 +89,10 @@ impl<'g> Table<'g> {
     #[inline]
     pub(crate) unsafe fn from_word(word: usize) -> Table<'g> {
         debug_assert!(word & !SHIFT_BITS != 0);
-        Table { word, _life: PhantomData }
+        Table {
+            word,
+            _life: PhantomData,
+        }
     }
 
     #[inline]

@@ -1,0 +1,289 @@
+//! Behaviour of the public API.
+#![allow(clippy::disallowed_types)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+
+use evanesce::{BuildError, Cache, MAX_SHARDS, RemovalCause};
+
+#[test]
+fn builder_rejects_nonsense_with_typed_errors() {
+    let build = |shards| {
+        Cache::<u64, u64>::builder()
+            .shards(shards)
+            .build()
+            .map(|_| ())
+    };
+    assert_eq!(build(0), Err(BuildError::ZeroShards));
+    assert_eq!(build(3), Err(BuildError::ShardsNotPowerOfTwo(3)));
+    assert_eq!(
+        build(MAX_SHARDS * 2),
+        Err(BuildError::TooManyShards(MAX_SHARDS * 2))
+    );
+    assert!(build(1).is_ok());
+    assert!(build(MAX_SHARDS).is_ok());
+    let huge = Cache::<u64, u64>::builder()
+        .shards(1)
+        .initial_capacity(usize::MAX)
+        .build();
+    assert_eq!(
+        huge.map(|_| ()),
+        Err(BuildError::CapacityTooLarge(usize::MAX))
+    );
+    // Errors say what is wrong.
+    assert!(
+        BuildError::ShardsNotPowerOfTwo(3)
+            .to_string()
+            .contains("power of two")
+    );
+}
+
+#[test]
+fn cache_is_a_cheap_shared_send_sync_handle() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Cache<String, Vec<u8>>>();
+    let a: Cache<u64, u64> = Cache::new();
+    let b = a.clone();
+    a.insert(1, 1);
+    assert_eq!(b.get(&1), Some(1));
+    b.remove(&1);
+    assert!(a.is_empty());
+}
+
+#[test]
+fn borrowed_lookups() {
+    let cache: Cache<String, usize> = Cache::new();
+    cache.insert("alpha".to_string(), 1);
+    assert_eq!(cache.get("alpha"), Some(1));
+    assert!(cache.contains_key("alpha"));
+    assert_eq!(cache.remove("alpha"), Some(1));
+    assert_eq!(cache.get("alpha"), None);
+    let bytes: Cache<Vec<u8>, u8> = Cache::new();
+    bytes.insert(vec![1, 2], 3);
+    assert_eq!(bytes.get(&[1u8, 2][..]), Some(3));
+}
+
+#[test]
+fn listener_hears_each_removal_once_with_its_cause() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    let cache: Cache<u32, String> = Cache::builder()
+        .eviction_listener(move |k: &u32, v: &String, cause| {
+            sink.lock().unwrap().push((*k, v.clone(), cause))
+        })
+        .build()
+        .unwrap();
+    cache.insert(1, "a".into());
+    cache.insert(1, "b".into());
+    cache.insert(2, "c".into());
+    assert_eq!(cache.remove(&2), Some("c".into()));
+    assert_eq!(cache.remove(&2), None);
+    cache.insert(3, "d".into());
+    cache.clear();
+    cache.run_pending_tasks();
+    let mut seen = log.lock().unwrap().clone();
+    seen.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    assert_eq!(
+        seen,
+        vec![
+            (1, "a".into(), RemovalCause::Replaced),
+            (1, "b".into(), RemovalCause::Cleared),
+            (2, "c".into(), RemovalCause::Explicit),
+            (3, "d".into(), RemovalCause::Cleared),
+        ]
+    );
+    assert!(cache.is_empty());
+    assert!(RemovalCause::Size.was_evicted() && !RemovalCause::Replaced.was_evicted());
+}
+
+#[test]
+fn a_panicking_listener_corrupts_nothing() {
+    let cache: Cache<u32, u32> = Cache::builder()
+        .eviction_listener(|k: &u32, _: &u32, _| {
+            if *k == 13 {
+                panic!("listener failure");
+            }
+        })
+        .build()
+        .unwrap();
+    cache.insert(13, 1);
+    cache.insert(14, 1);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.remove(&13)));
+    assert!(caught.is_err(), "the panic reaches the caller");
+    // The removal itself completed before the listener ran.
+    assert_eq!(cache.get(&13), None);
+    assert_eq!(cache.get(&14), Some(1));
+    assert_eq!(cache.len(), 1);
+    cache.insert(13, 2);
+    assert_eq!(cache.get(&13), Some(2));
+}
+
+#[test]
+fn stats_count_writes_always_and_reads_on_request() {
+    let quiet: Cache<u8, u8> = Cache::new();
+    quiet.insert(1, 1);
+    quiet.get(&1);
+    quiet.get(&2);
+    quiet.remove(&1);
+    let s = quiet.stats();
+    assert_eq!((s.hits, s.misses, s.inserts, s.removals), (0, 0, 1, 1));
+    let counting: Cache<u8, u8> = Cache::builder().record_stats(true).build().unwrap();
+    counting.insert(1, 1);
+    counting.get(&1);
+    counting.get(&1);
+    counting.get(&2);
+    let s = counting.stats();
+    assert_eq!((s.hits, s.misses), (2, 1));
+    assert!((s.hit_ratio() - 2.0 / 3.0).abs() < 1e-9);
+}
+
+#[test]
+fn get_or_insert_with_initialises_once_per_key_under_races() {
+    let cache: Cache<u32, u64> = Cache::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let cache = cache.clone();
+            let calls = calls.clone();
+            let start = start.clone();
+            thread::spawn(move || {
+                start.wait();
+                (0..200u32)
+                    .map(|k| {
+                        cache.get_or_insert_with(k, || {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            thread::yield_now();
+                            u64::from(k) * 1000 + t
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<Vec<u64>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        200,
+        "one initialisation per key"
+    );
+    for k in 0..200usize {
+        let first = results[0][k];
+        assert!(
+            results.iter().all(|r| r[k] == first),
+            "everyone sees the same value"
+        );
+        assert_eq!(cache.get(&(k as u32)), Some(first));
+    }
+}
+
+#[test]
+fn get_or_insert_with_recovers_from_a_panicking_init() {
+    let cache: Cache<u32, u32> = Cache::new();
+    let boom = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cache.get_or_insert_with(5, || panic!("init failed"))
+    }));
+    assert!(boom.is_err());
+    assert_eq!(cache.get(&5), None);
+    assert_eq!(cache.get_or_insert_with(5, || 9), 9);
+}
+
+/// A value that counts live instances.
+struct Counted(Arc<AtomicUsize>);
+impl Counted {
+    fn new(live: &Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::SeqCst);
+        Counted(live.clone())
+    }
+}
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        Counted::new(&self.0)
+    }
+}
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits (up to 10 s) for retired values to be freed. The epoch is global to the process and
+/// other tests run in parallel threads, so freeing may lag while they hold pins; a value that
+/// is never freed is a leak and fails the test.
+fn settle(live: &AtomicUsize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while live.load(Ordering::SeqCst) != 0 && std::time::Instant::now() < deadline {
+        crossbeam_epoch::pin().flush();
+        thread::yield_now();
+    }
+}
+
+#[test]
+fn every_value_is_dropped_exactly_once() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let cache: Cache<u32, Counted> = Cache::builder().shards(2).build().unwrap();
+    for i in 0..5_000 {
+        cache.insert(i % 700, Counted::new(&live));
+        if i % 3 == 0 {
+            cache.remove(&(i % 500));
+        }
+    }
+    cache.clear();
+    for i in 0..300 {
+        cache.insert(i, Counted::new(&live));
+    }
+    drop(cache);
+    settle(&live);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn every_value_is_dropped_exactly_once_under_concurrent_churn() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let cache: Cache<u32, Counted> = Cache::builder().shards(4).build().unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let cache = cache.clone();
+            let live = live.clone();
+            thread::spawn(move || {
+                for i in 0..20_000u32 {
+                    let k = (i * 7 + t) % 1500;
+                    match i % 5 {
+                        0 => drop(cache.remove(&k)),
+                        1 => drop(cache.get(&k)),
+                        2 => drop(cache.get_or_insert_with(k, || Counted::new(&live))),
+                        _ => cache.insert(k, Counted::new(&live)),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(cache);
+    settle(&live);
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        0,
+        "every value dropped, none twice"
+    );
+}
+
+#[test]
+fn iter_is_a_snapshot_of_live_entries() {
+    let cache: Cache<u32, u32> = Cache::builder().shards(4).build().unwrap();
+    for i in 0..1000 {
+        cache.insert(i, i);
+    }
+    for i in 0..1000 {
+        if i % 2 == 0 {
+            cache.remove(&i);
+        }
+    }
+    let mut got: Vec<_> = cache.iter().collect();
+    got.sort_unstable();
+    let expected: Vec<_> = (0..1000).filter(|i| i % 2 == 1).map(|i| (i, i)).collect();
+    assert_eq!(got, expected);
+}
