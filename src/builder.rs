@@ -191,7 +191,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         V: Clone + Send + Sync + 'static,
         S: BuildHasher + Send + Sync + 'static,
     {
-        let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let parallelism = parallelism();
         let shards = match self.shards {
             Some(0) => return Err(BuildError::ZeroShards),
             Some(n) if !n.is_power_of_two() => return Err(BuildError::ShardsNotPowerOfTwo(n)),
@@ -287,4 +287,11 @@ impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
 /// A duration in ns, saturating to "never" (`u64::MAX`).
 pub(crate) fn duration_to_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(NEVER)
+}
+
+/// The machine's available parallelism, read once per process (on Linux it reads cgroup files,
+/// which made building a small cache cost more than using it).
+fn parallelism() -> usize {
+    static PARALLELISM: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PARALLELISM.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
