@@ -9,7 +9,7 @@ use crate::cache::Cache;
 use crate::clock::TimeSource;
 use crate::listener::{ListenerFn, RemovalCause};
 use crate::raw::node::NEVER;
-use crate::raw::{Config, Layout, RawCache};
+use crate::raw::{Bound, Config, Layout, RawCache, WeigherFn};
 use crate::stats::StatsCounters;
 
 /// Most shards a cache may have. A shard costs a few KiB even when empty (its event ring, its
@@ -31,6 +31,8 @@ pub enum BuildError {
     /// A duration setting of zero (named): a zero time to live or idle would make every entry
     /// expire at once, and a zero check period would make the sweeper spin.
     ZeroDuration(&'static str),
+    /// `max_capacity(0)`: a cache that can hold nothing.
+    ZeroCapacity,
     /// The background sweeper thread (`check_period`) could not be started.
     SweeperSpawn(String),
 }
@@ -47,6 +49,7 @@ impl fmt::Display for BuildError {
             }
             BuildError::CapacityTooLarge(n) => write!(f, "initial capacity {n} is too large"),
             BuildError::ZeroDuration(what) => write!(f, "{what} must be longer than zero"),
+            BuildError::ZeroCapacity => write!(f, "max_capacity must be at least 1"),
             BuildError::SweeperSpawn(why) => {
                 write!(f, "the sweeper thread could not be started: {why}")
             }
@@ -77,6 +80,8 @@ pub struct CacheBuilder<K, V, S = ahash::RandomState> {
     time_to_live: Option<Duration>,
     time_to_idle: Option<Duration>,
     check_period: Option<Duration>,
+    max_capacity: Option<u64>,
+    weigher: Option<Box<WeigherFn<K, V>>>,
     _types: PhantomData<fn(K, V)>,
 }
 
@@ -92,6 +97,8 @@ impl<K, V> CacheBuilder<K, V, ahash::RandomState> {
             time_to_live: None,
             time_to_idle: None,
             check_period: None,
+            max_capacity: None,
+            weigher: None,
             _types: PhantomData,
         }
     }
@@ -124,8 +131,32 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             time_to_live: self.time_to_live,
             time_to_idle: self.time_to_idle,
             check_period: self.check_period,
+            max_capacity: self.max_capacity,
+            weigher: self.weigher,
             _types: PhantomData,
         }
+    }
+
+    /// Bounds the cache: at most `capacity` entries, or a total weight of `capacity` when a
+    /// [`weigher`](Self::weigher) is set. Past it, the eviction policy (an adaptive,
+    /// scan-resistant CLOCK) removes entries, reported as [`RemovalCause::Size`].
+    ///
+    /// Under concurrent inserts the weight held may pass the capacity by at most a small,
+    /// fixed slack (`max(1, capacity / 64)`), whatever the number of writers: an insert that
+    /// would go further makes room first. When no write is in flight,
+    /// [`weighted_size`](Cache::weighted_size) is at most the capacity. An entry heavier than
+    /// the whole capacity is not stored (the listener hears about it as `Size`).
+    pub fn max_capacity(mut self, capacity: u64) -> Self {
+        self.max_capacity = Some(capacity);
+        self
+    }
+
+    /// Weighs entries for [`max_capacity`](Self::max_capacity) (for example by their size in
+    /// bytes). Called once per insert, on the inserting thread; the weight is kept with the
+    /// entry, so a weigher need not be deterministic. Without it every entry weighs 1.
+    pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Box::new(weigher));
+        self
     }
 
     /// Default time to live: an entry expires this long after it was inserted (or last given
@@ -197,15 +228,40 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             Some(n) if !n.is_power_of_two() => return Err(BuildError::ShardsNotPowerOfTwo(n)),
             Some(n) if n > MAX_SHARDS => return Err(BuildError::TooManyShards(n)),
             Some(n) => n,
-            None => (parallelism * 4).next_power_of_two().min(MAX_SHARDS),
+            // A bounded cache keeps at least MIN_SHARE of its capacity per shard: a shard's
+            // policy decides on its own entries, and tiny shares lose hit ratio.
+            None => {
+                let by_capacity = match self.max_capacity {
+                    Some(c) => (c / MIN_SHARE)
+                        .max(1)
+                        .next_power_of_two()
+                        .min(MAX_SHARDS as u64),
+                    None => MAX_SHARDS as u64,
+                } as usize;
+                (parallelism * 4)
+                    .next_power_of_two()
+                    .min(MAX_SHARDS)
+                    .min(by_capacity)
+            }
+        };
+        if self.max_capacity == Some(0) {
+            return Err(BuildError::ZeroCapacity);
+        }
+        // A bounded cache without a weigher holds at most `max_capacity` entries: size its
+        // tables for that up front.
+        let expected = match (self.max_capacity, &self.weigher) {
+            (Some(c), None) => self
+                .initial_capacity
+                .max(usize::try_from(c).unwrap_or(usize::MAX)),
+            _ => self.initial_capacity,
         };
         // Buckets per shard: two per expected entry, so that a pre-sized table runs at a load
         // factor of at most one half (a hit then walks 1.25 nodes on average, and a chain
         // walk's branches stay predictable; see ARCHITECTURE.md). A table that grows past its
         // size doubles when it holds more entries than buckets.
-        let per_shard = self.initial_capacity.div_ceil(shards);
+        let per_shard = expected.div_ceil(shards);
         if per_shard > 1 << 29 {
-            return Err(BuildError::CapacityTooLarge(self.initial_capacity));
+            return Err(BuildError::CapacityTooLarge(expected));
         }
         let buckets_per_shard = (per_shard * BUCKETS_PER_ENTRY)
             .max(MIN_BUCKETS)
@@ -235,6 +291,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             drain_threshold: DRAIN_THRESHOLD,
             ttl,
             tti,
+            bound: self.max_capacity.map(|c| Bound::new(c, shards)),
+            weigher: self.weigher,
         };
         let cache = Cache::from_raw(RawCache::new(layout, cfg));
         #[cfg(not(loom))]
@@ -246,6 +304,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         Ok(cache)
     }
 }
+
+/// Smallest share of a bounded cache's capacity a default shard count leaves each shard.
+const MIN_SHARE: u64 = 512;
 
 /// Buckets of a pre-sized table per expected entry.
 const BUCKETS_PER_ENTRY: usize = 2;
@@ -280,6 +341,8 @@ impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
             .field("time_to_live", &self.time_to_live)
             .field("time_to_idle", &self.time_to_idle)
             .field("check_period", &self.check_period)
+            .field("max_capacity", &self.max_capacity)
+            .field("weigher", &self.weigher.is_some())
             .finish_non_exhaustive()
     }
 }

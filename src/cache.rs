@@ -151,9 +151,36 @@ where
     /// [`time_to_live`](CacheBuilder::time_to_live) / [`time_to_idle`](CacheBuilder::time_to_idle),
     /// if any.
     pub fn insert(&self, key: K, value: V) {
-        if let Err((key, value)) = self.inner.raw.insert(key, value, None, 1, false) {
+        if let Err((key, value)) = self.store(key, value, None, false) {
             self.refused(&key, &value);
         }
+    }
+
+    /// Weighs and stores an entry. An entry heavier than the whole capacity is handed back
+    /// (after removing any previous value of the key, which it replaces), as is one the shard
+    /// cannot address.
+    fn store(
+        &self,
+        key: K,
+        value: V,
+        ttl: Option<u64>,
+        only_if_absent: bool,
+    ) -> Result<Inserted<V>, (K, V)> {
+        let cfg = &self.inner.raw.cfg;
+        let weight = cfg.weigher.as_ref().map_or(1, |weigh| weigh(&key, &value));
+        if cfg
+            .bound
+            .as_ref()
+            .is_some_and(|b| u64::from(weight) > b.capacity)
+        {
+            if !only_if_absent {
+                self.inner.raw.remove(&key, RemovalCause::Replaced);
+            }
+            return Err((key, value));
+        }
+        self.inner
+            .raw
+            .insert(key, value, ttl, weight, only_if_absent)
     }
 
     /// Stores `value` for `key` with its own time to live (which [`touch`](Self::touch)
@@ -169,7 +196,7 @@ where
             return;
         }
         let ttl = duration_to_ns(ttl);
-        if let Err((key, value)) = self.inner.raw.insert(key, value, Some(ttl), 1, false) {
+        if let Err((key, value)) = self.store(key, value, Some(ttl), false) {
             self.refused(&key, &value);
         }
     }
@@ -296,7 +323,7 @@ where
             return v;
         }
         let value = init();
-        match raw.insert(key, value.clone(), None, 1, true) {
+        match self.store(key, value.clone(), None, true) {
             Ok(Inserted::Stored) => value,
             Ok(Inserted::Present(existing)) => existing,
             Err((key, refused)) => {
@@ -306,8 +333,9 @@ where
         }
     }
 
-    /// The shard cannot address another node (2^31 per shard): the entry is not stored,
-    /// and the listener is told, as for an entry evicted at once.
+    /// The entry is heavier than the whole capacity, or its shard cannot address another node
+    /// (2^31 per shard): it is not stored, and the listener is told, as for an entry evicted
+    /// at once.
     fn refused(&self, key: &K, value: &V) {
         if let Some(listener) = &self.inner.raw.cfg.listener {
             listener(key, value, RemovalCause::Size);
@@ -322,6 +350,16 @@ where
     /// its own moment.
     pub fn len(&self) -> usize {
         self.inner.raw.len()
+    }
+
+    /// The total weight of the entries (their number without a weigher) for a cache with a
+    /// [`max_capacity`](CacheBuilder::max_capacity); the number of entries otherwise.
+    ///
+    /// Like [`len`](Self::len) it first applies pending writes, expires what is due and
+    /// evicts down to the capacity, so when no write is in flight it is exact and at most
+    /// the capacity.
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.raw.weighted_size()
     }
 
     /// Whether [`len`](Self::len) is zero.

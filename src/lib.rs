@@ -44,6 +44,7 @@
 mod builder;
 mod cache;
 mod clock;
+mod evict;
 mod expire;
 mod listener;
 mod raw;

@@ -18,6 +18,7 @@ use super::node::{IDX_MASK, Idx, LIFE_RETIRED, MARK, NEVER, NIL, UNINIT};
 use super::ring::{Event, EventKind};
 use super::shard::{Shard, TICK_SHIFT, tag_of};
 use super::table::{Table, bucket_of, free_table};
+use crate::evict::policy::{EntryAccess, Policy};
 use crate::expire::wheel::Wheel;
 use crate::listener::RemovalCause;
 use crate::stats::Counter;
@@ -55,6 +56,46 @@ pub(crate) struct Maint {
     wheel: Option<Wheel>,
     /// Scratch: what the wheel found expired in this pass.
     expired: Vec<Idx>,
+    /// The eviction policy of a bounded cache (created with the first admission).
+    policy: Option<Policy>,
+}
+
+/// The policy's view of the shard's nodes during eviction.
+struct Access<'a, K, V, S> {
+    shard: &'a Shard<K, V>,
+    cfg: &'a Config<K, V, S>,
+}
+
+impl<K, V, S> EntryAccess for Access<'_, K, V, S>
+where
+    K: Eq + std::hash::Hash + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    S: BuildHasher,
+{
+    fn counter(&self, id: u32) -> u8 {
+        // Relaxed: the CLOCK counter is a hint (see `Node::touch_freq`).
+        self.shard.arena.node(id).freq.load(Ordering::Relaxed)
+    }
+
+    fn set_counter(&mut self, id: u32, value: u8) {
+        // Relaxed: as above; a concurrent hit may overwrite it, which only keeps it warmer.
+        self.shard
+            .arena
+            .node(id)
+            .freq
+            .store(value, Ordering::Relaxed);
+    }
+
+    fn hash(&self, id: u32) -> u64 {
+        // SAFETY: the policy only names admitted nodes that are not retired yet, and the
+        // maintainer holding the lock is pinned for the whole pass.
+        unsafe {
+            self.shard
+                .arena
+                .node(id)
+                .with_payload(|k, _| self.cfg.hash(k))
+        }
+    }
 }
 
 impl Maint {
@@ -129,6 +170,7 @@ where
             }
         }
         self.expire(m, cfg, exact);
+        self.evict(m, cfg, None, guard);
         self.process_unlinks(m, cfg, guard);
         self.grow(m, cfg, guard);
     }
@@ -225,10 +267,18 @@ where
                 *m.flags(idx) |= SEEN_INSERT;
                 if self.arena.node(idx).is_marked() {
                     // Removed before we heard of it: retire once its removal is processed too.
-                    self.try_retire(m, idx);
+                    self.try_retire(m, cfg, idx);
                 } else {
                     *m.flags(idx) |= ADMITTED;
                     self.schedule(m, cfg, idx);
+                    // Relaxed: only the maintainer writes it (a hint for `make_room`).
+                    self.size
+                        .fetch_add(u64::from(event.weight), Ordering::Relaxed);
+                    if let Some(bound) = &cfg.bound {
+                        m.policy
+                            .get_or_insert_with(|| Policy::new(bound.share, cfg.weigher.is_some()))
+                            .insert(idx, event.hash, event.weight);
+                    }
                 }
             }
             EventKind::Removed => {
@@ -262,6 +312,9 @@ where
         if !self.arena.node(idx).mark() {
             return false;
         }
+        if let Some(bound) = &cfg.bound {
+            bound.release(self.weight_of(cfg, idx));
+        }
         // Relaxed: only the maintainer writes `live` (see `Shard::len`).
         self.live.fetch_sub(1, Ordering::Relaxed);
         cfg.stats.add(
@@ -286,20 +339,63 @@ where
             }
             self.unlink(m, cfg, idx, guard);
             *m.flags(idx) |= UNLINKED;
-            self.try_retire(m, idx);
+            self.try_retire(m, cfg, idx);
         }
     }
 
-    fn try_retire(&self, m: &mut Maint, idx: Idx) {
+    fn try_retire<S>(&self, m: &mut Maint, cfg: &Config<K, V, S>, idx: Idx) {
         let flags = *m.flags(idx);
         if flags & DONE == DONE {
-            if flags & ADMITTED != 0
-                && let Some(wheel) = m.wheel.as_mut()
-            {
-                wheel.cancel(idx);
+            if flags & ADMITTED != 0 {
+                if let Some(wheel) = m.wheel.as_mut() {
+                    wheel.cancel(idx);
+                }
+                // A victim the policy chose is already forgotten: `remove` ignores it.
+                if let Some(policy) = m.policy.as_mut() {
+                    policy.remove(idx);
+                }
+                // Relaxed: see `apply`.
+                self.size
+                    .fetch_sub(self.weight_of(cfg, idx), Ordering::Relaxed);
             }
             *m.flags(idx) = 0;
             m.retired.push(idx);
+        }
+    }
+
+    /// Evicts while the cache is over its capacity: in an ordinary pass only while this shard
+    /// holds more than its share; with `hard_target` (back-pressure), until the cache's
+    /// reserved weight is at most that, whatever this shard holds.
+    pub(super) fn evict<S: BuildHasher>(
+        &self,
+        m: &mut Maint,
+        cfg: &Config<K, V, S>,
+        hard_target: Option<u64>,
+        _guard: &Guard,
+    ) {
+        let Some(bound) = &cfg.bound else {
+            return;
+        };
+        let target = hard_target.unwrap_or(bound.capacity);
+        loop {
+            let Some(policy) = m.policy.as_mut() else {
+                return;
+            };
+            // The policy's queue targets are proportioned to what this shard holds: its
+            // share, or more when the keys do not spread evenly over the shards.
+            policy.set_capacity(bound.share.max(policy.weighted_size()));
+            if bound.reserved() <= target
+                || (hard_target.is_none() && policy.weighted_size() <= bound.share)
+            {
+                return;
+            }
+            let victim = policy.evict_one(&mut Access { shard: self, cfg });
+            let Some(victim) = victim else {
+                return;
+            };
+            // A victim a writer removed meanwhile is simply gone (its weight was released
+            // when it was marked); evict the next one.
+            self.maint_mark(m, cfg, victim, RemovalCause::Size);
         }
     }
 

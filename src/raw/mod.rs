@@ -40,6 +40,63 @@ pub(crate) struct Config<K, V, S> {
     pub(crate) ttl: u64,
     /// Time to idle, in ns ([`NEVER`](node::NEVER): none).
     pub(crate) tti: u64,
+    /// The size bound, if any (also present, unbounded, when a weigher is set, so that the
+    /// weighted size is tracked).
+    pub(crate) bound: Option<Bound>,
+    /// Weighs an entry (`None`: every entry weighs 1).
+    pub(crate) weigher: Option<Box<WeigherFn<K, V>>>,
+}
+
+/// The weigher as stored by the cache.
+pub(crate) type WeigherFn<K, V> = dyn Fn(&K, &V) -> u32 + Send + Sync + 'static;
+
+/// A cache's size bound and the weight it accounts against it.
+///
+/// Writers *reserve* an entry's weight before they publish it (a CAS loop that never takes
+/// the total above `capacity + slack`), and the weight is released when the entry is marked
+/// removed, by whoever marks it. So `reserved` is the weight of the unmarked entries plus the
+/// inserts in flight, and never exceeds `capacity + slack`, however many writers there are.
+/// Maintenance passes evict while `reserved > capacity`; a writer that would go past the
+/// slack makes room itself first (back-pressure).
+pub(crate) struct Bound {
+    pub(crate) capacity: u64,
+    pub(crate) slack: u64,
+    /// Each shard's nominal share of the capacity (`capacity / shards`): an ordinary pass
+    /// evicts only in a shard that holds more than its share, so shards share the capacity
+    /// evenly when keys spread evenly, and a shard may hold all of it when they do not.
+    pub(crate) share: u64,
+    pub(crate) reserved: crossbeam_utils::CachePadded<crate::sync::AtomicU64>,
+}
+
+impl Bound {
+    pub(crate) fn new(capacity: u64, shards: usize) -> Self {
+        Self {
+            capacity,
+            slack: (capacity / 64).max(1),
+            share: (capacity / shards as u64).max(1),
+            reserved: crossbeam_utils::CachePadded::new(crate::sync::AtomicU64::new(0)),
+        }
+    }
+
+    /// The weight reserved now (a counter: exact when no write is in flight).
+    #[inline]
+    pub(crate) fn reserved(&self) -> u64 {
+        // Relaxed: a counter; decisions based on it are re-checked by the CAS in `reserve`.
+        self.reserved.load(crate::sync::Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn over(&self) -> bool {
+        self.reserved() > self.capacity
+    }
+
+    /// Releases `weight` (called by whoever marks an entry removed, exactly once).
+    #[inline]
+    pub(crate) fn release(&self, weight: u64) {
+        // Relaxed: see `reserved`.
+        self.reserved
+            .fetch_sub(weight, crate::sync::Ordering::Relaxed);
+    }
 }
 
 impl<K, V, S: BuildHasher> Config<K, V, S> {
@@ -121,8 +178,69 @@ where
         V: Clone,
     {
         let hash = self.cfg.hash(&key);
-        self.shard(hash)
-            .insert(&self.cfg, hash, key, value, ttl, weight, only_if_absent)
+        if let Some(bound) = &self.cfg.bound {
+            self.reserve(bound, u64::from(weight));
+        }
+        let result =
+            self.shard(hash)
+                .insert(&self.cfg, hash, key, value, ttl, weight, only_if_absent);
+        if !matches!(result, Ok(Inserted::Stored))
+            && let Some(bound) = &self.cfg.bound
+        {
+            // Not published: give the reservation back.
+            bound.release(u64::from(weight));
+        }
+        result
+    }
+
+    /// Reserves `weight` against the bound, making room first if the total would pass
+    /// `capacity + slack`. The caller checked `weight <= capacity`.
+    fn reserve(&self, bound: &Bound, weight: u64) {
+        // Relaxed: the counter only has to be exact, not ordered with anything else.
+        let mut current = bound.reserved.load(crate::sync::Ordering::Relaxed);
+        loop {
+            if current.saturating_add(weight) > bound.capacity.saturating_add(bound.slack) {
+                self.make_room(bound, weight);
+                current = bound.reserved.load(crate::sync::Ordering::Relaxed);
+                continue;
+            }
+            match bound.reserved.compare_exchange_weak(
+                current,
+                current + weight,
+                crate::sync::Ordering::Relaxed,
+                crate::sync::Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Back-pressure: evicts, from the largest shard (waiting for its maintenance lock), until
+    /// `weight` fits under the capacity or that shard has nothing left to give; the caller
+    /// then retries (weight still reserved by inserts in flight comes back as they finish).
+    #[cold]
+    fn make_room(&self, bound: &Bound, weight: u64) {
+        let target = bound.capacity.saturating_sub(weight);
+        let largest = self.shards.iter().max_by_key(|shard| shard.size());
+        if let Some(shard) = largest {
+            shard.evict_to(&self.cfg, target);
+        }
+        if bound.reserved() > target {
+            crate::sync::yield_now();
+        }
+    }
+
+    /// The weight of the entries held (for a bounded or weighed cache), after applying pending
+    /// events and expiring what is due; otherwise the number of entries.
+    pub(crate) fn weighted_size(&self) -> u64 {
+        match &self.cfg.bound {
+            Some(bound) => {
+                self.run_pending_tasks();
+                bound.reserved()
+            }
+            None => self.len() as u64,
+        }
     }
 
     /// Removes `key`; the listener hears `cause` (or `Expired` if it had expired meanwhile).
@@ -226,6 +344,8 @@ mod tests {
             drain_threshold: 32,
             ttl: node::NEVER,
             tti: node::NEVER,
+            bound: None,
+            weigher: None,
         };
         RawCache::new(layout, cfg)
     }

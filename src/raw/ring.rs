@@ -33,6 +33,8 @@ pub(crate) struct Event {
     pub(crate) idx: Idx,
     pub(crate) kind: EventKind,
     pub(crate) weight: u32,
+    /// The key's hash (for `Inserted`: the eviction policy's ghost history).
+    pub(crate) hash: u64,
 }
 
 struct Slot {
@@ -67,6 +69,7 @@ impl Ring {
                     idx: 0,
                     kind: EventKind::Inserted,
                     weight: 0,
+                    hash: 0,
                 }),
             })
             .collect();
@@ -159,6 +162,7 @@ mod tests {
             idx,
             kind: EventKind::Removed,
             weight: 1,
+            hash: 0,
         }
     }
 

@@ -85,6 +85,11 @@ pub(crate) struct Shard<K, V> {
     /// With a time to idle and a time to live: the entry's hard deadline (0: none), which
     /// idle extensions never pass.
     pub(super) cap: Column,
+    /// With a weigher: each entry's weight (written before the node is published).
+    pub(super) weights: Column,
+    /// Weight of the entries the maintainer has admitted and not yet retired (a hint for
+    /// choosing where to make room). Written by the maintainer.
+    pub(super) size: CachePadded<AtomicU64>,
 }
 
 /// Ticks of the coarse clock: deadlines moved by reads (time to idle) are written at most once
@@ -104,6 +109,8 @@ where
             old: AtomicUsize::new(0),
             lifetime: Column::new(&arena),
             cap: Column::new(&arena),
+            weights: Column::new(&arena),
+            size: CachePadded::new(AtomicU64::new(0)),
             arena: Arc::new(arena),
             ring: Ring::new(ring),
             maint: TryLock::new(Maint::default()),
@@ -297,6 +304,22 @@ where
         true
     }
 
+    /// The weight of node `idx` (1 without a weigher).
+    #[inline]
+    pub(super) fn weight_of<S>(&self, cfg: &Config<K, V, S>, idx: Idx) -> u64 {
+        if cfg.weigher.is_some() {
+            self.weights.get(idx)
+        } else {
+            1
+        }
+    }
+
+    /// Weight of the entries admitted by the maintainer (see the field).
+    pub(crate) fn size(&self) -> u64 {
+        // Relaxed: a hint.
+        self.size.load(Ordering::Relaxed)
+    }
+
     /// Whether the timer wheel has something due: writers then offer a maintenance pass.
     #[inline]
     fn expiry_due<S>(&self, cfg: &Config<K, V, S>) -> bool {
@@ -393,6 +416,9 @@ where
         unsafe { node.init(tag, deadline, key, value) };
         // Published with the node by the Release CAS below.
         self.set_columns(cfg, idx, own_ttl, cap);
+        if cfg.weigher.is_some() {
+            self.weights.set(idx, u64::from(weight));
+        }
         let superseded = loop {
             let table = self.current(&guard);
             let bucket = table.bucket(hash);
@@ -440,6 +466,7 @@ where
                 idx,
                 kind: EventKind::Inserted,
                 weight,
+                hash,
             },
             &guard,
         );
@@ -458,7 +485,7 @@ where
                 removed = Some((old_idx, cause));
             }
         }
-        if offer || self.expiry_due(cfg) {
+        if offer || self.expiry_due(cfg) || cfg.bound.as_ref().is_some_and(|b| b.over()) {
             self.try_maintain(cfg, &guard);
         }
         if let Some((old_idx, cause)) = removed {
@@ -559,6 +586,7 @@ where
                     idx,
                     kind: EventKind::Rescheduled,
                     weight: 0,
+                    hash: 0,
                 },
                 &guard,
             )
@@ -639,6 +667,9 @@ where
         cause: RemovalCause,
         guard: &Guard,
     ) -> bool {
+        if let Some(bound) = &cfg.bound {
+            bound.release(self.weight_of(cfg, idx));
+        }
         cfg.stats.add(
             if cause == RemovalCause::Expired {
                 Counter::Expiration
@@ -653,6 +684,7 @@ where
                 idx,
                 kind: EventKind::Removed,
                 weight: 0,
+                hash: 0,
             },
             guard,
         )
@@ -690,6 +722,19 @@ where
         }) {
             self.deliver(cfg, notes, guard);
         }
+    }
+
+    /// Runs a maintenance pass waiting for the lock, then evicts from this shard (whatever its
+    /// share) until the cache's reserved weight is at most `target` or the shard has nothing
+    /// left to evict (back-pressure, see `RawCache::make_room`).
+    pub(crate) fn evict_to<S: BuildHasher>(&self, cfg: &Config<K, V, S>, target: u64) {
+        let guard = epoch::pin();
+        let notes = self.maint.run(|m| {
+            self.pass(m, cfg, &guard, false);
+            self.evict(m, cfg, Some(target), &guard);
+            self.finish_pass(m, cfg, &guard)
+        });
+        self.deliver(cfg, notes, &guard);
     }
 
     /// Runs a maintenance pass, waiting for the lock, and expires every entry whose deadline
