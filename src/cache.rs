@@ -136,14 +136,15 @@ where
         self.inner.raw.read(key, V::clone)
     }
 
-    /// Whether `key` has a live value. Lock-free, like [`get`](Self::get).
+    /// Whether `key` has a live value. Lock-free, like [`get`](Self::get); it does not count
+    /// as a use of the entry (for the eviction policy, time to idle or hit statistics).
     #[inline]
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.raw.read(key, |_| ()).is_some()
+        self.inner.raw.contains(key)
     }
 
     /// Stores `value` for `key`, replacing any previous value (which the eviction listener

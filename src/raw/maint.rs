@@ -265,10 +265,15 @@ where
                 // Relaxed: only the maintainer writes `live` (see `Shard::len`).
                 self.live.fetch_add(1, Ordering::Relaxed);
                 *m.flags(idx) |= SEEN_INSERT;
-                if self.arena.node(idx).is_marked() {
-                    // Removed before we heard of it: retire once its removal is processed too.
+                if m.has(idx, SEEN_REMOVE) {
+                    // Its removal was applied before its insertion (a remover's event overtook
+                    // the inserter's): nothing would dismiss it later, so it is never admitted.
                     self.try_retire(m, cfg, idx);
                 } else {
+                    // Admitted even if it is already marked: its `Removed` event comes later and
+                    // dismisses it. The policy thus sees every insertion and removal in the
+                    // writers' order, whenever the passes happen to run (its ghost history, in
+                    // particular, does not depend on maintenance timing).
                     *m.flags(idx) |= ADMITTED;
                     self.schedule(m, cfg, idx);
                     // Relaxed: only the maintainer writes it (a hint for `make_room`).
@@ -285,6 +290,7 @@ where
                 // Relaxed: as above.
                 self.live.fetch_sub(1, Ordering::Relaxed);
                 *m.flags(idx) |= SEEN_REMOVE;
+                self.dismiss(m, cfg, idx);
                 m.unlink_queue.push(idx);
             }
             EventKind::Rescheduled => {
@@ -327,6 +333,7 @@ where
         );
         m.notify.push((idx, cause));
         *m.flags(idx) |= SEEN_REMOVE;
+        self.dismiss(m, cfg, idx);
         m.unlink_queue.push(idx);
         true
     }
@@ -343,21 +350,32 @@ where
         }
     }
 
-    fn try_retire<S>(&self, m: &mut Maint, cfg: &Config<K, V, S>, idx: Idx) {
+    /// A removed entry leaves the wheel and the policy at once (not when it is retired, which
+    /// may wait for a growth to finish), so eviction never picks an entry that is already gone.
+    fn dismiss<S>(&self, m: &mut Maint, cfg: &Config<K, V, S>, idx: Idx) {
+        if !m.has(idx, ADMITTED) {
+            return;
+        }
+        *m.flags(idx) &= !ADMITTED;
+        if let Some(wheel) = m.wheel.as_mut() {
+            wheel.cancel(idx);
+        }
+        // A victim the policy chose is already forgotten: `remove` ignores it.
+        if let Some(policy) = m.policy.as_mut() {
+            policy.remove(idx);
+        }
+        // Relaxed: see `apply`.
+        self.size
+            .fetch_sub(self.weight_of(cfg, idx), Ordering::Relaxed);
+    }
+
+    fn try_retire<S>(&self, m: &mut Maint, _cfg: &Config<K, V, S>, idx: Idx) {
         let flags = *m.flags(idx);
         if flags & DONE == DONE {
-            if flags & ADMITTED != 0 {
-                if let Some(wheel) = m.wheel.as_mut() {
-                    wheel.cancel(idx);
-                }
-                // A victim the policy chose is already forgotten: `remove` ignores it.
-                if let Some(policy) = m.policy.as_mut() {
-                    policy.remove(idx);
-                }
-                // Relaxed: see `apply`.
-                self.size
-                    .fetch_sub(self.weight_of(cfg, idx), Ordering::Relaxed);
-            }
+            debug_assert!(
+                flags & ADMITTED == 0,
+                "retiring an entry still in the wheel/policy"
+            );
             *m.flags(idx) = 0;
             m.retired.push(idx);
         }
@@ -382,8 +400,8 @@ where
                 return;
             };
             // The policy's queue targets are proportioned to what this shard holds: its
-            // share, or more when the keys do not spread evenly over the shards.
-            policy.set_capacity(bound.share.max(policy.weighted_size()));
+            // share, or more (up to the whole capacity) when the keys do not spread evenly.
+            policy.set_capacity(bound.share.max(policy.weighted_size().min(bound.capacity)));
             if bound.reserved() <= target
                 || (hard_target.is_none() && policy.weighted_size() <= bound.share)
             {

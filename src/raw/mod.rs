@@ -164,6 +164,15 @@ where
         self.shard(hash).read(&self.cfg, hash, key, f)
     }
 
+    pub(crate) fn contains<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.cfg.hash(key);
+        self.shard(hash).contains(&self.cfg, hash, key)
+    }
+
     /// Stores `key -> value` with a per-entry time to live in ns (`None`: the cache's
     /// default); returns them back if the shard cannot hold another node.
     pub(crate) fn insert(

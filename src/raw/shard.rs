@@ -363,6 +363,18 @@ where
         }
     }
 
+    /// Whether `key` has a live value, without counting as an access (no CLOCK bump, no idle
+    /// extension, no hit or miss counted).
+    pub(crate) fn contains<Q, S>(&self, cfg: &Config<K, V, S>, hash: u64, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let guard = epoch::pin();
+        matches!(self.lookup(hash, key, &guard),
+            Some((_, node, next)) if next & MARK == 0 && Self::alive(node, cfg))
+    }
+
     /// Runs `f` on the live value of `key`, if any.
     #[inline]
     pub(crate) fn read<Q, S, R>(
