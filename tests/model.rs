@@ -411,3 +411,119 @@ mod expiry {
         }
     }
 }
+
+mod bounded {
+    //! Many shards and a weighted bound: the weak properties. After every operation (when no
+    //! write is in flight) the weight held is at most the capacity and equals the sum of the
+    //! resident entries' weights; a key's value is its latest one or absent, never an older
+    //! one; and every value is, at the end, either resident or reported to the listener
+    //! exactly once.
+    #![allow(clippy::disallowed_types)]
+
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use evanesce::{Cache, RemovalCause};
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(u16, u8),
+        Get(u16),
+        Remove(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0u16..400, 1u8..20).prop_map(|(k, w)| Op::Insert(k, w)),
+            5 => (0u16..400).prop_map(Op::Get),
+            1 => (0u16..400).prop_map(Op::Remove),
+        ]
+    }
+
+    fn check(shards: usize, capacity: u64, ops: &[Op]) -> Result<(), TestCaseError> {
+        let heard: Arc<Mutex<Vec<(u16, u64, RemovalCause)>>> = Arc::default();
+        let sink = heard.clone();
+        // Values are (serial, weight): serials are unique, so an older value is recognisable.
+        let cache: Cache<u16, (u64, u8)> = Cache::builder()
+            .shards(shards)
+            .max_capacity(capacity)
+            .weigher(|_, v: &(u64, u8)| u32::from(v.1))
+            .eviction_listener(move |k: &u16, v: &(u64, u8), c| {
+                sink.lock().unwrap().push((*k, v.0, c))
+            })
+            .build()
+            .unwrap();
+        let mut latest: HashMap<u16, u64> = HashMap::new();
+        let mut created = Vec::new();
+        for (step, op) in ops.iter().enumerate() {
+            match *op {
+                Op::Insert(k, w) => {
+                    let serial = step as u64 + 1;
+                    cache.insert(k, (serial, w));
+                    latest.insert(k, serial);
+                    created.push((k, serial));
+                }
+                Op::Get(k) => {
+                    if let Some((serial, _)) = cache.get(&k) {
+                        prop_assert_eq!(Some(serial), latest.get(&k).copied(), "stale value");
+                    }
+                }
+                Op::Remove(k) => {
+                    if let Some((serial, _)) = cache.remove(&k) {
+                        prop_assert_eq!(Some(serial), latest.get(&k).copied(), "stale value");
+                    }
+                    latest.remove(&k);
+                }
+            }
+            let size = cache.weighted_size();
+            prop_assert!(
+                size <= capacity,
+                "weight {} over capacity {} at step {}",
+                size,
+                capacity,
+                step
+            );
+            let held: u64 = cache.iter().map(|(_, v)| u64::from(v.1)).sum();
+            prop_assert_eq!(held, size, "accounting at step {}", step);
+        }
+        let resident: HashMap<u16, u64> = cache.iter().map(|(k, v)| (k, v.0)).collect();
+        for (k, serial) in &resident {
+            prop_assert_eq!(
+                Some(*serial),
+                latest.get(k).copied(),
+                "an older value is resident"
+            );
+        }
+        let heard = heard.lock().unwrap().clone();
+        let mut reports: HashMap<u64, usize> = HashMap::new();
+        for (_, serial, _) in &heard {
+            *reports.entry(*serial).or_default() += 1;
+        }
+        for (k, serial) in created {
+            let reported = reports.get(&serial).copied().unwrap_or(0);
+            let is_resident = resident.get(&k) == Some(&serial);
+            prop_assert_eq!(
+                reported + usize::from(is_resident),
+                1,
+                "value {} of key {}",
+                serial,
+                k
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn bound_and_values_hold_with_many_shards(
+            shards in prop::sample::select(vec![1usize, 2, 4, 8]),
+            capacity in 20u64..400,
+            ops in prop::collection::vec(op(), 1..500),
+        ) {
+            check(shards, capacity, &ops)?;
+        }
+    }
+}

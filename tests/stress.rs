@@ -242,3 +242,88 @@ fn readers_never_see_foreign_or_freed_values() {
     let n = cache.len();
     assert_eq!(cache.iter().count(), n);
 }
+
+/// Concurrent weighted writers against a bounded cache, while a monitor samples the weight
+/// held: it never exceeds the capacity by more than the documented slack
+/// (`max(1, capacity / 64)`), whatever the number of writers; when they stop, it is at most
+/// the capacity; and every value is reported or resident exactly once.
+#[test]
+#[ignore]
+fn the_bound_holds_under_concurrent_writers() {
+    const CAPACITY: u64 = 50_000;
+    let slack = (CAPACITY / 64).max(1);
+    let live_values = Arc::new(AtomicU64::new(0));
+    let reported = Arc::new(AtomicU64::new(0));
+    let counter = reported.clone();
+    let cache: Cache<u64, Tracked> = Cache::builder()
+        .max_capacity(CAPACITY)
+        .weigher(|_, v: &Tracked| (v.stamp % 16) as u32 + 1)
+        .eviction_listener(move |_, _, _| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        })
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let monitor = {
+        let cache = cache.clone();
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut samples = 0u64;
+            let mut max_seen = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let size = cache.weighted_size();
+                max_seen = max_seen.max(size);
+                assert!(size <= CAPACITY + slack, "{size} > {CAPACITY} + {slack}");
+                samples += 1;
+                thread::yield_now();
+            }
+            (samples, max_seen)
+        })
+    };
+    let inserted = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let cache = cache.clone();
+            let live_values = live_values.clone();
+            let inserted = inserted.clone();
+            thread::spawn(move || {
+                let mut rng = Rng(t * 31 + 7);
+                for i in 0..ops_per_thread() / 2 {
+                    let r = rng.next();
+                    let k = r % 200_000;
+                    match r % 10 {
+                        0 => drop(cache.remove(&k)),
+                        1..=3 => drop(cache.get(&k)),
+                        _ => {
+                            cache.insert(k, Tracked::new((t << 48) | i, &live_values));
+                            inserted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (samples, max_seen) = monitor.join().unwrap();
+    let size = cache.weighted_size();
+    assert!(size <= CAPACITY);
+    let held: u64 = cache.iter().map(|(_, v)| v.stamp % 16 + 1).sum();
+    assert_eq!(held, size);
+    let resident = cache.len() as u64;
+    assert_eq!(
+        reported.load(Ordering::Relaxed) + resident,
+        inserted.load(Ordering::Relaxed)
+    );
+    drop(cache);
+    for _ in 0..10_000 {
+        crossbeam_epoch::pin().flush();
+        if live_values.load(Ordering::Relaxed) == 0 {
+            break;
+        }
+    }
+    assert_eq!(live_values.load(Ordering::Relaxed), 0);
+    eprintln!("{samples} samples, max weight seen {max_seen} (capacity {CAPACITY}, slack {slack})");
+}
