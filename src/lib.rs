@@ -57,3 +57,8 @@ pub use builder::{BuildError, CacheBuilder, MAX_SHARDS};
 pub use cache::{Cache, Iter};
 pub use listener::RemovalCause;
 pub use stats::Stats;
+
+/// The README's Rust example, compiled and run as a doc test so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -34,6 +34,10 @@ const UNLINKED: u8 = 8;
 const HIGH: u8 = 16;
 const DONE: u8 = SEEN_INSERT | SEEN_REMOVE | UNLINKED;
 
+/// Retired nodes handed to the epoch at once by an ordinary pass (one deferred function and
+/// one flush of the epoch's bag per batch, not per pass).
+const RETIRE_BATCH: usize = 64;
+
 /// How many buckets one pass splits, classifies or unzips during a growth.
 const GROWTH_BUDGET: usize = 4096;
 /// Largest table of one shard.
@@ -215,16 +219,20 @@ where
         self.next_expiry.fetch_min(deadline, Ordering::Relaxed);
     }
 
-    /// Ends a pass: unlinks what is pending, hands finished nodes to the epoch, and returns
-    /// the removals to report.
+    /// Ends a pass: unlinks what is pending, hands finished nodes to the epoch (in batches of
+    /// [`RETIRE_BATCH`], or all of them with `retire_all`), and returns the removals to report.
+    ///
+    /// Nodes waiting for a full batch stay owned by the shard (unreachable, their payloads
+    /// still alive): at most a batch per shard, freed by the next explicit pass or the drop.
     pub(super) fn finish_pass<S: BuildHasher>(
         &self,
         m: &mut Maint,
         cfg: &Config<K, V, S>,
         guard: &Guard,
+        retire_all: bool,
     ) -> Vec<(Idx, RemovalCause)> {
         self.process_unlinks(m, cfg, guard);
-        if !m.retired.is_empty() {
+        if !m.retired.is_empty() && (retire_all || m.retired.len() >= RETIRE_BATCH) {
             let batch = mem::take(&mut m.retired);
             for &idx in &batch {
                 // SAFETY: the node is unreachable and only the maintainer (us, holding the lock)
@@ -698,7 +706,7 @@ where
                     cur = next & IDX_MASK;
                 }
             }
-            self.finish_pass(m, cfg, &guard)
+            self.finish_pass(m, cfg, &guard, true)
         });
         self.deliver(cfg, notes, &guard);
     }

@@ -718,7 +718,7 @@ where
                 let notes = self.maint.run(|m| {
                     self.pass(m, cfg, guard, false);
                     self.apply(m, cfg, event, guard);
-                    self.finish_pass(m, cfg, guard)
+                    self.finish_pass(m, cfg, guard, false)
                 });
                 self.deliver(cfg, notes, guard);
                 false
@@ -730,7 +730,7 @@ where
     pub(crate) fn try_maintain<S: BuildHasher>(&self, cfg: &Config<K, V, S>, guard: &Guard) {
         if let Some(notes) = self.maint.try_run(|m| {
             self.pass(m, cfg, guard, false);
-            self.finish_pass(m, cfg, guard)
+            self.finish_pass(m, cfg, guard, false)
         }) {
             self.deliver(cfg, notes, guard);
         }
@@ -744,7 +744,7 @@ where
         let notes = self.maint.run(|m| {
             self.pass(m, cfg, &guard, false);
             self.evict(m, cfg, Some(target), &guard);
-            self.finish_pass(m, cfg, &guard)
+            self.finish_pass(m, cfg, &guard, false)
         });
         self.deliver(cfg, notes, &guard);
     }
@@ -755,7 +755,7 @@ where
         let guard = epoch::pin();
         let notes = self.maint.run(|m| {
             self.pass(m, cfg, &guard, true);
-            self.finish_pass(m, cfg, &guard)
+            self.finish_pass(m, cfg, &guard, true)
         });
         self.deliver(cfg, notes, &guard);
     }
