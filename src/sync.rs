@@ -20,6 +20,7 @@ mod imp {
     };
     pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
     pub(crate) use loom::thread::yield_now;
+    pub(crate) use std::sync::TryLockError;
 
     /// Spin-loop hint; under loom a yield, so that the model can schedule the thread we wait for.
     #[inline]
@@ -34,7 +35,7 @@ mod imp {
         AtomicBool, AtomicI64, AtomicPtr, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize,
         Ordering, fence,
     };
-    pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+    pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError, Weak};
     pub(crate) use std::thread::yield_now;
 
     /// Spin-loop hint.
