@@ -136,6 +136,21 @@ where
         self.inner.raw.read(key, V::clone)
     }
 
+    /// Runs `f` on the value stored for `key`, if it is live, without cloning it; like
+    /// [`get`](Self::get) in every other respect (it counts as a use of the entry).
+    ///
+    /// `f` runs while this thread is pinned to the epoch: memory retired meanwhile, by any
+    /// cache, is not freed until it returns, so keep it short (decoding the value is fine;
+    /// waiting for I/O is not). `f` may use the cache.
+    #[inline]
+    pub fn get_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.raw.read(key, f)
+    }
+
     /// Whether `key` has a live value. Lock-free, like [`get`](Self::get); it does not count
     /// as a use of the entry (for the eviction policy, time to idle or hit statistics).
     #[inline]
@@ -255,6 +270,16 @@ where
     /// [`RemovalCause::Expired`]); a second call finds nothing. For callers that prefer a
     /// stale value to none (memorystore's `stale` option).
     pub fn get_stale<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.raw.read_stale(key).map(|(value, _)| value)
+    }
+
+    /// [`get_stale`](Self::get_stale), also saying whether the value was expired (and this
+    /// call removed it; only one caller gets an expired value).
+    pub(crate) fn get_stale_flagged<Q>(&self, key: &Q) -> Option<(V, bool)>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,

@@ -284,8 +284,9 @@ where
         self.shard(hash).remaining(&self.cfg, hash, key)
     }
 
-    /// Like `read`, but an expired entry not yet reclaimed is returned once and removed.
-    pub(crate) fn read_stale<Q>(&self, key: &Q) -> Option<V>
+    /// The live value of `key`, or its expired value if that is not reclaimed yet (which this
+    /// call then removes; only one caller gets it). The flag says which: `true` for expired.
+    pub(crate) fn read_stale<Q>(&self, key: &Q) -> Option<(V, bool)>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,

@@ -635,7 +635,7 @@ where
         cfg: &Config<K, V, S>,
         hash: u64,
         key: &Q,
-    ) -> Option<V>
+    ) -> Option<(V, bool)>
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
@@ -654,7 +654,7 @@ where
             node.touch_freq();
             cfg.stats.read(true);
             // SAFETY: found while pinned (see `find`).
-            return Some(unsafe { node.with_payload(|_, v| v.clone()) });
+            return Some((unsafe { node.with_payload(|_, v| v.clone()) }, false));
         }
         if !node.mark() {
             cfg.stats.read(false);
@@ -667,7 +667,7 @@ where
             self.try_maintain(cfg, &guard);
         }
         self.notify(cfg, idx, RemovalCause::Expired, &guard);
-        Some(value)
+        Some((value, true))
     }
 
     /// Bookkeeping after a writer (not the maintainer) marked `idx`. Returns whether to offer
