@@ -23,6 +23,10 @@ pub(crate) const TICK: Duration = Duration::from_millis(1);
 pub(crate) struct TimeSource {
     clock: Clock,
     start: Instant,
+    /// Whether `clock` is a `quanta::Clock::mock()`, whose `recent()` is exact and needs no
+    /// ticker.
+    #[cfg_attr(loom, allow(dead_code))]
+    mocked: bool,
     #[cfg(not(loom))]
     ticker: std::sync::OnceLock<ticker::Lease>,
 }
@@ -30,9 +34,14 @@ pub(crate) struct TimeSource {
 impl TimeSource {
     pub(crate) fn new(clock: Clock) -> Self {
         let start = clock.now();
+        // quanta does not say whether a clock is mocked, but its `Debug` names the variant.
+        // Read once here; if that ever changes, a mocked cache starts a ticker it does not
+        // need (a thread, not a wrong answer).
+        let mocked = format!("{clock:?}").contains("Mock(");
         Self {
             clock,
             start,
+            mocked,
             #[cfg(not(loom))]
             ticker: std::sync::OnceLock::new(),
         }
@@ -42,7 +51,7 @@ impl TimeSource {
     #[inline]
     pub(crate) fn ensure_ticking(&self) {
         #[cfg(not(loom))]
-        if self.ticker.get().is_none() {
+        if !self.mocked && self.ticker.get().is_none() {
             let _ = self.ticker.get_or_init(ticker::Lease::acquire);
         }
     }
@@ -136,5 +145,24 @@ mod ticker {
                 let _ = running.thread.join();
             }
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mocked_clock_needs_no_ticker() {
+        let (clock, mock) = Clock::mock();
+        let time = TimeSource::new(clock);
+        time.ensure_ticking();
+        assert!(time.ticker.get().is_none());
+        mock.increment(Duration::from_millis(5));
+        assert_eq!(time.now(), 5_000_000);
+
+        let time = TimeSource::new(Clock::new());
+        time.ensure_ticking();
+        assert!(time.ticker.get().is_some());
     }
 }
