@@ -46,8 +46,12 @@ mod cache;
 mod clock;
 mod evict;
 mod expire;
+#[cfg(all(any(feature = "tower-sessions", feature = "actix-session"), not(loom)))]
+pub mod integrations;
 mod listener;
 mod raw;
+#[cfg(all(feature = "session", not(loom)))]
+pub mod session;
 mod stats;
 #[cfg(not(loom))]
 mod sweeper;

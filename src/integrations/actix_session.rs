@@ -1,0 +1,172 @@
+//! [`MemoryStore`] as an actix-session (0.11) storage backend, for actix-web.
+//!
+//! ```no_run
+//! use actix_session::SessionMiddleware;
+//! use actix_web::cookie::Key;
+//! use evanesce::integrations::actix_session::{StateStore, state_store};
+//!
+//! let store: StateStore = state_store().max(100_000).build()?;
+//! let key = Key::generate();
+//! // App::new().wrap(SessionMiddleware::new(store.clone(), key.clone()))
+//! # let _ = SessionMiddleware::new(store, key);
+//! # Ok::<(), evanesce::session::Error>(())
+//! ```
+//!
+//! Session keys are 64 random alphanumeric characters from a cryptographically secure
+//! generator (`rand`'s thread RNG), as actix-session's own stores make them. The time to
+//! live actix-session passes with each call is the session's lifetime (unless the store's
+//! `ttl` or `ttl_fn` option says otherwise), and the engine reclaims the session when it
+//! ends, read again or not.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_session::storage::{LoadError, SaveError, SessionKey, SessionStore, UpdateError};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use serde::{Deserialize, Serialize};
+
+use crate::session::{Error, JsonSerializer, MemoryStore, MemoryStoreBuilder, SessionData};
+
+/// What the store keeps for an actix-web session: actix-session's state (a map of
+/// JSON-encoded values) and when it expires.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// actix-session's session state.
+    pub state: HashMap<String, String>,
+    /// When the session expires, in milliseconds since the Unix epoch.
+    pub expires_ms: u64,
+}
+
+impl State {
+    fn new(state: HashMap<String, String>, now: SystemTime, ttl: Duration) -> Self {
+        let expires = now.checked_add(ttl).unwrap_or(now);
+        let expires_ms = expires
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Self { state, expires_ms }
+    }
+}
+
+impl SessionData for State {
+    /// Until `expires_ms`.
+    fn cookie_ttl(&self, now: SystemTime) -> Option<Duration> {
+        let expires = UNIX_EPOCH.checked_add(Duration::from_millis(self.expires_ms))?;
+        Some(expires.duration_since(now).unwrap_or(Duration::ZERO))
+    }
+
+    /// Takes `newer`'s expiry.
+    fn touch_from(&mut self, newer: &Self) {
+        self.expires_ms = newer.expires_ms;
+    }
+}
+
+/// A store of actix-web session states.
+pub type StateStore = MemoryStore<JsonSerializer<State>>;
+
+/// A builder for a [`StateStore`] (every [`MemoryStoreBuilder`] option applies).
+pub fn state_store() -> MemoryStoreBuilder<JsonSerializer<State>> {
+    MemoryStore::with_serializer(JsonSerializer::new())
+}
+
+/// actix-session's time to live (a `time` duration; negative means "already over").
+fn std_ttl(ttl: &time::Duration) -> Duration {
+    Duration::try_from(*ttl).unwrap_or(Duration::ZERO)
+}
+
+fn new_key() -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(64)
+        .map(char::from)
+        .collect()
+}
+
+fn other(e: Error) -> anyhow::Error {
+    anyhow::Error::new(e)
+}
+
+impl<Z> MemoryStore<Z>
+where
+    Z: crate::session::Serializer<Session = State>,
+{
+    /// Stores `state` under a fresh key (a new one on the astronomically unlikely
+    /// collision).
+    fn save_new(&self, state: &State) -> Result<SessionKey, Error> {
+        loop {
+            let key = new_key();
+            if self.set_if_absent(&key, state)? {
+                // A 64-character key is within actix-session's 4064-byte limit.
+                return SessionKey::try_from(key)
+                    .map_err(|e| Error::Config(format!("session key refused: {e}")));
+            }
+        }
+    }
+}
+
+impl<Z> SessionStore for MemoryStore<Z>
+where
+    Z: crate::session::Serializer<Session = State>,
+{
+    async fn load(
+        &self,
+        session_key: &SessionKey,
+    ) -> Result<Option<HashMap<String, String>>, LoadError> {
+        match self.get(session_key.as_ref()) {
+            Ok(found) => Ok(found.map(|s| s.state)),
+            Err(e @ Error::Decode { .. }) => Err(LoadError::Deserialization(other(e))),
+            Err(e) => Err(LoadError::Other(other(e))),
+        }
+    }
+
+    async fn save(
+        &self,
+        session_state: HashMap<String, String>,
+        ttl: &time::Duration,
+    ) -> Result<SessionKey, SaveError> {
+        let state = State::new(session_state, self.now(), std_ttl(ttl));
+        self.save_new(&state).map_err(|e| match e {
+            e @ Error::Encode(_) => SaveError::Serialization(other(e)),
+            e => SaveError::Other(other(e)),
+        })
+    }
+
+    /// Rewrites the session's state; a session that has expired or was removed meanwhile is
+    /// saved under a new key instead (as actix-session's Redis store does), so an update
+    /// never brings back a key that is gone.
+    async fn update(
+        &self,
+        session_key: SessionKey,
+        session_state: HashMap<String, String>,
+        ttl: &time::Duration,
+    ) -> Result<SessionKey, UpdateError> {
+        let state = State::new(session_state, self.now(), std_ttl(ttl));
+        let to_update = |e: Error| match e {
+            e @ Error::Encode(_) => UpdateError::Serialization(other(e)),
+            e => UpdateError::Other(other(e)),
+        };
+        if self
+            .set_if_present(session_key.as_ref(), &state)
+            .map_err(to_update)?
+        {
+            Ok(session_key)
+        } else {
+            self.save_new(&state).map_err(to_update)
+        }
+    }
+
+    async fn update_ttl(
+        &self,
+        session_key: &SessionKey,
+        ttl: &time::Duration,
+    ) -> Result<(), anyhow::Error> {
+        let expiry = State::new(HashMap::new(), self.now(), std_ttl(ttl));
+        self.touch(session_key.as_ref(), &expiry).map_err(other)?;
+        Ok(())
+    }
+
+    async fn delete(&self, session_key: &SessionKey) -> Result<(), anyhow::Error> {
+        self.destroy(session_key.as_ref());
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! A session store that cannot leak: memorystore's options and methods on the engine.
+//!
+//! express-session's default `MemoryStore` never forgets a session nobody reads again; the
+//! npm package `memorystore` fixed that with an LRU cache and a pruning timer you must
+//! remember to turn on. [`MemoryStore`] has memorystore's options and methods, and expired
+//! sessions leave on their own (the engine's timer wheel reclaims them within a
+//! millisecond tick of their expiry, with or without reads and with or without the
+//! optional sweeper).
+//!
+//! | memorystore | evanesce |
+//! |---|---|
+//! | `checkPeriod` | [`check_period`](MemoryStoreBuilder::check_period): a background sweeper (expiry is proactive anyway) |
+//! | `max` | [`max`](MemoryStoreBuilder::max) sessions, or [`max_bytes`](MemoryStoreBuilder::max_bytes) of id plus serialized session |
+//! | `ttl` (number or function) | [`ttl`](MemoryStoreBuilder::ttl) / [`ttl_fn`](MemoryStoreBuilder::ttl_fn) |
+//! | `dispose(key, value)` | [`dispose`](MemoryStoreBuilder::dispose)`(|id, session, cause|)` |
+//! | `stale` | [`stale`](MemoryStoreBuilder::stale): an expired session not yet reclaimed is returned once, then removed |
+//! | `noDisposeOnSet` | [`no_dispose_on_set`](MemoryStoreBuilder::no_dispose_on_set) |
+//! | `serializer` (`stringify`, `parse`) | [`serializer`](MemoryStoreBuilder::serializer): any [`Serializer`]; JSON by default |
+//! | `get`, `set`, `destroy`, `touch`, `all`, `ids`, `length`, `clear`, `prune`, `startInterval`, `stopInterval` | the same names in snake_case; `destroy` takes one id or many |
+//!
+//! ```
+//! use std::time::Duration;
+//! use evanesce::session::{Cookie, MemoryStore, Session};
+//!
+//! let store = MemoryStore::builder()
+//!     .max(10_000)
+//!     .dispose(|id: &str, _session: Option<Session>, cause| println!("{id} left: {cause:?}"))
+//!     .build()?;
+//!
+//! let mut session = Session::with_cookie(Cookie::expiring_in(Duration::from_secs(3600), store.now()));
+//! session.insert("views", 1);
+//! store.set("sid-1", &session)?;
+//! assert_eq!(store.get("sid-1")?.and_then(|s| s.get("views").cloned()), Some(1.into()));
+//! assert_eq!(store.get("never-set")?, None); // not found is not an error
+//! store.destroy("sid-1");
+//! # Ok::<(), evanesce::session::Error>(())
+//! ```
+//!
+//! Semantics (memorystore's, with the differences marked):
+//! - **Lifetime**: the `ttl` option (fixed or a function of the session and its id) if set,
+//!   else the cookie's remaining lifetime ([`SessionData::cookie_ttl`]: `expires`, else
+//!   `maxAge`), else one day. A lifetime of zero (an `expires` in the past) on `set` stores
+//!   nothing and removes the id's previous session.
+//! - **Values are stored serialized**: the store never hands out a shared mutable object.
+//! - **`touch`** restarts the lifetime and replaces only the cookie; it never rewrites user
+//!   data and never brings back a missing or expired session.
+//! - **Not found** is `Ok(None)`; stored bytes that do not decode are one
+//!   [`Error::Decode`] (the session is then removed; never a panic, never a second report).
+//! - **`length`, `ids`, `all`** count live sessions only (memorystore's `length` counted
+//!   expired sessions not yet pruned).
+//! - **Concurrency**: every method is safe under concurrent requests for the same id. Reads
+//!   are lock-free; `set`, `touch` and `destroy` of one id are serialized by a striped lock
+//!   (so a `touch` can never undo a concurrent `destroy` or lose a concurrent `set`).
+
+mod data;
+mod serializer;
+mod store;
+
+use std::fmt;
+
+pub use data::{Cookie, Session, SessionData};
+pub use serializer::{JsonSerializer, Serializer};
+pub use store::{DisposeFn, Ids, MemoryStore, MemoryStoreBuilder, Options, TtlFn};
+
+pub use crate::RemovalCause;
+
+/// A boxed error from a [`Serializer`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What can go wrong in the session store.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The serializer could not encode the session; nothing was stored or changed.
+    Encode(BoxError),
+    /// The bytes stored for `id` did not decode. The session has been removed (its dispose
+    /// hook, if any, heard about it with no session), so this is reported once.
+    Decode {
+        /// The session's id.
+        id: String,
+        /// The serializer's error.
+        source: BoxError,
+    },
+    /// The session (its id plus its serialized bytes, `size`) is larger than
+    /// [`max_bytes`](MemoryStoreBuilder::max_bytes) allows (`max`); nothing was stored or
+    /// changed.
+    TooLarge {
+        /// The session's weight in bytes.
+        size: u64,
+        /// The store's `max_bytes`.
+        max: u64,
+    },
+    /// The builder's options do not make a store (for example `max(0)`).
+    Config(String),
+    /// The background sweeper thread could not be started.
+    Sweeper(std::io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Encode(e) => write!(f, "the session could not be encoded: {e}"),
+            Error::Decode { id, source } => {
+                write!(
+                    f,
+                    "the stored session {id:?} could not be decoded: {source}"
+                )
+            }
+            Error::TooLarge { size, max } => write!(
+                f,
+                "the session weighs {size} bytes, more than the store's max_bytes of {max}"
+            ),
+            Error::Config(why) => write!(f, "invalid session store options: {why}"),
+            Error::Sweeper(e) => write!(f, "the sweeper thread could not be started: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Encode(e) | Error::Decode { source: e, .. } => Some(&**e),
+            Error::Sweeper(e) => Some(e),
+            Error::TooLarge { .. } | Error::Config(_) => None,
+        }
+    }
+}

@@ -1,0 +1,706 @@
+//! [`MemoryStore`] and its builder.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use quanta::Clock;
+
+use super::{Error, JsonSerializer, Serializer, SessionData};
+use crate::sync::{Arc, AtomicBool, Mutex, MutexGuard, Ordering, lock};
+use crate::{Cache, RemovalCause, Stats};
+
+/// memorystore's lifetime for a session whose cookie does not give one.
+const ONE_DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Writer locks per store (`set`, `touch`, `destroy` of one id are serialized; ids spread
+/// over the stripes by hash).
+const STRIPES: usize = 64;
+
+/// The `ttl_fn` option: a session's lifetime from the session and its id.
+pub type TtlFn<T> = dyn Fn(&T, &str) -> Duration + Send + Sync + 'static;
+
+/// The `dispose` hook: the id, the session (`None` if its stored bytes do not decode), and
+/// why it left.
+pub type DisposeFn<T> = dyn Fn(&str, Option<T>, RemovalCause) + Send + Sync + 'static;
+
+/// A stored session: its serialized bytes, shared by the clones the engine hands out.
+#[derive(Clone)]
+struct Stored(Arc<StoredInner>);
+
+struct StoredInner {
+    bytes: Box<[u8]>,
+    /// Set by `touch` just before it replaces this value with the same session under a new
+    /// cookie: the dispose hook is not told about such a replacement.
+    touched: AtomicBool,
+}
+
+impl Stored {
+    fn new(bytes: Vec<u8>) -> Self {
+        Self(Arc::new(StoredInner {
+            bytes: bytes.into_boxed_slice(),
+            touched: AtomicBool::new(false),
+        }))
+    }
+
+    fn same(&self, other: &Stored) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// The options a store was built with (memorystore's `store.options`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Options {
+    /// The sweeper's period, if any.
+    pub check_period: Option<Duration>,
+    /// The bound on sessions, if any.
+    pub max: Option<u64>,
+    /// The bound on bytes (ids plus serialized sessions), if any.
+    pub max_bytes: Option<u64>,
+    /// The fixed lifetime, if any.
+    pub ttl: Option<Duration>,
+    /// Whether lifetimes come from a `ttl_fn`.
+    pub ttl_fn: bool,
+    /// Whether a dispose hook is set.
+    pub dispose: bool,
+    /// Whether expired sessions not yet reclaimed are returned once.
+    pub stale: bool,
+    /// Whether `set` over an existing session skips the dispose hook.
+    pub no_dispose_on_set: bool,
+}
+
+/// Builds a [`MemoryStore`]; see [`MemoryStore::builder`]. Every option is memorystore's
+/// (see the [module documentation](super) for the table).
+pub struct MemoryStoreBuilder<Z: Serializer = JsonSerializer> {
+    serializer: Z,
+    options: Options,
+    ttl_fn: Option<Arc<TtlFn<Z::Session>>>,
+    dispose: Option<Arc<DisposeFn<Z::Session>>>,
+    clock: Option<Clock>,
+    /// Options tied to the session type that a later `serializer` call discarded.
+    discarded: Vec<&'static str>,
+}
+
+impl<Z: Serializer> fmt::Debug for MemoryStoreBuilder<Z> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStoreBuilder")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Z: Serializer> MemoryStoreBuilder<Z> {
+    fn with(serializer: Z) -> Self {
+        Self {
+            serializer,
+            options: Options::default(),
+            ttl_fn: None,
+            dispose: None,
+            clock: None,
+            discarded: Vec::new(),
+        }
+    }
+
+    /// Runs a background sweeper every `period` that removes expired sessions
+    /// ([`prune`](MemoryStore::prune)). Expiry does not depend on it (the engine reclaims
+    /// expired sessions as writes happen); it covers a store that nobody writes to. The
+    /// thread holds only a weak reference: dropping the store stops it.
+    pub fn check_period(mut self, period: Duration) -> Self {
+        self.options.check_period = Some(period);
+        self
+    }
+
+    /// Holds at most `n` sessions; beyond that, the least valuable ones (by the engine's
+    /// CLOCK-family policy: recently created and never read again first) are removed, and
+    /// the dispose hook hears [`RemovalCause::Size`].
+    pub fn max(mut self, n: u64) -> Self {
+        self.options.max = Some(n);
+        self
+    }
+
+    /// Holds at most `n` bytes of sessions, each weighing its id plus its serialized bytes.
+    /// A single session heavier than that is refused with [`Error::TooLarge`]. Exclusive
+    /// with [`max`](Self::max).
+    pub fn max_bytes(mut self, n: u64) -> Self {
+        self.options.max_bytes = Some(n);
+        self
+    }
+
+    /// Every session lives `ttl` from its last `set` or `touch`, whatever its cookie says.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.options.ttl = Some(ttl);
+        self.options.ttl_fn = false;
+        self.ttl_fn = None;
+        self
+    }
+
+    /// Every session lives what `f(session, id)` says from its last `set` or `touch`
+    /// (`Duration::ZERO`: `set` removes it).
+    pub fn ttl_fn(
+        mut self,
+        f: impl Fn(&Z::Session, &str) -> Duration + Send + Sync + 'static,
+    ) -> Self {
+        self.options.ttl = None;
+        self.options.ttl_fn = true;
+        self.ttl_fn = Some(Arc::new(f));
+        self
+    }
+
+    /// Calls `f(id, session, cause)` once for every session that leaves the store: expired
+    /// ([`RemovalCause::Expired`]), evicted by the bound (`Size`), destroyed (`Explicit`),
+    /// overwritten by `set` (`Replaced`, unless [`no_dispose_on_set`](Self::no_dispose_on_set)),
+    /// or cleared (`Cleared`). A `touch` is not a removal. `session` is `None` if the stored
+    /// bytes do not decode. The hook runs on the thread that caused the removal (or the
+    /// sweeper's), after the session is gone from the store; a panic in it is caught.
+    pub fn dispose(
+        mut self,
+        f: impl Fn(&str, Option<Z::Session>, RemovalCause) + Send + Sync + 'static,
+    ) -> Self {
+        self.options.dispose = true;
+        self.dispose = Some(Arc::new(f));
+        self
+    }
+
+    /// An expired session that has not been reclaimed yet is returned once more by
+    /// [`get`](MemoryStore::get) (and removed). The engine reclaims expired sessions within
+    /// about a millisecond tick, so this only bridges that moment.
+    pub fn stale(mut self, stale: bool) -> Self {
+        self.options.stale = stale;
+        self
+    }
+
+    /// `set` over an existing session does not call the dispose hook.
+    pub fn no_dispose_on_set(mut self, no_dispose_on_set: bool) -> Self {
+        self.options.no_dispose_on_set = no_dispose_on_set;
+        self
+    }
+
+    /// The time source (`quanta::Clock::mock()` in tests). Cookie dates are read against a
+    /// wall clock that starts at the system time when the store is built and advances with
+    /// this clock ([`MemoryStore::now`]).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Stores sessions through `serializer` (and so stores its session type). Call it first:
+    /// `ttl_fn` and `dispose` are typed by the session, and setting them before this is
+    /// reported by [`build`](Self::build) as an error.
+    pub fn serializer<Z2: Serializer>(self, serializer: Z2) -> MemoryStoreBuilder<Z2> {
+        let mut discarded = self.discarded;
+        if self.ttl_fn.is_some() {
+            discarded.push("ttl_fn");
+        }
+        if self.dispose.is_some() {
+            discarded.push("dispose");
+        }
+        let mut options = self.options;
+        options.ttl_fn = false;
+        options.dispose = false;
+        MemoryStoreBuilder {
+            serializer,
+            options,
+            ttl_fn: None,
+            dispose: None,
+            clock: self.clock,
+            discarded,
+        }
+    }
+
+    /// Builds the store (and starts the sweeper if `check_period` is set).
+    pub fn build(self) -> Result<MemoryStore<Z>, Error> {
+        let options = self.options;
+        if !self.discarded.is_empty() {
+            return Err(Error::Config(format!(
+                "{} set before serializer(): set them after it (they depend on the session type)",
+                self.discarded.join(" and ")
+            )));
+        }
+        if options.max.is_some() && options.max_bytes.is_some() {
+            return Err(Error::Config(
+                "max and max_bytes are exclusive: bound by sessions or by bytes".into(),
+            ));
+        }
+        if options.max == Some(0) || options.max_bytes == Some(0) {
+            return Err(Error::Config("a bound of zero can hold nothing".into()));
+        }
+        if options.ttl == Some(Duration::ZERO) {
+            return Err(Error::Config(
+                "a fixed ttl of zero would remove every session as it is set".into(),
+            ));
+        }
+        if options.check_period == Some(Duration::ZERO) {
+            return Err(Error::Config("check_period must not be zero".into()));
+        }
+        let clock = self.clock.unwrap_or_default();
+        let serializer = Arc::new(self.serializer);
+
+        let mut engine = Cache::<String, Stored>::builder()
+            .clock(clock.clone())
+            .record_stats(true);
+        if let Some(max) = options.max {
+            engine = engine.max_capacity(max);
+        }
+        if let Some(max_bytes) = options.max_bytes {
+            engine = engine
+                .max_capacity(max_bytes)
+                .weigher(|id: &String, stored: &Stored| {
+                    u32::try_from(weight_of(id, &stored.0.bytes)).unwrap_or(u32::MAX)
+                });
+        }
+        if let Some(dispose) = self.dispose.clone() {
+            let serializer = serializer.clone();
+            let no_dispose_on_set = options.no_dispose_on_set;
+            engine = engine.eviction_listener(
+                move |id: &String, stored: &Stored, cause: RemovalCause| {
+                    // Acquire: pairs with the Release store in `touch`, which precedes the
+                    // insert that superseded this value.
+                    if cause == RemovalCause::Replaced
+                        && (no_dispose_on_set || stored.0.touched.load(Ordering::Acquire))
+                    {
+                        return;
+                    }
+                    let session = serializer.decode(&stored.0.bytes).ok();
+                    dispose(id, session, cause);
+                },
+            );
+        }
+        if let Some(period) = options.check_period {
+            engine = engine.check_period(period);
+        }
+        let cache = engine.build().map_err(|e| match e {
+            crate::BuildError::SweeperSpawn(why) => Error::Sweeper(std::io::Error::other(why)),
+            other => Error::Config(other.to_string()),
+        })?;
+        let max_weight = options.max_bytes.map(|max| max.min(u64::from(u32::MAX)));
+        Ok(MemoryStore {
+            inner: Arc::new(Inner {
+                cache,
+                serializer,
+                ttl_fn: self.ttl_fn,
+                origin: clock.now(),
+                wall_origin: SystemTime::now(),
+                clock,
+                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+                stripe_hasher: ahash::RandomState::new(),
+                max_weight,
+                options,
+            }),
+        })
+    }
+}
+
+/// A session's weight against `max_bytes`: its id plus its serialized bytes.
+fn weight_of(id: &str, bytes: &[u8]) -> u64 {
+    (id.len() as u64).saturating_add(bytes.len() as u64)
+}
+
+/// One id or many, for [`MemoryStore::destroy`]: `&str`, `String`, or a slice, array or
+/// `Vec` of either.
+pub trait Ids {
+    /// Calls `f` with each id.
+    fn for_each_id(self, f: &mut dyn FnMut(&str));
+}
+
+impl Ids for &str {
+    fn for_each_id(self, f: &mut dyn FnMut(&str)) {
+        f(self)
+    }
+}
+
+impl Ids for String {
+    fn for_each_id(self, f: &mut dyn FnMut(&str)) {
+        f(&self)
+    }
+}
+
+impl Ids for &String {
+    fn for_each_id(self, f: &mut dyn FnMut(&str)) {
+        f(self)
+    }
+}
+
+impl<T: AsRef<str>> Ids for &[T] {
+    fn for_each_id(self, f: &mut dyn FnMut(&str)) {
+        for id in self {
+            f(id.as_ref())
+        }
+    }
+}
+
+impl<T: AsRef<str>, const N: usize> Ids for [T; N] {
+    fn for_each_id(self, f: &mut dyn FnMut(&str)) {
+        for id in &self {
+            f(id.as_ref())
+        }
+    }
+}
+
+impl<T: AsRef<str>, const N: usize> Ids for &[T; N] {
+    fn for_each_id(self, f: &mut dyn FnMut(&str)) {
+        for id in self {
+            f(id.as_ref())
+        }
+    }
+}
+
+impl<T: AsRef<str>> Ids for Vec<T> {
+    fn for_each_id(self, f: &mut dyn FnMut(&str)) {
+        for id in &self {
+            f(id.as_ref())
+        }
+    }
+}
+
+impl<T: AsRef<str>> Ids for &Vec<T> {
+    fn for_each_id(self, f: &mut dyn FnMut(&str)) {
+        for id in self {
+            f(id.as_ref())
+        }
+    }
+}
+
+/// A session store with memorystore's options and methods, on the evanesce engine: see the
+/// [module documentation](super).
+///
+/// A cheap-to-clone handle (`Send + Sync`); the store lives until its last handle is dropped.
+pub struct MemoryStore<Z: Serializer = JsonSerializer> {
+    inner: Arc<Inner<Z>>,
+}
+
+struct Inner<Z: Serializer> {
+    cache: Cache<String, Stored>,
+    serializer: Arc<Z>,
+    options: Options,
+    ttl_fn: Option<Arc<TtlFn<Z::Session>>>,
+    clock: Clock,
+    origin: quanta::Instant,
+    wall_origin: SystemTime,
+    stripes: Box<[Mutex<()>]>,
+    stripe_hasher: ahash::RandomState,
+    /// The largest weight one session may have (`max_bytes`, at most `u32::MAX`).
+    max_weight: Option<u64>,
+}
+
+impl<Z: Serializer> Clone for MemoryStore<Z> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<Z: Serializer> fmt::Debug for MemoryStore<Z> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("options", &self.inner.options)
+            .field("cache", &self.inner.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore<JsonSerializer> {
+    /// A builder for a store of express-session-shaped JSON [`Session`](super::Session)s.
+    pub fn builder() -> MemoryStoreBuilder<JsonSerializer> {
+        MemoryStoreBuilder::with(JsonSerializer::new())
+    }
+
+    /// A store with memorystore's defaults: unbounded, no sweeper, lifetimes from the
+    /// sessions' cookies (one day when they do not say).
+    pub fn new() -> Self {
+        Self::builder()
+            .build()
+            .expect("the default options are valid and start no thread")
+    }
+}
+
+impl Default for MemoryStore<JsonSerializer> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<Z: Serializer> MemoryStore<Z> {
+    /// A builder for a store that keeps sessions through `serializer`.
+    pub fn with_serializer(serializer: Z) -> MemoryStoreBuilder<Z> {
+        MemoryStoreBuilder::with(serializer)
+    }
+
+    /// The session `id`, if it is live (or, with [`stale`](MemoryStoreBuilder::stale),
+    /// expired and not yet reclaimed: then it is returned once and removed). Lock-free: the
+    /// session is decoded from the stored bytes without copying them.
+    ///
+    /// Not found is `Ok(None)`. Stored bytes that do not decode give one
+    /// [`Error::Decode`] and the session is removed.
+    pub fn get(&self, id: &str) -> Result<Option<Z::Session>, Error> {
+        let inner = &*self.inner;
+        loop {
+            let live = inner.cache.get_with(id, |stored| {
+                inner
+                    .serializer
+                    .decode(&stored.0.bytes)
+                    .map_err(|e| (stored.clone(), e))
+            });
+            let failed = match live {
+                Some(Ok(session)) => return Ok(Some(session)),
+                Some(Err(failed)) => (failed, false),
+                None if inner.options.stale => match inner.cache.get_stale_flagged(id) {
+                    None => return Ok(None),
+                    Some((stored, expired)) => match inner.serializer.decode(&stored.0.bytes) {
+                        Ok(session) => return Ok(Some(session)),
+                        Err(e) => ((stored, e), expired),
+                    },
+                },
+                None => return Ok(None),
+            };
+            let ((stored, source), handed_to_us_alone) = failed;
+            // An expired value comes back from `get_stale` to one caller only, already
+            // removed: report it. Otherwise whoever removes the bytes reports them.
+            if self.discard(id, &stored) || handed_to_us_alone {
+                return Err(Error::Decode {
+                    id: id.to_string(),
+                    source,
+                });
+            }
+            // Another caller reported (and removed) these bytes: look again.
+        }
+    }
+
+    /// Stores `session` as `id`, replacing its previous session, with the lifetime the
+    /// options give (`ttl`, `ttl_fn`, else the cookie, else one day). A lifetime of zero
+    /// stores nothing and removes the previous session.
+    pub fn set(&self, id: &str, session: &Z::Session) -> Result<(), Error> {
+        let (stored, ttl) = self.prepare(id, session)?;
+        let _writer = self.writer(id);
+        self.inner
+            .cache
+            .insert_with_ttl(id.to_string(), stored, ttl);
+        Ok(())
+    }
+
+    /// Stores `session` as `id` only if `id` has no live session; returns whether it did.
+    /// (tower-sessions' `create`, which must not overwrite on an id collision.)
+    pub fn set_if_absent(&self, id: &str, session: &Z::Session) -> Result<bool, Error> {
+        let (stored, ttl) = self.prepare(id, session)?;
+        let _writer = self.writer(id);
+        if self.inner.cache.contains_key(id) {
+            return Ok(false);
+        }
+        self.inner
+            .cache
+            .insert_with_ttl(id.to_string(), stored, ttl);
+        Ok(true)
+    }
+
+    /// Stores `session` as `id` only if `id` has a live session (which it replaces); returns
+    /// whether it did. (Redis's `SET XX`: an update that must not bring back a session that
+    /// expired or was destroyed meanwhile.)
+    pub fn set_if_present(&self, id: &str, session: &Z::Session) -> Result<bool, Error> {
+        let (stored, ttl) = self.prepare(id, session)?;
+        let _writer = self.writer(id);
+        if !self.inner.cache.contains_key(id) {
+            return Ok(false);
+        }
+        self.inner
+            .cache
+            .insert_with_ttl(id.to_string(), stored, ttl);
+        Ok(true)
+    }
+
+    /// Removes one session or many (`"id"`, `["a", "b"]`, `&ids_vec`); returns how many
+    /// were live. The dispose hook hears [`RemovalCause::Explicit`].
+    pub fn destroy(&self, ids: impl Ids) -> usize {
+        let mut removed = 0;
+        ids.for_each_id(&mut |id| {
+            let _writer = self.writer(id);
+            removed += usize::from(self.inner.cache.remove(id).is_some());
+        });
+        removed
+    }
+
+    /// Restarts the lifetime of the live session `id` by `session` (the lifetime the options
+    /// give for it) and replaces the stored session's cookie with `session`'s, keeping the
+    /// stored user data. Returns false, and stores nothing, if `id` has no live session.
+    pub fn touch(&self, id: &str, session: &Z::Session) -> Result<bool, Error> {
+        let inner = &*self.inner;
+        let ttl = self.ttl_of(session, id);
+        let _writer = self.writer(id);
+        let Some(current) = inner.cache.get_with(id, Stored::clone) else {
+            return Ok(false);
+        };
+        let mut stored_session = match inner.serializer.decode(&current.0.bytes) {
+            Ok(session) => session,
+            Err(source) => {
+                // We hold the id's writer lock: nobody else can remove these bytes but
+                // expiry, after which they are not ours to report.
+                if self.discard_locked(id, &current) {
+                    return Err(Error::Decode {
+                        id: id.to_string(),
+                        source,
+                    });
+                }
+                return Ok(false);
+            }
+        };
+        stored_session.touch_from(session);
+        if ttl.is_zero() {
+            // The new cookie says the session is over: expire it now.
+            return Ok(inner.cache.set_ttl(id, Duration::ZERO));
+        }
+        let bytes = inner
+            .serializer
+            .encode(&stored_session)
+            .map_err(Error::Encode)?;
+        if *bytes == *current.0.bytes {
+            // Same cookie: only the lifetime moves, nothing is rewritten.
+            return Ok(inner.cache.set_ttl(id, ttl));
+        }
+        self.check_weight(id, &bytes)?;
+        // Release: pairs with the Acquire load in the dispose listener (see `build`).
+        current.0.touched.store(true, Ordering::Release);
+        inner
+            .cache
+            .insert_with_ttl(id.to_string(), Stored::new(bytes), ttl);
+        Ok(true)
+    }
+
+    /// Every live session, by id. Stored bytes that do not decode give one
+    /// [`Error::Decode`] (that session is removed; the next call succeeds).
+    pub fn all(&self) -> Result<HashMap<String, Z::Session>, Error> {
+        let mut sessions = HashMap::new();
+        for (id, stored) in self.inner.cache.iter() {
+            match self.inner.serializer.decode(&stored.0.bytes) {
+                Ok(session) => {
+                    sessions.insert(id, session);
+                }
+                Err(source) => {
+                    if self.discard(&id, &stored) {
+                        return Err(Error::Decode { id, source });
+                    }
+                }
+            }
+        }
+        Ok(sessions)
+    }
+
+    /// The ids of the live sessions.
+    pub fn ids(&self) -> Vec<String> {
+        self.inner.cache.iter().map(|(id, _)| id).collect()
+    }
+
+    /// The number of live sessions (exact when no write is in flight).
+    pub fn length(&self) -> usize {
+        self.inner.cache.len()
+    }
+
+    /// Removes every session (the dispose hook hears [`RemovalCause::Cleared`]).
+    pub fn clear(&self) {
+        self.inner.cache.clear();
+    }
+
+    /// Removes every expired session now (the engine does so on its own as writes happen;
+    /// this is memorystore's `prune`, for a moment of the caller's choosing).
+    pub fn prune(&self) {
+        self.inner.cache.run_pending_tasks();
+    }
+
+    /// (Re)starts the background sweeper with the [`check_period`](MemoryStoreBuilder::check_period)
+    /// option. Returns false, and starts nothing, if the option is not set.
+    pub fn start_interval(&self) -> Result<bool, Error> {
+        match self.inner.options.check_period {
+            Some(period) => {
+                self.inner
+                    .cache
+                    .set_check_period(Some(period))
+                    .map_err(Error::Sweeper)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Stops the background sweeper, if it runs (expiry goes on as writes happen).
+    pub fn stop_interval(&self) {
+        // Stopping never spawns, so it cannot fail.
+        let _ = self.inner.cache.set_check_period(None);
+    }
+
+    /// The options the store was built with.
+    pub fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    /// The engine's counters: `hits` and `misses` of `get`, `inserts`, `removals`,
+    /// `evictions`, `expirations`.
+    pub fn stats(&self) -> Stats {
+        self.inner.cache.stats()
+    }
+
+    /// The store's wall clock: the system time when the store was built, advanced by its
+    /// [`clock`](MemoryStoreBuilder::clock). Cookie dates are compared with it.
+    pub fn now(&self) -> SystemTime {
+        let elapsed = self.inner.clock.now().duration_since(self.inner.origin);
+        self.inner
+            .wall_origin
+            .checked_add(elapsed)
+            .unwrap_or(self.inner.wall_origin)
+    }
+
+    /// The remaining lifetime of the live session `id`.
+    pub fn expires_in(&self, id: &str) -> Option<Duration> {
+        self.inner.cache.ttl(id)
+    }
+
+    /// Encodes `session`, checks its weight, and works out its lifetime.
+    fn prepare(&self, id: &str, session: &Z::Session) -> Result<(Stored, Duration), Error> {
+        let bytes = self
+            .inner
+            .serializer
+            .encode(session)
+            .map_err(Error::Encode)?;
+        self.check_weight(id, &bytes)?;
+        Ok((Stored::new(bytes), self.ttl_of(session, id)))
+    }
+
+    fn check_weight(&self, id: &str, bytes: &[u8]) -> Result<(), Error> {
+        match self.inner.max_weight {
+            Some(max) if weight_of(id, bytes) > max => Err(Error::TooLarge {
+                size: weight_of(id, bytes),
+                max,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The lifetime by memorystore's precedence: `ttl`, `ttl_fn`, the cookie, one day.
+    fn ttl_of(&self, session: &Z::Session, id: &str) -> Duration {
+        let inner = &*self.inner;
+        if let Some(ttl) = inner.options.ttl {
+            return ttl;
+        }
+        if let Some(f) = &inner.ttl_fn {
+            return f(session, id);
+        }
+        session.cookie_ttl(self.now()).unwrap_or(ONE_DAY)
+    }
+
+    /// The writer lock of `id`'s stripe.
+    fn writer(&self, id: &str) -> MutexGuard<'_, ()> {
+        let i = self.inner.stripe_hasher.hash_one(id) as usize & (STRIPES - 1);
+        lock(&self.inner.stripes[i])
+    }
+
+    /// Removes `stored` (bytes that did not decode) if it is still `id`'s value; returns
+    /// whether this call removed it.
+    fn discard(&self, id: &str, stored: &Stored) -> bool {
+        let _writer = self.writer(id);
+        self.discard_locked(id, stored)
+    }
+
+    fn discard_locked(&self, id: &str, stored: &Stored) -> bool {
+        let cache = &self.inner.cache;
+        let current = cache.get_with(id, Stored::clone);
+        current.is_some_and(|current| current.same(stored)) && cache.remove(id).is_some()
+    }
+}

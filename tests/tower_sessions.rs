@@ -1,0 +1,257 @@
+//! The store behind tower-sessions in an axum app, driven through real HTTP handling
+//! (`tower::ServiceExt::oneshot`): the cookie carries the session, expiry after inactivity,
+//! `cycle_id`, `flush`, `delete`, tampered and unknown cookies, collisions in `create`.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use axum::routing::get;
+use evanesce::integrations::tower_sessions::{RecordStore, record_store};
+use http_body_util::BodyExt;
+use quanta::Clock;
+use tower::ServiceExt;
+use tower_sessions::session::{Id, Record};
+use tower_sessions::session_store::{ExpiredDeletion, SessionStore};
+use tower_sessions::{CachingSessionStore, Expiry, Session, SessionManagerLayer};
+
+const INACTIVITY: i64 = 600;
+
+async fn count(session: Session) -> String {
+    let n: u64 = session.get("n").await.unwrap().unwrap_or(0) + 1;
+    session.insert("n", n).await.unwrap();
+    n.to_string()
+}
+
+async fn cycle(session: Session) -> &'static str {
+    session.cycle_id().await.unwrap();
+    "cycled"
+}
+
+async fn flush(session: Session) -> &'static str {
+    session.flush().await.unwrap();
+    "flushed"
+}
+
+async fn delete(session: Session) -> &'static str {
+    session.delete().await.unwrap();
+    "deleted"
+}
+
+fn app(store: RecordStore) -> Router {
+    Router::new()
+        .route("/", get(count))
+        .route("/cycle", get(cycle))
+        .route("/flush", get(flush))
+        .route("/delete", get(delete))
+        .layer(
+            SessionManagerLayer::new(store)
+                .with_secure(false)
+                .with_expiry(Expiry::OnInactivity(time::Duration::seconds(INACTIVITY))),
+        )
+}
+
+/// One request; returns the body and the `id` cookie the response set, if any.
+async fn call(app: &Router, path: &str, cookie: Option<&str>) -> (String, Option<String>) {
+    let mut request = Request::builder().uri(path);
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, format!("id={cookie}"));
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let set_cookie = response
+        .headers()
+        .get(header::SET_COOKIE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .and_then(|v| {
+            let first = v.split(';').next()?.trim().to_string();
+            first.strip_prefix("id=").map(str::to_string)
+        });
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (String::from_utf8(body.to_vec()).unwrap(), set_cookie)
+}
+
+fn mock_store() -> (RecordStore, std::sync::Arc<quanta::Mock>) {
+    let (clock, mock) = Clock::mock();
+    (record_store().clock(clock).build().unwrap(), mock)
+}
+
+#[tokio::test]
+async fn a_counter_survives_requests_through_the_cookie() {
+    let (store, _) = mock_store();
+    let app = app(store.clone());
+    let (body, cookie) = call(&app, "/", None).await;
+    assert_eq!(body, "1");
+    let cookie = cookie.expect("a new session sets its cookie");
+    for expected in 2..=5 {
+        let (body, _) = call(&app, "/", Some(&cookie)).await;
+        assert_eq!(body, expected.to_string());
+    }
+    assert_eq!(store.length(), 1);
+    let id: Id = cookie.parse().unwrap();
+    let record = store.get(&id.to_string()).unwrap().unwrap();
+    assert_eq!(record.data["n"], serde_json::json!(5));
+}
+
+/// tower-sessions stamps records with the real wall clock, so this one test runs on real
+/// time (the others use a mock clock): a 1 s inactivity period, with wide margins.
+#[tokio::test]
+async fn a_session_expires_after_inactivity_and_is_reclaimed() {
+    let store = record_store().build().unwrap();
+    let app = Router::new().route("/", get(count)).layer(
+        SessionManagerLayer::new(store.clone())
+            .with_secure(false)
+            .with_expiry(Expiry::OnInactivity(time::Duration::seconds(1))),
+    );
+    let (_, cookie) = call(&app, "/", None).await;
+    let cookie = cookie.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(call(&app, "/", Some(&cookie)).await.0, "2", "still active");
+    // 1.2 s after the first visit: alive only because the second visit renewed it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        call(&app, "/", Some(&cookie)).await.0,
+        "3",
+        "renewed by activity"
+    );
+    // A full period of inactivity ends it; the engine reclaims it without a read.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    store.prune();
+    assert_eq!(store.length(), 0);
+    assert_eq!(store.stats().expirations, 1);
+    let (body, new_cookie) = call(&app, "/", Some(&cookie)).await;
+    assert_eq!(body, "1", "a fresh session");
+    assert_ne!(new_cookie.unwrap(), cookie);
+}
+
+#[tokio::test]
+async fn cycle_id_moves_the_session_to_a_new_id() {
+    let (store, _) = mock_store();
+    let app = app(store.clone());
+    let (_, cookie) = call(&app, "/", None).await;
+    let cookie = cookie.unwrap();
+    call(&app, "/", Some(&cookie)).await;
+    let (_, cycled) = call(&app, "/cycle", Some(&cookie)).await;
+    let cycled = cycled.expect("a new cookie");
+    assert_ne!(cycled, cookie);
+    assert_eq!(call(&app, "/", Some(&cycled)).await.0, "3", "data moved");
+    assert_eq!(
+        call(&app, "/", Some(&cookie)).await.0,
+        "1",
+        "old id is gone"
+    );
+    let old: Id = cookie.parse().unwrap();
+    assert_eq!(store.load(&old).await.unwrap().map(|r| r.id), None);
+}
+
+#[tokio::test]
+async fn flush_and_delete_remove_the_session() {
+    let (store, _) = mock_store();
+    let app = app(store.clone());
+    for path in ["/flush", "/delete"] {
+        let (_, cookie) = call(&app, "/", None).await;
+        let cookie = cookie.unwrap();
+        assert_eq!(call(&app, "/", Some(&cookie)).await.0, "2");
+        call(&app, path, Some(&cookie)).await;
+        assert_eq!(call(&app, "/", Some(&cookie)).await.0, "1", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_tampered_or_unknown_cookie_starts_a_fresh_session() {
+    let (store, _) = mock_store();
+    let app = app(store.clone());
+    let (_, cookie) = call(&app, "/", None).await;
+    let cookie = cookie.unwrap();
+    assert_eq!(call(&app, "/", Some(&cookie)).await.0, "2");
+    for bad in [
+        "not-base64!!",
+        "",
+        "AAAA",
+        &Id::default().to_string(),
+        &cookie[1..],
+    ] {
+        let (body, fresh) = call(&app, "/", Some(bad)).await;
+        assert_eq!(body, "1", "cookie {bad:?}");
+        assert!(fresh.is_some());
+    }
+    assert_eq!(
+        call(&app, "/", Some(&cookie)).await.0,
+        "3",
+        "the real session is intact"
+    );
+}
+
+fn record(expires_in: i64) -> Record {
+    Record {
+        id: Id::default(),
+        data: Default::default(),
+        expiry_date: time::OffsetDateTime::now_utc() + time::Duration::seconds(expires_in),
+    }
+}
+
+#[tokio::test]
+async fn create_gives_a_new_id_on_collision() {
+    let store = record_store().build().unwrap();
+    let mut first = record(60);
+    first.data.insert("owner".into(), "first".into());
+    store.create(&mut first).await.unwrap();
+    let mut second = record(60);
+    second.id = first.id;
+    second.data.insert("owner".into(), "second".into());
+    store.create(&mut second).await.unwrap();
+    assert_ne!(
+        second.id, first.id,
+        "the colliding record was given a new id"
+    );
+    assert_eq!(
+        store.load(&first.id).await.unwrap().unwrap().data["owner"],
+        "first"
+    );
+    assert_eq!(
+        store.load(&second.id).await.unwrap().unwrap().data["owner"],
+        "second"
+    );
+}
+
+#[tokio::test]
+async fn expired_records_are_not_loaded_and_delete_expired_prunes() {
+    let (store, mock) = mock_store();
+    let mut short = record(5);
+    store.create(&mut short).await.unwrap();
+    let mut past = record(-5);
+    store.create(&mut past).await.unwrap();
+    assert!(
+        store.load(&past.id).await.unwrap().is_none(),
+        "born expired"
+    );
+    assert!(store.load(&short.id).await.unwrap().is_some());
+    mock.increment(Duration::from_secs(6));
+    assert!(store.load(&short.id).await.unwrap().is_none());
+    store.delete_expired().await.unwrap();
+    assert_eq!(store.length(), 0);
+}
+
+#[tokio::test]
+async fn as_the_cache_half_of_a_caching_session_store() {
+    let cache = record_store().max(100).build().unwrap();
+    let backend = tower_sessions::MemoryStore::default();
+    let caching = CachingSessionStore::new(cache.clone(), backend.clone());
+    let mut r = record(60);
+    r.data.insert("k".into(), "v".into());
+    caching.create(&mut r).await.unwrap();
+    assert_eq!(cache.length(), 1);
+    // Evicted from the cache (here: cleared), the session is loaded from the backend and
+    // the cache is filled again.
+    cache.clear();
+    assert_eq!(caching.load(&r.id).await.unwrap().unwrap().data["k"], "v");
+    assert_eq!(cache.length(), 1);
+    caching.delete(&r.id).await.unwrap();
+    assert_eq!(cache.length(), 0);
+    assert!(backend.load(&r.id).await.unwrap().is_none());
+}
