@@ -11,7 +11,9 @@
 //!   process's resident memory (JSON).
 //!
 //! Settings from the environment: `PORT` (3000), `SESSION_IDLE_SECS` (1800: a session ends
-//! after that long without a visit), `MAX_SESSIONS` (1000000: the store's bound).
+//! after that long without a visit), `MAX_SESSIONS` (1000000: the store's bound),
+//! `SESSIONS_FILE` (unset: when set, sessions survive a restart: the store loads this
+//! snapshot at start, saves it every 10 seconds and when the server stops with ctrl-c).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
@@ -110,10 +112,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Expired sessions leave as requests come in; the sweeper (every second) covers a quiet
     // server, so memory comes back even if nobody visits again.
-    let store = record_store()
+    let mut builder = record_store()
         .max(max)
-        .check_period(std::time::Duration::from_secs(1))
-        .build()?;
+        .check_period(std::time::Duration::from_secs(1));
+    let snapshot = std::env::var_os("SESSIONS_FILE");
+    if let Some(path) = &snapshot {
+        builder = builder
+            .snapshot_file(path)
+            .snapshot_every(std::time::Duration::from_secs(10));
+    }
+    let store = builder.build()?;
+    if let Some(path) = &snapshot {
+        println!(
+            "sessions file {}: {} live sessions loaded",
+            std::path::Path::new(path).display(),
+            store.length()
+        );
+    }
     let sessions = SessionManagerLayer::new(store.clone())
         .with_secure(false)
         .with_expiry(Expiry::OnInactivity(time::Duration::seconds(idle as i64)));
@@ -137,5 +152,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
+    // The app (and with it every handle to the store) is gone: the store has saved its
+    // sessions file, if it has one.
+    if snapshot.is_some() {
+        println!("sessions saved");
+    }
     Ok(())
 }

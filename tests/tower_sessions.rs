@@ -255,3 +255,27 @@ async fn as_the_cache_half_of_a_caching_session_store() {
     assert_eq!(cache.length(), 0);
     assert!(backend.load(&r.id).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn sessions_survive_a_restart_through_the_snapshot_file() {
+    let path = std::env::temp_dir().join(format!(
+        "evanesce-tower-restart-{}.snap",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&path);
+    let build = || record_store().snapshot_file(&path).build().unwrap();
+
+    let first = app(build());
+    let (body, cookie) = call(&first, "/", None).await;
+    assert_eq!(body, "1");
+    let cookie = cookie.unwrap();
+    assert_eq!(call(&first, "/", Some(&cookie)).await.0, "2");
+    // The server stops: its last handle to the store goes, which saves the file.
+    drop(first);
+    assert!(path.exists());
+
+    let second = app(build());
+    assert_eq!(call(&second, "/", Some(&cookie)).await.0, "3");
+    drop(second);
+    let _ = std::fs::remove_file(&path);
+}

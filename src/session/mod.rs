@@ -54,12 +54,14 @@
 
 mod data;
 mod serializer;
+mod snapshot;
 mod store;
 
 use std::fmt;
 
 pub use data::{Cookie, Session, SessionData};
 pub use serializer::{JsonSerializer, Serializer};
+pub use snapshot::{SNAPSHOT_VERSION, SnapshotError};
 pub use store::{DisposeFn, Ids, MemoryStore, MemoryStoreBuilder, Options, TtlFn};
 
 pub use crate::RemovalCause;
@@ -92,8 +94,10 @@ pub enum Error {
     },
     /// The builder's options do not make a store (for example `max(0)`).
     Config(String),
-    /// The background sweeper thread could not be started.
+    /// The background sweeper (or snapshot saver) thread could not be started.
     Sweeper(std::io::Error),
+    /// A snapshot could not be saved or loaded (nothing was loaded).
+    Snapshot(SnapshotError),
 }
 
 impl fmt::Display for Error {
@@ -112,6 +116,7 @@ impl fmt::Display for Error {
             ),
             Error::Config(why) => write!(f, "invalid session store options: {why}"),
             Error::Sweeper(e) => write!(f, "the sweeper thread could not be started: {e}"),
+            Error::Snapshot(e) => write!(f, "{e}"),
         }
     }
 }
@@ -121,6 +126,7 @@ impl std::error::Error for Error {
         match self {
             Error::Encode(e) | Error::Decode { source: e, .. } => Some(&**e),
             Error::Sweeper(e) => Some(e),
+            Error::Snapshot(e) => Some(e),
             Error::TooLarge { .. } | Error::Config(_) => None,
         }
     }

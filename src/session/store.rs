@@ -2,12 +2,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use quanta::Clock;
 
+use super::snapshot::{self, SnapshotError};
 use super::{Error, JsonSerializer, Serializer, SessionData};
-use crate::sync::{Arc, AtomicBool, Mutex, MutexGuard, Ordering, lock};
+use crate::sweeper::Sweeper;
+use crate::sync::{Arc, AtomicBool, Mutex, MutexGuard, Ordering, Weak, lock};
 use crate::{Cache, RemovalCause, Stats};
 
 /// memorystore's lifetime for a session whose cookie does not give one.
@@ -68,6 +71,10 @@ pub struct Options {
     pub stale: bool,
     /// Whether `set` over an existing session skips the dispose hook.
     pub no_dispose_on_set: bool,
+    /// The snapshot file loaded at build and saved when the store is dropped, if any.
+    pub snapshot_file: Option<PathBuf>,
+    /// How often the snapshot file is saved in the background, if at all.
+    pub snapshot_every: Option<Duration>,
 }
 
 /// Builds a [`MemoryStore`]; see [`MemoryStore::builder`]. Every option is memorystore's
@@ -184,6 +191,25 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
         self
     }
 
+    /// Keeps the sessions in `path` across restarts (not a memorystore option): `build`
+    /// loads the snapshot there if the file exists (sessions that expired meanwhile are
+    /// skipped; a damaged file makes `build` fail with [`Error::Snapshot`] rather than start
+    /// empty and overwrite it), and the store saves it when its last handle is dropped (a
+    /// graceful shutdown). See [`MemoryStore::save_snapshot`] for the format and its
+    /// guarantees.
+    pub fn snapshot_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.options.snapshot_file = Some(path.into());
+        self
+    }
+
+    /// Also saves the [`snapshot_file`](Self::snapshot_file) every `period`, from a
+    /// background thread that holds only a weak reference to the store. An error of a
+    /// background save is kept for [`MemoryStore::take_snapshot_error`].
+    pub fn snapshot_every(mut self, period: Duration) -> Self {
+        self.options.snapshot_every = Some(period);
+        self
+    }
+
     /// Stores sessions through `serializer` (and so stores its session type). Call it first:
     /// `ttl_fn` and `dispose` are typed by the session, and setting them before this is
     /// reported by [`build`](Self::build) as an error.
@@ -233,6 +259,17 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
         if options.check_period == Some(Duration::ZERO) {
             return Err(Error::Config("check_period must not be zero".into()));
         }
+        match (&options.snapshot_file, options.snapshot_every) {
+            (None, Some(_)) => {
+                return Err(Error::Config(
+                    "snapshot_every needs a snapshot_file to save to".into(),
+                ));
+            }
+            (Some(_), Some(Duration::ZERO)) => {
+                return Err(Error::Config("snapshot_every must not be zero".into()));
+            }
+            _ => {}
+        }
         let clock = self.clock.unwrap_or_default();
         let serializer = Arc::new(self.serializer);
 
@@ -274,7 +311,9 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
             other => Error::Config(other.to_string()),
         })?;
         let max_weight = options.max_bytes.map(|max| max.min(u64::from(u32::MAX)));
-        Ok(MemoryStore {
+        let snapshot_file = options.snapshot_file.clone();
+        let snapshot_every = options.snapshot_every;
+        let store = MemoryStore {
             inner: Arc::new(Inner {
                 cache,
                 serializer,
@@ -286,8 +325,36 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
                 stripe_hasher: ahash::RandomState::new(),
                 max_weight,
                 options,
+                snapshot_task: Mutex::new(None),
+                snapshot_error: Mutex::new(None),
+                save_on_drop: AtomicBool::new(false),
             }),
-        })
+        };
+        if let Some(path) = snapshot_file {
+            match store.load_snapshot(&path) {
+                Ok(_) => {}
+                Err(Error::Snapshot(SnapshotError::Io(e)))
+                    if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            if let Some(period) = snapshot_every {
+                let weak: Weak<Inner<Z>> = Arc::downgrade(&store.inner);
+                let task = Sweeper::spawn(period, move || match weak.upgrade() {
+                    Some(inner) => {
+                        if let Err(e) = inner.save_snapshot(&path) {
+                            *lock(&inner.snapshot_error) = Some(e);
+                        }
+                        true
+                    }
+                    None => false,
+                })
+                .map_err(Error::Sweeper)?;
+                *lock(&store.inner.snapshot_task) = Some(task);
+            }
+            // Relaxed: read by the drop of the last handle, after every other use.
+            store.inner.save_on_drop.store(true, Ordering::Relaxed);
+        }
+        Ok(store)
     }
 }
 
@@ -381,6 +448,82 @@ struct Inner<Z: Serializer> {
     stripe_hasher: ahash::RandomState,
     /// The largest weight one session may have (`max_bytes`, at most `u32::MAX`).
     max_weight: Option<u64>,
+    /// The background saver (`snapshot_every`); dropping it stops the thread.
+    snapshot_task: Mutex<Option<Sweeper>>,
+    /// The last error of a background save, until taken.
+    snapshot_error: Mutex<Option<SnapshotError>>,
+    /// Whether dropping the store saves its snapshot file (set once the file loaded: a store
+    /// whose build failed must not overwrite the file it could not read).
+    save_on_drop: AtomicBool,
+}
+
+impl<Z: Serializer> Drop for Inner<Z> {
+    fn drop(&mut self) {
+        // Stop the background saver first (it holds only a weak reference, so it is not
+        // saving now unless it is the thread dropping us, which is fine: it is not joined).
+        if let Ok(task) = self.snapshot_task.get_mut() {
+            task.take();
+        }
+        // Relaxed: `&mut self`, every other handle is gone.
+        if self.save_on_drop.load(Ordering::Relaxed)
+            && let Some(path) = self.options.snapshot_file.clone()
+        {
+            // A drop cannot return an error; a caller who must know saves explicitly first
+            // (`MemoryStore::save_snapshot`).
+            let _ = self.save_snapshot(&path);
+        }
+    }
+}
+
+impl<Z: Serializer> Inner<Z> {
+    /// The store's wall clock (see [`MemoryStore::now`]).
+    fn now(&self) -> SystemTime {
+        let elapsed = self.clock.now().duration_since(self.origin);
+        self.wall_origin
+            .checked_add(elapsed)
+            .unwrap_or(self.wall_origin)
+    }
+
+    /// Every live session with its absolute expiry, in the snapshot format.
+    fn snapshot_bytes(&self) -> (Vec<u8>, usize) {
+        let now = self.now();
+        let mut records: Vec<(String, Option<SystemTime>, Stored)> = Vec::new();
+        for (id, stored) in self.cache.iter() {
+            // Read the lifetime of exactly these bytes: if the session was replaced between
+            // the iteration and the lookup, look again.
+            let mut stored = stored;
+            let ttl = loop {
+                let Some(ttl) = self.cache.ttl(&id) else {
+                    break None;
+                };
+                match self.cache.get_with(&id, Stored::clone) {
+                    Some(now_stored) if now_stored.same(&stored) => break Some(ttl),
+                    Some(now_stored) => stored = now_stored,
+                    None => break None,
+                }
+            };
+            let Some(ttl) = ttl else { continue };
+            let expires = if ttl == Duration::MAX {
+                None
+            } else {
+                Some(now.checked_add(ttl).unwrap_or(now))
+            };
+            records.push((id, expires, stored));
+        }
+        let count = records.len();
+        let bytes = snapshot::encode(
+            records
+                .iter()
+                .map(|(id, expires, stored)| (id.as_str(), *expires, &*stored.0.bytes)),
+        );
+        (bytes, count)
+    }
+
+    fn save_snapshot(&self, path: &Path) -> Result<usize, SnapshotError> {
+        let (bytes, count) = self.snapshot_bytes();
+        snapshot::write_atomically(path, &bytes)?;
+        Ok(count)
+    }
 }
 
 impl<Z: Serializer> Clone for MemoryStore<Z> {
@@ -640,11 +783,85 @@ impl<Z: Serializer> MemoryStore<Z> {
     /// The store's wall clock: the system time when the store was built, advanced by its
     /// [`clock`](MemoryStoreBuilder::clock). Cookie dates are compared with it.
     pub fn now(&self) -> SystemTime {
-        let elapsed = self.inner.clock.now().duration_since(self.inner.origin);
+        self.inner.now()
+    }
+
+    /// Saves every live session, with its absolute expiry (by [`now`](Self::now)), to `path`;
+    /// returns how many. Not a memorystore method: it makes sessions survive a restart.
+    ///
+    /// The file is written atomically: to a temporary file in the same directory, flushed
+    /// to disk, renamed over `path`, and the directory flushed, so a crash at any moment
+    /// leaves the previous snapshot or this one, never a mix. The format is versioned and
+    /// checksummed (CRC-32). Sessions written while the snapshot is taken may or may not be
+    /// in it (each shard of the engine is read at one moment).
+    pub fn save_snapshot(&self, path: impl AsRef<Path>) -> Result<usize, Error> {
         self.inner
-            .wall_origin
-            .checked_add(elapsed)
-            .unwrap_or(self.inner.wall_origin)
+            .save_snapshot(path.as_ref())
+            .map_err(Error::Snapshot)
+    }
+
+    /// The snapshot [`save_snapshot`](Self::save_snapshot) would write, as bytes.
+    pub fn snapshot_to_vec(&self) -> Vec<u8> {
+        self.inner.snapshot_bytes().0
+    }
+
+    /// Loads the sessions saved in `path` that have not expired meanwhile (by
+    /// [`now`](Self::now)), each with its remaining lifetime, replacing sessions with the same
+    /// ids (the dispose hook hears about those as `Replaced`); returns how many were loaded.
+    ///
+    /// A truncated, corrupted or future-version file, or one holding a session this store's
+    /// serializer cannot decode or `max_bytes` cannot hold, gives [`Error::Snapshot`] and
+    /// changes nothing: the whole file is checked before the first session is stored.
+    pub fn load_snapshot(&self, path: impl AsRef<Path>) -> Result<usize, Error> {
+        let bytes =
+            std::fs::read(path.as_ref()).map_err(|e| Error::Snapshot(SnapshotError::Io(e)))?;
+        self.load_snapshot_from_slice(&bytes)
+    }
+
+    /// Like [`load_snapshot`](Self::load_snapshot), from the bytes of a snapshot.
+    pub fn load_snapshot_from_slice(&self, bytes: &[u8]) -> Result<usize, Error> {
+        let inner = &*self.inner;
+        let records = snapshot::decode(bytes).map_err(Error::Snapshot)?;
+        for record in &records {
+            if let Err(source) = inner.serializer.decode(&record.bytes) {
+                return Err(Error::Snapshot(SnapshotError::Decode {
+                    id: record.id.clone(),
+                    source,
+                }));
+            }
+            if let Err(Error::TooLarge { size, max }) = self.check_weight(&record.id, &record.bytes)
+            {
+                return Err(Error::Snapshot(SnapshotError::TooLarge {
+                    id: record.id.clone(),
+                    size,
+                    max,
+                }));
+            }
+        }
+        let now = self.now();
+        let mut loaded = 0;
+        for record in records {
+            let ttl = match record.expires {
+                None => Duration::MAX,
+                Some(expires) => match expires.duration_since(now) {
+                    Ok(left) if !left.is_zero() => left,
+                    // Expired meanwhile.
+                    _ => continue,
+                },
+            };
+            let _writer = self.writer(&record.id);
+            inner
+                .cache
+                .insert_with_ttl(record.id, Stored::new(record.bytes), ttl);
+            loaded += 1;
+        }
+        Ok(loaded)
+    }
+
+    /// The error of the last background save ([`snapshot_every`](MemoryStoreBuilder::snapshot_every))
+    /// that failed, if any since the last call.
+    pub fn take_snapshot_error(&self) -> Option<SnapshotError> {
+        lock(&self.inner.snapshot_error).take()
     }
 
     /// The remaining lifetime of the live session `id`.
