@@ -671,3 +671,28 @@ async fn the_near_cache_keeps_entries_at_most_the_bound() {
     assert_eq!(uncached.near().length(), 0);
     assert!(uncached.load(&r.id).await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn tiered_touch_renews_redis_and_drops_the_near_copy() {
+    let server = RedisServer::start();
+    let store = tiered(&server).await;
+    let mut r = record(60);
+    r.data.insert("k".into(), "v".into());
+    store.create(&mut r).await.unwrap();
+    assert_eq!(store.near().length(), 1);
+    let mut renewed = r.clone();
+    renewed.expiry_date += time::Duration::hours(1);
+    renewed.data.clear();
+    assert!(store.touch(&renewed).await.unwrap());
+    assert_near(
+        store.far().expires_in(&r.id.to_string()).await.unwrap(),
+        Duration::from_secs(3660),
+    );
+    assert_eq!(store.near().length(), 0, "the near copy is dropped");
+    let loaded = store.load(&r.id).await.unwrap().unwrap();
+    assert_eq!(loaded.data["k"], "v", "data kept");
+    assert_eq!(loaded.expiry_date, renewed.expiry_date);
+    store.far().destroy(r.id.to_string()).await.unwrap();
+    assert!(!store.touch(&renewed).await.unwrap(), "never resurrects");
+    assert!(store.load(&r.id).await.unwrap().is_none());
+}

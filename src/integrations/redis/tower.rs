@@ -157,6 +157,17 @@ impl TieredStore {
         &self.far
     }
 
+    /// Renews `record`'s expiry without rewriting its data ([`RedisStore::touch`] in Redis)
+    /// and drops the near cache's copy (renewing that copy would restart its staleness
+    /// window with data Redis may have replaced; the next load reads Redis). Returns false
+    /// if Redis no longer has the session.
+    pub async fn touch(&self, record: &Record) -> Result<bool, Error> {
+        let id = record.id.to_string();
+        let touched = self.far.touch(&id, record).await;
+        self.near.destroy(id);
+        touched
+    }
+
     fn cache(&self, record: &Record) -> session_store::Result<()> {
         self.near
             .set(&record.id.to_string(), record)
