@@ -106,6 +106,17 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Sends the server a signal (`STOP`, `CONT`).
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// A plain client, for looking behind the store's back.
     fn client(&self) -> redis::Connection {
         redis::Client::open(self.url())
@@ -467,6 +478,48 @@ async fn a_redis_restart_gives_prompt_errors_then_the_same_store_works_again() {
         "the server kept nothing"
     );
     assert_eq!(store.length().await.unwrap(), 1);
+}
+
+/// A server that accepts nothing and answers nothing (stopped with SIGSTOP): the response
+/// timeout, not a refused connection, is what ends the wait.
+#[tokio::test]
+async fn a_frozen_redis_gives_a_timeout_error_not_a_hang() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder(server.url())
+        .response_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let s = expiring(Duration::from_secs(60));
+    store.set("sid", &s).await.unwrap();
+    server.signal("STOP");
+    let started = Instant::now();
+    let result = store.get("sid").await;
+    let took = started.elapsed();
+    server.signal("CONT");
+    match result {
+        Err(Error::Backend(e)) => {
+            let redis = e.downcast_ref::<redis::RedisError>().expect("a RedisError");
+            assert!(redis.is_timeout(), "{redis}");
+        }
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(3), "the error took {took:?}");
+    // Thawed, the same store answers again.
+    let started = Instant::now();
+    loop {
+        match store.get("sid").await {
+            Ok(found) => {
+                assert_eq!(found, Some(s));
+                break;
+            }
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no recovery: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
