@@ -46,7 +46,14 @@ mod cache;
 mod clock;
 mod evict;
 mod expire;
-#[cfg(all(any(feature = "tower-sessions", feature = "actix-session"), not(loom)))]
+#[cfg(all(
+    any(
+        feature = "tower-sessions",
+        feature = "actix-session",
+        feature = "redis"
+    ),
+    not(loom)
+))]
 pub mod integrations;
 mod listener;
 mod raw;

@@ -98,6 +98,11 @@ pub enum Error {
     Sweeper(std::io::Error),
     /// A snapshot could not be saved or loaded (nothing was loaded).
     Snapshot(SnapshotError),
+    /// A remote store (such as the `redis` feature's `RedisStore`) failed: the server could
+    /// not be reached, did not answer in time, or refused the command. The source is the
+    /// backend's own error (a `redis::RedisError` for Redis; a timeout is one of kind `Io`
+    /// whose `is_timeout()` is true). Whether the operation took effect is unknown.
+    Backend(BoxError),
 }
 
 impl fmt::Display for Error {
@@ -117,6 +122,7 @@ impl fmt::Display for Error {
             Error::Config(why) => write!(f, "invalid session store options: {why}"),
             Error::Sweeper(e) => write!(f, "the sweeper thread could not be started: {e}"),
             Error::Snapshot(e) => write!(f, "{e}"),
+            Error::Backend(e) => write!(f, "the session backend failed: {e}"),
         }
     }
 }
@@ -124,7 +130,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Encode(e) | Error::Decode { source: e, .. } => Some(&**e),
+            Error::Encode(e) | Error::Decode { source: e, .. } | Error::Backend(e) => Some(&**e),
             Error::Sweeper(e) => Some(e),
             Error::Snapshot(e) => Some(e),
             Error::TooLarge { .. } | Error::Config(_) => None,
