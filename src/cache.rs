@@ -123,12 +123,6 @@ where
         }
     }
 
-    /// The engine (for white-box tests).
-    #[cfg(test)]
-    pub(crate) fn raw(&self) -> &RawCache<K, V, S> {
-        &self.inner.raw
-    }
-
     /// A clone of the value stored for `key`, if it is live.
     ///
     /// Lock-free: no lock, no compare-and-swap, and no write to memory shared with other

@@ -908,18 +908,25 @@ where
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use std::collections::hash_map::DefaultHasher;
-    use std::hash::BuildHasherDefault;
-
-    use crate::Cache;
+    use crate::listener::RemovalCause;
+    use crate::raw::RawCache;
+    use crate::raw::tests::raw_with;
     use crate::sync::epoch;
 
-    type Fixed = BuildHasherDefault<DefaultHasher>;
+    type Raw = RawCache<u64, u64, ahash::RandomState>;
 
-    fn check_all(cache: &Cache<u64, u64, Fixed>, keys: impl Iterator<Item = u64>, when: &str) {
+    fn check_all(cache: &Raw, keys: impl Iterator<Item = u64>, when: &str) {
         for k in keys {
-            assert_eq!(cache.get(&k), Some(k * 3), "key {k} unreadable {when}");
+            assert_eq!(
+                cache.read(&k, |v| *v),
+                Some(k * 3),
+                "key {k} unreadable {when}"
+            );
         }
+    }
+
+    fn insert(cache: &Raw, k: u64) {
+        assert!(cache.insert(k, k * 3, None, 1, false).is_ok());
     }
 
     /// A shard far over its load grows in one growth to the power of two that brings the load
@@ -927,13 +934,8 @@ mod tests {
     /// while inserts land in front of split buckets and removals unlink nodes mid-growth.
     #[test]
     fn growth_jumps_to_load_one_and_keys_stay_readable() {
-        let cache: Cache<u64, u64, Fixed> = Cache::builder()
-            .shards(1)
-            .initial_capacity(0)
-            .hasher(Fixed::default())
-            .build()
-            .unwrap();
-        let shard = &cache.raw().shards[0];
+        let cache = raw_with(ahash::RandomState::with_seeds(1, 2, 3, 4), 1, 8);
+        let shard = &cache.shards[0];
         let table_len = || shard.current(&epoch::pin()).len();
         let growing = || shard.maint.run(|m| m.growth.is_some());
         assert_eq!(table_len(), 8);
@@ -941,7 +943,7 @@ mod tests {
         // ring holds 128), so the first pass finds 100 entries in 8 buckets.
         shard.maint.run(|_| {
             for k in 0..100 {
-                cache.insert(k, k * 3);
+                insert(&cache, k);
             }
         });
         assert_eq!(table_len(), 8);
@@ -949,8 +951,8 @@ mod tests {
         cache.run_pending_tasks();
         assert_eq!(table_len(), 128, "one growth from 8 to 128 buckets");
         check_all(&cache, 0..100, "with the new table published");
-        // The next pass splits every bucket: 100 nodes over 128 classes, so the chains are
-        // zipped between many classes.
+        // The next pass splits every bucket: 100 nodes (at least 13 on some old chain) over
+        // 16 classes per chain, so chains are zipped between several classes.
         cache.run_pending_tasks();
         check_all(&cache, 0..100, "with every bucket split");
         assert!(shard.maint.run(|m| m.growth.as_ref().is_some_and(|g| {
@@ -961,11 +963,14 @@ mod tests {
         while growing() {
             // New keys (in front of split buckets), replacements and removals mid-growth.
             for k in next..next + 8 {
-                cache.insert(k, k * 3);
+                insert(&cache, k);
             }
-            cache.insert(next - 50, (next - 50) * 3);
-            assert_eq!(cache.remove(&(next + 7)), Some((next + 7) * 3));
-            cache.insert(next + 7, (next + 7) * 3);
+            insert(&cache, next - 50);
+            assert_eq!(
+                cache.remove(&(next + 7), RemovalCause::Explicit),
+                Some((next + 7) * 3)
+            );
+            insert(&cache, next + 7);
             next += 8;
             check_all(&cache, 0..next, "during the growth");
             epoch::pin().flush();
