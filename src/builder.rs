@@ -257,8 +257,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         };
         // Buckets per shard: two per expected entry, so that a pre-sized table runs at a load
         // factor of at most one half (a hit then walks 1.25 nodes on average, and a chain
-        // walk's branches stay predictable; see ARCHITECTURE.md). A table that grows past its
-        // size doubles when it holds more entries than buckets.
+        // walk's branches stay predictable; see ARCHITECTURE.md). A table that holds more
+        // entries than buckets grows to the power of two that brings its load back to one.
         let per_shard = expected.div_ceil(shards);
         if per_shard > 1 << 29 {
             return Err(BuildError::CapacityTooLarge(expected));

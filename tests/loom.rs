@@ -24,7 +24,11 @@ use loom::sync::Arc;
 use loom::thread;
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
+    model_with(loom::model::Builder::new(), f);
+}
+
+/// [`model`] with a builder set up by the caller (e.g. more branches for a longer model).
+fn model_with(mut builder: loom::model::Builder, f: impl Fn() + Sync + Send + 'static) {
     builder.preemption_bound = Some(2);
     let runs = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = runs.clone();
@@ -161,6 +165,41 @@ fn growth_vs_get_and_insert() {
         assert_eq!(cache.get(&2), Some(20));
         assert_eq!(cache.get(&3), Some(30));
         assert_eq!(cache.len(), 3);
+    });
+}
+
+#[test]
+fn four_way_growth_vs_get_and_insert() {
+    // A growth runs many atomic operations in one execution (splitting, unzipping, the epoch):
+    // more than loom's default bound on branches per execution.
+    let mut builder = loom::model::Builder::new();
+    builder.max_branches = 20_000;
+    model_with(builder, || {
+        let cache = cache::<u64>();
+        // One bucket and a 4-slot ring: the 4th insert's pass finds 4 entries in one bucket
+        // and grows straight to 4 buckets. With this fixed hasher, keys 5, 3, 2, 1 (the chain,
+        // newest first) go to new buckets 0, 2, 2, 1 (three classes, one of them a run of
+        // two), and key 7 to bucket 3 (no node yet: its writer splits it off the frozen chain
+        // or finds it split). The get and the insert race with the split and the unzipping.
+        for k in [1, 2, 3] {
+            cache.insert(k, k * 10);
+        }
+        let grower = {
+            let cache = cache.clone();
+            thread::spawn(move || {
+                cache.insert(5, 50);
+                cache.run_pending_tasks();
+                cache.run_pending_tasks();
+            })
+        };
+        assert_eq!(cache.get(&2), Some(20));
+        cache.insert(7, 70);
+        grower.join().unwrap();
+        cache.run_pending_tasks();
+        for k in [1, 2, 3, 5, 7] {
+            assert_eq!(cache.get(&k), Some(k * 10));
+        }
+        assert_eq!(cache.len(), 5);
     });
 }
 

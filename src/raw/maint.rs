@@ -30,16 +30,22 @@ const SEEN_INSERT: u8 = 1;
 const SEEN_REMOVE: u8 = 2;
 const ADMITTED: u8 = 4;
 const UNLINKED: u8 = 8;
-/// During growth: the node belongs to the upper sibling bucket.
-const HIGH: u8 = 16;
+/// During growth: the node is on one of the old table's (frozen) chains. Its unlink waits for
+/// the growth to end; a node without the flag (inserted in front of a new bucket after it was
+/// split) can be unlinked at once.
+const ZIPPED: u8 = 16;
 const DONE: u8 = SEEN_INSERT | SEEN_REMOVE | UNLINKED;
 
 /// Retired nodes handed to the epoch at once by an ordinary pass (one deferred function and
 /// one flush of the epoch's bag per batch, not per pass).
 const RETIRE_BATCH: usize = 64;
 
-/// How many buckets one pass splits, classifies or unzips during a growth.
-const GROWTH_BUDGET: usize = 4096;
+/// Work (nodes visited plus buckets initialised) one pass spends on a growth, beyond the
+/// chain it is in the middle of.
+const GROWTH_BUDGET: usize = 16384;
+/// Most nodes one link skips per unzipping round (bounds a round's cost on a pathological
+/// chain; skipping fewer is as safe, see `unzip_chain`).
+const MAX_SKIP: u32 = 256;
 /// Largest table of one shard.
 const MAX_BUCKETS: usize = 1 << 30;
 
@@ -117,24 +123,60 @@ impl Maint {
 }
 
 enum Phase {
-    /// Every bucket of the new table gets split off its old bucket.
+    /// Every old chain is frozen and recorded, and the new buckets it feeds are split off it.
     Splitting,
-    /// Each node of the old chains is classified (lower or upper sibling).
-    Classifying,
-    /// The zipped chains are separated, one link per chain per grace period.
+    /// The zipped chains are separated, one round per grace period.
     Unzipping,
 }
 
+/// A growth in progress: the old table's chains, recorded when they were frozen.
 struct Growth {
     phase: Phase,
-    /// Next bucket to process in the current sweep.
+    /// Next old bucket to split.
     progress: usize,
     /// Set by an epoch-deferred function once every thread pinned at its creation unpinned.
     grace: Option<Arc<AtomicBool>>,
-    /// Per old bucket: where the remaining alternations of its chain start (NIL when done).
-    cursors: Vec<u32>,
-    /// Whether the current unzip sweep redirected any link.
-    stepped: bool,
+    /// The nodes of the old chains, chain after chain, each chain in its frozen order.
+    nodes: Vec<Idx>,
+    /// Per node (as in `nodes`): position in its chain of the first node of its class (its
+    /// new bucket). Two nodes of a chain have one class iff these are equal.
+    first: Vec<u32>,
+    /// Per node: its link as the maintainer last set it, as a position in its chain (the
+    /// chain's length for NIL). Only the maintainer changes these links' index bits.
+    next: Vec<u32>,
+    /// Chains (start in `nodes`, length) still to go through the current round.
+    zipped: Vec<(u32, u32)>,
+    /// Chains that went through the current round and are still zipped.
+    unzipped: Vec<(u32, u32)>,
+    scratch: Scratch,
+}
+
+/// Buffers reused from one chain to the next.
+#[derive(Default)]
+struct Scratch {
+    firsts: Vec<u32>,
+    child: Vec<u32>,
+    sibling: Vec<u32>,
+    enter: Vec<u32>,
+    leave: Vec<u32>,
+    stack: Vec<u32>,
+    target: Vec<u32>,
+}
+
+impl Growth {
+    fn new() -> Self {
+        Growth {
+            phase: Phase::Splitting,
+            progress: 0,
+            grace: None,
+            nodes: Vec::new(),
+            first: Vec::new(),
+            next: Vec::new(),
+            zipped: Vec::new(),
+            unzipped: Vec::new(),
+            scratch: Scratch::default(),
+        }
+    }
 }
 
 /// Starts a grace period: the returned flag turns true once every thread that is pinned now
@@ -348,7 +390,16 @@ where
 
     fn process_unlinks<S: BuildHasher>(&self, m: &mut Maint, cfg: &Config<K, V, S>, guard: &Guard) {
         while let Some(idx) = m.unlink_queue.pop() {
-            if m.growth.is_some() {
+            // During a growth, a node of an old chain may be reachable through several links
+            // (zipped chains share nodes, and an unzipping round leaves old links in place
+            // until readers are past them), so its unlink waits for the growth to end. Once
+            // every old chain is recorded, any other node was inserted in front of a split
+            // bucket: reachable only through that bucket (its head or the nodes inserted in
+            // front of it, all of its class), it is unlinked as usual, so that replaced
+            // entries do not pile up in the chains while a growth runs.
+            if let Some(growth) = &m.growth
+                && (matches!(growth.phase, Phase::Splitting) || m.has(idx, ZIPPED))
+            {
                 m.postponed.push(idx);
                 continue;
             }
@@ -509,180 +560,323 @@ where
         }
     }
 
-    /// Advances the growth of the shard, or starts one if the shard holds more entries than
-    /// buckets. See "Growing" in shard.rs.
+    /// Advances the growth in progress, and starts one if the shard holds more entries than
+    /// buckets (at once, in the same pass, if a growth has just finished with the shard
+    /// still over its load). See "Growing" in shard.rs.
     fn grow<S: BuildHasher>(&self, m: &mut Maint, cfg: &Config<K, V, S>, guard: &Guard) {
-        let table = self.current(guard);
-        let Some(mut growth) = m.growth.take() else {
-            // Relaxed: a trigger.
-            if self.live.load(Ordering::Relaxed) > table.len() as i64 && table.len() < MAX_BUCKETS {
-                self.publish_larger(guard);
-                m.growth = Some(Growth {
-                    phase: Phase::Splitting,
-                    progress: 0,
-                    grace: None,
-                    cursors: Vec::new(),
-                    stepped: false,
-                });
+        if let Some(mut growth) = m.growth.take() {
+            if !self.advance_growth(m, cfg, &mut growth, guard) {
+                m.growth = Some(growth);
+                return;
             }
-            return;
-        };
+            for &idx in &growth.nodes {
+                *m.flags(idx) &= !ZIPPED;
+            }
+            // The unlinks that waited for the growth: done now, before a next growth starts
+            // (which would postpone them again).
+            m.unlink_queue.append(&mut m.postponed);
+            self.process_unlinks(m, cfg, guard);
+        }
+        let table = self.current(guard);
+        // Relaxed: a trigger (only the maintainer writes `live`).
+        let live = self.live.load(Ordering::Relaxed);
+        if live > table.len() as i64 && table.len() < MAX_BUCKETS {
+            // The power of two that brings the load back to at most one (at least twice the
+            // table): a shard that filled faster than it could grow catches up in one growth,
+            // and its chains are then spread over as many classes as they have nodes, which
+            // the unzipping separates in a few rounds (see `unzip_chain`).
+            let len = usize::try_from(live)
+                .unwrap_or(MAX_BUCKETS)
+                .next_power_of_two()
+                .clamp(table.len() * 2, MAX_BUCKETS);
+            self.publish_larger(len, guard);
+            m.growth = Some(Growth::new());
+        }
+    }
+
+    /// One step of the growth: returns true once it is complete (the old table detached).
+    fn advance_growth<S: BuildHasher>(
+        &self,
+        m: &mut Maint,
+        cfg: &Config<K, V, S>,
+        growth: &mut Growth,
+        guard: &Guard,
+    ) -> bool {
         if let Some(flag) = &growth.grace {
             if !grace_over(flag) {
                 // Help the epoch along: this thread's deferred functions join the global queue.
                 guard.flush();
-                m.growth = Some(growth);
-                return;
+                return false;
             }
             growth.grace = None;
         }
+        let table = self.current(guard);
         let Some(old) = self.old_table(guard) else {
             debug_assert!(false, "growth without an old table");
-            return;
+            return true;
         };
-        let done = match growth.phase {
+        match growth.phase {
             Phase::Splitting => {
-                let end = (growth.progress + GROWTH_BUDGET).min(table.len());
-                for j in growth.progress..end {
-                    // Acquire: as in `Table::chain_head`.
-                    if table.at(j).load(Ordering::Acquire) == UNINIT {
-                        self.split_bucket(cfg, table, j, guard);
-                    }
+                let mut work = 0;
+                while growth.progress < old.len() && work < GROWTH_BUDGET {
+                    work += self.split_chain(m, cfg, growth, table, old, growth.progress, guard);
+                    growth.progress += 1;
                 }
-                growth.progress = end;
-                if end == table.len() {
-                    growth.phase = Phase::Classifying;
-                    growth.progress = 0;
-                    growth.cursors = Vec::with_capacity(old.len());
+                if growth.progress < old.len() {
+                    return false;
                 }
-                false
-            }
-            Phase::Classifying => {
-                let end = (growth.progress + GROWTH_BUDGET).min(old.len());
-                for b in growth.progress..end {
-                    let head = self.classify(m, cfg, table, old, b, guard);
-                    growth.cursors.push(head);
-                }
-                growth.progress = end;
-                if end == old.len() {
-                    // No unzipping may start while a reader can still be walking from an old
-                    // head or an uninitialised bucket: wait one grace period.
-                    growth.phase = Phase::Unzipping;
-                    growth.progress = 0;
-                    growth.stepped = false;
-                    growth.grace = Some(start_grace(guard));
-                }
+                // Every bucket is initialised and every old chain recorded. No link may be
+                // redirected while a reader can still be walking an old chain from its head
+                // (through the old table, or an uninitialised bucket), and the old table may
+                // not be detached while a reader that loaded an uninitialised bucket can still
+                // look it up: wait one grace period, even if no chain needs unzipping.
+                growth.phase = Phase::Unzipping;
+                growth.grace = Some(start_grace(guard));
                 false
             }
             Phase::Unzipping => {
-                let end = (growth.progress + GROWTH_BUDGET).min(old.len());
-                for b in growth.progress..end {
-                    if self.unzip_step(m, &mut growth.cursors[b]) {
-                        growth.stepped = true;
+                // One round: every chain still zipped gets all the redirections that are
+                // safe now (possibly over several passes, never two rounds of one chain
+                // within a grace period).
+                let mut work = 0;
+                while work < GROWTH_BUDGET {
+                    let Some((start, len)) = growth.zipped.pop() else {
+                        break;
+                    };
+                    work += len as usize;
+                    if !self.unzip_chain(growth, start as usize, len as usize) {
+                        growth.unzipped.push((start, len));
                     }
                 }
-                growth.progress = end;
-                if end == old.len() {
-                    if growth.stepped {
-                        growth.progress = 0;
-                        growth.stepped = false;
-                        growth.grace = Some(start_grace(guard));
-                        false
-                    } else {
-                        true
-                    }
-                } else {
-                    false
+                if !growth.zipped.is_empty() {
+                    return false;
                 }
+                if growth.unzipped.is_empty() {
+                    // Every chain is separated: done, with no further grace period (readers
+                    // still on a redirected link are safe whatever they read next, see
+                    // `unzip_chain`; the old table is freed through the epoch).
+                    return self.detach_old(guard);
+                }
+                mem::swap(&mut growth.zipped, &mut growth.unzipped);
+                growth.grace = Some(start_grace(guard));
+                false
             }
-        };
-        if !done {
-            m.growth = Some(growth);
-            return;
         }
-        // Every bucket is split and every chain unzipped; readers have not been able to reach
-        // the old table's heads for a grace period (no bucket is uninitialised). Detach it.
+    }
+
+    /// Detaches the old table once every bucket is split and every chain unzipped: readers
+    /// have not been able to reach the old table's heads for a grace period (no bucket is
+    /// uninitialised). Returns true.
+    fn detach_old(&self, guard: &Guard) -> bool {
         // AcqRel: Acquire to own the pointer we retire; Release orders our unzipping before it.
         let old = self.old.swap(0, Ordering::AcqRel);
         // SAFETY: the old table is unreachable from now on (see above); threads pinned now may
         // still hold it, and the epoch runs this only after they have all unpinned. The closure
         // owns the table (nothing else frees it).
         unsafe { guard.defer_unchecked(move || free_table(old)) };
-        m.unlink_queue.append(&mut m.postponed);
+        true
     }
 
-    /// Records, for each node of old chain `b`, which sibling bucket it belongs to; returns
-    /// the chain's head.
-    fn classify<S: BuildHasher>(
+    /// Splits every bucket of the new table fed by old bucket `b` (the new buckets
+    /// `b + i * old.len()`): freezes the old head, records the frozen chain (its nodes in
+    /// order, flagged [`ZIPPED`], and for each the position of the first node of its class,
+    /// i.e. of its new bucket), and points each new bucket at the first node of its class
+    /// (NIL if none), as `Shard::split_bucket` would. Returns the work done.
+    #[allow(clippy::too_many_arguments)]
+    fn split_chain<S: BuildHasher>(
         &self,
         m: &mut Maint,
         cfg: &Config<K, V, S>,
+        growth: &mut Growth,
         table: Table<'_>,
         old: Table<'_>,
         b: usize,
         _guard: &Guard,
-    ) -> u32 {
-        // Acquire: as in `Table::chain_head` (the head is frozen: it no longer changes).
-        let head = old.at(b).load(Ordering::Acquire) & IDX_MASK;
+    ) -> usize {
+        let shift = old.len().trailing_zeros();
+        let ways = table.len() / old.len();
+        // AcqRel: as in `Shard::split_bucket` (freezes the chain; Acquire makes the nodes
+        // linked before visible).
+        let head = old.at(b).fetch_or(MARK, Ordering::AcqRel) & IDX_MASK;
+        let start = growth.nodes.len();
+        // Per class of this chain (`i` for new bucket `b + i * old.len()`): the position of
+        // its first node.
+        let firsts = &mut growth.scratch.firsts;
+        firsts.clear();
+        firsts.resize(ways, NIL);
         let mut cur = head;
         while cur != NIL {
             let node = self.arena.node(cur);
-            // SAFETY: reached through links while pinned.
+            // SAFETY: reached through links while pinned (the frozen chain is final; none of
+            // its nodes is unlinked before the growth ends).
             let hash = unsafe { node.with_payload(|k, _| cfg.hash(k)) };
-            let flags = m.flags(cur);
-            if bucket_of(hash, table.mask()) != b {
-                *flags |= HIGH;
-            } else {
-                *flags &= !HIGH;
+            let class = bucket_of(hash, table.mask()) >> shift;
+            let pos = (growth.nodes.len() - start) as u32;
+            if firsts[class] == NIL {
+                firsts[class] = pos;
             }
+            growth.nodes.push(cur);
+            growth.first.push(firsts[class]);
+            growth.next.push(pos + 1);
+            *m.flags(cur) |= ZIPPED;
             // Acquire: as in `Shard::find`.
             cur = node.next.load(Ordering::Acquire) & IDX_MASK;
         }
-        head
+        let len = growth.nodes.len() - start;
+        for (i, &first) in firsts.iter().enumerate() {
+            let target = if first == NIL {
+                NIL
+            } else {
+                growth.nodes[start + first as usize]
+            };
+            // Release: publishes the chain to readers of the new bucket, as in
+            // `Shard::split_bucket`; a writer that split it first stored the same node (the
+            // first of its class in the frozen chain), so a failure changes nothing.
+            let _ = table.at(b + (i << shift)).compare_exchange(
+                UNINIT,
+                target,
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
+        }
+        let chain = start..start + len;
+        let zipped = growth.next[chain.clone()]
+            .iter()
+            .zip(&growth.first[chain.clone()])
+            .any(|(&next, &first)| {
+                (next as usize) < len && growth.first[start + next as usize] != first
+            });
+        // A chain whose links already join nodes of one class needs no unzipping round.
+        if zipped {
+            growth.zipped.push((start as u32, len as u32));
+        }
+        len + ways
     }
 
-    /// Redirects the first link of the remaining chain at `cursor` that leads from one sibling
-    /// bucket's node to the other's, past the other's run. Returns whether it did.
-    fn unzip_step(&self, m: &Maint, cursor: &mut u32) -> bool {
-        let high = |i: u32| m.has(i, HIGH);
-        let mut x = *cursor;
-        while x != NIL {
-            let x_node = self.arena.node(x);
-            // Acquire: as in `Shard::find`.
-            let x_next = x_node.next.load(Ordering::Acquire);
-            let y = x_next & IDX_MASK;
-            if y == NIL {
-                break;
+    /// One unzipping round over the chain at `start..start + len` of `growth.nodes`: redirects
+    /// every link that may be redirected now, and returns whether the chain is separated
+    /// (every link joins two nodes of one class, or ends the chain).
+    ///
+    /// # Why this is safe
+    ///
+    /// Write `G` for the chain's links as they were when the grace period that precedes this
+    /// round began (the rounds are separated by grace periods, and the first one follows the
+    /// last split). Every thread now walking the chain is a reader of one new bucket (class)
+    /// `c` that entered it at the first node of `c` (where the bucket head, or the nodes
+    /// inserted in front of it, lead) and has followed links of `G`, or links written by this
+    /// round. Let `S(x)` be the classes whose first node reaches `x` through `G`: only
+    /// readers of those classes can be at `x`. The round sets the link of `x` to the first
+    /// node `w` after `x` along `G` whose class is in `S(x)` (or NIL): it skips only nodes of
+    /// classes with no reader at `x`.
+    ///
+    /// A reader of class `c` at a node `x` of its path in `G` (so `c` is in `S(x)`) reads
+    /// either the old link, and stays on its path in `G`, or the new one: then it lands on
+    /// `w`, which is on the same path (the path of `c` from `x` is `x`'s walk along `G`),
+    /// having skipped no node of `c`. By induction it never leaves its path in `G`, which
+    /// holds all the nodes of `c` (inductively again: no round skips a node of `c` on a path
+    /// of `c`), whichever mix of old and new links it reads: each round is safe alone, and
+    /// the grace period between rounds makes every reader of the next one start from the
+    /// links this one left. The same holds for writers (which walk chains like readers) and
+    /// for the maintainer's own walks.
+    ///
+    /// Progress: if no link changes, every path holds nodes of one class only (take the
+    /// earliest node `z` that is foreign on some path, of class `e`, with predecessor `y`
+    /// on that path: `y` is not foreign, and `e` in `S(y)` makes `y` a foreign node of the
+    /// path of `e`, earlier than `z`). So a chain is done once its links join nodes of one
+    /// class, checked after each round; the round that separates the last chain needs no
+    /// grace period after it. With two classes this is the classic unzip (one alternation
+    /// per round); with as many classes as nodes, as a growth to a load of one makes them,
+    /// chains of hundreds of nodes separate in a handful of rounds.
+    fn unzip_chain(&self, growth: &mut Growth, start: usize, len: usize) -> bool {
+        let nodes = &growth.nodes[start..start + len];
+        let first = &growth.first[start..start + len];
+        let next = &mut growth.next[start..start + len];
+        let sc = &mut growth.scratch;
+        let nil = len as u32;
+        let idx_at = |pos: u32| if pos == nil { NIL } else { nodes[pos as usize] };
+        if cfg!(debug_assertions) {
+            for (x, &pos) in next.iter().enumerate() {
+                // Acquire: as in `Shard::find`. Only the maintainer changes these index bits.
+                let actual = self.arena.node(nodes[x]).next.load(Ordering::Acquire) & IDX_MASK;
+                assert_eq!(
+                    actual,
+                    idx_at(pos),
+                    "unzip: a link moved under the maintainer"
+                );
             }
-            if high(x) != high(y) {
-                // The run of the other sibling starts at y; skip to the next node of x's own.
-                let mut z = y;
-                while z != NIL && high(z) != high(x) {
-                    // Acquire: as in `Shard::find`.
-                    z = self.arena.node(z).next.load(Ordering::Acquire) & IDX_MASK;
-                }
-                let mut cur = x_next;
-                loop {
-                    // Release: as for an unlink (readers following the new link see z).
-                    // Only the mark bit can change under us (a writer marking x).
-                    match x_node.next.compare_exchange_weak(
-                        cur,
-                        (cur & MARK) | z,
-                        Ordering::Release,
-                        Ordering::Relaxed,
-                    ) {
-                        Ok(_) => break,
-                        Err(actual) => cur = actual,
-                    }
-                }
-                // The next alternation is at the end of y's run.
-                *cursor = y;
-                return true;
-            }
-            x = y;
         }
-        *cursor = NIL;
-        false
+        // `G` as a forest of in-trees (each node's parent is its successor, the root is the
+        // end of the chain), numbered by a depth-first walk: `a` reaches `x` iff `a` lies in
+        // `x`'s subtree, i.e. enter[x] <= enter[a] < leave[x].
+        sc.child.clear();
+        sc.child.resize(len + 1, NIL);
+        sc.sibling.clear();
+        sc.sibling.resize(len, NIL);
+        for x in (0..len).rev() {
+            let parent = next[x] as usize;
+            sc.sibling[x] = sc.child[parent];
+            sc.child[parent] = x as u32;
+        }
+        sc.enter.clear();
+        sc.enter.resize(len + 1, 0);
+        sc.leave.clear();
+        sc.leave.resize(len + 1, 0);
+        sc.stack.clear();
+        sc.stack.push(nil);
+        let mut clock = 1;
+        while let Some(&v) = sc.stack.last() {
+            let c = sc.child[v as usize];
+            if c == NIL {
+                sc.leave[v as usize] = clock;
+                sc.stack.pop();
+            } else {
+                sc.child[v as usize] = sc.sibling[c as usize];
+                sc.enter[c as usize] = clock;
+                clock += 1;
+                sc.stack.push(c);
+            }
+        }
+        let reaches = |a: u32, x: usize| {
+            sc.enter[x] <= sc.enter[a as usize] && sc.enter[a as usize] < sc.leave[x]
+        };
+        sc.target.clear();
+        for x in 0..len {
+            let mut y = next[x];
+            let mut hops = 0;
+            // Skip the nodes whose class has no reader at `x` (bounded, so that a round costs
+            // at most MAX_SKIP steps per node; a shorter skip is as safe).
+            while y != nil && !reaches(first[y as usize], x) && hops < MAX_SKIP {
+                y = next[y as usize];
+                hops += 1;
+            }
+            sc.target.push(y);
+        }
+        for x in 0..len {
+            let y = sc.target[x];
+            if y == next[x] {
+                continue;
+            }
+            let link = &self.arena.node(nodes[x]).next;
+            let new = idx_at(y);
+            let mut cur = idx_at(next[x]);
+            loop {
+                // Release: as for an unlink (readers following the new link see the node it
+                // leads to). Only the mark bit can change under us (a writer marking x).
+                match link.compare_exchange_weak(
+                    cur,
+                    (cur & MARK) | new,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => cur = actual,
+                }
+            }
+            next[x] = y;
+        }
+        next.iter()
+            .enumerate()
+            .all(|(x, &y)| y == nil || first[y as usize] == first[x])
     }
 
     /// Removes every entry (weakly consistent: entries inserted concurrently may survive).
@@ -709,5 +903,87 @@ where
             self.finish_pass(m, cfg, &guard, true)
         });
         self.deliver(cfg, notes, &guard);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::listener::RemovalCause;
+    use crate::raw::RawCache;
+    use crate::raw::tests::raw_with;
+    use crate::sync::epoch;
+
+    type Raw = RawCache<u64, u64, ahash::RandomState>;
+
+    fn check_all(cache: &Raw, keys: impl Iterator<Item = u64>, when: &str) {
+        for k in keys {
+            assert_eq!(
+                cache.read(&k, |v| *v),
+                Some(k * 3),
+                "key {k} unreadable {when}"
+            );
+        }
+    }
+
+    fn insert(cache: &Raw, k: u64) {
+        assert!(cache.insert(k, k * 3, None, 1, false).is_ok());
+    }
+
+    /// A shard far over its load grows in one growth to the power of two that brings the load
+    /// back to one (here 16x), and every key stays readable at every step of the growth,
+    /// while inserts land in front of split buckets and removals unlink nodes mid-growth.
+    #[test]
+    fn growth_jumps_to_load_one_and_keys_stay_readable() {
+        let cache = raw_with(ahash::RandomState::with_seeds(1, 2, 3, 4), 1, 8);
+        let shard = &cache.shards[0];
+        let table_len = || shard.current(&epoch::pin()).len();
+        let growing = || shard.maint.run(|m| m.growth.is_some());
+        assert_eq!(table_len(), 8);
+        // 100 inserts while the maintenance lock is held: no pass can apply them (the event
+        // ring holds 128), so the first pass finds 100 entries in 8 buckets.
+        shard.maint.run(|_| {
+            for k in 0..100 {
+                insert(&cache, k);
+            }
+        });
+        assert_eq!(table_len(), 8);
+        check_all(&cache, 0..100, "before the growth");
+        cache.run_pending_tasks();
+        assert_eq!(table_len(), 128, "one growth from 8 to 128 buckets");
+        check_all(&cache, 0..100, "with the new table published");
+        // The next pass splits every bucket: 100 nodes (at least 13 on some old chain) over
+        // 16 classes per chain, so chains are zipped between several classes.
+        cache.run_pending_tasks();
+        check_all(&cache, 0..100, "with every bucket split");
+        assert!(shard.maint.run(|m| m.growth.as_ref().is_some_and(|g| {
+            matches!(g.phase, super::Phase::Unzipping) && g.zipped.iter().any(|&(_, len)| len >= 3)
+        })));
+        let mut next = 100;
+        let mut passes = 0;
+        while growing() {
+            // New keys (in front of split buckets), replacements and removals mid-growth.
+            for k in next..next + 8 {
+                insert(&cache, k);
+            }
+            insert(&cache, next - 50);
+            assert_eq!(
+                cache.remove(&(next + 7), RemovalCause::Explicit),
+                Some((next + 7) * 3)
+            );
+            insert(&cache, next + 7);
+            next += 8;
+            check_all(&cache, 0..next, "during the growth");
+            epoch::pin().flush();
+            cache.run_pending_tasks();
+            check_all(&cache, 0..next, "after a growth pass");
+            passes += 1;
+            assert!(passes < 100_000, "the growth never finished");
+            if passes % 64 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        check_all(&cache, 0..next, "after the growth");
+        assert_eq!(cache.len(), next as usize);
+        assert!(table_len() >= 128);
     }
 }

@@ -340,6 +340,16 @@ mod tests {
     use crate::sync::epoch;
 
     fn raw(shards: usize, buckets: usize) -> RawCache<u64, u64, ahash::RandomState> {
+        raw_with(ahash::RandomState::new(), shards, buckets)
+    }
+
+    /// A cache of `shards` shards of `buckets` buckets hashing with `hasher` (a 128-event
+    /// ring, a pass offered every 32 events), for white-box tests here and in submodules.
+    pub(super) fn raw_with(
+        hasher: ahash::RandomState,
+        shards: usize,
+        buckets: usize,
+    ) -> RawCache<u64, u64, ahash::RandomState> {
         let layout = Layout {
             shards,
             buckets_per_shard: buckets,
@@ -347,7 +357,7 @@ mod tests {
             ring: 128,
         };
         let cfg = Config {
-            hasher: ahash::RandomState::new(),
+            hasher,
             listener: None,
             time: TimeSource::new(quanta::Clock::mock().0),
             stats: StatsCounters::new(false, 1),
@@ -361,7 +371,7 @@ mod tests {
     }
 
     /// Growth runs to completion: after enough passes (each needing a grace period between
-    /// unzip steps), the table has doubled repeatedly and no old table is left.
+    /// unzipping rounds), the table has grown and no old table is left.
     #[test]
     fn growth_completes_and_retires_the_old_table() {
         let cache = raw(1, 8);

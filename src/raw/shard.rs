@@ -12,18 +12,21 @@
 //! Both record an event for the maintainer. Nothing a writer does can make a reader wait.
 //!
 //! # Growing
-//! When a shard holds more entries than buckets, its maintainer publishes a table twice as
-//! large whose buckets are [`UNINIT`]: readers of an uninitialised bucket read the old
-//! bucket's chain (a superset of theirs), and the first thread that needs to link into a new
-//! bucket (a writer, or the maintainer) *splits* it: it freezes the old bucket head (so no
-//! insert can land in the old table any more) and points the new bucket at the first node of
-//! the old chain that hashes to it. Chains are then shared ("zipped") between the two sibling
-//! buckets; readers skip the sibling's nodes by key. Finally the maintainer "unzips" each
-//! chain one link per grace period, in chain order (after Triplett, McKenney and Walpole,
-//! "Resizable, scalable, concurrent hash tables via relativistic programming", 2011): a link
-//! is redirected only when no reader of the other bucket can be positioned on it. No reader
-//! ever waits, and writers never wait either: the only writer-visible state is an
-//! uninitialised bucket, which the writer initialises itself.
+//! When a shard holds more entries than buckets, its maintainer publishes a table large enough
+//! to bring the load back to at most one: `2^k` times as large (`k >= 1`), whose buckets are
+//! [`UNINIT`]. Old bucket `b` feeds the new buckets `b + i * old_len` for `i < 2^k` (its
+//! *classes*): readers of an uninitialised bucket read the old bucket's chain (a superset of
+//! theirs), and the first thread that needs to link into a new bucket (a writer, or the
+//! maintainer) *splits* it: it freezes the old bucket head (so no insert can land in the old
+//! table any more) and points the new bucket at the first node of the old chain that hashes
+//! to it. Chains are then shared ("zipped") between the buckets of one old bucket; readers
+//! skip the other classes' nodes by key. Finally the maintainer "unzips" the chains in rounds
+//! separated by grace periods (after Triplett, McKenney and Walpole, "Resizable, scalable,
+//! concurrent hash tables via relativistic programming", 2011, generalised to many classes):
+//! in a round, a link is redirected past the nodes of every class that has no reader
+//! positioned on it (see `Shard::unzip_chain` in maint.rs for the argument). No reader ever
+//! waits, and writers never wait either: the only writer-visible state is an uninitialised
+//! bucket, which the writer initialises itself.
 
 use std::borrow::Borrow;
 use std::hash::BuildHasher;
@@ -888,16 +891,17 @@ where
             .compare_exchange(UNINIT, cur, Ordering::Release, Ordering::Relaxed);
     }
 
-    /// Publishes a table twice as large (called by the maintainer, see "Growing").
-    pub(super) fn publish_larger(&self, guard: &Guard) {
+    /// Publishes a table of `len` buckets, a power-of-two multiple of the current table's
+    /// (called by the maintainer, see "Growing").
+    pub(super) fn publish_larger(&self, len: usize, guard: &Guard) {
         let current = self.current(guard);
         // Release: the old table stays reachable for readers of uninitialised buckets; pairs
         // with the Acquire in `old_table`. Stored before the new table is published, so anyone
         // who sees the new table sees its old one.
         self.old.store(current.word(), Ordering::Release);
         // Release: publishes the new table; pairs with the Acquire loads in `current`.
-        self.table
-            .store(new_table(current.len() * 2, UNINIT), Ordering::Release);
+        debug_assert!(len > current.len() && len.is_power_of_two());
+        self.table.store(new_table(len, UNINIT), Ordering::Release);
     }
 }
 

@@ -9,9 +9,9 @@
 //! Tables are reclaimed through the epoch like nodes: a replaced table is retired with
 //! `Guard::defer_unchecked` and freed once no pinned thread can hold it.
 //!
-//! A table never changes size; growing a shard publishes a new table of twice the size whose
-//! buckets start as [`UNINIT`](super::node::UNINIT) and are split lazily off the old table's
-//! chains (see "Growing" in `shard.rs`).
+//! A table never changes size; growing a shard publishes a new table a power-of-two multiple
+//! of the size whose buckets start as [`UNINIT`](super::node::UNINIT) and are split lazily off
+//! the old table's chains (see "Growing" in `shard.rs`).
 
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::marker::PhantomData;
