@@ -279,8 +279,8 @@ where
 
     /// [`get_stale`](Self::get_stale), also saying whether the value was expired (and this
     /// call removed it; only one caller gets an expired value).
-    // Its caller, the session store, is not on this branch.
-    #[allow(dead_code)]
+    // Its caller is the session store, which is not built without its feature or under loom.
+    #[cfg_attr(any(loom, not(feature = "session")), allow(dead_code))]
     pub(crate) fn get_stale_flagged<Q>(&self, key: &Q) -> Option<(V, bool)>
     where
         K: Borrow<Q>,
