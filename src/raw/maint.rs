@@ -154,6 +154,8 @@ struct Growth {
 /// Buffers reused from one chain to the next.
 #[derive(Default)]
 struct Scratch {
+    /// The chain being split: (node, class), gathered before any growth state changes.
+    walked: Vec<(Idx, u32)>,
     firsts: Vec<u32>,
     child: Vec<u32>,
     sibling: Vec<u32>,
@@ -565,7 +567,22 @@ where
     /// still over its load). See "Growing" in shard.rs.
     fn grow<S: BuildHasher>(&self, m: &mut Maint, cfg: &Config<K, V, S>, guard: &Guard) {
         if let Some(mut growth) = m.growth.take() {
-            if !self.advance_growth(m, cfg, &mut growth, guard) {
+            // A step runs user code (the hasher, in `split_chain`). If it panics, the growth
+            // must stay recorded: a growth forgotten half-way would leave zipped chains whose
+            // nodes the next pass unlinks through one in-link and frees while another still
+            // links to them. `split_chain` changes nothing before its last call of user code,
+            // so the state put back is consistent and the next pass redoes that chain.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.advance_growth(m, cfg, &mut growth, guard)
+            }));
+            let done = match step {
+                Ok(done) => done,
+                Err(panic) => {
+                    m.growth = Some(growth);
+                    std::panic::resume_unwind(panic);
+                }
+            };
+            if !done {
                 m.growth = Some(growth);
                 return;
             }
@@ -698,19 +715,28 @@ where
         // AcqRel: as in `Shard::split_bucket` (freezes the chain; Acquire makes the nodes
         // linked before visible).
         let head = old.at(b).fetch_or(MARK, Ordering::AcqRel) & IDX_MASK;
-        let start = growth.nodes.len();
-        // Per class of this chain (`i` for new bucket `b + i * old.len()`): the position of
-        // its first node.
-        let firsts = &mut growth.scratch.firsts;
-        firsts.clear();
-        firsts.resize(ways, NIL);
+        // First the walk, with the user's hasher: if it panics, no growth state has changed
+        // yet (freezing the head again is harmless), and the next pass redoes this chain.
+        let walked = &mut growth.scratch.walked;
+        walked.clear();
         let mut cur = head;
         while cur != NIL {
             let node = self.arena.node(cur);
             // SAFETY: reached through links while pinned (the frozen chain is final; none of
             // its nodes is unlinked before the growth ends).
             let hash = unsafe { node.with_payload(|k, _| cfg.hash(k)) };
-            let class = bucket_of(hash, table.mask()) >> shift;
+            walked.push((cur, (bucket_of(hash, table.mask()) >> shift) as u32));
+            // Acquire: as in `Shard::find`.
+            cur = node.next.load(Ordering::Acquire) & IDX_MASK;
+        }
+        let start = growth.nodes.len();
+        // Per class of this chain (`i` for new bucket `b + i * old.len()`): the position of
+        // its first node.
+        let firsts = &mut growth.scratch.firsts;
+        firsts.clear();
+        firsts.resize(ways, NIL);
+        for &(cur, class) in &growth.scratch.walked {
+            let class = class as usize;
             let pos = (growth.nodes.len() - start) as u32;
             if firsts[class] == NIL {
                 firsts[class] = pos;
@@ -719,8 +745,6 @@ where
             growth.first.push(firsts[class]);
             growth.next.push(pos + 1);
             *m.flags(cur) |= ZIPPED;
-            // Acquire: as in `Shard::find`.
-            cur = node.next.load(Ordering::Acquire) & IDX_MASK;
         }
         let len = growth.nodes.len() - start;
         for (i, &first) in firsts.iter().enumerate() {
@@ -805,52 +829,7 @@ where
                 );
             }
         }
-        // `G` as a forest of in-trees (each node's parent is its successor, the root is the
-        // end of the chain), numbered by a depth-first walk: `a` reaches `x` iff `a` lies in
-        // `x`'s subtree, i.e. enter[x] <= enter[a] < leave[x].
-        sc.child.clear();
-        sc.child.resize(len + 1, NIL);
-        sc.sibling.clear();
-        sc.sibling.resize(len, NIL);
-        for x in (0..len).rev() {
-            let parent = next[x] as usize;
-            sc.sibling[x] = sc.child[parent];
-            sc.child[parent] = x as u32;
-        }
-        sc.enter.clear();
-        sc.enter.resize(len + 1, 0);
-        sc.leave.clear();
-        sc.leave.resize(len + 1, 0);
-        sc.stack.clear();
-        sc.stack.push(nil);
-        let mut clock = 1;
-        while let Some(&v) = sc.stack.last() {
-            let c = sc.child[v as usize];
-            if c == NIL {
-                sc.leave[v as usize] = clock;
-                sc.stack.pop();
-            } else {
-                sc.child[v as usize] = sc.sibling[c as usize];
-                sc.enter[c as usize] = clock;
-                clock += 1;
-                sc.stack.push(c);
-            }
-        }
-        let reaches = |a: u32, x: usize| {
-            sc.enter[x] <= sc.enter[a as usize] && sc.enter[a as usize] < sc.leave[x]
-        };
-        sc.target.clear();
-        for x in 0..len {
-            let mut y = next[x];
-            let mut hops = 0;
-            // Skip the nodes whose class has no reader at `x` (bounded, so that a round costs
-            // at most MAX_SKIP steps per node; a shorter skip is as safe).
-            while y != nil && !reaches(first[y as usize], x) && hops < MAX_SKIP {
-                y = next[y as usize];
-                hops += 1;
-            }
-            sc.target.push(y);
-        }
+        round_targets(first, next, sc);
         for x in 0..len {
             let y = sc.target[x];
             if y == next[x] {
@@ -869,7 +848,14 @@ where
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => break,
-                    Err(actual) => cur = actual,
+                    Err(actual) => {
+                        debug_assert_eq!(
+                            actual & IDX_MASK,
+                            cur & IDX_MASK,
+                            "a zipped link changed under the maintainer"
+                        );
+                        cur = actual;
+                    }
                 }
             }
             next[x] = y;
@@ -903,6 +889,62 @@ where
             self.finish_pass(m, cfg, &guard, true)
         });
         self.deliver(cfg, notes, &guard);
+    }
+}
+
+/// The targets of one unzipping round over a chain (positions; `first.len()` is NIL): in
+/// `sc.target`, for each node `x`, the first node after it along the links `next` whose class
+/// (`first`) has a reader that can be on `x` (see `unzip_chain`); at most [`MAX_SKIP`] nodes
+/// ahead. A pure function of the chain, so that tests can check it against plain
+/// link-following.
+fn round_targets(first: &[u32], next: &[u32], sc: &mut Scratch) {
+    let len = first.len();
+    let nil = len as u32;
+    // `G` as a forest of in-trees (each node's parent is its successor, the root is the
+    // end of the chain), numbered by a depth-first walk: `a` reaches `x` iff `a` lies in
+    // `x`'s subtree, i.e. enter[x] <= enter[a] < leave[x].
+    sc.child.clear();
+    sc.child.resize(len + 1, NIL);
+    sc.sibling.clear();
+    sc.sibling.resize(len, NIL);
+    for x in (0..len).rev() {
+        let parent = next[x] as usize;
+        sc.sibling[x] = sc.child[parent];
+        sc.child[parent] = x as u32;
+    }
+    sc.enter.clear();
+    sc.enter.resize(len + 1, 0);
+    sc.leave.clear();
+    sc.leave.resize(len + 1, 0);
+    sc.stack.clear();
+    sc.stack.push(nil);
+    let mut clock = 1;
+    while let Some(&v) = sc.stack.last() {
+        let c = sc.child[v as usize];
+        if c == NIL {
+            sc.leave[v as usize] = clock;
+            sc.stack.pop();
+        } else {
+            sc.child[v as usize] = sc.sibling[c as usize];
+            sc.enter[c as usize] = clock;
+            clock += 1;
+            sc.stack.push(c);
+        }
+    }
+    let reaches = |a: u32, x: usize| {
+        sc.enter[x] <= sc.enter[a as usize] && sc.enter[a as usize] < sc.leave[x]
+    };
+    sc.target.clear();
+    for x in 0..len {
+        let mut y = next[x];
+        let mut hops = 0;
+        // Skip the nodes whose class has no reader at `x` (bounded, so that a round costs
+        // at most MAX_SKIP steps per node; a shorter skip is as safe).
+        while y != nil && !reaches(first[y as usize], x) && hops < MAX_SKIP {
+            y = next[y as usize];
+            hops += 1;
+        }
+        sc.target.push(y);
     }
 }
 
@@ -985,5 +1027,232 @@ mod tests {
         check_all(&cache, 0..next, "after the growth");
         assert_eq!(cache.len(), next as usize);
         assert!(table_len() >= 128);
+    }
+
+    /// A key whose `Hash` panics when a countdown (per thread) reaches zero.
+    #[derive(PartialEq, Eq, Debug)]
+    struct Touchy(u64);
+
+    std::thread_local! {
+        static COUNTDOWN: std::cell::Cell<i64> = const { std::cell::Cell::new(-1) };
+    }
+
+    impl std::hash::Hash for Touchy {
+        fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+            COUNTDOWN.with(|c| match c.get() {
+                0 => {
+                    c.set(-1);
+                    panic!("the user's hash panics");
+                }
+                n if n > 0 => c.set(n - 1),
+                _ => {}
+            });
+            self.0.hash(h);
+        }
+    }
+
+    /// A hasher that panics while a chain is being split (found in review): the growth used to
+    /// be forgotten, leaving zipped chains behind whose nodes the next pass unlinked through
+    /// one in-link and freed while an old chain still linked to them. Now the growth stays
+    /// recorded, finishes, and every key stays readable and removable.
+    #[test]
+    fn a_hash_panic_mid_split_keeps_the_growth() {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+
+        use crate::raw::node::UNINIT;
+        use crate::raw::{Config, Layout};
+        use crate::sync::Ordering;
+
+        let cfg = Config {
+            hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
+            listener: None,
+            time: crate::clock::TimeSource::new(quanta::Clock::mock().0),
+            stats: crate::stats::StatsCounters::new(false, 1),
+            drain_threshold: 32,
+            ttl: crate::raw::node::NEVER,
+            tti: crate::raw::node::NEVER,
+            bound: None,
+            weigher: None,
+        };
+        let layout = Layout {
+            shards: 1,
+            buckets_per_shard: 8,
+            entries_per_shard: 0,
+            ring: 128,
+        };
+        let cache: RawCache<Touchy, u64, _> = RawCache::new(layout, cfg);
+        let shard = &cache.shards[0];
+        let readable = |keys: &mut dyn Iterator<Item = u64>| {
+            for k in keys {
+                assert_eq!(cache.read(&Touchy(k), |v| *v), Some(k), "key {k}");
+            }
+        };
+        shard.maint.run(|_| {
+            for k in 0..100 {
+                assert!(cache.insert(Touchy(k), k, None, 1, false).is_ok());
+            }
+        });
+        cache.run_pending_tasks(); // publishes the larger table
+        assert_eq!(shard.current(&epoch::pin()).len(), 128);
+        // The next pass splits the chains, hashing every node: panic half-way.
+        COUNTDOWN.with(|c| c.set(40));
+        let pass = catch_unwind(AssertUnwindSafe(|| cache.run_pending_tasks()));
+        COUNTDOWN.with(|c| c.set(-1));
+        assert!(pass.is_err(), "the hasher panicked in the split");
+        assert!(
+            shard.maint.run(|m| m.growth.is_some()),
+            "the growth is still recorded"
+        );
+        readable(&mut (0..100));
+        // Removals and inserts while the growth goes on, then let it finish.
+        for k in (0..100).step_by(3) {
+            assert_eq!(cache.remove(&Touchy(k), RemovalCause::Explicit), Some(k));
+        }
+        for _ in 0..10_000 {
+            epoch::pin().flush();
+            cache.run_pending_tasks();
+            if shard.maint.run(|m| m.growth.is_none()) {
+                break;
+            }
+        }
+        assert!(
+            shard.maint.run(|m| m.growth.is_none()),
+            "the growth finished"
+        );
+        let guard = epoch::pin();
+        assert!(
+            shard.old_table(&guard).is_none(),
+            "the old table is detached"
+        );
+        let table = shard.current(&guard);
+        assert!((0..table.len()).all(|j| table.at(j).load(Ordering::Acquire) != UNINIT));
+        drop(guard);
+        // Freed slots get reused by new keys; the old keys read right, the removed stay gone.
+        for k in 1000..1050 {
+            assert!(cache.insert(Touchy(k), k, None, 1, false).is_ok());
+        }
+        cache.run_pending_tasks();
+        readable(&mut (0..100).filter(|k| k % 3 != 0));
+        readable(&mut (1000..1050));
+        for k in (0..100).step_by(3) {
+            assert_eq!(cache.read(&Touchy(k), |v| *v), None, "removed key {k}");
+        }
+    }
+
+    /// Positions reached from `a` by following `next` (a chain of `next.len()` nodes).
+    fn path(next: &[u32], a: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut x = a;
+        while (x as usize) < next.len() {
+            out.push(x);
+            x = next[x as usize];
+        }
+        out
+    }
+
+    /// Unzips a chain whose nodes have the given classes, round after round, checking every
+    /// round against plain link-following (not the depth-first numbering `round_targets`
+    /// uses): a link only moves forward along the current links, past nodes of classes
+    /// whose readers cannot be on it; every class's path from its first node still holds all
+    /// its nodes; the chain ends pure, with one in-link per node, within `len` rounds.
+    fn unzip_by_rounds(classes: &[u8], max_skip_check: bool) {
+        let len = classes.len();
+        let nil = len as u32;
+        let first: Vec<u32> = classes
+            .iter()
+            .map(|c| classes.iter().position(|d| d == c).unwrap() as u32)
+            .collect();
+        let mut next: Vec<u32> = (1..=len as u32).collect();
+        let mut sc = super::Scratch::default();
+        let mut rounds = 0;
+        loop {
+            let pure = (0..len).all(|x| next[x] == nil || first[next[x] as usize] == first[x]);
+            if pure {
+                break;
+            }
+            rounds += 1;
+            assert!(rounds <= len, "no progress: {classes:?}");
+            super::round_targets(&first, &next, &mut sc);
+            let target = sc.target.clone();
+            for x in 0..len {
+                // The classes whose readers can be on x: those whose first node reaches x.
+                let readers: Vec<u32> = (0..len as u32)
+                    .filter(|&a| first[a as usize] == a && path(&next, a).contains(&(x as u32)))
+                    .map(|a| first[a as usize])
+                    .collect();
+                let along = path(&next, x as u32);
+                let t = target[x];
+                assert!(
+                    t == nil || along.contains(&t),
+                    "target not ahead along the links: {classes:?} x={x}"
+                );
+                // Every node skipped (strictly between x and t) is of a class without a
+                // reader on x.
+                for &y in along.iter().skip(1).take_while(|&&y| y != t) {
+                    assert!(
+                        !readers.contains(&first[y as usize]),
+                        "skips a node of a class with a reader on it: {classes:?} x={x} y={y}"
+                    );
+                }
+                if max_skip_check && t != next[x] {
+                    assert!(
+                        t == nil || readers.contains(&first[t as usize]) || {
+                            // Stopped by MAX_SKIP: exactly that many hops.
+                            along.iter().position(|&y| y == t) == Some(super::MAX_SKIP as usize + 1)
+                        }
+                    );
+                }
+            }
+            next = target;
+            for c in 0..len as u32 {
+                if first[c as usize] == c {
+                    let reached = path(&next, c);
+                    for y in 0..len as u32 {
+                        if first[y as usize] == c {
+                            assert!(reached.contains(&y), "class {c} lost node {y}: {classes:?}");
+                        }
+                    }
+                }
+            }
+        }
+        // Pure: every node has one in-link (its class predecessor), except each class's first.
+        let mut in_links = vec![0; len];
+        for x in 0..len {
+            if next[x] != nil {
+                in_links[next[x] as usize] += 1;
+            }
+        }
+        for y in 0..len {
+            let expected = usize::from(first[y] != y as u32);
+            assert_eq!(in_links[y], expected, "in-links of {y}: {classes:?}");
+        }
+    }
+
+    #[test]
+    fn every_small_chain_unzips_safely() {
+        // Every chain of up to 7 nodes over up to 4 classes.
+        for len in 1..=7usize {
+            let total = 4usize.pow(len as u32);
+            for code in 0..total {
+                let mut c = code;
+                let classes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let d = (c % 4) as u8;
+                        c /= 4;
+                        d
+                    })
+                    .collect();
+                unzip_by_rounds(&classes, true);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_chains_unzip_safely(
+            classes in proptest::collection::vec(0u8..16, 1..60)
+        ) {
+            unzip_by_rounds(&classes, true);
+        }
     }
 }
