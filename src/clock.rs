@@ -17,6 +17,7 @@ use std::time::Duration;
 use quanta::{Clock, Instant};
 
 /// How often the ticker refreshes the coarse clock.
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) const TICK: Duration = Duration::from_millis(1);
 
 /// The time source of one cache.
