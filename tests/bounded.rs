@@ -215,3 +215,37 @@ fn eviction_and_expiry_together() {
     }
     assert_eq!(cache.len(), 60, "expired weight was given back");
 }
+
+/// Found by the `bounded` fuzz target: capacity 1, two shards, a refused heavy entry, then two
+/// entries of weight 1 and one of weight 0: the weight held must never exceed the capacity.
+#[test]
+fn weight_never_exceeds_a_capacity_of_one() {
+    use std::collections::hash_map::DefaultHasher;
+    use std::hash::BuildHasherDefault;
+    let cache: Cache<u16, (u64, u8), _> = Cache::builder()
+        .shards(2)
+        .max_capacity(1)
+        .hasher(BuildHasherDefault::<DefaultHasher>::default())
+        .weigher(|_, v: &(u64, u8)| u32::from(v.1))
+        .eviction_listener(|_: &u16, _: &(u64, u8), _| {})
+        .build()
+        .unwrap();
+    let check = |step: &str| {
+        let size = cache.weighted_size();
+        assert!(size <= 1, "weight {size} over capacity 1 after {step}");
+        let held: u64 = cache.iter().map(|(_, v)| u64::from(v.1)).sum();
+        assert_eq!(held, size, "accounting after {step}");
+    };
+    for serial in 1..=3 {
+        cache.insert(267, (serial, 11));
+        check("a refused heavy insert");
+    }
+    cache.run_pending_tasks();
+    check("a pass");
+    cache.insert(257, (4, 1));
+    check("insert 257");
+    cache.insert(267, (5, 1));
+    check("insert 267");
+    cache.insert(0, (6, 0));
+    check("insert 0 (weight 0)");
+}

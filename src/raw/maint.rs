@@ -464,7 +464,7 @@ where
             // share, or more (up to the whole capacity) when the keys do not spread evenly.
             policy.set_capacity(bound.share.max(policy.weighted_size().min(bound.capacity)));
             if bound.reserved() <= target
-                || (hard_target.is_none() && policy.weighted_size() <= bound.share)
+                || (hard_target.is_none() && policy.weighted_size() <= bound.floor_share)
             {
                 return;
             }

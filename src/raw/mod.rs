@@ -61,10 +61,15 @@ pub(crate) type WeigherFn<K, V> = dyn Fn(&K, &V) -> u32 + Send + Sync + 'static;
 pub(crate) struct Bound {
     pub(crate) capacity: u64,
     pub(crate) slack: u64,
-    /// Each shard's nominal share of the capacity (`capacity / shards`): an ordinary pass
-    /// evicts only in a shard that holds more than its share, so shards share the capacity
-    /// evenly when keys spread evenly, and a shard may hold all of it when they do not.
+    /// Each shard's nominal share of the capacity (`capacity / shards`, at least 1), which
+    /// sizes its policy's queues.
     pub(crate) share: u64,
+    /// `capacity / shards`, rounded down (0 when there are more shards than capacity): an
+    /// ordinary pass evicts only in a shard that holds more than this, so shards share the
+    /// capacity evenly when keys spread evenly, a shard may hold all of it when they do not,
+    /// and the shares never add up to more than the capacity (a shard at its share never has
+    /// to leave the cache over it).
+    pub(crate) floor_share: u64,
     pub(crate) reserved: crossbeam_utils::CachePadded<crate::sync::AtomicU64>,
 }
 
@@ -74,6 +79,7 @@ impl Bound {
             capacity,
             slack: (capacity / 64).max(1),
             share: (capacity / shards as u64).max(1),
+            floor_share: capacity / shards as u64,
             reserved: crossbeam_utils::CachePadded::new(crate::sync::AtomicU64::new(0)),
         }
     }
