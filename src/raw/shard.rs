@@ -254,12 +254,13 @@ where
             // Acquire: pairs with the Release CAS that linked the successor (so its contents
             // are visible when we follow the link) and with the AcqRel CAS that set the mark.
             let next = node.next.load(Ordering::Acquire);
-            // SAFETY: reached through links while pinned (both the tag and the payload): the node is
-            // initialised (the Acquire load of the link that led here orders its publication
-            // before) and cannot be freed or reused before `_guard` is dropped (node.rs, rules
-            // 2 and 5).
-            if unsafe { node.tag() } == tag
-                // SAFETY: as above.
+            // The node was reached through links while pinned: it is initialised (the Acquire
+            // load of the link that led here orders its publication before) and cannot be
+            // freed or reused before `_guard` is dropped (node.rs, rules 2 and 5).
+            // SAFETY: as just said, for the tag.
+            let node_tag = unsafe { node.tag() };
+            if node_tag == tag
+                // SAFETY: as just said, for the payload.
                 && unsafe { node.with_payload(|k, _| k.borrow() == key) }
             {
                 return Some((cur, node, next));
