@@ -20,7 +20,8 @@
 //! 10,000 sessions of about 200 bytes of data, picked uniformly at random (a fixed sequence
 //! per task).
 
-use std::collections::HashMap;
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -30,8 +31,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use evanesce::integrations::redis::{RedisRecordStore, TieredStore, redis_record_store};
-use serde_json::{Value, json};
-use tower_sessions::session::{Id, Record};
+use tower_sessions::session::Record;
 use tower_sessions::session_store::SessionStore;
 
 const SESSIONS: usize = 10_000;
@@ -97,18 +97,6 @@ impl Drop for RedisServer {
     }
 }
 
-fn data(i: usize) -> HashMap<String, Value> {
-    let mut data = HashMap::new();
-    data.insert("views".into(), json!(i % 97));
-    data.insert(
-        "user".into(),
-        json!({"id": i, "name": format!("user-{i}"), "roles": ["reader", "commenter"]}),
-    );
-    data.insert("csrf".into(), json!(format!("{:032x}", i * 7919)));
-    data.insert("flash".into(), json!([]));
-    data
-}
-
 /// The sessions, and the same sessions with an expiry an hour later (for touch).
 struct Fixture {
     records: Vec<Record>,
@@ -117,21 +105,8 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let now = time::OffsetDateTime::now_utc();
-        let records: Vec<Record> = (0..SESSIONS)
-            .map(|i| Record {
-                id: Id(0x0ed1_5000_0000_0000_0000_0000_0000_0000 + i as i128 * 0x9e37_79b9),
-                data: data(i),
-                expiry_date: now + time::Duration::hours(1),
-            })
-            .collect();
-        let renewed = records
-            .iter()
-            .map(|r| Record {
-                expiry_date: now + time::Duration::hours(2),
-                ..r.clone()
-            })
-            .collect();
+        let (records, renewed) =
+            common::records(SESSIONS, 0x0ed1_5000_0000_0000_0000_0000_0000_0000);
         Self { records, renewed }
     }
 }

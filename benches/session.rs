@@ -21,15 +21,15 @@
 //! thread). Records carry about 200 bytes of data: a view counter, a user object, a CSRF
 //! token and an empty flash list.
 
-use std::collections::HashMap;
+mod common;
+
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use evanesce::integrations::tower_sessions::{RecordStore, record_store};
 use evanesce::session::{Cookie, MemoryStore, Session};
-use serde_json::{Value, json};
-use tower_sessions::session::{Id, Record};
+use tower_sessions::session::Record;
 use tower_sessions::session_store::SessionStore;
 
 const SESSIONS: usize = 100_000;
@@ -54,18 +54,6 @@ impl Op {
     }
 }
 
-fn data(i: usize) -> HashMap<String, Value> {
-    let mut data = HashMap::new();
-    data.insert("views".into(), json!(i % 97));
-    data.insert(
-        "user".into(),
-        json!({"id": i, "name": format!("user-{i}"), "roles": ["reader", "commenter"]}),
-    );
-    data.insert("csrf".into(), json!(format!("{:032x}", i * 7919)));
-    data.insert("flash".into(), json!([]));
-    data
-}
-
 /// The sessions, and the same sessions with an expiry an hour later (for touch).
 struct Fixture {
     records: Vec<Record>,
@@ -77,26 +65,13 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let now = time::OffsetDateTime::now_utc();
-        let records: Vec<Record> = (0..SESSIONS)
-            .map(|i| Record {
-                id: Id(0x5eed_0000_0000_0000_0000_0000_0000_0000 + i as i128 * 0x9e37_79b9),
-                data: data(i),
-                expiry_date: now + time::Duration::hours(1),
-            })
-            .collect();
-        let renewed = records
-            .iter()
-            .map(|r| Record {
-                expiry_date: now + time::Duration::hours(2),
-                ..r.clone()
-            })
-            .collect();
+        let (records, renewed) =
+            common::records(SESSIONS, 0x5eed_0000_0000_0000_0000_0000_0000_0000);
         let ids = records.iter().map(|r| r.id.to_string()).collect();
         let wall = std::time::SystemTime::now();
         let json_session = |i: usize, max_age: Duration| {
             let mut s = Session::with_cookie(Cookie::expiring_in(max_age, wall));
-            for (k, v) in data(i) {
+            for (k, v) in common::data(i) {
                 s.insert(k, v);
             }
             s

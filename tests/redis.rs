@@ -4,6 +4,9 @@
 //! `cargo test` works on a machine without Redis; with `EVANESCE_REDIS_TESTS=required` (which
 //! `.ci/run` sets, after installing the server) a missing server fails every test.
 
+mod common;
+
+use common::{call, count};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -11,16 +14,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
 use axum::routing::get;
 use evanesce::integrations::redis::{
     RedisRecordStore, RedisStore, TieredStore, near_cache, redis_record_store,
 };
 use evanesce::session::{Cookie, Error, Session};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::SessionStore;
 use tower_sessions::{Expiry, SessionManagerLayer};
@@ -638,12 +637,6 @@ async fn save_updates_but_never_brings_back_a_deleted_record() {
     assert!(store.load(&r.id).await.unwrap().is_none());
 }
 
-async fn count(session: tower_sessions::Session) -> String {
-    let n: u64 = session.get("n").await.unwrap().unwrap_or(0) + 1;
-    session.insert("n", n).await.unwrap();
-    n.to_string()
-}
-
 async fn logout(session: tower_sessions::Session) -> &'static str {
     session.delete().await.unwrap();
     "deleted"
@@ -660,29 +653,6 @@ fn app(store: TieredStore) -> Router {
         )
 }
 
-/// One request; returns the body and the `id` cookie the response set, if any.
-async fn call(app: &Router, path: &str, cookie: &str) -> (String, Option<String>) {
-    let mut request = Request::builder().uri(path);
-    if !cookie.is_empty() {
-        request = request.header(header::COOKIE, format!("id={cookie}"));
-    }
-    let response = app
-        .clone()
-        .oneshot(request.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let set_cookie = response
-        .headers()
-        .get(header::SET_COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .and_then(|v| v.trim().strip_prefix("id="))
-        .map(str::to_string);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (String::from_utf8(body.to_vec()).unwrap(), set_cookie)
-}
-
 const BOUND: Duration = Duration::from_millis(300);
 
 async fn tiered(server: &RedisServer) -> TieredStore {
@@ -697,18 +667,18 @@ async fn two_servers_share_a_session_through_redis() {
     let (a_store, b_store) = (tiered(&server).await, tiered(&server).await);
     let (a, b) = (app(a_store.clone()), app(b_store.clone()));
 
-    let (body, cookie) = call(&a, "/", "").await;
+    let (body, cookie) = call(&a, "/", None).await;
     assert_eq!(body, "1");
     let cookie = cookie.expect("a new session sets its cookie");
     // Served from A's near cache.
     assert_eq!(a_store.near().length(), 1);
-    assert_eq!(call(&a, "/", &cookie).await.0, "2");
+    assert_eq!(call(&a, "/", Some(&cookie)).await.0, "2");
     // B has never seen it: it loads it from Redis.
-    assert_eq!(call(&b, "/", &cookie).await.0, "3");
-    assert_eq!(call(&b, "/", &cookie).await.0, "4");
+    assert_eq!(call(&b, "/", Some(&cookie)).await.0, "3");
+    assert_eq!(call(&b, "/", Some(&cookie)).await.0, "4");
     // A's cached copy may lag for the bound; after it, A sees B's writes.
     tokio::time::sleep(BOUND + Duration::from_millis(100)).await;
-    assert_eq!(call(&a, "/", &cookie).await.0, "5");
+    assert_eq!(call(&a, "/", Some(&cookie)).await.0, "5");
     let id: Id = cookie.parse().unwrap();
     let in_redis = a_store.far().get(&id.to_string()).await.unwrap().unwrap();
     assert_eq!(in_redis.data["n"], json!(5));
@@ -721,28 +691,32 @@ async fn a_destroy_on_one_server_is_seen_by_the_other_within_the_bound() {
     };
     let (a_store, b_store) = (tiered(&server).await, tiered(&server).await);
     let (a, b) = (app(a_store.clone()), app(b_store.clone()));
-    let (_, cookie) = call(&a, "/", "").await;
+    let (_, cookie) = call(&a, "/", None).await;
     let cookie = cookie.unwrap();
-    assert_eq!(call(&b, "/", &cookie).await.0, "2");
+    assert_eq!(call(&b, "/", Some(&cookie)).await.0, "2");
     tokio::time::sleep(BOUND + Duration::from_millis(100)).await;
-    assert_eq!(call(&a, "/", &cookie).await.0, "3", "A holds it in memory");
+    assert_eq!(
+        call(&a, "/", Some(&cookie)).await.0,
+        "3",
+        "A holds it in memory"
+    );
 
     let destroyed = Instant::now();
-    assert_eq!(call(&b, "/logout", &cookie).await.0, "deleted");
+    assert_eq!(call(&b, "/logout", Some(&cookie)).await.0, "deleted");
     // Within the bound A may still serve its copy, but its write (SET XX) cannot bring the
     // session back: Redis stays without it.
     let id: Id = cookie.parse().unwrap();
-    let (body, _) = call(&a, "/", &cookie).await;
+    let (body, _) = call(&a, "/", Some(&cookie)).await;
     if destroyed.elapsed() < BOUND {
         assert!(body == "4" || body == "1", "stale or fresh, got {body}");
     }
     assert!(a_store.far().get(&id.to_string()).await.unwrap().is_none());
     // Past the bound, both servers see it gone and start afresh.
     tokio::time::sleep(BOUND.saturating_sub(destroyed.elapsed()) + Duration::from_millis(50)).await;
-    let (body, fresh) = call(&a, "/", &cookie).await;
+    let (body, fresh) = call(&a, "/", Some(&cookie)).await;
     assert_eq!(body, "1", "A sees the destroy");
     assert_ne!(fresh.unwrap(), cookie);
-    assert_eq!(call(&b, "/", &cookie).await.0, "1", "B too");
+    assert_eq!(call(&b, "/", Some(&cookie)).await.0, "1", "B too");
 }
 
 #[tokio::test]

@@ -2,27 +2,20 @@
 //! (`tower::ServiceExt::oneshot`): the cookie carries the session, expiry after inactivity,
 //! `cycle_id`, `flush`, `delete`, tampered and unknown cookies, collisions in `create`.
 
+mod common;
+
+use common::{call, count};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
 use axum::routing::get;
 use evanesce::integrations::tower_sessions::{RecordStore, record_store};
-use http_body_util::BodyExt;
 use quanta::Clock;
-use tower::ServiceExt;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{ExpiredDeletion, SessionStore};
 use tower_sessions::{CachingSessionStore, Expiry, Session, SessionManagerLayer};
 
 const INACTIVITY: i64 = 600;
-
-async fn count(session: Session) -> String {
-    let n: u64 = session.get("n").await.unwrap().unwrap_or(0) + 1;
-    session.insert("n", n).await.unwrap();
-    n.to_string()
-}
 
 async fn cycle(session: Session) -> &'static str {
     session.cycle_id().await.unwrap();
@@ -50,30 +43,6 @@ fn app(store: RecordStore) -> Router {
                 .with_secure(false)
                 .with_expiry(Expiry::OnInactivity(time::Duration::seconds(INACTIVITY))),
         )
-}
-
-/// One request; returns the body and the `id` cookie the response set, if any.
-async fn call(app: &Router, path: &str, cookie: Option<&str>) -> (String, Option<String>) {
-    let mut request = Request::builder().uri(path);
-    if let Some(cookie) = cookie {
-        request = request.header(header::COOKIE, format!("id={cookie}"));
-    }
-    let response = app
-        .clone()
-        .oneshot(request.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let set_cookie = response
-        .headers()
-        .get(header::SET_COOKIE)
-        .map(|v| v.to_str().unwrap().to_string())
-        .and_then(|v| {
-            let first = v.split(';').next()?.trim().to_string();
-            first.strip_prefix("id=").map(str::to_string)
-        });
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (String::from_utf8(body.to_vec()).unwrap(), set_cookie)
 }
 
 fn mock_store() -> (RecordStore, std::sync::Arc<quanta::Mock>) {

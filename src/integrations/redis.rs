@@ -63,9 +63,6 @@ use redis::{Client, Cmd, FromRedisValue, RedisError, Script};
 
 use crate::session::{Error, Ids, JsonSerializer, Serializer, SessionData, TtlFn};
 
-/// memorystore's lifetime for a session whose cookie does not give one.
-const ONE_DAY: Duration = Duration::from_secs(24 * 60 * 60);
-
 /// The longest `PX` sent (about 31,700 years): Redis refuses an expiry whose absolute time
 /// overflows, so longer lifetimes are clamped to this.
 const MAX_PX_MILLIS: u64 = 1_000_000_000_000_000;
@@ -443,10 +440,6 @@ impl<Z: Serializer> RedisStore<Z> {
         let mut cursor = 0u64;
         loop {
             let (next, keys) = self.scan(cursor).await?;
-            let keys: Vec<Vec<u8>> = keys
-                .into_iter()
-                .filter(|key| self.id_of(key).is_some())
-                .collect();
             if !keys.is_empty() {
                 let values: Vec<Option<Vec<u8>>> =
                     self.query(redis::cmd("MGET").arg(&keys)).await?;
@@ -504,10 +497,6 @@ impl<Z: Serializer> RedisStore<Z> {
         let mut cursor = 0u64;
         loop {
             let (next, keys) = self.scan(cursor).await?;
-            let keys: Vec<Vec<u8>> = keys
-                .into_iter()
-                .filter(|key| self.id_of(key).is_some())
-                .collect();
             if !keys.is_empty() {
                 removed += self.query::<usize>(redis::cmd("UNLINK").arg(&keys)).await?;
             }
@@ -555,17 +544,16 @@ impl<Z: Serializer> RedisStore<Z> {
 
     /// The lifetime by memorystore's precedence: `ttl`, `ttl_fn`, the cookie, one day.
     fn ttl_of(&self, session: &Z::Session, id: &str) -> Duration {
-        if let Some(ttl) = self.inner.ttl {
-            return ttl;
-        }
-        if let Some(f) = &self.inner.ttl_fn {
-            return f(session, id);
-        }
-        session
-            .cookie_ttl(std::time::SystemTime::now())
-            .unwrap_or(ONE_DAY)
+        crate::session::lifetime(
+            self.inner.ttl,
+            self.inner.ttl_fn.as_deref(),
+            session,
+            id,
+            std::time::SystemTime::now(),
+        )
     }
 
+    /// One `SCAN` step over the prefix: the next cursor and the keys of this store.
     async fn scan(&self, cursor: u64) -> Result<(u64, Vec<Vec<u8>>), Error> {
         let mut cmd = redis::cmd("SCAN");
         cmd.arg(cursor)
@@ -573,7 +561,13 @@ impl<Z: Serializer> RedisStore<Z> {
             .arg(&self.inner.pattern)
             .arg("COUNT")
             .arg(SCAN_COUNT);
-        self.query(&cmd).await
+        let (next, keys): (u64, Vec<Vec<u8>>) = self.query(&cmd).await?;
+        // MATCH is a glob: keep only the keys that really start with the literal prefix.
+        let keys = keys
+            .into_iter()
+            .filter(|key| self.id_of(key).is_some())
+            .collect();
+        Ok((next, keys))
     }
 
     /// Runs the compare-and-set script on `key` (see [`CAS_SCRIPT`]).

@@ -66,6 +66,27 @@ pub use store::{DisposeFn, Ids, MemoryStore, MemoryStoreBuilder, Options, TtlFn}
 
 pub use crate::RemovalCause;
 
+/// memorystore's lifetime for a session whose cookie does not give one.
+pub(crate) const ONE_DAY: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// A session's lifetime by memorystore's precedence (every store uses it): the `ttl`
+/// option, else `ttl_fn`, else the cookie's remaining lifetime at `now`, else one day.
+pub(crate) fn lifetime<T: SessionData>(
+    ttl: Option<std::time::Duration>,
+    ttl_fn: Option<&TtlFn<T>>,
+    session: &T,
+    id: &str,
+    now: std::time::SystemTime,
+) -> std::time::Duration {
+    if let Some(ttl) = ttl {
+        return ttl;
+    }
+    if let Some(f) = ttl_fn {
+        return f(session, id);
+    }
+    session.cookie_ttl(now).unwrap_or(ONE_DAY)
+}
+
 /// A boxed error from a [`Serializer`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 

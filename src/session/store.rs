@@ -13,9 +13,6 @@ use crate::sweeper::Sweeper;
 use crate::sync::{Arc, AtomicBool, Mutex, MutexGuard, Ordering, Weak, lock};
 use crate::{Cache, RemovalCause, Stats};
 
-/// memorystore's lifetime for a session whose cookie does not give one.
-const ONE_DAY: Duration = Duration::from_secs(24 * 60 * 60);
-
 /// Writer locks per store (`set`, `touch`, `destroy` of one id are serialized; ids spread
 /// over the stripes by hash).
 const STRIPES: usize = 64;
@@ -890,16 +887,15 @@ impl<Z: Serializer> MemoryStore<Z> {
         }
     }
 
-    /// The lifetime by memorystore's precedence: `ttl`, `ttl_fn`, the cookie, one day.
     fn ttl_of(&self, session: &Z::Session, id: &str) -> Duration {
         let inner = &*self.inner;
-        if let Some(ttl) = inner.options.ttl {
-            return ttl;
-        }
-        if let Some(f) = &inner.ttl_fn {
-            return f(session, id);
-        }
-        session.cookie_ttl(self.now()).unwrap_or(ONE_DAY)
+        super::lifetime(
+            inner.options.ttl,
+            inner.ttl_fn.as_deref(),
+            session,
+            id,
+            self.now(),
+        )
     }
 
     /// The writer lock of `id`'s stripe.

@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::session_store::{self, ExpiredDeletion, SessionStore};
 
-use super::{ONE_DAY, RedisStore, RedisStoreBuilder};
+use super::{RedisStore, RedisStoreBuilder};
 use crate::integrations::tower_sessions::{RecordStore, record_store};
+use crate::session::ONE_DAY;
 use crate::session::{Error, JsonSerializer, MemoryStoreBuilder, Serializer, SessionData};
 
 /// A Redis store of tower-sessions records (JSON through serde_json).
