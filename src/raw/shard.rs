@@ -39,7 +39,7 @@ use super::lock::TryLock;
 use super::maint::Maint;
 use super::node::{IDX_MASK, Idx, MARK, NEVER, NIL, Node, UNINIT};
 use super::ring::{Event, EventKind, Ring};
-use super::table::{Table, bucket_of, free_table, new_table};
+use super::table::{Table, bucket_of, free_table, new_table, prefetch_bucket};
 use crate::listener::RemovalCause;
 use crate::stats::Counter;
 use crate::sync::epoch::{self, Guard};
@@ -132,6 +132,16 @@ where
         // replaced table is freed only through the epoch after it became unreachable from
         // here; `_guard` pins this thread, so it outlives the borrow.
         unsafe { Table::from_word(word) }
+    }
+
+    /// Pins this thread for an operation on `hash`, having first started the load of its
+    /// bucket in the current table, so that the cache miss on the bucket overlaps the pin's
+    /// barrier instead of following it (see [`prefetch_bucket`]).
+    #[inline(always)]
+    fn pin_for(&self, hash: u64) -> Guard {
+        // Relaxed: the word is only used as an address to prefetch, never dereferenced.
+        prefetch_bucket(self.table.load(Ordering::Relaxed), hash);
+        epoch::pin()
     }
 
     /// The table being split, during a growth.
@@ -374,7 +384,7 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let guard = epoch::pin();
+        let guard = self.pin_for(hash);
         matches!(self.lookup(hash, key, &guard),
             Some((_, node, next)) if next & MARK == 0 && Self::alive(node, cfg))
     }
@@ -392,7 +402,7 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let guard = epoch::pin();
+        let guard = self.pin_for(hash);
         let found = match self.lookup(hash, key, &guard) {
             Some((idx, node, next)) if next & MARK == 0 && self.alive_on_hit(cfg, idx, node) => {
                 node.touch_freq();
@@ -421,7 +431,7 @@ where
     where
         V: Clone,
     {
-        let guard = epoch::pin();
+        let guard = self.pin_for(hash);
         let Some(idx) = self.arena.alloc() else {
             return Err((key, value));
         };
@@ -524,7 +534,7 @@ where
         Q: Eq + ?Sized,
         V: Clone,
     {
-        let guard = epoch::pin();
+        let guard = self.pin_for(hash);
         loop {
             let (idx, node, next) = self.lookup(hash, key, &guard)?;
             if next & MARK != 0 {
@@ -561,7 +571,7 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let guard = epoch::pin();
+        let guard = self.pin_for(hash);
         let Some((idx, node, next)) = self.lookup(hash, key, &guard) else {
             return false;
         };
@@ -618,7 +628,7 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let guard = epoch::pin();
+        let guard = self.pin_for(hash);
         let (_, node, next) = self.lookup(hash, key, &guard)?;
         if next & MARK != 0 {
             return None;
@@ -645,7 +655,7 @@ where
         Q: Eq + ?Sized,
         V: Clone,
     {
-        let guard = epoch::pin();
+        let guard = self.pin_for(hash);
         let Some((idx, node, next)) = self.lookup(hash, key, &guard) else {
             cfg.stats.read(false);
             return None;
