@@ -56,6 +56,7 @@ mod expire;
 ))]
 pub mod integrations;
 mod listener;
+mod prefetch;
 mod raw;
 #[cfg(all(feature = "session", not(loom)))]
 pub mod session;

@@ -16,6 +16,7 @@
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::marker::PhantomData;
 
+use crate::prefetch::prefetch;
 use crate::sync::AtomicU32;
 
 const ALIGN: usize = 64;
@@ -32,31 +33,15 @@ pub(crate) fn bucket_of(hash: u64, mask: u32) -> usize {
 /// `word`, before the caller pins (a pin is a full barrier: loads after it cannot start
 /// early, but a prefetch issued before it proceeds while it runs).
 ///
-/// `word` may be stale and its table already freed: a prefetch reads nothing architecturally
-/// and cannot fault, and the address is computed with wrapping arithmetic, so no pointer to
-/// freed memory is ever dereferenced. The lookup that follows loads the bucket properly,
-/// under the pin.
+/// `word` may be stale and its table already freed: the address is computed with wrapping
+/// arithmetic and only prefetched (see [`prefetch`]), never dereferenced. The lookup that
+/// follows loads the bucket properly, under the pin.
 #[inline(always)]
 pub(crate) fn prefetch_bucket(word: usize, hash: u64) {
-    #[cfg(all(not(loom), any(target_arch = "x86_64", target_arch = "x86")))]
-    {
-        #[cfg(target_arch = "x86")]
-        use std::arch::x86::{_MM_HINT_T0, _mm_prefetch};
-        #[cfg(target_arch = "x86_64")]
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let shift = (word & SHIFT_BITS) as u32;
-        let mask = ((1u64 << shift) - 1) as u32;
-        let base = (word & !SHIFT_BITS) as *const AtomicU32;
-        let addr = base.wrapping_add(bucket_of(hash, mask));
-        // SAFETY: `_mm_prefetch` is a hint: it does not access memory in the sense of the
-        // memory model, never faults (whatever the address, mapped or not), and SSE is part of
-        // every x86-64 target (and of every x86 target Rust supports with `std::arch` SSE).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(addr as *const i8) };
-    }
-    #[cfg(not(all(not(loom), any(target_arch = "x86_64", target_arch = "x86"))))]
-    {
-        let _ = (word, hash);
-    }
+    let shift = (word & SHIFT_BITS) as u32;
+    let mask = ((1u64 << shift) - 1) as u32;
+    let base = (word & !SHIFT_BITS) as *const AtomicU32;
+    prefetch(base.wrapping_add(bucket_of(hash, mask)));
 }
 
 fn layout(len: usize) -> Layout {
