@@ -66,7 +66,7 @@ mod sweeper;
 mod sync;
 
 pub use builder::{BuildError, CacheBuilder, MAX_SHARDS};
-pub use cache::{Cache, Iter};
+pub use cache::{Cache, Iter, Pinned};
 pub use listener::RemovalCause;
 pub use stats::Stats;
 

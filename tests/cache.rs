@@ -287,3 +287,82 @@ fn iter_is_a_snapshot_of_live_entries() {
     let expected: Vec<_> = (0..1000).filter(|i| i % 2 == 1).map(|i| (i, i)).collect();
     assert_eq!(got, expected);
 }
+
+#[test]
+fn pinned_reads_agree_with_plain_reads() {
+    let (clock, mock) = quanta::Clock::mock();
+    let cache: Cache<String, u64> = Cache::builder()
+        .clock(clock)
+        .record_stats(true)
+        .build()
+        .unwrap();
+    for i in 0..500u64 {
+        cache.insert(i.to_string(), i);
+    }
+    for i in (0..500u64).step_by(3) {
+        cache.remove(i.to_string().as_str());
+    }
+    cache.insert_with_ttl("short".to_string(), 7, std::time::Duration::from_secs(1));
+    let before = cache.stats();
+    {
+        let pinned = cache.pin();
+        for i in 0..600u64 {
+            let key = i.to_string();
+            let expected = (i < 500 && i % 3 != 0).then_some(i);
+            assert_eq!(pinned.get(key.as_str()), expected, "get {key}");
+            assert_eq!(
+                pinned.get_with(key.as_str(), |v| v * 2),
+                expected.map(|v| v * 2)
+            );
+            assert_eq!(pinned.contains_key(key.as_str()), expected.is_some());
+        }
+        assert_eq!(pinned.get("short"), Some(7));
+        // Expiry is exact through a pinned handle too.
+        mock.increment(std::time::Duration::from_secs(1));
+        assert_eq!(pinned.get("short"), None);
+        assert!(!pinned.contains_key("short"));
+    }
+    // Hits and misses are counted as for plain reads (contains_key counts neither).
+    let after = cache.stats();
+    let live = (0..500u64).filter(|i| i % 3 != 0).count() as u64;
+    assert_eq!(after.hits - before.hits, 2 * live + 1);
+    assert_eq!(after.misses - before.misses, 2 * (600 - live) + 1);
+}
+
+/// While a `Pinned` handle lives, a replaced value stays in memory (a reader could still hold
+/// it); once the handle is dropped, it is freed.
+#[test]
+fn a_pinned_handle_holds_back_reclamation_until_dropped() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let cache: Cache<u32, Counted> = Cache::builder().shards(1).build().unwrap();
+    cache.insert(1, Counted::new(&live));
+    let pinned = cache.pin();
+    let first = pinned.get_with(&1, |v| Arc::as_ptr(&v.0) as usize);
+    assert!(first.is_some());
+    cache.insert(1, Counted::new(&live));
+    cache.run_pending_tasks();
+    for _ in 0..1_000 {
+        crossbeam_epoch::pin().flush();
+    }
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        2,
+        "the replaced value was freed while pinned"
+    );
+    assert!(pinned.get(&1).is_some());
+    drop(pinned);
+    cache.run_pending_tasks();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while live.load(Ordering::SeqCst) != 1 && std::time::Instant::now() < deadline {
+        crossbeam_epoch::pin().flush();
+        thread::yield_now();
+    }
+    assert_eq!(
+        live.load(Ordering::SeqCst),
+        1,
+        "the replaced value was never freed"
+    );
+    drop(cache);
+    settle(&live);
+    assert_eq!(live.load(Ordering::SeqCst), 0);
+}

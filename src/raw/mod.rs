@@ -26,6 +26,7 @@ use std::hash::{BuildHasher, Hash};
 use crate::clock::TimeSource;
 use crate::listener::{ListenerFn, RemovalCause};
 use crate::stats::StatsCounters;
+use crate::sync::epoch::Guard;
 use shard::{Inserted, Shard};
 
 /// Settings and services shared by the shards of one cache.
@@ -177,6 +178,28 @@ where
     {
         let hash = self.cfg.hash(key);
         self.shard(hash).contains(&self.cfg, hash, key)
+    }
+
+    /// [`read`](Self::read) under a guard the caller holds (no pin of its own).
+    #[inline]
+    pub(crate) fn read_in<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R, guard: &Guard) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.cfg.hash(key);
+        self.shard(hash).read_in(&self.cfg, hash, key, f, guard)
+    }
+
+    /// [`contains`](Self::contains) under a guard the caller holds.
+    #[inline]
+    pub(crate) fn contains_in<Q>(&self, key: &Q, guard: &Guard) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.cfg.hash(key);
+        self.shard(hash).contains_in(&self.cfg, hash, key, guard)
     }
 
     /// Stores `key -> value` with a per-entry time to live in ns (`None`: the cache's

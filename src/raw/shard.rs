@@ -385,7 +385,23 @@ where
         Q: Eq + ?Sized,
     {
         let guard = self.pin_for(hash);
-        matches!(self.lookup(hash, key, &guard),
+        self.contains_in(cfg, hash, key, &guard)
+    }
+
+    /// [`contains`](Self::contains) under a guard the caller holds.
+    #[inline]
+    pub(crate) fn contains_in<Q, S>(
+        &self,
+        cfg: &Config<K, V, S>,
+        hash: u64,
+        key: &Q,
+        guard: &Guard,
+    ) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        matches!(self.lookup(hash, key, guard),
             Some((_, node, next)) if next & MARK == 0 && Self::alive(node, cfg))
     }
 
@@ -403,7 +419,24 @@ where
         Q: Eq + ?Sized,
     {
         let guard = self.pin_for(hash);
-        let found = match self.lookup(hash, key, &guard) {
+        self.read_in(cfg, hash, key, f, &guard)
+    }
+
+    /// [`read`](Self::read) under a guard the caller holds.
+    #[inline]
+    pub(crate) fn read_in<Q, S, R>(
+        &self,
+        cfg: &Config<K, V, S>,
+        hash: u64,
+        key: &Q,
+        f: impl FnOnce(&V) -> R,
+        guard: &Guard,
+    ) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let found = match self.lookup(hash, key, guard) {
             Some((idx, node, next)) if next & MARK == 0 && self.alive_on_hit(cfg, idx, node) => {
                 node.touch_freq();
                 // SAFETY: found while pinned (see `find`).
