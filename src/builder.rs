@@ -288,6 +288,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             listener: self.listener,
             time: TimeSource::new(self.clock.unwrap_or_default()),
             stats: StatsCounters::new(self.record_stats, parallelism * 2),
+            hit_work: self.record_stats || self.max_capacity.is_some(),
             drain_threshold: DRAIN_THRESHOLD,
             ttl,
             tti,

@@ -1073,6 +1073,7 @@ mod tests {
             tti: crate::raw::node::NEVER,
             bound: None,
             weigher: None,
+            hit_work: false,
         };
         let layout = Layout {
             shards: 1,

@@ -46,6 +46,10 @@ pub(crate) struct Config<K, V, S> {
     pub(crate) bound: Option<Bound>,
     /// Weighs an entry (`None`: every entry weighs 1).
     pub(crate) weigher: Option<Box<WeigherFn<K, V>>>,
+    /// Whether a read has anything to record besides finding the entry: hits and misses
+    /// counted (`record_stats`) or a CLOCK counter to bump (a bound). One flag, so that the
+    /// common read of an unbounded cache tests one byte instead of two fields.
+    pub(crate) hit_work: bool,
 }
 
 /// The weigher as stored by the cache.
@@ -366,7 +370,7 @@ where
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::sync::epoch;
+    use crate::sync::{Ordering, epoch};
 
     fn raw(shards: usize, buckets: usize) -> RawCache<u64, u64, ahash::RandomState> {
         raw_with(ahash::RandomState::new(), shards, buckets)
@@ -395,8 +399,25 @@ mod tests {
             tti: node::NEVER,
             bound: None,
             weigher: None,
+            hit_work: false,
         };
         RawCache::new(layout, cfg)
+    }
+
+    /// An unbounded cache has no eviction policy, so a hit writes nothing, not even the CLOCK
+    /// counter (it used to bump it to its cap: a store to the node's line on the first hits).
+    #[test]
+    fn an_unbounded_hit_writes_nothing() {
+        let cache = raw(1, 8);
+        cache.insert(7, 70, None, 1, false).ok().unwrap();
+        for _ in 0..5 {
+            assert_eq!(cache.read(&7, |v| *v), Some(70));
+        }
+        let hash = cache.cfg.hash(&7u64);
+        let guard = epoch::pin();
+        let (_, node, _) = cache.shards[0].lookup(hash, &7u64, &guard).unwrap();
+        // Relaxed: single-threaded test.
+        assert_eq!(node.freq.load(Ordering::Relaxed), 0);
     }
 
     /// Growth runs to completion: after enough passes (each needing a grace period between

@@ -318,6 +318,16 @@ where
         true
     }
 
+    /// What a hit records: the CLOCK bump (only the eviction policy of a bounded cache reads
+    /// the counter, so an unbounded cache's hits write nothing) and the hit counter.
+    #[inline]
+    fn record_hit<S>(cfg: &Config<K, V, S>, node: &Node<K, V>) {
+        if cfg.bound.is_some() {
+            node.touch_freq();
+        }
+        cfg.stats.read(true);
+    }
+
     /// The weight of node `idx` (1 without a weigher).
     #[inline]
     pub(super) fn weight_of<S>(&self, cfg: &Config<K, V, S>, idx: Idx) -> u64 {
@@ -436,16 +446,19 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let found = match self.lookup(hash, key, guard) {
+        match self.lookup(hash, key, guard) {
             Some((idx, node, next)) if next & MARK == 0 && self.alive_on_hit(cfg, idx, node) => {
-                node.touch_freq();
+                if cfg.hit_work {
+                    Self::record_hit(cfg, node);
+                }
                 // SAFETY: found while pinned (see `find`).
                 Some(unsafe { node.with_payload(|_, v| f(v)) })
             }
-            _ => None,
-        };
-        cfg.stats.read(found.is_some());
-        found
+            _ => {
+                cfg.stats.read(false);
+                None
+            }
+        }
     }
 
     /// Inserts `key -> value` (or, with `only_if_absent`, only if `key` has no live value),
@@ -698,8 +711,7 @@ where
             return None;
         }
         if self.alive_on_hit(cfg, idx, node) {
-            node.touch_freq();
-            cfg.stats.read(true);
+            Self::record_hit(cfg, node);
             // SAFETY: found while pinned (see `find`).
             return Some((unsafe { node.with_payload(|_, v| v.clone()) }, false));
         }
