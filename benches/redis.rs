@@ -22,6 +22,8 @@
 
 mod common;
 
+use common::Op;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -108,23 +110,6 @@ impl Fixture {
         let (records, renewed) =
             common::records(SESSIONS, 0x0ed1_5000_0000_0000_0000_0000_0000_0000);
         Self { records, renewed }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Op {
-    Get,
-    Set,
-    Touch,
-}
-
-impl Op {
-    fn name(self) -> &'static str {
-        match self {
-            Op::Get => "get",
-            Op::Set => "set",
-            Op::Touch => "touch",
-        }
     }
 }
 

@@ -23,6 +23,8 @@
 
 mod common;
 
+use common::Op;
+
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -36,23 +38,6 @@ const SESSIONS: usize = 100_000;
 const THREADS: usize = 2;
 /// Operations per thread in one criterion iteration.
 const ITER_OPS: u64 = 1 << 10;
-
-#[derive(Clone, Copy)]
-enum Op {
-    Get,
-    Set,
-    Touch,
-}
-
-impl Op {
-    fn name(self) -> &'static str {
-        match self {
-            Op::Get => "get",
-            Op::Set => "set",
-            Op::Touch => "touch",
-        }
-    }
-}
 
 /// The sessions, and the same sessions with an expiry an hour later (for touch).
 struct Fixture {

@@ -5,25 +5,35 @@
 //! memory model, never faults whatever the address (mapped, unmapped, freed), and has no
 //! effect on program behaviour, only on timing. Callers may therefore prefetch addresses they
 //! could not legally dereference (a table that may already be retired), provided they compute
-//! them with wrapping arithmetic. On targets without a stable prefetch intrinsic, and under
-//! loom, it does nothing.
+//! them with wrapping arithmetic. On targets without a stable prefetch intrinsic (or 32-bit x86
+//! without SSE), and under loom, it does nothing.
 
 /// Starts loading the cache line that holds `*p` into every cache level.
 #[inline(always)]
 pub(crate) fn prefetch<T>(p: *const T) {
-    #[cfg(all(not(loom), any(target_arch = "x86_64", target_arch = "x86")))]
+    #[cfg(all(
+        not(loom),
+        any(
+            target_arch = "x86_64",
+            all(target_arch = "x86", target_feature = "sse")
+        )
+    ))]
     {
         #[cfg(target_arch = "x86")]
         use std::arch::x86::{_MM_HINT_T0, _mm_prefetch};
         #[cfg(target_arch = "x86_64")]
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: `_mm_prefetch` is a hint: it does not access memory in the sense of the
-        // memory model and never faults, whatever the address; its only requirement is SSE,
-        // which every x86-64 target has (and every x86 target with `std::arch`'s SSE
-        // intrinsics enabled by default).
+        // SAFETY: a prefetch never faults and reads nothing, whatever the address; it needs
+        // only SSE, which the cfg above guarantees (x86-64 always has it).
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) };
     }
-    #[cfg(not(all(not(loom), any(target_arch = "x86_64", target_arch = "x86"))))]
+    #[cfg(not(all(
+        not(loom),
+        any(
+            target_arch = "x86_64",
+            all(target_arch = "x86", target_feature = "sse")
+        )
+    )))]
     {
         let _ = p;
     }

@@ -39,3 +39,21 @@ pub fn records(n: usize, id_base: i128) -> (Vec<Record>, Vec<Record>) {
         .collect();
     (records, renewed)
 }
+
+/// A session operation measured by both benchmarks.
+#[derive(Clone, Copy)]
+pub enum Op {
+    Get,
+    Set,
+    Touch,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Set => "set",
+            Op::Touch => "touch",
+        }
+    }
+}
