@@ -24,6 +24,8 @@
 //! - `WORKLOADS` (default all): comma-separated subset of
 //!   `get_hit,get_miss,mixed_100,mixed_90,insert`.
 //! - `THREADS` (default `1,2`): comma-separated thread counts.
+//! - `CACHES` (default all): comma-separated subset of the peers (`evanesce` always runs), e.g.
+//!   `quick_cache,moka`.
 //!
 //! A default run takes about 3 minutes on 2 cores (more when the machine is busy), a third
 //! of it building and populating caches (moka's populate and drop take about a second each).
@@ -622,7 +624,12 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let variants = variants();
+    let mut variants = variants();
+    // `CACHES=evanesce,quick_cache`: only those (evanesce, the ratios' numerator, always).
+    if let Ok(keep) = std::env::var("CACHES") {
+        let keep: Vec<&str> = keep.split(',').map(str::trim).collect();
+        variants.retain(|v| v.name == "evanesce" || keep.contains(&v.name));
+    }
     let parallelism = thread::available_parallelism().map_or(1, |n| n.get());
     let max_threads = s.threads.iter().copied().max().unwrap_or(1);
 

@@ -82,6 +82,7 @@ pub struct CacheBuilder<K, V, S = ahash::RandomState> {
     check_period: Option<Duration>,
     max_capacity: Option<u64>,
     weigher: Option<Box<WeigherFn<K, V>>>,
+    huge_pages: bool,
     _types: PhantomData<fn(K, V)>,
 }
 
@@ -99,6 +100,7 @@ impl<K, V> CacheBuilder<K, V, ahash::RandomState> {
             check_period: None,
             max_capacity: None,
             weigher: None,
+            huge_pages: true,
             _types: PhantomData,
         }
     }
@@ -133,6 +135,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             check_period: self.check_period,
             max_capacity: self.max_capacity,
             weigher: self.weigher,
+            huge_pages: self.huge_pages,
             _types: PhantomData,
         }
     }
@@ -215,6 +218,17 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         self
     }
 
+    /// Whether bucket tables and node memory of 2 MiB or more are advised onto transparent
+    /// huge pages (`madvise(MADV_HUGEPAGE)` on Linux; elsewhere nothing). Default: on. Large
+    /// caches read faster with it (a lookup's random accesses then rarely miss the TLB);
+    /// memory is committed in 2 MiB steps (at most one partly used huge page per shard's node
+    /// chunk), and where the kernel compacts memory to find a huge page, the first touch of
+    /// a page can take longer. Caches under 2 MiB per shard are unaffected.
+    pub fn huge_pages(mut self, advise: bool) -> Self {
+        self.huge_pages = advise;
+        self
+    }
+
     /// Builds the cache, or says which setting is invalid.
     pub fn build(self) -> Result<Cache<K, V, S>, BuildError>
     where
@@ -282,6 +296,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             buckets_per_shard,
             entries_per_shard: per_shard,
             ring,
+            huge_pages: self.huge_pages,
         };
         let cfg = Config {
             hasher: self.hasher,
@@ -344,6 +359,7 @@ impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
             .field("check_period", &self.check_period)
             .field("max_capacity", &self.max_capacity)
             .field("weigher", &self.weigher.is_some())
+            .field("huge_pages", &self.huge_pages)
             .finish_non_exhaustive()
     }
 }

@@ -23,6 +23,7 @@ use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::ptr;
 
 use super::node::{IDX_MASK, Idx, LIFE_LIVE, MAX_NODES, NIL, Node};
+use super::pages;
 use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 /// log2 of the smallest first chunk.
@@ -46,6 +47,8 @@ pub(crate) struct Arena<K, V> {
     first: *mut Node<K, V>,
     /// log2 of chunk 0's length.
     first_shift: u32,
+    /// Whether chunks of a huge page or more are advised onto huge pages (see `pages`).
+    huge: bool,
     chunks: [AtomicPtr<Node<K, V>>; NCHUNKS],
     /// Slots `0..fresh` have been handed out at least once (and their headers initialised).
     fresh: AtomicU32,
@@ -61,8 +64,9 @@ unsafe impl<K: Send + Sync, V: Send + Sync> Send for Arena<K, V> {}
 unsafe impl<K: Send + Sync, V: Send + Sync> Sync for Arena<K, V> {}
 
 impl<K, V> Arena<K, V> {
-    /// An arena whose first chunk holds at least `expected` slots.
-    pub(crate) fn new(expected: usize) -> Self {
+    /// An arena whose first chunk holds at least `expected` slots; with `huge`, its chunks of
+    /// a huge page or more are advised onto huge pages.
+    pub(crate) fn new(expected: usize, huge: bool) -> Self {
         // A quarter of slack: shards are not all equally loaded, and a slot stays taken for a
         // grace period after its entry is removed.
         let slack = expected.saturating_add(expected / 4);
@@ -73,12 +77,18 @@ impl<K, V> Arena<K, V> {
         let mut arena = Self {
             first: ptr::null_mut(),
             first_shift,
+            huge,
             chunks: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
             fresh: AtomicU32::new(0),
             free: AtomicU64::new(NIL as u64),
         };
         arena.first = arena.ensure_chunk(0);
         arena
+    }
+
+    /// Whether this arena's large chunks are advised onto huge pages (tables follow it).
+    pub(crate) fn huge(&self) -> bool {
+        self.huge
     }
 
     /// Chunk number and offset of slot `idx`.
@@ -95,13 +105,16 @@ impl<K, V> Arena<K, V> {
     }
 
     fn chunk_layout(&self, chunk: usize) -> Layout {
-        match Layout::array::<Node<K, V>>(self.chunk_len(chunk))
-            .and_then(|layout| layout.align_to(CHUNK_ALIGN))
-        {
-            Ok(layout) => layout,
+        let layout = Layout::array::<Node<K, V>>(self.chunk_len(chunk))
+            .ok()
+            .and_then(|array| {
+                pages::layout(array.size(), array.align().max(CHUNK_ALIGN), self.huge)
+            });
+        match layout {
+            Some(layout) => layout,
             // Unreachable for any node size that fits in memory: chunk sizes are bounded by
             // MAX_NODES slots. Treat like an allocation failure rather than panicking.
-            Err(_) => handle_alloc_error(Layout::new::<Node<K, V>>()),
+            None => handle_alloc_error(Layout::new::<Node<K, V>>()),
         }
     }
 
@@ -207,6 +220,7 @@ impl<K, V> Arena<K, V> {
         if fresh.is_null() {
             handle_alloc_error(layout);
         }
+        pages::advise(fresh.cast(), layout);
         // Release on success: publishes the allocation to every thread that later loads the
         // pointer. Acquire on failure: we will use the winner's chunk.
         match self.chunks[chunk].compare_exchange(
@@ -432,10 +446,28 @@ impl<K, V> Drop for Arena<K, V> {
 mod tests {
     use super::*;
 
+    /// A first chunk of a huge page or more is huge-page aligned and, on Linux, carries the
+    /// MADV_HUGEPAGE advice (the `hg` flag of its mapping); without `huge` it carries neither.
+    #[test]
+    fn large_chunks_are_advised_onto_huge_pages() {
+        // 2^17 slots of 32 bytes: a 4 MiB first chunk.
+        let entries = 100_000;
+        let advised: Arena<u64, u64> = Arena::new(entries, true);
+        let plain: Arena<u64, u64> = Arena::new(entries, false);
+        assert_eq!(advised.first as usize % pages::HUGE_PAGE, 0);
+        #[cfg(target_os = "linux")]
+        {
+            assert!(pages::tests::advised(advised.first as usize));
+            assert!(!pages::tests::advised(plain.first as usize));
+        }
+        let small: Arena<u64, u64> = Arena::new(100, true);
+        assert_eq!(small.chunk_layout(0).align(), CHUNK_ALIGN);
+    }
+
     #[test]
     fn locate_is_dense_and_geometric() {
         for expected_entries in [0, 31, 32, 33, 1000, 1 << 20] {
-            let arena: Arena<u64, u64> = Arena::new(expected_entries);
+            let arena: Arena<u64, u64> = Arena::new(expected_entries, false);
             let mut expected = (0usize, 0usize);
             for idx in 0..10_000u32 {
                 let got = arena.locate(idx);
@@ -458,7 +490,7 @@ mod tests {
     fn nodes_never_straddle_a_cache_line() {
         assert_eq!(std::mem::size_of::<Node<u64, u64>>(), 32);
         for expected_entries in [0, 1000, 100_000] {
-            let arena: Arena<u64, u64> = Arena::new(expected_entries);
+            let arena: Arena<u64, u64> = Arena::new(expected_entries, false);
             for _ in 0..(expected_entries * 2).max(300) {
                 let idx = arena.alloc().unwrap();
                 let start = arena.node(idx) as *const Node<u64, u64> as usize;
@@ -474,7 +506,7 @@ mod tests {
 
     #[test]
     fn slots_beyond_the_first_chunk() {
-        let arena: Arena<u64, u64> = Arena::new(0);
+        let arena: Arena<u64, u64> = Arena::new(0, false);
         let idx: Vec<u32> = (0..200).map(|_| arena.alloc().unwrap()).collect();
         for (i, &x) in idx.iter().enumerate() {
             // SAFETY: private slots.
@@ -493,7 +525,7 @@ mod tests {
 
     #[test]
     fn alloc_release_reuses_slots() {
-        let arena: Arena<u64, String> = Arena::new(0);
+        let arena: Arena<u64, String> = Arena::new(0, false);
         let a = arena.alloc().unwrap();
         let b = arena.alloc().unwrap();
         assert_ne!(a, b);

@@ -1080,6 +1080,7 @@ mod tests {
             buckets_per_shard: 8,
             entries_per_shard: 0,
             ring: 128,
+            huge_pages: false,
         };
         let cache: RawCache<Touchy, u64, _> = RawCache::new(layout, cfg);
         let shard = &cache.shards[0];

@@ -16,6 +16,7 @@ pub(crate) mod arena;
 pub(crate) mod lock;
 pub(crate) mod maint;
 pub(crate) mod node;
+pub(crate) mod pages;
 pub(crate) mod ring;
 pub(crate) mod shard;
 pub(crate) mod table;
@@ -123,6 +124,8 @@ pub(crate) struct Layout {
     pub(crate) buckets_per_shard: usize,
     /// Expected entries per shard (sizes the arena's first chunk).
     pub(crate) entries_per_shard: usize,
+    /// Whether large tables and arena chunks are advised onto huge pages.
+    pub(crate) huge_pages: bool,
     pub(crate) ring: usize,
 }
 
@@ -147,6 +150,7 @@ where
                         layout.buckets_per_shard,
                         layout.entries_per_shard,
                         layout.ring,
+                        layout.huge_pages,
                     )
                 })
                 .collect(),
@@ -388,6 +392,7 @@ mod tests {
             buckets_per_shard: buckets,
             entries_per_shard: 0,
             ring: 128,
+            huge_pages: false,
         };
         let cfg = Config {
             hasher,

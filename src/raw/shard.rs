@@ -105,10 +105,10 @@ where
     K: Eq + std::hash::Hash + Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
-    pub(crate) fn new(buckets: usize, entries: usize, ring: usize) -> Self {
-        let arena = Arena::new(entries);
+    pub(crate) fn new(buckets: usize, entries: usize, ring: usize, huge: bool) -> Self {
+        let arena = Arena::new(entries, huge);
         Self {
-            table: AtomicUsize::new(new_table(buckets, NIL)),
+            table: AtomicUsize::new(new_table(buckets, NIL, huge)),
             old: AtomicUsize::new(0),
             lifetime: Column::new(&arena),
             cap: Column::new(&arena),
@@ -957,7 +957,8 @@ where
         self.old.store(current.word(), Ordering::Release);
         // Release: publishes the new table; pairs with the Acquire loads in `current`.
         debug_assert!(len > current.len() && len.is_power_of_two());
-        self.table.store(new_table(len, UNINIT), Ordering::Release);
+        self.table
+            .store(new_table(len, UNINIT, self.arena.huge()), Ordering::Release);
     }
 }
 

@@ -16,6 +16,7 @@
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
 use std::marker::PhantomData;
 
+use super::pages;
 use crate::prefetch::prefetch;
 use crate::sync::AtomicU32;
 
@@ -44,22 +45,28 @@ pub(crate) fn prefetch_bucket(word: usize, hash: u64) {
     prefetch(base.wrapping_add(bucket_of(hash, mask)));
 }
 
+/// The layout of a table of `len` buckets: cache-line aligned, and huge-page aligned when it
+/// spans a huge page (whether or not it was advised, so that `free_table` needs no flag).
 fn layout(len: usize) -> Layout {
-    match Layout::from_size_align(len * std::mem::size_of::<AtomicU32>(), ALIGN) {
-        Ok(layout) => layout,
-        Err(_) => handle_alloc_error(Layout::new::<AtomicU32>()),
+    match pages::layout(len * std::mem::size_of::<AtomicU32>(), ALIGN, true) {
+        Some(layout) => layout,
+        None => handle_alloc_error(Layout::new::<AtomicU32>()),
     }
 }
 
 /// Allocates a table of `len` (a power of two, at most 2^31) buckets, all set to `fill`, and
-/// returns its tagged word. The caller owns it until it publishes it.
-pub(crate) fn new_table(len: usize, fill: u32) -> usize {
+/// returns its tagged word; with `huge`, a table of a huge page or more is advised onto huge
+/// pages. The caller owns it until it publishes it.
+pub(crate) fn new_table(len: usize, fill: u32, huge: bool) -> usize {
     debug_assert!(len.is_power_of_two() && len <= 1 << 31);
     let layout = layout(len);
     // SAFETY: the layout has a non-zero size (len >= 1).
     let base = unsafe { alloc(layout) } as *mut AtomicU32;
     if base.is_null() {
         handle_alloc_error(layout);
+    }
+    if huge {
+        pages::advise(base.cast(), layout);
     }
     for i in 0..len {
         // SAFETY: `i < len`, inside the allocation; the memory is uninitialised, so `write`.
@@ -144,5 +151,29 @@ impl<'g> Table<'g> {
     #[inline]
     pub(crate) fn bucket(self, hash: u64) -> &'g AtomicU32 {
         self.at(bucket_of(hash, self.mask()))
+    }
+}
+
+#[cfg(all(test, target_os = "linux", not(loom)))]
+mod tests {
+    use super::*;
+    use crate::raw::node::NIL;
+
+    /// A table of a huge page or more is huge-page aligned, and advised only when asked.
+    #[test]
+    fn large_tables_are_advised_onto_huge_pages() {
+        // 2^20 buckets: 4 MiB.
+        let advised = new_table(1 << 20, NIL, true);
+        let plain = new_table(1 << 20, NIL, false);
+        for word in [advised, plain] {
+            assert_eq!((word & !SHIFT_BITS) % pages::HUGE_PAGE, 0);
+        }
+        assert!(pages::tests::advised(advised & !SHIFT_BITS));
+        assert!(!pages::tests::advised(plain & !SHIFT_BITS));
+        // SAFETY: made above, never shared, freed once.
+        unsafe {
+            free_table(advised);
+            free_table(plain);
+        }
     }
 }
