@@ -132,6 +132,57 @@ fn a_scan_does_not_evict_the_working_set() {
     assert!(cache.len() <= 2000);
 }
 
+/// A new value for a popular key keeps the key's standing: a working set that was rewritten
+/// survives eviction pressure as well as one that was not. (When a replacement entered the
+/// cache like a new key, with no hits on record, every rewritten key was evicted here, and
+/// none of the untouched ones.)
+#[test]
+fn rewritten_hot_keys_keep_their_standing() {
+    let survivors = |rewrite: bool| {
+        let cache: Cache<u64, u64> = Cache::builder()
+            .shards(1)
+            .max_capacity(1000)
+            .build()
+            .unwrap();
+        let hot: Vec<u64> = (0..300).collect();
+        // Popular keys, among a stream of others that also reach the main queue.
+        for round in 0..6u64 {
+            for &k in &hot {
+                if cache.get(&k).is_none() {
+                    cache.insert(k, k);
+                }
+            }
+            for j in 0..300u64 {
+                let k = 10_000 + round * 300 + j;
+                cache.insert(k, k);
+                cache.get(&k);
+            }
+        }
+        if rewrite {
+            for &k in &hot {
+                cache.insert(k, k + 1);
+            }
+        }
+        // Pressure: keys that are used twice (promoted out of probation), none of the hot set.
+        for j in 0..1500u64 {
+            let k = 1_000_000 + j;
+            cache.insert(k, k);
+            cache.get(&k);
+        }
+        cache.run_pending_tasks();
+        hot.iter().filter(|&&k| cache.contains_key(&k)).count()
+    };
+    let (kept, rewritten) = (survivors(false), survivors(true));
+    assert!(
+        kept >= 250,
+        "only {kept} of 300 hot keys survived untouched"
+    );
+    assert!(
+        rewritten + 15 >= kept,
+        "{rewritten} of 300 rewritten hot keys survived, against {kept} untouched"
+    );
+}
+
 /// A hasher that leaves the top bits (the shard) at zero: every key lands in shard 0.
 #[derive(Clone, Default)]
 struct AllInOneShard;

@@ -6,9 +6,10 @@ pub(crate) mod policy;
 #[cfg(all(test, not(loom)))]
 mod exact_model {
     //! With one shard, the cache's eviction decisions equal a reference model's: the same
-    //! policy driven directly, with the same hashes, in the same order (a new entry is admitted,
-    //! a replaced or removed one leaves, and when the cache is over capacity the policy names
-    //! victims until it is not). The key sets must match after every operation.
+    //! policy driven directly, with the same hashes, in the same order (a new key is admitted,
+    //! a new value takes its key's place and count, a removed entry leaves, and when the cache
+    //! is over capacity the policy names victims until it is not). The key sets must match
+    //! after every operation.
 
     use std::collections::HashMap;
     use std::collections::hash_map::DefaultHasher;
@@ -79,9 +80,13 @@ mod exact_model {
         fn insert(&mut self, key: u16, value: u64) {
             let id = self.fresh_id(key);
             let hash = self.hasher.hash_one(key);
-            self.policy.insert(id, hash, 1);
-            if let Some((old, _)) = self.map.insert(key, (id, value)) {
-                self.policy.remove(old);
+            match self.map.insert(key, (id, value)) {
+                // A new value for a resident key takes the old one's place and its count.
+                Some((old, _)) => {
+                    self.counter[id as usize] = self.counter[old as usize];
+                    assert!(self.policy.replace(old, id, 1));
+                }
+                None => self.policy.insert(id, hash, 1),
             }
             while self.map.len() as u64 > self.capacity {
                 let mut access = Access {

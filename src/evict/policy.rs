@@ -273,15 +273,7 @@ impl Policy {
     pub(crate) fn insert(&mut self, id: u32, hash: u64, weight: u32) {
         debug_assert!(id != NIL, "id u32::MAX is reserved");
         let i = id as usize;
-        if self.next.len() <= i {
-            let len = (i + 1).next_power_of_two();
-            self.next.resize(len, NIL);
-            self.prev.resize(len, NIL);
-            self.tag.resize(len, Q_NONE);
-            if let Some(w) = &mut self.weight {
-                w.resize(len, 0);
-            }
-        }
+        self.make_room_for(i);
         if self.tag[i] & Q_MASK != Q_NONE {
             // An id is reinserted only after it was removed; should that ever be broken,
             // forget the stale membership rather than corrupt the queues.
@@ -311,6 +303,68 @@ impl Policy {
             }
         }
         self.push_tail(Q_SMALL, id);
+    }
+
+    /// Grows the per-id tables to hold id `i`.
+    fn make_room_for(&mut self, i: usize) {
+        if self.next.len() <= i {
+            let len = (i + 1).next_power_of_two();
+            self.next.resize(len, NIL);
+            self.prev.resize(len, NIL);
+            self.tag.resize(len, Q_NONE);
+            if let Some(w) = &mut self.weight {
+                w.resize(len, 0);
+            }
+        }
+    }
+
+    /// The key of tracked entry `old` got a new value, tracked from now on as `new` with
+    /// `weight`: `new` takes `old`'s place (its queue, its position, its flags) and `old` is
+    /// forgotten, without an admission, an eviction or a ghost record: a replaced value is
+    /// the same key, as popular as before (the caller carries the access counter over).
+    /// Returns false, changing nothing, if `old` is not tracked. The caller then evicts if
+    /// the new weight put the total over capacity.
+    pub(crate) fn replace(&mut self, old: u32, new: u32, weight: u32) -> bool {
+        let o = old as usize;
+        if o >= self.tag.len() || self.tag[o] & Q_MASK == Q_NONE || old == new {
+            return false;
+        }
+        debug_assert!(new != NIL, "id u32::MAX is reserved");
+        let n = new as usize;
+        self.make_room_for(n);
+        if self.tag[n] & Q_MASK != Q_NONE {
+            debug_assert!(false, "id {new} replaced in while still tracked");
+            self.remove(new);
+        }
+        let q = self.tag[o] & Q_MASK;
+        let (next, prev) = (self.next[o], self.prev[o]);
+        if next == old {
+            self.next[n] = new;
+            self.prev[n] = new;
+        } else {
+            self.next[n] = next;
+            self.prev[n] = prev;
+            self.next[prev as usize] = new;
+            self.prev[next as usize] = new;
+        }
+        if *self.head_mut(q) == old {
+            *self.head_mut(q) = new;
+        }
+        self.tag[n] = self.tag[o];
+        self.tag[o] = Q_NONE;
+        self.next[o] = NIL;
+        self.prev[o] = NIL;
+        if let Some(w) = &mut self.weight {
+            let before = u64::from(w[o]);
+            w[n] = weight;
+            let total = if q == Q_SMALL {
+                &mut self.small_w
+            } else {
+                &mut self.main_w
+            };
+            *total = *total - before + u64::from(weight);
+        }
+        true
     }
 
     /// `id` was removed by the cache (explicit removal, expiry, or a victim that
@@ -653,6 +707,32 @@ mod tests {
             false
         }
 
+        /// A new value for a resident key (a fresh id taking the old one's place), with a
+        /// new weight; a miss inserts. Returns whether the key was resident.
+        fn update(&mut self, k: u64, w: u32) -> bool {
+            let Some(&old) = self.map.get(&k) else {
+                self.access(k, w);
+                return false;
+            };
+            self.key.push(k);
+            self.counter.push(self.counter[old as usize]);
+            self.hash.push(mix(k));
+            self.weight.push(w);
+            let new = (self.key.len() - 1) as u32;
+            assert!(self.policy.replace(old, new, w));
+            self.map.insert(k, new);
+            self.free.push(old);
+            while self.policy.weighted_size() > self.policy.capacity() {
+                let mut a = Access {
+                    counter: &mut self.counter,
+                    hash: &self.hash,
+                };
+                let v = self.policy.evict_one(&mut a).expect("victim");
+                self.drop_id(v);
+            }
+            true
+        }
+
         fn drop_id(&mut self, id: u32) {
             let k = self.key[id as usize];
             assert_eq!(self.map.remove(&k), Some(id));
@@ -756,6 +836,8 @@ mod tests {
             let w = 1 + ((r >> 40) % 20) as u32;
             if (r >> 20) % 50 == 0 {
                 c.remove(k);
+            } else if (r >> 20) % 50 < 6 {
+                c.update(k, w);
             } else {
                 c.access(k, w);
             }
@@ -764,6 +846,42 @@ mod tests {
             }
         }
         c.check();
+    }
+
+    /// A replaced entry keeps its place: one that reached MAIN stays there (it is not sent
+    /// back to probation, where a scan would flush it), an unknown id is refused, and the
+    /// weights follow the new value.
+    #[test]
+    fn replace_keeps_the_place_and_updates_the_weight() {
+        let mut c = TestCache::new(100);
+        // 30 hot keys among a stream of one-off keys: the hot ones are promoted to MAIN.
+        for round in 0..20u64 {
+            for k in 0..30u64 {
+                c.access(k, 1);
+                c.access(10_000 + round * 30 + k, 1);
+            }
+        }
+        let in_main = |c: &TestCache, k: u64| {
+            c.map
+                .get(&k)
+                .is_some_and(|&id| c.policy.tag[id as usize] & Q_MASK == Q_MAIN)
+        };
+        let hot: Vec<u64> = (0..50).filter(|&k| in_main(&c, k)).collect();
+        assert!(!hot.is_empty());
+        for &k in &hot {
+            assert!(c.update(k, 2));
+            assert!(in_main(&c, k), "key {k} left MAIN on replace");
+        }
+        c.check();
+        // A scan of one-off keys does not flush the replaced hot keys.
+        for k in 1_000..1_400u64 {
+            c.access(k, 1);
+        }
+        for &k in &hot {
+            assert!(c.contains(k), "hot key {k} flushed after its replacement");
+        }
+        c.check();
+        assert!(!c.policy.replace(9_999, 10_000, 1));
     }
 
     #[test]

@@ -283,7 +283,7 @@ impl<K, V> Arena<K, V> {
         for idx in 0..self.allocated() {
             let node = self.node(idx);
             // SAFETY: exclusive access to the shard (this function's contract).
-            if unsafe { node.life() } == LIFE_LIVE {
+            if node.life() == LIFE_LIVE {
                 // SAFETY: a LIVE slot's payload is initialised; no other thread can reach it,
                 // per this function's contract.
                 unsafe { node.drop_payload() };

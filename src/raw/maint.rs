@@ -14,7 +14,7 @@ use std::hash::BuildHasher;
 use std::mem;
 
 use super::Config;
-use super::node::{IDX_MASK, Idx, LIFE_RETIRED, MARK, NEVER, NIL, UNINIT};
+use super::node::{FLAG_BITS, FREQ_MAX, IDX_MASK, Idx, LIFE_RETIRED, MARK, NEVER, NIL, UNINIT};
 use super::ring::{Event, EventKind};
 use super::shard::{Shard, TICK_SHIFT, tag_of};
 use super::table::{Table, bucket_of, free_table};
@@ -25,15 +25,16 @@ use crate::stats::Counter;
 use crate::sync::epoch::Guard;
 use crate::sync::{Arc, AtomicBool, Ordering};
 
-/// Per-node flags kept by the maintainer.
-const SEEN_INSERT: u8 = 1;
-const SEEN_REMOVE: u8 = 2;
-const ADMITTED: u8 = 4;
-const UNLINKED: u8 = 8;
+/// Per-node flags kept by the maintainer, in the node's `state` byte (see node.rs).
+const SEEN_INSERT: u8 = 1 << 2;
+const SEEN_REMOVE: u8 = 1 << 3;
+const ADMITTED: u8 = 1 << 4;
+const UNLINKED: u8 = 1 << 5;
 /// During growth: the node is on one of the old table's (frozen) chains. Its unlink waits for
 /// the growth to end; a node without the flag (inserted in front of a new bucket after it was
 /// split) can be unlinked at once.
-const ZIPPED: u8 = 16;
+const ZIPPED: u8 = 1 << 6;
+const _: () = assert!((SEEN_INSERT | SEEN_REMOVE | ADMITTED | UNLINKED | ZIPPED) & !FLAG_BITS == 0);
 const DONE: u8 = SEEN_INSERT | SEEN_REMOVE | UNLINKED;
 
 /// Retired nodes handed to the epoch at once by an ordinary pass (one deferred function and
@@ -51,10 +52,9 @@ const MAX_BUCKETS: usize = 1 << 30;
 
 #[derive(Default)]
 pub(crate) struct Maint {
-    /// Flags per node index (grown on demand).
-    flags: Vec<u8>,
-    /// Marked nodes waiting to be unlinked.
-    unlink_queue: Vec<Idx>,
+    /// Marked nodes waiting to be unlinked, each with a node that may be its predecessor
+    /// (the node that replaced it, or [`NIL`]; see `unlink`).
+    unlink_queue: Vec<(Idx, Idx)>,
     /// Nodes whose unlink waits for the growth in progress to finish.
     postponed: Vec<Idx>,
     /// Unlinked nodes whose events are all in: to hand to the epoch at the end of the pass.
@@ -105,20 +105,6 @@ where
                 .node(id)
                 .with_payload(|k, _| self.cfg.hash(k))
         }
-    }
-}
-
-impl Maint {
-    fn flags(&mut self, idx: Idx) -> &mut u8 {
-        let i = idx as usize;
-        if i >= self.flags.len() {
-            self.flags.resize((i + 1).next_power_of_two(), 0);
-        }
-        &mut self.flags[i]
-    }
-
-    fn has(&self, idx: Idx, flag: u8) -> bool {
-        self.flags.get(idx as usize).is_some_and(|f| f & flag != 0)
     }
 }
 
@@ -202,6 +188,43 @@ where
     K: Eq + std::hash::Hash + Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
+    /// Adds `delta` to the live count. Only the maintainer writes it (see `Shard::len`): a
+    /// load and a store, with no locked instruction.
+    #[inline]
+    fn add_live(&self, delta: i64) {
+        // Relaxed: readers of the count need no ordering (see `Shard::len`).
+        let live = self.live.load(Ordering::Relaxed);
+        self.live.store(live + delta, Ordering::Relaxed);
+    }
+
+    /// Adds `delta` to the admitted weight (maintainer only, as `add_live`).
+    #[inline]
+    fn add_size(&self, delta: i64) {
+        if delta != 0 {
+            // Relaxed: a hint for `make_room`.
+            let size = self.size.load(Ordering::Relaxed);
+            self.size
+                .store(size.wrapping_add_signed(delta), Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    fn has(&self, idx: Idx, flag: u8) -> bool {
+        self.arena.node(idx).flags() & flag != 0
+    }
+
+    #[inline]
+    fn add_flags(&self, idx: Idx, flags: u8) {
+        let node = self.arena.node(idx);
+        node.set_flags(node.flags() | flags);
+    }
+
+    #[inline]
+    fn clear_flags(&self, idx: Idx, flags: u8) {
+        let node = self.arena.node(idx);
+        node.set_flags(node.flags() & !flags);
+    }
+
     /// One maintenance pass (the lock is held by the caller). With `exact`, every entry whose
     /// deadline has passed is expired; otherwise only those in the wheel's elapsed ticks.
     pub(super) fn pass<S: BuildHasher>(
@@ -260,7 +283,10 @@ where
             .get_or_insert_with(|| Wheel::new(TICK_SHIFT, cfg.time.now()));
         wheel.schedule(idx, deadline);
         // Relaxed: a hint (see `expire`); never later than what the wheel would report.
-        self.next_expiry.fetch_min(deadline, Ordering::Relaxed);
+        // A load and a store, not a read-modify-write: only the maintainer writes it.
+        if deadline < self.next_expiry.load(Ordering::Relaxed) {
+            self.next_expiry.store(deadline, Ordering::Relaxed);
+        }
     }
 
     /// Ends a pass: unlinks what is pending, hands finished nodes to the epoch (in batches of
@@ -282,7 +308,7 @@ where
                 // SAFETY: the node is unreachable and only the maintainer (us, holding the lock)
                 // handles it until the deferred release below, which the epoch runs after
                 // this store (the defer happens-before its execution).
-                unsafe { self.arena.node(idx).set_life(LIFE_RETIRED) };
+                self.arena.node(idx).set_life(LIFE_RETIRED);
             }
             let arena = self.arena.clone();
             // The nodes are unreachable (unlinked, all their events consumed): no new reference
@@ -314,47 +340,120 @@ where
         let idx = event.idx;
         match event.kind {
             EventKind::Inserted => {
-                // Relaxed: only the maintainer writes `live` (see `Shard::len`).
-                self.live.fetch_add(1, Ordering::Relaxed);
-                *m.flags(idx) |= SEEN_INSERT;
-                if m.has(idx, SEEN_REMOVE) {
+                self.add_live(1);
+                self.add_flags(idx, SEEN_INSERT);
+                if self.has(idx, SEEN_REMOVE) {
                     // Its removal was applied before its insertion (a remover's event overtook
                     // the inserter's): nothing would dismiss it later, so it is never admitted.
                     self.try_retire(m, cfg, idx);
                 } else {
-                    // Admitted even if it is already marked: its `Removed` event comes later and
-                    // dismisses it. The policy thus sees every insertion and removal in the
-                    // writers' order, whenever the passes happen to run (its ghost history, in
-                    // particular, does not depend on maintenance timing).
-                    *m.flags(idx) |= ADMITTED;
-                    self.schedule(m, cfg, idx);
-                    // Relaxed: only the maintainer writes it (a hint for `make_room`).
-                    self.size
-                        .fetch_add(u64::from(event.weight), Ordering::Relaxed);
-                    if let Some(bound) = &cfg.bound {
-                        m.policy
-                            .get_or_insert_with(|| Policy::new(bound.share, cfg.weigher.is_some()))
-                            .insert(idx, event.hash, event.weight);
-                    }
+                    self.admit(m, cfg, idx, event.weight, event.hash);
                 }
             }
             EventKind::Removed => {
-                // Relaxed: as above.
-                self.live.fetch_sub(1, Ordering::Relaxed);
-                *m.flags(idx) |= SEEN_REMOVE;
+                self.add_live(-1);
+                self.add_flags(idx, SEEN_REMOVE);
                 self.dismiss(m, cfg, idx);
-                m.unlink_queue.push(idx);
+                m.unlink_queue.push((idx, NIL));
+            }
+            EventKind::Replaced => {
+                // `idx`'s insertion and `old`'s removal in one (the live count does not move).
+                let old = event.old;
+                self.add_flags(idx, SEEN_INSERT);
+                self.add_flags(old, SEEN_REMOVE);
+                if self.has(idx, SEEN_REMOVE) {
+                    // The new node was removed already (its `Removed` event overtook this
+                    // one): it is never admitted, and the old one simply leaves.
+                    self.dismiss(m, cfg, old);
+                    self.try_retire(m, cfg, idx);
+                } else if self.has(old, ADMITTED) {
+                    self.transfer(m, cfg, old, idx, event.weight, event.hash);
+                } else {
+                    // The old node's own `Inserted` has not been applied yet (it comes later,
+                    // finds it removed and retires it): admit the new one as new.
+                    self.admit(m, cfg, idx, event.weight, event.hash);
+                }
+                m.unlink_queue.push((old, idx));
             }
             EventKind::Rescheduled => {
                 // The deadline moved earlier: re-file it. (A stale event about a slot that was
                 // reused is harmless: re-filing an admitted entry at its own deadline is a
                 // no-op in effect; an entry not yet admitted is filed when it is.)
-                if m.has(idx, ADMITTED) && !self.arena.node(idx).is_marked() {
+                if self.has(idx, ADMITTED) && !self.arena.node(idx).is_marked() {
                     if let Some(wheel) = m.wheel.as_mut() {
                         wheel.cancel(idx);
                     }
                     self.schedule(m, cfg, idx);
                 }
+            }
+        }
+    }
+
+    /// Admits a node (inserted, not removed yet): into the wheel if it has a deadline, into
+    /// the policy if the cache is bounded.
+    fn admit<S>(&self, m: &mut Maint, cfg: &Config<K, V, S>, idx: Idx, weight: u32, hash: u64) {
+        // Admitted even if it is already marked: its `Removed` event comes later and
+        // dismisses it. The policy thus sees every insertion and removal in the writers'
+        // order, whenever the passes happen to run (its ghost history, in particular, does
+        // not depend on maintenance timing).
+        self.add_flags(idx, ADMITTED);
+        self.schedule(m, cfg, idx);
+        self.add_size(i64::from(weight));
+        if let Some(bound) = &cfg.bound {
+            m.policy
+                .get_or_insert_with(|| Policy::new(bound.share, cfg.weigher.is_some()))
+                .insert(idx, hash, weight);
+        }
+    }
+
+    /// The admitted node `old` was superseded by `new` (same key, not removed): `new` takes
+    /// its place in the wheel and the policy, and its access counter, so that a replaced value
+    /// keeps its key's standing instead of going back to probation.
+    fn transfer<S>(
+        &self,
+        m: &mut Maint,
+        cfg: &Config<K, V, S>,
+        old: Idx,
+        new: Idx,
+        weight: u32,
+        hash: u64,
+    ) {
+        self.clear_flags(old, ADMITTED);
+        self.add_flags(new, ADMITTED);
+        let old_node = self.arena.node(old);
+        let new_node = self.arena.node(new);
+        // Relaxed: see `Shard::alive`.
+        let (was, now) = (
+            old_node.deadline.load(Ordering::Relaxed),
+            new_node.deadline.load(Ordering::Relaxed),
+        );
+        let filed = m.wheel.as_ref().is_some_and(|w| w.is_scheduled(old));
+        if filed && now >= was && now != NEVER {
+            // The old node was filed at or before its current deadline `was <= now`: the
+            // wheel's contract holds for the new node in that slot (re-filed lazily).
+            if let Some(wheel) = m.wheel.as_mut() {
+                wheel.replace(old, new);
+            }
+        } else {
+            if filed && let Some(wheel) = m.wheel.as_mut() {
+                wheel.cancel(old);
+            }
+            self.schedule(m, cfg, new);
+        }
+        let old_weight = self.weight_of(cfg, old);
+        self.add_size(i64::from(weight) - old_weight as i64);
+        if let Some(policy) = m.policy.as_mut() {
+            if !policy.replace(old, new, weight) {
+                policy.insert(new, hash, weight);
+            }
+            // Relaxed: the CLOCK counter is a hint (see `Node::touch_freq`). The key's count
+            // is the old node's plus the hits the new one had since it was published.
+            let counter = old_node.freq.load(Ordering::Relaxed);
+            if counter > 0 {
+                let had = new_node.freq.load(Ordering::Relaxed);
+                new_node
+                    .freq
+                    .store(had.saturating_add(counter).min(FREQ_MAX), Ordering::Relaxed);
             }
         }
     }
@@ -373,8 +472,7 @@ where
         if let Some(bound) = &cfg.bound {
             bound.release(self.weight_of(cfg, idx));
         }
-        // Relaxed: only the maintainer writes `live` (see `Shard::len`).
-        self.live.fetch_sub(1, Ordering::Relaxed);
+        self.add_live(-1);
         cfg.stats.add(
             match cause {
                 RemovalCause::Expired => Counter::Expiration,
@@ -384,14 +482,14 @@ where
             1,
         );
         m.notify.push((idx, cause));
-        *m.flags(idx) |= SEEN_REMOVE;
+        self.add_flags(idx, SEEN_REMOVE);
         self.dismiss(m, cfg, idx);
-        m.unlink_queue.push(idx);
+        m.unlink_queue.push((idx, NIL));
         true
     }
 
     fn process_unlinks<S: BuildHasher>(&self, m: &mut Maint, cfg: &Config<K, V, S>, guard: &Guard) {
-        while let Some(idx) = m.unlink_queue.pop() {
+        while let Some((idx, hint)) = m.unlink_queue.pop() {
             // During a growth, a node of an old chain may be reachable through several links
             // (zipped chains share nodes, and an unzipping round leaves old links in place
             // until readers are past them), so its unlink waits for the growth to end. Once
@@ -400,13 +498,15 @@ where
             // front of it, all of its class), it is unlinked as usual, so that replaced
             // entries do not pile up in the chains while a growth runs.
             if let Some(growth) = &m.growth
-                && (matches!(growth.phase, Phase::Splitting) || m.has(idx, ZIPPED))
+                && (matches!(growth.phase, Phase::Splitting) || self.has(idx, ZIPPED))
             {
                 m.postponed.push(idx);
                 continue;
             }
-            self.unlink(m, cfg, idx, guard);
-            *m.flags(idx) |= UNLINKED;
+            if !self.unlink_after(m, cfg, hint, idx, guard) {
+                self.unlink(m, cfg, idx, guard);
+            }
+            self.add_flags(idx, UNLINKED);
             self.try_retire(m, cfg, idx);
         }
     }
@@ -414,10 +514,10 @@ where
     /// A removed entry leaves the wheel and the policy at once (not when it is retired, which
     /// may wait for a growth to finish), so eviction never picks an entry that is already gone.
     fn dismiss<S>(&self, m: &mut Maint, cfg: &Config<K, V, S>, idx: Idx) {
-        if !m.has(idx, ADMITTED) {
+        if !self.has(idx, ADMITTED) {
             return;
         }
-        *m.flags(idx) &= !ADMITTED;
+        self.clear_flags(idx, ADMITTED);
         if let Some(wheel) = m.wheel.as_mut() {
             wheel.cancel(idx);
         }
@@ -425,19 +525,17 @@ where
         if let Some(policy) = m.policy.as_mut() {
             policy.remove(idx);
         }
-        // Relaxed: see `apply`.
-        self.size
-            .fetch_sub(self.weight_of(cfg, idx), Ordering::Relaxed);
+        self.add_size(-(self.weight_of(cfg, idx) as i64));
     }
 
     fn try_retire<S>(&self, m: &mut Maint, _cfg: &Config<K, V, S>, idx: Idx) {
-        let flags = *m.flags(idx);
+        let flags = self.arena.node(idx).flags();
         if flags & DONE == DONE {
             debug_assert!(
                 flags & ADMITTED == 0,
                 "retiring an entry still in the wheel/policy"
             );
-            *m.flags(idx) = 0;
+            self.arena.node(idx).set_flags(0);
             m.retired.push(idx);
         }
     }
@@ -476,6 +574,52 @@ where
             // when it was marked); evict the next one.
             self.maint_mark(m, cfg, victim, RemovalCause::Size);
         }
+    }
+
+    /// Unlinks the marked node `idx` through `pred`, if `pred` is a node in a chain whose link
+    /// leads to `idx` (typically the node that replaced `idx`, inserted just in front of it),
+    /// without hashing the key or walking the chain from its bucket. Returns false if that
+    /// cannot be done (the caller then unlinks the usual way).
+    ///
+    /// `pred` is in a chain if it was inserted (`SEEN_INSERT`: published) and this maintainer
+    /// has not unlinked it (`UNLINKED`; a retired node has neither flag, and no slot is reused
+    /// while we are pinned): only the maintainer unlinks, so it is still reachable. Its link
+    /// leads to `idx` if its index bits say so; then `pred` is `idx`'s predecessor, the one an
+    /// unlink from the bucket would have found (`idx` is not on a zipped chain: the caller
+    /// postpones those), and the same CAS unlinks it.
+    fn unlink_after<S: BuildHasher>(
+        &self,
+        m: &mut Maint,
+        cfg: &Config<K, V, S>,
+        pred: Idx,
+        idx: Idx,
+        guard: &Guard,
+    ) -> bool {
+        if pred == NIL || self.arena.node(pred).flags() & (SEEN_INSERT | UNLINKED) != SEEN_INSERT {
+            return false;
+        }
+        let node = self.arena.node(idx);
+        debug_assert!(node.is_marked());
+        let link = &self.arena.node(pred).next;
+        // Acquire: as in `Shard::find` (pairs with the CAS that set this link).
+        let pred_val = link.load(Ordering::Acquire);
+        if pred_val & IDX_MASK != idx {
+            return false;
+        }
+        // Acquire: as in `Shard::find`.
+        let next = node.next.load(Ordering::Acquire);
+        // SAFETY: the node is in its chain (only this thread unlinks) and we are pinned.
+        let tag = unsafe { node.tag() };
+        self.mark_superseded(m, cfg, idx, tag, next & IDX_MASK, guard);
+        // Release: as in `unlink`. Fails if a writer marked `pred` meanwhile: the caller then
+        // walks the chain.
+        link.compare_exchange(
+            pred_val,
+            (pred_val & MARK) | (next & IDX_MASK),
+            Ordering::Release,
+            Ordering::Relaxed,
+        )
+        .is_ok()
     }
 
     /// Unlinks the marked node `idx` from its chain (node.rs, rule 4).
@@ -573,7 +717,7 @@ where
             // links to them. `split_chain` changes nothing before its last call of user code,
             // so the state put back is consistent and the next pass redoes that chain.
             let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.advance_growth(m, cfg, &mut growth, guard)
+                self.advance_growth(cfg, &mut growth, guard)
             }));
             let done = match step {
                 Ok(done) => done,
@@ -587,11 +731,12 @@ where
                 return;
             }
             for &idx in &growth.nodes {
-                *m.flags(idx) &= !ZIPPED;
+                self.clear_flags(idx, ZIPPED);
             }
             // The unlinks that waited for the growth: done now, before a next growth starts
             // (which would postpone them again).
-            m.unlink_queue.append(&mut m.postponed);
+            m.unlink_queue
+                .extend(m.postponed.drain(..).map(|idx| (idx, NIL)));
             self.process_unlinks(m, cfg, guard);
         }
         let table = self.current(guard);
@@ -614,7 +759,6 @@ where
     /// One step of the growth: returns true once it is complete (the old table detached).
     fn advance_growth<S: BuildHasher>(
         &self,
-        m: &mut Maint,
         cfg: &Config<K, V, S>,
         growth: &mut Growth,
         guard: &Guard,
@@ -636,7 +780,7 @@ where
             Phase::Splitting => {
                 let mut work = 0;
                 while growth.progress < old.len() && work < GROWTH_BUDGET {
-                    work += self.split_chain(m, cfg, growth, table, old, growth.progress, guard);
+                    work += self.split_chain(cfg, growth, table, old, growth.progress, guard);
                     growth.progress += 1;
                 }
                 if growth.progress < old.len() {
@@ -702,7 +846,6 @@ where
     #[allow(clippy::too_many_arguments)]
     fn split_chain<S: BuildHasher>(
         &self,
-        m: &mut Maint,
         cfg: &Config<K, V, S>,
         growth: &mut Growth,
         table: Table<'_>,
@@ -744,7 +887,7 @@ where
             growth.nodes.push(cur);
             growth.first.push(firsts[class]);
             growth.next.push(pos + 1);
-            *m.flags(cur) |= ZIPPED;
+            self.add_flags(cur, ZIPPED);
         }
         let len = growth.nodes.len() - start;
         for (i, &first) in firsts.iter().enumerate() {

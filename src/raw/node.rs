@@ -11,14 +11,19 @@
 //! | `next`     | `AtomicU32` | inserter (before publishing), markers (bit 31), maintainer (unlinks) | everyone |
 //! | `tag`      | `u16` cell  | inserter (before publishing)         | readers (chain filter) |
 //! | `freq`     | `AtomicU8`  | readers (saturating bump), maintainer (CLOCK hand) | maintainer |
-//! | `life`     | `u8` cell   | the slot's owner: inserter, maintainer (retire), deferred release | shard drop |
+//! | `state`    | `AtomicU8`  | the slot's owner: inserter (life), maintainer (its flags, retire), deferred release | maintainer, shard drop |
 //! | payload    | `(K, V)`    | inserter (before publishing)         | readers (immutable while reachable) |
 //!
-//! `tag` and `life` are plain cells, not atomics: each is written only while no other thread
-//! can reach the node (`tag` before publication; `life` at allocation, at retirement, in the
-//! deferred release and at drop), so the orderings that publish and retire the node order
-//! those writes too (and loom checks that they do). `freq` is the only field a *reader*
-//! writes, so it has its own byte: a reader's store can never clobber anything else.
+//! `tag` is a plain cell, not an atomic: it is written only while no other thread can reach
+//! the node (before publication), so the ordering that publishes the node orders that write
+//! too (and loom checks that it does). `state` holds the slot's life (free, live, retired) in
+//! its two low bits and the maintainer's bookkeeping flags for the entry above them, next to
+//! the node's other fields, so that applying an event touches the node's line and no side
+//! table. It is written by one party at a time (the inserter while the slot is private, the
+//! maintainer under the shard's lock while the node is published, the deferred release once
+//! it is retired) but it is an atomic because the maintainer may *read* it for a stale index
+//! while another thread owns the slot. `freq` is the only field a *reader* writes, so it has
+//! its own byte: a reader's store can never clobber anything else.
 //!
 //! For `Cache<u64, u64>` a node is 32 bytes.
 //!
@@ -75,10 +80,14 @@ pub(crate) const NEVER: u64 = u64::MAX;
 /// Saturation value of the CLOCK reference counter.
 pub(crate) const FREQ_MAX: u8 = 3;
 
-/// `life` values (debug checks, and the cache's drop, which frees every `LIVE` payload).
+/// Life values in the low bits of `state` (debug checks, and the cache's drop, which frees
+/// every `LIVE` payload).
 pub(crate) const LIFE_FREE: u8 = 0;
 pub(crate) const LIFE_LIVE: u8 = 1;
 pub(crate) const LIFE_RETIRED: u8 = 2;
+const LIFE_MASK: u8 = 3;
+/// The bits of `state` the maintainer's flags may use (see `maint.rs`).
+pub(crate) const FLAG_BITS: u8 = !LIFE_MASK;
 
 /// One entry. See the module documentation for who may touch which field when.
 #[repr(C)]
@@ -87,7 +96,7 @@ pub(crate) struct Node<K, V> {
     pub(crate) next: AtomicU32,
     tag: UnsafeCell<u16>,
     pub(crate) freq: AtomicU8,
-    life: UnsafeCell<u8>,
+    state: AtomicU8,
     payload: UnsafeCell<MaybeUninit<(K, V)>>,
 }
 
@@ -99,7 +108,7 @@ impl<K, V> Node<K, V> {
             next: AtomicU32::new(NIL),
             tag: UnsafeCell::new(0),
             freq: AtomicU8::new(0),
-            life: UnsafeCell::new(LIFE_FREE),
+            state: AtomicU8::new(LIFE_FREE),
             payload: UnsafeCell::new(MaybeUninit::uninit()),
         }
     }
@@ -115,12 +124,10 @@ impl<K, V> Node<K, V> {
         self.deadline.store(deadline, Ordering::Relaxed);
         self.next.store(NIL, Ordering::Relaxed);
         self.freq.store(0, Ordering::Relaxed);
-        // SAFETY: the caller owns the slot, so nothing else accesses its cells.
-        debug_assert_eq!(unsafe { self.life() }, LIFE_FREE);
-        // SAFETY: as above.
-        unsafe { self.set_life(LIFE_LIVE) };
+        debug_assert_eq!(self.life(), LIFE_FREE);
+        self.set_life(LIFE_LIVE);
         self.tag.with_mut(|t| {
-            // SAFETY: as above.
+            // SAFETY: the caller owns the slot, so nothing else accesses its cells.
             unsafe { *t = tag };
         });
         self.payload.with_mut(|p| {
@@ -154,8 +161,7 @@ impl<K, V> Node<K, V> {
             // SAFETY: exclusive access to an initialised payload, per this function's contract.
             unsafe { (*p).assume_init_drop() };
         });
-        // SAFETY: exclusive access, per this function's contract.
-        unsafe { self.set_life(LIFE_FREE) };
+        self.set_life(LIFE_FREE);
     }
 
     /// The chain tag (16 bits of the key's hash).
@@ -172,28 +178,39 @@ impl<K, V> Node<K, V> {
         })
     }
 
-    /// The slot's life state.
-    ///
-    /// # Safety
-    /// No other thread writes it concurrently: the caller owns the slot, or it is the
-    /// maintainer retiring the node (unreachable: nothing else writes `life` until the
-    /// deferred release, which the epoch orders after), or has exclusive access to the shard.
-    pub(crate) unsafe fn life(&self) -> u8 {
-        self.life.with(|l| {
-            // SAFETY: per this function's contract.
-            unsafe { *l }
-        })
+    /// The slot's life state (`LIFE_*`).
+    pub(crate) fn life(&self) -> u8 {
+        // Relaxed: whoever reads it owns the slot or the shard (see the module documentation),
+        // so the orderings that handed it over order this load.
+        self.state.load(Ordering::Relaxed) & LIFE_MASK
     }
 
-    /// Sets the slot's life state.
-    ///
-    /// # Safety
-    /// As for [`life`](Self::life), and no other thread reads it concurrently.
-    pub(crate) unsafe fn set_life(&self, life: u8) {
-        self.life.with_mut(|l| {
-            // SAFETY: per this function's contract.
-            unsafe { *l = life };
-        })
+    /// Sets the slot's life state, clearing the maintainer's flags (a slot changes life only
+    /// when it is allocated, retired or released, and carries no flags across).
+    pub(crate) fn set_life(&self, life: u8) {
+        // Relaxed: as in `life`.
+        self.state.store(life, Ordering::Relaxed);
+    }
+
+    /// The maintainer's flags (`FLAG_BITS` of `state`). Only the maintainer calls this, and
+    /// `set_flags`; for an index it holds no event about (a stale one) the answer is whatever
+    /// the slot's current owner left, which the maintainer must tolerate.
+    #[inline]
+    pub(crate) fn flags(&self) -> u8 {
+        // Relaxed: the maintainer's own writes are ordered by its lock; a stale index's value
+        // is only a hint (see above).
+        self.state.load(Ordering::Relaxed) & FLAG_BITS
+    }
+
+    /// Sets the maintainer's flags, keeping the life bits. Maintainer only, on a node it holds
+    /// an event about (published, not retired), so no other thread writes `state` meanwhile.
+    #[inline]
+    pub(crate) fn set_flags(&self, flags: u8) {
+        debug_assert_eq!(flags & !FLAG_BITS, 0);
+        // Relaxed: as in `flags`. A load and a store, not a read-modify-write: no one else
+        // writes the byte while the maintainer may (see the module documentation).
+        let life = self.state.load(Ordering::Relaxed) & LIFE_MASK;
+        self.state.store(life | flags, Ordering::Relaxed);
     }
 
     /// Whether the node is marked removed.

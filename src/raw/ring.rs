@@ -23,6 +23,11 @@ pub(crate) enum EventKind {
     Inserted,
     /// The node was marked removed by a writer (not by the maintainer itself).
     Removed,
+    /// The node was linked into its chain and, by the same insert, the live node of its key
+    /// that it superseded (`old`) was marked removed: the new value takes the old one's place
+    /// in the maintainer's bookkeeping (its timer and its eviction-queue position), which
+    /// costs one step instead of an admission and a dismissal.
+    Replaced,
     /// The node's deadline moved earlier: the timer wheel must re-file it.
     Rescheduled,
 }
@@ -35,6 +40,8 @@ pub(crate) struct Event {
     pub(crate) weight: u32,
     /// The key's hash (for `Inserted`: the eviction policy's ghost history).
     pub(crate) hash: u64,
+    /// For `Replaced`: the superseded node.
+    pub(crate) old: Idx,
 }
 
 struct Slot {
@@ -70,6 +77,7 @@ impl Ring {
                     kind: EventKind::Inserted,
                     weight: 0,
                     hash: 0,
+                    old: 0,
                 }),
             })
             .collect();
@@ -163,6 +171,7 @@ mod tests {
             kind: EventKind::Removed,
             weight: 1,
             hash: 0,
+            old: 0,
         }
     }
 

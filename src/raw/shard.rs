@@ -532,17 +532,14 @@ where
             }
         };
         cfg.stats.add(Counter::Insert, 1);
-        let offer = self.record(
-            cfg,
-            Event {
-                idx,
-                kind: EventKind::Inserted,
-                weight,
-                hash,
-            },
-            &guard,
-        );
         let mut removed = None;
+        let mut event = Event {
+            idx,
+            kind: EventKind::Inserted,
+            weight,
+            hash,
+            old: 0,
+        };
         if let Some(old_idx) = superseded {
             let old = self.arena.node(old_idx);
             let cause = if Self::alive(old, cfg) {
@@ -551,12 +548,16 @@ where
                 RemovalCause::Expired
             };
             // Whoever wins the mark reports the removal; if a remove or the maintainer got
-            // there first, this insert replaced nothing.
+            // there first, this insert replaced nothing. One event tells the maintainer both
+            // (the new node takes the old one's place in its bookkeeping).
             if old.mark() {
-                self.on_writer_marked(cfg, old_idx, cause, &guard);
+                self.writer_removed(cfg, old_idx, cause);
                 removed = Some((old_idx, cause));
+                event.kind = EventKind::Replaced;
+                event.old = old_idx;
             }
         }
+        let offer = self.record(cfg, event, &guard);
         if offer || self.expiry_due(cfg) || cfg.bound.as_ref().is_some_and(|b| b.over()) {
             self.try_maintain(cfg, &guard);
         }
@@ -659,6 +660,7 @@ where
                     kind: EventKind::Rescheduled,
                     weight: 0,
                     hash: 0,
+                    old: 0,
                 },
                 &guard,
             )
@@ -738,6 +740,23 @@ where
         cause: RemovalCause,
         guard: &Guard,
     ) -> bool {
+        self.writer_removed(cfg, idx, cause);
+        self.record(
+            cfg,
+            Event {
+                idx,
+                kind: EventKind::Removed,
+                weight: 0,
+                hash: 0,
+                old: 0,
+            },
+            guard,
+        )
+    }
+
+    /// What a writer that marked `idx` owes at once: the entry's weight back to the bound,
+    /// and the removal counted.
+    fn writer_removed<S>(&self, cfg: &Config<K, V, S>, idx: Idx, cause: RemovalCause) {
         if let Some(bound) = &cfg.bound {
             bound.release(self.weight_of(cfg, idx));
         }
@@ -749,16 +768,6 @@ where
             },
             1,
         );
-        self.record(
-            cfg,
-            Event {
-                idx,
-                kind: EventKind::Removed,
-                weight: 0,
-                hash: 0,
-            },
-            guard,
-        )
     }
 
     /// Hands an event to the maintainer. Returns whether this writer should offer a
