@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use quanta::{Clock, Instant};
 
+use crate::sync::{AtomicU64, Ordering};
+
 /// How often the ticker refreshes the coarse clock.
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) const TICK: Duration = Duration::from_millis(1);
@@ -35,7 +37,14 @@ pub(crate) struct TimeSource {
     /// (nanoseconds since [`ticker::base`]), so that `now` is one load and a subtraction.
     #[cfg(not(loom))]
     ticker: std::sync::OnceLock<(ticker::Lease, Option<u64>)>,
+    /// The offset above, where `now` reads it: [`NO_OFFSET`] until it is known. (An atomic
+    /// of its own, so that a hit loads one word instead of checking the `OnceLock`.)
+    #[cfg_attr(loom, allow(dead_code))]
+    offset: AtomicU64,
 }
+
+/// `TimeSource::offset` before the ticker runs for the cache (or without one).
+const NO_OFFSET: u64 = u64::MAX;
 
 impl TimeSource {
     pub(crate) fn new(clock: Clock) -> Self {
@@ -50,6 +59,7 @@ impl TimeSource {
             mocked,
             #[cfg(not(loom))]
             ticker: std::sync::OnceLock::new(),
+            offset: AtomicU64::new(NO_OFFSET),
         }
     }
 
@@ -58,7 +68,7 @@ impl TimeSource {
     pub(crate) fn ensure_ticking(&self) {
         #[cfg(not(loom))]
         if !self.mocked && self.ticker.get().is_none() {
-            let _ = self.ticker.get_or_init(|| {
+            let (_, offset) = self.ticker.get_or_init(|| {
                 let lease = ticker::Lease::acquire();
                 // Only with a running ticker is the coarse time kept fresh.
                 let offset = lease.running().then(|| {
@@ -66,10 +76,15 @@ impl TimeSource {
                         .start
                         .saturating_duration_since(ticker::base())
                         .as_nanos();
-                    u64::try_from(ns).unwrap_or(u64::MAX)
+                    u64::try_from(ns).unwrap_or(NO_OFFSET - 1)
                 });
                 (lease, offset)
             });
+            if let Some(offset) = offset {
+                // Relaxed: a reader that does not see it yet reads the source (`now_slow`),
+                // which is as correct, only slower.
+                self.offset.store(*offset, Ordering::Relaxed);
+            }
         }
     }
 
@@ -78,11 +93,15 @@ impl TimeSource {
     #[inline]
     pub(crate) fn now(&self) -> u64 {
         #[cfg(not(loom))]
-        if let Some((_, Some(offset))) = self.ticker.get() {
+        {
+            // Relaxed: see `ensure_ticking`.
+            let offset = self.offset.load(Ordering::Relaxed);
+            // `NO_OFFSET` fails the test below (the coarse time stays below it, see
+            // `ticker::refresh`). Before the ticker's first refresh after this cache started,
+            // the coarse time is still behind its start: read the source.
             let coarse = ticker::coarse();
-            // Before the ticker's first refresh after this cache started, read the source.
-            if coarse >= *offset {
-                return (coarse - offset).min(u64::MAX - 1);
+            if coarse >= offset {
+                return coarse - offset;
             }
         }
         self.now_slow()
@@ -138,8 +157,12 @@ mod ticker {
         let now = clock.now();
         quanta::set_recent(now);
         let ns = now.saturating_duration_since(base()).as_nanos();
+        // Below `NO_OFFSET` (584 years of uptime), which `TimeSource::now` relies on.
+        let ns = u64::try_from(ns)
+            .unwrap_or(u64::MAX)
+            .min(super::NO_OFFSET - 1);
         // Relaxed: see `coarse`. `fetch_max`: never moves backwards, whoever refreshes.
-        COARSE.fetch_max(u64::try_from(ns).unwrap_or(u64::MAX), Ordering::Relaxed);
+        COARSE.fetch_max(ns, Ordering::Relaxed);
     }
 
     struct Running {
