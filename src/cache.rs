@@ -205,6 +205,7 @@ where
     /// Weighs and stores an entry. An entry heavier than the whole capacity is handed back
     /// (after removing any previous value of the key, which it replaces), as is one the shard
     /// cannot address.
+    #[inline]
     fn store(
         &self,
         key: K,
@@ -444,7 +445,7 @@ where
     /// The counters. Hits and misses are counted only with
     /// [`record_stats(true)`](CacheBuilder::record_stats).
     pub fn stats(&self) -> Stats {
-        self.inner.raw.cfg.stats.snapshot()
+        self.inner.raw.stats()
     }
 
     /// Iterates over clones of the live entries.

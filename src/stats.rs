@@ -1,10 +1,13 @@
 //! Counters behind [`Cache::stats`](crate::Cache::stats).
 //!
-//! Writes (inserts, removals, evictions, expirations) are always counted: a writer already
-//! writes shared memory. Hits and misses are counted only when the cache was built with
-//! [`record_stats(true)`](crate::CacheBuilder::record_stats): counting them means a write per
-//! read, which is exactly what the read path avoids otherwise. Counters are striped by thread
-//! over padded cache lines, so two threads rarely write the same line.
+//! Writes (inserts, removals, evictions, expirations) are always counted, by each shard's
+//! maintainer as it applies the writers' events (plain counters under its lock, so a write
+//! costs no extra atomic instruction); [`Cache::stats`](crate::Cache::stats) applies what is
+//! pending first, as `len` does. Hits and misses are counted only when the cache was built
+//! with [`record_stats(true)`](crate::CacheBuilder::record_stats): counting them means a write
+//! per read, which is exactly what the read path avoids otherwise. They are counted by the
+//! readers, striped by thread over padded cache lines, so two threads rarely write the same
+//! line.
 
 use crossbeam_utils::CachePadded;
 
@@ -39,17 +42,22 @@ impl Stats {
     }
 }
 
-#[derive(Clone, Copy)]
+/// The write counters a shard's maintainer keeps (indices into [`WriteCounts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Counter {
-    Hit = 0,
-    Miss,
-    Insert,
+    Insert = 0,
     Removal,
     Eviction,
     Expiration,
 }
 
-const COUNTERS: usize = 6;
+/// A shard's write counters, in [`Counter`] order.
+pub(crate) type WriteCounts = [u64; 4];
+
+/// Striped read counters: hits, misses.
+const COUNTERS: usize = 2;
+const HIT: usize = 0;
+const MISS: usize = 1;
 
 #[derive(Default)]
 struct Stripe([AtomicU64; COUNTERS]);
@@ -71,39 +79,45 @@ impl StatsCounters {
     }
 
     #[inline]
-    pub(crate) fn add(&self, counter: Counter, n: u64) {
+    pub(crate) fn read(&self, hit: bool) {
         // Statistics take no part in any protocol (independent Relaxed counters); the loom
         // models skip them so that their atomics do not multiply the explored interleavings.
-        if cfg!(loom) {
-            return;
-        }
-        let stripe = &self.stripes[thread_index() & (self.stripes.len() - 1)];
-        // Relaxed: independent counters, summed approximately by `snapshot`.
-        stripe.0[counter as usize].fetch_add(n, Ordering::Relaxed);
-    }
-
-    #[inline]
-    pub(crate) fn read(&self, hit: bool) {
-        if self.record_reads {
-            self.add(if hit { Counter::Hit } else { Counter::Miss }, 1);
+        if self.record_reads && !cfg!(loom) {
+            let stripe = &self.stripes[thread_index() & (self.stripes.len() - 1)];
+            // Relaxed: independent counters, summed approximately by `snapshot`.
+            stripe.0[if hit { HIT } else { MISS }].fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    pub(crate) fn snapshot(&self) -> Stats {
+    /// The counters: the read counters summed over the stripes, the write counters as given
+    /// (summed over the shards by the caller).
+    pub(crate) fn snapshot(&self, writes: WriteCounts) -> Stats {
         let mut sum = [0u64; COUNTERS];
         for stripe in self.stripes.iter() {
             for (total, c) in sum.iter_mut().zip(stripe.0.iter()) {
-                // Relaxed: see `add`.
+                // Relaxed: see `read`.
                 *total += c.load(Ordering::Relaxed);
             }
         }
         Stats {
-            hits: sum[Counter::Hit as usize],
-            misses: sum[Counter::Miss as usize],
-            inserts: sum[Counter::Insert as usize],
-            removals: sum[Counter::Removal as usize],
-            evictions: sum[Counter::Eviction as usize],
-            expirations: sum[Counter::Expiration as usize],
+            hits: sum[HIT],
+            misses: sum[MISS],
+            inserts: writes[Counter::Insert as usize],
+            removals: writes[Counter::Removal as usize],
+            evictions: writes[Counter::Eviction as usize],
+            expirations: writes[Counter::Expiration as usize],
+        }
+    }
+}
+
+impl Counter {
+    /// The counter of a removal for `cause`.
+    pub(crate) fn of(cause: crate::listener::RemovalCause) -> Counter {
+        use crate::listener::RemovalCause;
+        match cause {
+            RemovalCause::Expired => Counter::Expiration,
+            RemovalCause::Size => Counter::Eviction,
+            _ => Counter::Removal,
         }
     }
 }

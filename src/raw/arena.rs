@@ -24,7 +24,7 @@ use std::ptr;
 
 use super::node::{IDX_MASK, Idx, LIFE_LIVE, MAX_NODES, NIL, Node};
 use super::pages;
-use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 /// log2 of the smallest first chunk.
 #[cfg(not(loom))]
@@ -47,6 +47,8 @@ pub(crate) struct Arena<K, V> {
     first: *mut Node<K, V>,
     /// log2 of chunk 0's length.
     first_shift: u32,
+    /// Chunk 0's length (`1 << first_shift`, kept so that `node` needs no shift).
+    first_len: u32,
     /// Whether chunks of a huge page or more are advised onto huge pages (see `pages`).
     huge: bool,
     chunks: [AtomicPtr<Node<K, V>>; NCHUNKS],
@@ -77,6 +79,7 @@ impl<K, V> Arena<K, V> {
         let mut arena = Self {
             first: ptr::null_mut(),
             first_shift,
+            first_len: 1 << first_shift,
             huge,
             chunks: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
             fresh: AtomicU32::new(0),
@@ -84,6 +87,11 @@ impl<K, V> Arena<K, V> {
         };
         arena.first = arena.ensure_chunk(0);
         arena
+    }
+
+    /// Slots in the first chunk (sized for the shard's expected entries).
+    pub(crate) fn first_len(&self) -> usize {
+        self.first_len as usize
     }
 
     /// Whether this arena's large chunks are advised onto huge pages (tables follow it).
@@ -128,8 +136,8 @@ impl<K, V> Arena<K, V> {
             idx < self.fresh.load(Ordering::Relaxed),
             "index {idx} never allocated"
         );
-        if idx < 1 << self.first_shift {
-            // SAFETY: chunk 0 is allocated at construction and holds `1 << first_shift` slots;
+        if idx < self.first_len {
+            // SAFETY: chunk 0 is allocated at construction and holds `first_len` slots;
             // `idx` was handed out by `alloc`, which initialised its header.
             return unsafe { &*self.first.add(idx as usize) };
         }
@@ -152,6 +160,7 @@ impl<K, V> Arena<K, V> {
 
     /// Takes a free slot: a recycled one if any, else a never-used one. The slot's header is
     /// initialised and its payload is vacant. `None` when the shard holds [`MAX_NODES`] slots.
+    #[inline]
     pub(crate) fn alloc(&self) -> Option<Idx> {
         // Acquire: pairs with the Release CAS in `release`, so that the previous occupant's
         // payload drop and the free-list link are visible before the slot is reused.
@@ -180,6 +189,8 @@ impl<K, V> Arena<K, V> {
         self.alloc_fresh()
     }
 
+    #[cold]
+    #[inline(never)]
     fn alloc_fresh(&self) -> Option<Idx> {
         // Relaxed: the counter only hands out distinct indices; the slot's memory is made
         // visible to other threads by the links through which they later reach it.
@@ -266,6 +277,43 @@ impl<K, V> Arena<K, V> {
         }
     }
 
+    /// [`release`](Self::release) for a batch of slots, returned to the free stack with one
+    /// compare-and-swap: the slots are chained through their `next` links in batch order and
+    /// the chain is pushed whole.
+    ///
+    /// # Safety
+    /// As for [`release`](Self::release), for every slot of `batch` (each listed once).
+    pub(crate) unsafe fn release_all(&self, batch: &[Idx]) {
+        let (Some(&first), Some(&last)) = (batch.first(), batch.last()) else {
+            return;
+        };
+        for pair in batch.windows(2) {
+            let node = self.node(pair[0]);
+            // SAFETY: initialised and unreachable, per this function's contract.
+            unsafe { node.drop_payload() };
+            // Relaxed: published by the Release CAS below.
+            node.next.store(pair[1], Ordering::Relaxed);
+        }
+        let tail = self.node(last);
+        // SAFETY: as above.
+        unsafe { tail.drop_payload() };
+        // Relaxed: the Release CAS below publishes this load's consequences.
+        let mut head = self.free.load(Ordering::Relaxed);
+        loop {
+            // Relaxed: published by the Release CAS.
+            tail.next.store(head as u32, Ordering::Relaxed);
+            let new = (((head >> 32) + 1) << 32) | first as u64;
+            // Release: pairs with the Acquire in `alloc`, as in `release`.
+            match self
+                .free
+                .compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => head = actual,
+            }
+        }
+    }
+
     /// Number of slots ever handed out (`0..allocated()` are initialised headers).
     pub(crate) fn allocated(&self) -> u32 {
         self.fresh.load(Ordering::Acquire)
@@ -298,6 +346,9 @@ impl<K, V> Arena<K, V> {
 /// a node whose chunk is absent reads as 0 without any allocation.
 pub(crate) struct Column {
     first_shift: u32,
+    /// Whether any chunk was ever installed: most caches never write a column, and then
+    /// `is_allocated` is one load.
+    any: AtomicBool,
     chunks: [AtomicPtr<AtomicU64>; NCHUNKS],
 }
 
@@ -305,6 +356,7 @@ impl Column {
     pub(crate) fn new<K, V>(arena: &Arena<K, V>) -> Self {
         Self {
             first_shift: arena.first_shift,
+            any: AtomicBool::new(false),
             chunks: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
         }
     }
@@ -343,6 +395,12 @@ impl Column {
     /// Whether node `idx`'s chunk exists (so that a stale value could be in it).
     #[inline]
     pub(crate) fn is_allocated(&self, idx: Idx) -> bool {
+        // Relaxed: a stale value for `idx` was written after its chunk was installed (and
+        // `any` set before that), by a thread whose writes reached us through the orderings
+        // that handed us the slot; coherence then shows us `any` set.
+        if !self.any.load(Ordering::Relaxed) {
+            return false;
+        }
         let (chunk, _) = self.locate(idx);
         // Acquire: as in `get`.
         !self.chunks[chunk].load(Ordering::Acquire).is_null()
@@ -382,6 +440,8 @@ impl Column {
             unsafe { fresh.add(i).write(AtomicU64::new(0)) };
         }
         let _ = len;
+        // Relaxed: see `is_allocated`; set before the chunk is published.
+        self.any.store(true, Ordering::Relaxed);
         // Release on success: publishes the zeroed chunk. Acquire on failure: we use the winner's.
         match self.chunks[chunk].compare_exchange(
             ptr::null_mut(),
@@ -539,5 +599,31 @@ mod tests {
         // SAFETY: b is live and owned by this test.
         unsafe { arena.release(b) };
         assert_eq!(arena.allocated(), 2);
+    }
+
+    /// A batch goes back whole: every payload is dropped once, every slot is handed out
+    /// again (in batch order, ahead of what was free before), and no fresh slot is needed.
+    #[test]
+    fn a_released_batch_is_reused_whole() {
+        let arena: Arena<u64, String> = Arena::new(0, false);
+        let lone = arena.alloc().unwrap();
+        let batch: Vec<u32> = (0..70).map(|_| arena.alloc().unwrap()).collect();
+        // SAFETY: private slots, initialised once, released once below.
+        unsafe {
+            arena.node(lone).init(0, 0, 0, "lone".into());
+            arena.release(lone);
+            for &x in &batch {
+                arena.node(x).init(0, 0, u64::from(x), format!("v{x}"));
+            }
+            arena.release_all(&batch);
+        }
+        let fresh = arena.allocated();
+        let again: Vec<u32> = (0..71).map(|_| arena.alloc().unwrap()).collect();
+        assert_eq!(&again[..70], &batch[..]);
+        assert_eq!(again[70], lone);
+        assert_eq!(arena.allocated(), fresh, "a fresh slot was handed out");
+        for &x in &again {
+            assert_eq!(arena.node(x).life(), crate::raw::node::LIFE_FREE);
+        }
     }
 }

@@ -14,14 +14,16 @@ use std::hash::BuildHasher;
 use std::mem;
 
 use super::Config;
-use super::node::{FLAG_BITS, FREQ_MAX, IDX_MASK, Idx, LIFE_RETIRED, MARK, NEVER, NIL, UNINIT};
+use super::node::{
+    FLAG_BITS, FREQ_MAX, IDX_MASK, Idx, LIFE_RETIRED, LINK_BITS, MARK, NEVER, NIL, UNINIT,
+};
 use super::ring::{Event, EventKind};
 use super::shard::{Shard, TICK_SHIFT, tag_of};
 use super::table::{Table, bucket_of, free_table};
 use crate::evict::policy::{EntryAccess, Policy};
 use crate::expire::wheel::Wheel;
 use crate::listener::RemovalCause;
-use crate::stats::Counter;
+use crate::stats::{Counter, WriteCounts};
 use crate::sync::epoch::Guard;
 use crate::sync::{Arc, AtomicBool, Ordering};
 
@@ -38,8 +40,13 @@ const _: () = assert!((SEEN_INSERT | SEEN_REMOVE | ADMITTED | UNLINKED | ZIPPED)
 const DONE: u8 = SEEN_INSERT | SEEN_REMOVE | UNLINKED;
 
 /// Retired nodes handed to the epoch at once by an ordinary pass (one deferred function and
-/// one flush of the epoch's bag per batch, not per pass).
-const RETIRE_BATCH: usize = 64;
+/// one flush of the epoch's bag per batch, not per pass): a 64th of the nodes the shard's
+/// first arena chunk holds (it is sized for the shard's expected entries), between
+/// [`MIN_RETIRE_BATCH`] and [`MAX_RETIRE_BATCH`]. A flush moves crossbeam's whole bag (about
+/// 2 KiB) to its global queue, so it pays to retire many nodes per flush; a batch is also
+/// the most unreachable nodes a shard keeps alive waiting, so small shards keep small ones.
+const MIN_RETIRE_BATCH: usize = 32;
+const MAX_RETIRE_BATCH: usize = 512;
 
 /// Work (nodes visited plus buckets initialised) one pass spends on a growth, beyond the
 /// chain it is in the middle of.
@@ -68,6 +75,9 @@ pub(crate) struct Maint {
     expired: Vec<Idx>,
     /// The eviction policy of a bounded cache (created with the first admission).
     policy: Option<Policy>,
+    /// Writes counted for `Cache::stats` (see `stats.rs`): plain counters, as only the
+    /// lock holder touches them.
+    pub(super) counts: WriteCounts,
 }
 
 /// The policy's view of the shard's nodes during eviction.
@@ -272,6 +282,7 @@ where
     }
 
     /// Files `idx` in the wheel at its current deadline, if it has one.
+    #[inline]
     fn schedule<S>(&self, m: &mut Maint, cfg: &Config<K, V, S>, idx: Idx) {
         // Relaxed: see `Shard::alive`; a later move is found when the slot comes due.
         let deadline = self.arena.node(idx).deadline.load(Ordering::Relaxed);
@@ -290,7 +301,8 @@ where
     }
 
     /// Ends a pass: unlinks what is pending, hands finished nodes to the epoch (in batches of
-    /// [`RETIRE_BATCH`], or all of them with `retire_all`), and returns the removals to report.
+    /// [`retire_batch`](Self::retire_batch), or all of them with `retire_all`), and returns the
+    /// removals to report.
     ///
     /// Nodes waiting for a full batch stay owned by the shard (unreachable, their payloads
     /// still alive): at most a batch per shard, freed by the next explicit pass or the drop.
@@ -302,7 +314,7 @@ where
         retire_all: bool,
     ) -> Vec<(Idx, RemovalCause)> {
         self.process_unlinks(m, cfg, guard);
-        if !m.retired.is_empty() && (retire_all || m.retired.len() >= RETIRE_BATCH) {
+        if !m.retired.is_empty() && (retire_all || m.retired.len() >= self.retire_batch()) {
             let batch = mem::take(&mut m.retired);
             for &idx in &batch {
                 // SAFETY: the node is unreachable and only the maintainer (us, holding the lock)
@@ -315,18 +327,22 @@ where
             // can be made. Threads pinned now may still hold one; the epoch runs this only after
             // they have all unpinned.
             guard.defer(move || {
-                for idx in batch {
-                    // SAFETY: retired above: initialised payload, unreachable, and the grace
-                    // period has passed, so no thread holds a reference (node.rs, rule 5).
-                    unsafe { arena.release(idx) };
-                }
+                // SAFETY: retired above: initialised payloads, unreachable, each listed once,
+                // and the grace period has passed, so no thread holds a reference (node.rs,
+                // rule 5).
+                unsafe { arena.release_all(&batch) };
             });
             // Hand the batch to the global queue now: left in this thread's local bag, it would
             // wait until this thread defers or pins many more times, which an idle thread never
             // does. From the queue, any thread's next collection frees it.
             guard.flush();
         }
-        mem::take(&mut m.notify)
+        if m.notify.is_empty() {
+            // Nothing to report: keep the buffer (taking it would reallocate on the next push).
+            Vec::new()
+        } else {
+            mem::take(&mut m.notify)
+        }
     }
 
     /// Applies one event.
@@ -340,6 +356,7 @@ where
         let idx = event.idx;
         match event.kind {
             EventKind::Inserted => {
+                m.counts[Counter::Insert as usize] += 1;
                 self.add_live(1);
                 self.add_flags(idx, SEEN_INSERT);
                 if self.has(idx, SEEN_REMOVE) {
@@ -351,6 +368,7 @@ where
                 }
             }
             EventKind::Removed => {
+                m.counts[event.removal as usize] += 1;
                 self.add_live(-1);
                 self.add_flags(idx, SEEN_REMOVE);
                 self.dismiss(m, cfg, idx);
@@ -358,19 +376,28 @@ where
             }
             EventKind::Replaced => {
                 // `idx`'s insertion and `old`'s removal in one (the live count does not move).
+                m.counts[Counter::Insert as usize] += 1;
+                m.counts[event.removal as usize] += 1;
                 let old = event.old;
-                self.add_flags(idx, SEEN_INSERT);
-                self.add_flags(old, SEEN_REMOVE);
-                if self.has(idx, SEEN_REMOVE) {
+                let (new_node, old_node) = (self.arena.node(idx), self.arena.node(old));
+                let new_flags = new_node.flags() | SEEN_INSERT;
+                let old_flags = old_node.flags() | SEEN_REMOVE;
+                if new_flags & SEEN_REMOVE != 0 {
                     // The new node was removed already (its `Removed` event overtook this
                     // one): it is never admitted, and the old one simply leaves.
+                    new_node.set_flags(new_flags);
+                    old_node.set_flags(old_flags);
                     self.dismiss(m, cfg, old);
                     self.try_retire(m, cfg, idx);
-                } else if self.has(old, ADMITTED) {
+                } else if old_flags & ADMITTED != 0 {
+                    old_node.set_flags(old_flags & !ADMITTED);
+                    new_node.set_flags(new_flags | ADMITTED);
                     self.transfer(m, cfg, old, idx, event.weight, event.hash);
                 } else {
                     // The old node's own `Inserted` has not been applied yet (it comes later,
                     // finds it removed and retires it): admit the new one as new.
+                    new_node.set_flags(new_flags);
+                    old_node.set_flags(old_flags);
                     self.admit(m, cfg, idx, event.weight, event.hash);
                 }
                 m.unlink_queue.push((old, idx));
@@ -406,9 +433,11 @@ where
         }
     }
 
-    /// The admitted node `old` was superseded by `new` (same key, not removed): `new` takes
-    /// its place in the wheel and the policy, and its access counter, so that a replaced value
-    /// keeps its key's standing instead of going back to probation.
+    /// The admitted node `old` was superseded by `new` (same key, not removed; the caller moved
+    /// the `ADMITTED` flag): `new` takes its place in the wheel and the policy, and its access
+    /// counter, so that a replaced value keeps its key's standing instead of going back to
+    /// probation.
+    #[inline]
     fn transfer<S>(
         &self,
         m: &mut Maint,
@@ -418,30 +447,30 @@ where
         weight: u32,
         hash: u64,
     ) {
-        self.clear_flags(old, ADMITTED);
-        self.add_flags(new, ADMITTED);
         let old_node = self.arena.node(old);
         let new_node = self.arena.node(new);
         // Relaxed: see `Shard::alive`.
-        let (was, now) = (
-            old_node.deadline.load(Ordering::Relaxed),
-            new_node.deadline.load(Ordering::Relaxed),
-        );
-        let filed = m.wheel.as_ref().is_some_and(|w| w.is_scheduled(old));
-        if filed && now >= was && now != NEVER {
-            // The old node was filed at or before its current deadline `was <= now`: the
-            // wheel's contract holds for the new node in that slot (re-filed lazily).
-            if let Some(wheel) = m.wheel.as_mut() {
-                wheel.replace(old, new);
+        let now = new_node.deadline.load(Ordering::Relaxed);
+        match m.wheel.as_mut() {
+            Some(wheel) => {
+                // Relaxed: as above.
+                let was = old_node.deadline.load(Ordering::Relaxed);
+                // The old node was filed at or before its current deadline `was <= now`: the
+                // wheel's contract holds for the new node in that slot (re-filed lazily).
+                let moved = now != NEVER && now >= was && wheel.replace(old, new);
+                if !moved {
+                    wheel.cancel(old);
+                    self.schedule(m, cfg, new);
+                }
             }
-        } else {
-            if filed && let Some(wheel) = m.wheel.as_mut() {
-                wheel.cancel(old);
-            }
-            self.schedule(m, cfg, new);
+            // No wheel: the old node had no deadline (a wheel is made with the first one).
+            None if now != NEVER => self.schedule(m, cfg, new),
+            None => {}
         }
-        let old_weight = self.weight_of(cfg, old);
-        self.add_size(i64::from(weight) - old_weight as i64);
+        if cfg.weigher.is_some() {
+            let old_weight = self.weight_of(cfg, old);
+            self.add_size(i64::from(weight) - old_weight as i64);
+        }
         if let Some(policy) = m.policy.as_mut() {
             if !policy.replace(old, new, weight) {
                 policy.insert(new, hash, weight);
@@ -466,21 +495,15 @@ where
         idx: Idx,
         cause: RemovalCause,
     ) -> bool {
-        if !self.arena.node(idx).mark() {
+        let Some(claimed) = self.arena.node(idx).mark() else {
             return false;
-        }
-        if let Some(bound) = &cfg.bound {
+        };
+        // A claimed node's share belongs to the insert replacing it (see `Bound`).
+        if !claimed && let Some(bound) = &cfg.bound {
             bound.release(self.weight_of(cfg, idx));
         }
         self.add_live(-1);
-        cfg.stats.add(
-            match cause {
-                RemovalCause::Expired => Counter::Expiration,
-                RemovalCause::Size => Counter::Eviction,
-                _ => Counter::Removal,
-            },
-            1,
-        );
+        m.counts[Counter::of(cause) as usize] += 1;
         m.notify.push((idx, cause));
         self.add_flags(idx, SEEN_REMOVE);
         self.dismiss(m, cfg, idx);
@@ -506,8 +529,12 @@ where
             if !self.unlink_after(m, cfg, hint, idx, guard) {
                 self.unlink(m, cfg, idx, guard);
             }
-            self.add_flags(idx, UNLINKED);
-            self.try_retire(m, cfg, idx);
+            let node = self.arena.node(idx);
+            let flags = node.flags() | UNLINKED;
+            node.set_flags(flags);
+            if flags & DONE == DONE {
+                self.retire(m, idx, flags);
+            }
         }
     }
 
@@ -531,13 +558,30 @@ where
     fn try_retire<S>(&self, m: &mut Maint, _cfg: &Config<K, V, S>, idx: Idx) {
         let flags = self.arena.node(idx).flags();
         if flags & DONE == DONE {
-            debug_assert!(
-                flags & ADMITTED == 0,
-                "retiring an entry still in the wheel/policy"
-            );
-            self.arena.node(idx).set_flags(0);
-            m.retired.push(idx);
+            self.retire(m, idx, flags);
         }
+    }
+
+    /// Nodes retired per batch (see [`MAX_RETIRE_BATCH`]).
+    #[inline]
+    fn retire_batch(&self) -> usize {
+        (self.arena.first_len() / 64).clamp(MIN_RETIRE_BATCH, MAX_RETIRE_BATCH)
+    }
+
+    /// Retires `idx`, whose flags (`flags`) say it is done: unlinked, with its insertion and
+    /// its removal applied.
+    #[inline]
+    fn retire(&self, m: &mut Maint, idx: Idx, flags: u8) {
+        debug_assert_eq!(flags & DONE, DONE);
+        debug_assert!(
+            flags & ADMITTED == 0,
+            "retiring an entry still in the wheel/policy"
+        );
+        self.arena.node(idx).set_flags(0);
+        if m.retired.capacity() == 0 {
+            m.retired.reserve_exact(self.retire_batch());
+        }
+        m.retired.push(idx);
     }
 
     /// Evicts while the cache is over its capacity: in an ordinary pass only while this shard
@@ -615,7 +659,7 @@ where
         // walks the chain.
         link.compare_exchange(
             pred_val,
-            (pred_val & MARK) | (next & IDX_MASK),
+            (pred_val & LINK_BITS) | (next & IDX_MASK),
             Ordering::Release,
             Ordering::Relaxed,
         )
@@ -656,7 +700,7 @@ where
                     self.mark_superseded(m, cfg, idx, tag, next & IDX_MASK, guard);
                     // Only the maintainer changes the index bits of a link other than a bucket
                     // head, so `next`'s index is still current (its mark bit is set anyway).
-                    let new = (pred_val & MARK) | (next & IDX_MASK);
+                    let new = (pred_val & LINK_BITS) | (next & IDX_MASK);
                     // Release: readers that load the new link must see the successor's
                     // contents; they were published to us by the Acquire loads above, and
                     // Release passes that on. Fails if an insert moved the head or the
@@ -983,10 +1027,11 @@ where
             let mut cur = idx_at(next[x]);
             loop {
                 // Release: as for an unlink (readers following the new link see the node it
-                // leads to). Only the mark bit can change under us (a writer marking x).
+                // leads to). Only the mark and claim bits can change under us (a writer marking
+                // or claiming x), and they are kept.
                 match link.compare_exchange_weak(
                     cur,
-                    (cur & MARK) | new,
+                    (cur & LINK_BITS) | new,
                     Ordering::Release,
                     Ordering::Relaxed,
                 ) {

@@ -60,10 +60,15 @@ pub(crate) type WeigherFn<K, V> = dyn Fn(&K, &V) -> u32 + Send + Sync + 'static;
 ///
 /// Writers *reserve* an entry's weight before they publish it (a CAS loop that never takes
 /// the total above `capacity + slack`), and the weight is released when the entry is marked
-/// removed, by whoever marks it. So `reserved` is the weight of the unmarked entries plus the
-/// inserts in flight, and never exceeds `capacity + slack`, however many writers there are.
-/// Maintenance passes evict while `reserved > capacity`; a writer that would go past the
-/// slack makes room itself first (back-pressure).
+/// removed, by whoever marks it. An insert that replaces a live node of the same weight does
+/// neither: it *claims* that node first (a bit in the node's link, set with a CAS only on an
+/// unmarked, unclaimed node) and so takes over its share, and whoever later marks a claimed
+/// node releases nothing. So a replacement touches this shared counter not at all, and
+/// `reserved` is the weight of the unmarked, unclaimed entries plus the shares held by inserts
+/// in flight (each claimed node's share counted once, for the insert that claimed it, which
+/// publishes with no exit in between): it never exceeds `capacity + slack`, however many
+/// writers there are. Maintenance passes evict while `reserved > capacity`; a writer that
+/// would go past the slack makes room itself first (back-pressure).
 pub(crate) struct Bound {
     pub(crate) capacity: u64,
     pub(crate) slack: u64,
@@ -212,6 +217,7 @@ where
 
     /// Stores `key -> value` with a per-entry time to live in ns (`None`: the cache's
     /// default); returns them back if the shard cannot hold another node.
+    #[inline]
     pub(crate) fn insert(
         &self,
         key: K,
@@ -224,15 +230,37 @@ where
         V: Clone,
     {
         let hash = self.cfg.hash(&key);
-        if let Some(bound) = &self.cfg.bound {
-            self.reserve(bound, u64::from(weight));
+        let shard = self.shard(hash);
+        let Some(bound) = &self.cfg.bound else {
+            return shard.insert(
+                &self.cfg,
+                hash,
+                key,
+                value,
+                ttl,
+                weight,
+                only_if_absent,
+                None,
+            );
+        };
+        if !only_if_absent {
+            // The shard reserves when it needs to (not when it replaces a node of the same
+            // weight, whose share it takes over).
+            let reserve = |w: u64| self.reserve(bound, w);
+            return shard.insert(
+                &self.cfg,
+                hash,
+                key,
+                value,
+                ttl,
+                weight,
+                false,
+                Some(&reserve),
+            );
         }
-        let result =
-            self.shard(hash)
-                .insert(&self.cfg, hash, key, value, ttl, weight, only_if_absent);
-        if !matches!(result, Ok(Inserted::Stored))
-            && let Some(bound) = &self.cfg.bound
-        {
+        self.reserve(bound, u64::from(weight));
+        let result = shard.insert(&self.cfg, hash, key, value, ttl, weight, true, None);
+        if !matches!(result, Ok(Inserted::Stored)) {
             // Not published: give the reservation back.
             bound.release(u64::from(weight));
         }
@@ -345,6 +373,18 @@ where
             .sum()
     }
 
+    /// The counters, after applying every shard's pending events (so the write counters are
+    /// exact when no write is in flight).
+    pub(crate) fn stats(&self) -> crate::stats::Stats {
+        let mut writes = [0u64; 4];
+        for shard in self.shards.iter() {
+            for (total, n) in writes.iter_mut().zip(shard.counts(&self.cfg)) {
+                *total += n;
+            }
+        }
+        self.cfg.stats.snapshot(writes)
+    }
+
     pub(crate) fn clear(&self) {
         for shard in self.shards.iter() {
             shard.clear(&self.cfg);
@@ -407,6 +447,51 @@ mod tests {
             hit_work: false,
         };
         RawCache::new(layout, cfg)
+    }
+
+    /// A replacement takes over the share of the bound of the node it replaces (it claims the
+    /// node, and whoever marks a claimed node gives nothing back), so it touches the shared
+    /// counter not at all; racing with removals, inserts and replacements of the same keys
+    /// from other threads, the reserved weight still equals the live entries once quiet, and
+    /// never passed the capacity plus the slack meanwhile.
+    #[test]
+    fn replacements_take_over_their_share_of_the_bound() {
+        let mut cache = raw(2, 8);
+        cache.cfg.bound = Some(Bound::new(64, 2));
+        let cache = std::sync::Arc::new(cache);
+        let bound = || cache.cfg.bound.as_ref().unwrap();
+        for k in 0..16u64 {
+            cache.insert(k, k, None, 1, false).ok().unwrap();
+        }
+        let before = bound().reserved();
+        for round in 0..100u64 {
+            for k in 0..16u64 {
+                cache.insert(k, round, None, 1, false).ok().unwrap();
+            }
+        }
+        // Replacements alone: not one unit reserved or released.
+        assert_eq!(bound().reserved(), before);
+        let threads: Vec<_> = (0..3u64)
+            .map(|t| {
+                let cache = cache.clone();
+                std::thread::spawn(move || {
+                    let bound = cache.cfg.bound.as_ref().unwrap();
+                    for i in 0..20_000u64 {
+                        let k = (i * 7 + t) % 24;
+                        match (i + t) % 5 {
+                            0 => drop(cache.remove(&k, RemovalCause::Explicit)),
+                            _ => drop(cache.insert(k, i, None, 1, false)),
+                        }
+                        assert!(bound.reserved() <= bound.capacity + bound.slack);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        cache.run_pending_tasks();
+        assert_eq!(bound().reserved(), cache.len() as u64);
     }
 
     /// An unbounded cache has no eviction policy, so a hit writes nothing, not even the CLOCK

@@ -8,7 +8,7 @@
 //! | field      | type        | written by                          | read by                |
 //! |------------|-------------|-------------------------------------|------------------------|
 //! | `deadline` | `AtomicU64` | inserter, `touch`/`set_ttl`, TTI reads | readers, maintainer |
-//! | `next`     | `AtomicU32` | inserter (before publishing), markers (bit 31), maintainer (unlinks) | everyone |
+//! | `next`     | `AtomicU32` | inserter (before publishing), markers (bit 31), claimers (bit 30), maintainer (unlinks) | everyone |
 //! | `tag`      | `u16` cell  | inserter (before publishing)         | readers (chain filter) |
 //! | `freq`     | `AtomicU8`  | readers (saturating bump), maintainer (CLOCK hand) | maintainer |
 //! | `state`    | `AtomicU8`  | the slot's owner: inserter (life), maintainer (its flags, retire), deferred release | maintainer, shard drop |
@@ -65,8 +65,16 @@ pub(crate) type Idx = u32;
 /// Bit 31 of a link: in a node's `next`, "this node is marked removed"; in a bucket head of a
 /// table being split, "frozen: insert into the new table instead".
 pub(crate) const MARK: u32 = 1 << 31;
+/// Bit 30 of a node's `next`: "claimed": an insert that is replacing this node has taken over
+/// its share of the size bound's reservation (see `Bound` in `raw/mod.rs`), so whoever marks
+/// it must not give that share back. Never set in a bucket word. Set at most once, on an
+/// unmarked node, and never cleared while the node is reachable.
+pub(crate) const CLAIM: u32 = 1 << 30;
 /// The index bits of a link.
-pub(crate) const IDX_MASK: u32 = MARK - 1;
+pub(crate) const IDX_MASK: u32 = CLAIM - 1;
+/// The bits of a link that are not its index (`MARK`, `CLAIM`): an unlink that redirects a
+/// link keeps them.
+pub(crate) const LINK_BITS: u32 = !IDX_MASK;
 /// End of a chain.
 pub(crate) const NIL: u32 = IDX_MASK;
 /// A bucket of a growing table that has not been split off its old bucket yet.
@@ -221,20 +229,47 @@ impl<K, V> Node<K, V> {
         self.next.load(Ordering::Acquire) & MARK != 0
     }
 
-    /// Tries to mark the node removed (rule 3). Returns true if this call set the mark.
-    pub(crate) fn mark(&self) -> bool {
+    /// Tries to mark the node removed (rule 3). Returns `None` if another thread marked it
+    /// first, else whether it was [`CLAIM`]ed (then its share of the bound belongs to the
+    /// replacing insert, and the marker must not release it).
+    pub(crate) fn mark(&self) -> Option<bool> {
         // Relaxed first load: only a hint for the CAS below, which validates it.
         let mut cur = self.next.load(Ordering::Relaxed);
         loop {
             if cur & MARK != 0 {
-                return false;
+                return None;
             }
             // AcqRel: Release publishes the remover's earlier writes to whoever sees the mark
-            // (readers, the maintainer); Acquire orders the remover after the last link update.
+            // (readers, the maintainer); Acquire orders the remover after the last link update
+            // (and after the claim, if any).
             match self.next.compare_exchange_weak(
                 cur,
                 cur | MARK,
                 Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(cur & CLAIM != 0),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Claims the node's share of the bound for an insert replacing it: sets [`CLAIM`] if the
+    /// node is neither marked nor claimed. Returns whether this call set it.
+    pub(crate) fn claim(&self) -> bool {
+        // Relaxed first load: a hint for the CAS.
+        let mut cur = self.next.load(Ordering::Relaxed);
+        loop {
+            if cur & (MARK | CLAIM) != 0 {
+                return false;
+            }
+            // Relaxed: the claim publishes nothing; what matters is that exactly one of the
+            // claim and the mark comes first in the link's modification order, which the CAS
+            // on one word decides (a marker reads the claim in the value it replaces).
+            match self.next.compare_exchange_weak(
+                cur,
+                cur | CLAIM,
+                Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return true,

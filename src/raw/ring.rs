@@ -14,6 +14,7 @@
 use crossbeam_utils::CachePadded;
 
 use super::node::Idx;
+use crate::stats::Counter;
 use crate::sync::{AtomicUsize, Ordering, UnsafeCell};
 
 /// What happened to a node.
@@ -42,6 +43,8 @@ pub(crate) struct Event {
     pub(crate) hash: u64,
     /// For `Replaced`: the superseded node.
     pub(crate) old: Idx,
+    /// For `Removed` and `Replaced`: which counter the removal counts in (see `stats.rs`).
+    pub(crate) removal: Counter,
 }
 
 struct Slot {
@@ -78,6 +81,7 @@ impl Ring {
                     weight: 0,
                     hash: 0,
                     old: 0,
+                    removal: Counter::Removal,
                 }),
             })
             .collect();
@@ -95,6 +99,7 @@ impl Ring {
 
     /// Appends an event. On success returns the position it took (positions count up from 0);
     /// fails, returning the event, if the ring is full.
+    #[inline]
     pub(crate) fn push(&self, event: Event) -> Result<usize, Event> {
         // Relaxed: `tail` only arbitrates which producer gets which position; the slot's
         // sequence number carries the synchronisation.
@@ -172,6 +177,7 @@ mod tests {
             weight: 1,
             hash: 0,
             old: 0,
+            removal: Counter::Removal,
         }
     }
 

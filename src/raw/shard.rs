@@ -58,6 +58,27 @@ pub(crate) struct Start {
     old: u32,
 }
 
+/// Whether an insert into a bounded cache holds its share of the bound yet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Share {
+    Needed,
+    /// Reserved, or taken over from the node it replaces (claimed).
+    Held,
+}
+
+/// A share of the bound an insert holds before it publishes its node: released if the insert
+/// unwinds (a user's `Eq` panicking in the chain walk), so that a panic does not shrink the
+/// capacity.
+struct ShareOnUnwind<'a>(Option<(&'a super::Bound, u64)>);
+
+impl Drop for ShareOnUnwind<'_> {
+    fn drop(&mut self) {
+        if let Some((bound, weight)) = self.0 {
+            bound.release(weight);
+        }
+    }
+}
+
 /// What an insert did.
 pub(crate) enum Inserted<V> {
     /// The value was stored.
@@ -473,6 +494,7 @@ where
         own_ttl: Option<u64>,
         weight: u32,
         only_if_absent: bool,
+        reserve: Option<&dyn Fn(u64)>,
     ) -> Result<Inserted<V>, (K, V)>
     where
         V: Clone,
@@ -491,6 +513,12 @@ where
         if cfg.weigher.is_some() {
             self.weights.set(idx, u64::from(weight));
         }
+        // With `reserve` (a bounded cache, and not `only_if_absent`, whose caller reserved
+        // already), this insert needs a share of the bound before it publishes: it takes over
+        // the share of the live node of its key it replaces (claiming it), or reserves its own.
+        let mut share = Share::Needed;
+        // Gives a held share back if a user's `Eq` panics before the node is published.
+        let mut unwind = ShareOnUnwind(None);
         let superseded = loop {
             let table = self.current(&guard);
             let bucket = table.bucket(hash);
@@ -516,10 +544,25 @@ where
                         unsafe { self.arena.release(idx) };
                         return Ok(Inserted::Present(present));
                     }
+                    if share == Share::Needed
+                        && reserve.is_some()
+                        && self.weight_of(cfg, old_idx) == u64::from(weight)
+                        && old.claim()
+                    {
+                        share = Share::Held;
+                        unwind.0 = cfg.bound.as_ref().map(|b| (b, u64::from(weight)));
+                    }
                     Some(old_idx)
                 }
                 _ => None,
             };
+            if share == Share::Needed
+                && let Some(reserve) = reserve
+            {
+                reserve(u64::from(weight));
+                share = Share::Held;
+                unwind.0 = cfg.bound.as_ref().map(|b| (b, u64::from(weight)));
+            }
             // Relaxed: published by the Release CAS below.
             node.next.store(head, Ordering::Relaxed);
             // Release: publishes the node's contents (rule 2); pairs with the Acquire loads of
@@ -531,7 +574,8 @@ where
                 break older;
             }
         };
-        cfg.stats.add(Counter::Insert, 1);
+        // Published: the share is the node's now.
+        unwind.0 = None;
         let mut removed = None;
         let mut event = Event {
             idx,
@@ -539,6 +583,7 @@ where
             weight,
             hash,
             old: 0,
+            removal: Counter::Removal,
         };
         if let Some(old_idx) = superseded {
             let old = self.arena.node(old_idx);
@@ -550,11 +595,12 @@ where
             // Whoever wins the mark reports the removal; if a remove or the maintainer got
             // there first, this insert replaced nothing. One event tells the maintainer both
             // (the new node takes the old one's place in its bookkeeping).
-            if old.mark() {
-                self.writer_removed(cfg, old_idx, cause);
+            if let Some(claimed) = old.mark() {
+                self.writer_removed(cfg, old_idx, claimed);
                 removed = Some((old_idx, cause));
                 event.kind = EventKind::Replaced;
                 event.old = old_idx;
+                event.removal = Counter::of(cause);
             }
         }
         let offer = self.record(cfg, event, &guard);
@@ -588,11 +634,11 @@ where
                 return None;
             }
             let live = Self::alive(node, cfg);
-            if node.mark() {
+            if let Some(claimed) = node.mark() {
                 let cause = if live { cause } else { RemovalCause::Expired };
                 // SAFETY: found while pinned (see `find`).
                 let value = live.then(|| unsafe { node.with_payload(|_, v| v.clone()) });
-                if self.on_writer_marked(cfg, idx, cause, &guard) || self.expiry_due(cfg) {
+                if self.on_writer_marked(cfg, idx, claimed, cause, &guard) || self.expiry_due(cfg) {
                     self.try_maintain(cfg, &guard);
                 }
                 self.notify(cfg, idx, cause, &guard);
@@ -637,8 +683,8 @@ where
         };
         if lifetime == 0 {
             // Already expired: remove it now, as an expiry.
-            if node.mark() {
-                if self.on_writer_marked(cfg, idx, RemovalCause::Expired, &guard) {
+            if let Some(claimed) = node.mark() {
+                if self.on_writer_marked(cfg, idx, claimed, RemovalCause::Expired, &guard) {
                     self.try_maintain(cfg, &guard);
                 }
                 self.notify(cfg, idx, RemovalCause::Expired, &guard);
@@ -661,6 +707,7 @@ where
                     weight: 0,
                     hash: 0,
                     old: 0,
+                    removal: Counter::Removal,
                 },
                 &guard,
             )
@@ -717,14 +764,14 @@ where
             // SAFETY: found while pinned (see `find`).
             return Some((unsafe { node.with_payload(|_, v| v.clone()) }, false));
         }
-        if !node.mark() {
+        let Some(claimed) = node.mark() else {
             cfg.stats.read(false);
             return None;
-        }
+        };
         cfg.stats.read(true);
         // SAFETY: found while pinned (see `find`).
         let value = unsafe { node.with_payload(|_, v| v.clone()) };
-        if self.on_writer_marked(cfg, idx, RemovalCause::Expired, &guard) {
+        if self.on_writer_marked(cfg, idx, claimed, RemovalCause::Expired, &guard) {
             self.try_maintain(cfg, &guard);
         }
         self.notify(cfg, idx, RemovalCause::Expired, &guard);
@@ -737,10 +784,11 @@ where
         &self,
         cfg: &Config<K, V, S>,
         idx: Idx,
+        claimed: bool,
         cause: RemovalCause,
         guard: &Guard,
     ) -> bool {
-        self.writer_removed(cfg, idx, cause);
+        self.writer_removed(cfg, idx, claimed);
         self.record(
             cfg,
             Event {
@@ -749,31 +797,27 @@ where
                 weight: 0,
                 hash: 0,
                 old: 0,
+                removal: Counter::of(cause),
             },
             guard,
         )
     }
 
     /// What a writer that marked `idx` owes at once: the entry's weight back to the bound,
-    /// and the removal counted.
-    fn writer_removed<S>(&self, cfg: &Config<K, V, S>, idx: Idx, cause: RemovalCause) {
-        if let Some(bound) = &cfg.bound {
+    /// unless the node was `claimed` (its share then belongs to the insert replacing it). (The
+    /// removal is counted by the maintainer, from the event.)
+    #[inline]
+    fn writer_removed<S>(&self, cfg: &Config<K, V, S>, idx: Idx, claimed: bool) {
+        if !claimed && let Some(bound) = &cfg.bound {
             bound.release(self.weight_of(cfg, idx));
         }
-        cfg.stats.add(
-            if cause == RemovalCause::Expired {
-                Counter::Expiration
-            } else {
-                Counter::Removal
-            },
-            1,
-        );
     }
 
     /// Hands an event to the maintainer. Returns whether this writer should offer a
     /// maintenance pass: the producer of every `drain_threshold`-th event does (a power of
     /// two; no shared counter to read). If the ring is full, applies back-pressure instead:
     /// waits for the maintenance lock, drains the ring and applies the event directly.
+    #[inline]
     pub(super) fn record<S: BuildHasher>(
         &self,
         cfg: &Config<K, V, S>,
@@ -783,15 +827,22 @@ where
         match self.ring.push(event) {
             Ok(pos) => (pos + 1) & (cfg.drain_threshold - 1) == 0,
             Err(event) => {
-                let notes = self.maint.run(|m| {
-                    self.pass(m, cfg, guard, false);
-                    self.apply(m, cfg, event, guard);
-                    self.finish_pass(m, cfg, guard, false)
-                });
-                self.deliver(cfg, notes, guard);
+                self.record_when_full(cfg, event, guard);
                 false
             }
         }
+    }
+
+    /// Back-pressure (see [`record`](Self::record)).
+    #[cold]
+    #[inline(never)]
+    fn record_when_full<S: BuildHasher>(&self, cfg: &Config<K, V, S>, event: Event, guard: &Guard) {
+        let notes = self.maint.run(|m| {
+            self.pass(m, cfg, guard, false);
+            self.apply(m, cfg, event, guard);
+            self.finish_pass(m, cfg, guard, false)
+        });
+        self.deliver(cfg, notes, guard);
     }
 
     /// Runs a maintenance pass if the lock is free.
@@ -826,6 +877,21 @@ where
             self.finish_pass(m, cfg, &guard, true)
         });
         self.deliver(cfg, notes, &guard);
+    }
+
+    /// The shard's write counters, after a pass that applies its pending events.
+    pub(crate) fn counts<S: BuildHasher>(
+        &self,
+        cfg: &Config<K, V, S>,
+    ) -> crate::stats::WriteCounts {
+        let guard = epoch::pin();
+        let (counts, notes) = self.maint.run(|m| {
+            self.pass(m, cfg, &guard, false);
+            let notes = self.finish_pass(m, cfg, &guard, false);
+            (m.counts, notes)
+        });
+        self.deliver(cfg, notes, &guard);
+        counts
     }
 
     /// Calls the listener for one entry (inline, after the removal is complete).
