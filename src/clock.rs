@@ -48,6 +48,10 @@ const NO_OFFSET: u64 = u64::MAX;
 
 impl TimeSource {
     pub(crate) fn new(clock: Clock) -> Self {
+        // The coarse time's base is fixed before this cache's start, so that the start's offset
+        // from it is exact (it would saturate to zero if the base came later).
+        #[cfg(not(loom))]
+        let _ = ticker::base();
         let start = clock.now();
         // quanta does not say whether a clock is mocked, but its `Debug` names the variant.
         // Read once here; if that ever changes, a mocked cache starts a ticker it does not
@@ -112,6 +116,12 @@ impl TimeSource {
     #[inline]
     fn now_slow(&self) -> u64 {
         let mut t = self.clock.recent();
+        // A real clock whose ticker could not be started: quanta's recent time was set once
+        // and is never refreshed, so read the source.
+        #[cfg(not(loom))]
+        if matches!(self.ticker.get(), Some((lease, _)) if !lease.running()) {
+            t = self.clock.now();
+        }
         if t < self.start {
             // The coarse clock is not running (yet): read the source.
             t = self.clock.now();

@@ -187,40 +187,6 @@ impl Wheel {
         true
     }
 
-    /// Gives `new` the place of the scheduled `old`, in O(1): `new` is filed where `old` was
-    /// (with `old`'s filed deadline) and `old` is no longer scheduled. Returns false, and
-    /// changes nothing, if `old` is not scheduled.
-    ///
-    /// The contract of [`schedule`](Self::schedule) carries over: `new`'s current deadline
-    /// must not be earlier than the deadline `old` was filed with (a later one is re-filed
-    /// lazily, as for a deadline moved later). `new` must not be scheduled (checked by a debug
-    /// assertion; in release builds it is moved).
-    ///
-    /// # Panics
-    ///
-    /// If `new > MAX_ID`.
-    pub(crate) fn replace(&mut self, old: u32, new: u32) -> bool {
-        assert!(new <= MAX_ID, "wheel ids must be below 2^31");
-        if !self.is_scheduled(old) || old == new {
-            return self.is_scheduled(old);
-        }
-        let index = new as usize;
-        if index >= self.links.len() {
-            self.links.resize(index + 1, [UNLINKED; 2]);
-        }
-        if self.links[index][NEXT] != UNLINKED {
-            debug_assert!(false, "id {new} is already scheduled");
-            self.cancel(new);
-        }
-        let [prev, next] = self.links[old as usize];
-        self.links[old as usize] = [UNLINKED; 2];
-        self.links[index] = [prev, next];
-        // When `old` was its list's only entry, both neighbours are the sentinel.
-        self.node_mut(prev)[NEXT] = new;
-        self.node_mut(next)[PREV] = new;
-        true
-    }
-
     /// Whether `id` is scheduled (filed in some slot or list of the wheel).
     pub(crate) fn is_scheduled(&self, id: u32) -> bool {
         self.links
@@ -1043,13 +1009,6 @@ mod tests {
         Earlier { id: u32, kind: u8, raw: u64 },
         /// Advance the time.
         Advance { kind: u8, raw: u64, exact: bool },
-        /// `new` takes scheduled `old`'s place, with a deadline as late or later.
-        Replace {
-            old: u32,
-            new: u32,
-            kind: u8,
-            raw: u64,
-        },
     }
 
     /// `ticks` ticks in ns, saturating.
@@ -1097,10 +1056,8 @@ mod tests {
             1 => id.clone().prop_map(|id| Op::Cancel { id }),
             2 => (id.clone(), any::<u8>(), any::<u64>())
                 .prop_map(|(id, kind, raw)| Op::Later { id, kind, raw }),
-            1 => (id.clone(), any::<u8>(), any::<u64>())
+            1 => (id, any::<u8>(), any::<u64>())
                 .prop_map(|(id, kind, raw)| Op::Earlier { id, kind, raw }),
-            2 => (id.clone(), id, any::<u8>(), any::<u64>())
-                .prop_map(|(old, new, kind, raw)| Op::Replace { old, new, kind, raw }),
             3 => (any::<u8>(), any::<u64>(), any::<bool>())
                 .prop_map(|(kind, raw, exact)| Op::Advance { kind, raw, exact }),
         ]
@@ -1182,25 +1139,6 @@ mod tests {
                         current.insert(id, new);
                         by_deadline.entry(new).or_default().insert(id);
                     }
-                }
-                Op::Replace {
-                    old,
-                    new,
-                    kind,
-                    raw,
-                } => {
-                    let movable = current.contains_key(&old) && !current.contains_key(&new);
-                    if movable {
-                        let was = current.remove(&old).unwrap();
-                        remove(&mut by_deadline, was, old);
-                        let later = was.saturating_add(duration(kind, raw, shift, was) / 2);
-                        current.insert(new, later);
-                        by_deadline.entry(later).or_default().insert(new);
-                        assert!(wheel.replace(old, new));
-                    } else if !current.contains_key(&old) {
-                        assert!(!wheel.replace(old, new));
-                    }
-                    assert!(!wheel.is_scheduled(old) || old == new || !movable);
                 }
                 Op::Advance { kind, raw, exact } => {
                     now = now.saturating_add(duration(kind, raw, shift, now));

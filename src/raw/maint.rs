@@ -449,24 +449,15 @@ where
     ) {
         let old_node = self.arena.node(old);
         let new_node = self.arena.node(new);
-        // Relaxed: see `Shard::alive`.
-        let now = new_node.deadline.load(Ordering::Relaxed);
-        match m.wheel.as_mut() {
-            Some(wheel) => {
-                // Relaxed: as above.
-                let was = old_node.deadline.load(Ordering::Relaxed);
-                // The old node was filed at or before its current deadline `was <= now`: the
-                // wheel's contract holds for the new node in that slot (re-filed lazily).
-                let moved = now != NEVER && now >= was && wheel.replace(old, new);
-                if !moved {
-                    wheel.cancel(old);
-                    self.schedule(m, cfg, new);
-                }
-            }
-            // No wheel: the old node had no deadline (a wheel is made with the first one).
-            None if now != NEVER => self.schedule(m, cfg, new),
-            None => {}
+        // The new node is filed at its own deadline, not in the old node's slot: the old node
+        // may be filed *later* than its current deadline (a `set_ttl` that moved it earlier
+        // records its `Rescheduled` event after the swap, and the event is dropped once the
+        // node is removed), so its slot says nothing about the new deadline.
+        // (`replace_is_filed_at_its_own_deadline` is that interleaving.)
+        if let Some(wheel) = m.wheel.as_mut() {
+            wheel.cancel(old);
         }
+        self.schedule(m, cfg, new);
         if cfg.weigher.is_some() {
             let old_weight = self.weight_of(cfg, old);
             self.add_size(i64::from(weight) - old_weight as i64);
@@ -626,8 +617,11 @@ where
     /// cannot be done (the caller then unlinks the usual way).
     ///
     /// `pred` is in a chain if it was inserted (`SEEN_INSERT`: published) and this maintainer
-    /// has not unlinked it (`UNLINKED`; a retired node has neither flag, and no slot is reused
-    /// while we are pinned): only the maintainer unlinks, so it is still reachable. Its link
+    /// has not unlinked it (`UNLINKED`; a retired node has neither flag, and a slot retired
+    /// during this pin is not reused before it ends; a hint kept across passes may name a slot
+    /// reused since, which then reads as not inserted, or as a linked node, and either way the
+    /// test below is about that node as it is now): only the maintainer unlinks, so a node
+    /// inserted and not unlinked is reachable. Its link
     /// leads to `idx` if its index bits say so; then `pred` is `idx`'s predecessor, the one an
     /// unlink from the bucket would have found (`idx` is not on a zipped chain: the caller
     /// postpones those), and the same CAS unlinks it.
@@ -1153,6 +1147,51 @@ mod tests {
                 "key {k} unreadable {when}"
             );
         }
+    }
+
+    /// The interleaving of a `set_ttl` that moved a deadline earlier (swapped, its
+    /// `Rescheduled` event not recorded yet) with an insert replacing that entry: the old node
+    /// is still filed at its first deadline (1 h), the new one must expire at its own (10 s).
+    /// When the new node took over the old node's timer slot, it stayed in memory, counted by
+    /// `len`, for the hour.
+    #[test]
+    fn replace_is_filed_at_its_own_deadline() {
+        use crate::raw::ring::{Event, EventKind};
+        use crate::stats::Counter;
+        use crate::sync::Ordering;
+        const S: u64 = 1_000_000_000;
+        let (clock, mock) = quanta::Clock::mock();
+        let mut cache = raw_with(ahash::RandomState::with_seeds(1, 2, 3, 4), 1, 8);
+        cache.cfg.time = crate::clock::TimeSource::new(clock);
+        let shard = &cache.shards[0];
+        cache.insert(7, 70, Some(3600 * S), 1, false).ok().unwrap();
+        cache.run_pending_tasks();
+        let hash = cache.cfg.hash(&7u64);
+        let old = {
+            let guard = epoch::pin();
+            let (idx, node, _) = shard.lookup(hash, &7u64, &guard).unwrap();
+            // The `set_ttl` thread's swap, before it records its event.
+            node.deadline.store(S, Ordering::Relaxed);
+            idx
+        };
+        cache.insert(7, 71, Some(10 * S), 1, false).ok().unwrap();
+        {
+            let guard = epoch::pin();
+            // The `set_ttl` thread records its event, after the replacement's.
+            let event = Event {
+                idx: old,
+                kind: EventKind::Rescheduled,
+                weight: 0,
+                hash: 0,
+                old: 0,
+                removal: Counter::Removal,
+            };
+            shard.record(&cache.cfg, event, &guard);
+        }
+        cache.run_pending_tasks();
+        mock.increment(std::time::Duration::from_secs(11));
+        assert_eq!(cache.read(&7u64, |v| *v), None);
+        assert_eq!(cache.len(), 0, "an entry past its deadline is still held");
     }
 
     fn insert(cache: &Raw, k: u64) {

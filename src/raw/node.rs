@@ -35,8 +35,9 @@
 //!    Release CAS. From then on the payload is immutable; readers reach it through Acquire
 //!    loads of links, so they see it initialised.
 //! 3. **Marked (logically removed).** Exactly one thread wins the CAS that sets [`MARK`] in the
-//!    node's `next`: that thread is the entry's remover. It decrements the live count, reports
-//!    the removal (listener, event for the maintainer) and nothing else. A reader that finds the
+//!    node's `next`: that thread is the entry's remover. It gives the entry's share of the size
+//!    bound back (unless the node is [`CLAIM`]ed), reports the removal (listener, event for the
+//!    maintainer, which keeps the live count) and nothing else. A reader that finds the
 //!    node as the *first* node of its key in the chain treats the key as absent. The mark is
 //!    never cleared while the node is reachable.
 //! 4. **Unlinked.** Only the shard's maintainer (the holder of the shard's maintenance lock)
@@ -44,8 +45,9 @@
 //!    CAS on the predecessor's link. Before unlinking a marked node it marks every later node
 //!    of the same key (such a node is an older value that a newer insert superseded), so that
 //!    unlinking never uncovers an older value.
-//! 5. **Retired.** Once the maintainer has seen both the node's `Inserted` event and its
-//!    `Removed` event (in either order) and the node is unlinked, no new reference to it can be
+//! 5. **Retired.** Once the maintainer has applied both the node's insertion and its removal
+//!    (its `Inserted` or `Replaced` event, and its `Removed` event or the `Replaced` event of
+//!    the node that superseded it, or its own marking; in either order) and the node is unlinked, no new reference to it can be
 //!    made: it is not reachable from any bucket head, and events about it have all been
 //!    consumed. The maintainer hands it to crossbeam-epoch (`Guard::defer`); the deferred
 //!    function drops the payload and pushes the slot onto the free list, after every thread
@@ -210,8 +212,9 @@ impl<K, V> Node<K, V> {
         self.state.load(Ordering::Relaxed) & FLAG_BITS
     }
 
-    /// Sets the maintainer's flags, keeping the life bits. Maintainer only, on a node it holds
-    /// an event about (published, not retired), so no other thread writes `state` meanwhile.
+    /// Sets the maintainer's flags, keeping the life bits. Maintainer only, on a published node
+    /// that it has not retired (one it holds an event or a growth record about), so no other
+    /// thread writes `state` meanwhile.
     #[inline]
     pub(crate) fn set_flags(&self, flags: u8) {
         debug_assert_eq!(flags & !FLAG_BITS, 0);
