@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use quanta::{Clock, Instant};
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::AtomicU64;
+#[cfg(not(loom))]
+use crate::sync::Ordering;
 
 /// How often the ticker refreshes the coarse clock.
 #[cfg_attr(loom, allow(dead_code))]

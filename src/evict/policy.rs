@@ -50,7 +50,7 @@
 /// Sentinel for "no id".
 pub(crate) const NIL: u32 = u32::MAX;
 /// Saturation value of the per-entry access counter.
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 pub(crate) const COUNTER_MAX: u8 = crate::raw::node::FREQ_MAX;
 
 /// SMALL's target weight bounds and start value, in 1/10000 of capacity.
@@ -219,17 +219,17 @@ impl Policy {
     }
 
     /// Number of entries the policy tracks.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg_attr(any(not(test), loom), allow(dead_code))]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg_attr(any(not(test), loom), allow(dead_code))]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg_attr(any(not(test), loom), allow(dead_code))]
     pub(crate) fn capacity(&self) -> u64 {
         self.capacity
     }
@@ -253,7 +253,7 @@ impl Policy {
     }
 
     /// Current target weight of the SMALL queue.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg_attr(any(not(test), loom), allow(dead_code))]
     pub(crate) fn small_target(&self) -> u64 {
         self.small_target as u64
     }
@@ -551,7 +551,7 @@ impl Policy {
     }
 
     /// Check every internal invariant; panics with a description on violation.
-    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
+    #[cfg_attr(any(not(any(test, fuzzing)), loom), allow(dead_code))]
     pub(crate) fn validate(&self) {
         let mut seen = vec![false; self.tag.len()];
         let mut total = 0usize;
@@ -615,7 +615,7 @@ impl Policy {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::collections::HashMap;

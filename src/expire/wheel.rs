@@ -289,21 +289,21 @@ impl Wheel {
     }
 
     // Test and fuzz support (the invariant checks of the proptest model and fuzz target).
-    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
+    #[cfg_attr(any(not(any(test, fuzzing)), loom), allow(dead_code))]
     /// Number of scheduled entries.
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     // Test and fuzz support (the invariant checks of the proptest model and fuzz target).
-    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
+    #[cfg_attr(any(not(any(test, fuzzing)), loom), allow(dead_code))]
     /// Whether no entry is scheduled.
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     // Test and fuzz support (the invariant checks of the proptest model and fuzz target).
-    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
+    #[cfg_attr(any(not(any(test, fuzzing)), loom), allow(dead_code))]
     /// Checks the structural invariants, panicking with a message on the first violation.
     /// For tests and fuzzing; O(LISTS + size of the link table).
     ///
@@ -398,7 +398,7 @@ impl Wheel {
     }
 
     // Test and fuzz support (the invariant checks of the proptest model and fuzz target).
-    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
+    #[cfg_attr(any(not(any(test, fuzzing)), loom), allow(dead_code))]
     /// [`Wheel::validate`], plus the timing invariant given the current deadlines: every entry
     /// outside the due list sits in a slot that starts no later than the tick of its current
     /// deadline, so the slot comes due no later than the entry does. (Entries whose deadline
@@ -542,7 +542,7 @@ impl Wheel {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -655,7 +655,7 @@ mod tower;
 #[cfg(feature = "tower-sessions")]
 pub use tower::{RedisRecordStore, TieredStore, near_cache, redis_record_store};
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

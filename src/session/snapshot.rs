@@ -286,7 +286,7 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), Snaps
     result.map_err(SnapshotError::Io)
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
