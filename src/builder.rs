@@ -309,8 +309,12 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             tti,
             bound: self.max_capacity.map(|c| Bound::new(c, shards)),
             weigher: self.weigher,
+            #[cfg(not(loom))]
+            growing: Default::default(),
         };
         let cache = Cache::from_raw(RawCache::new(layout, cfg));
+        #[cfg(not(loom))]
+        cache.register_for_help();
         #[cfg(not(loom))]
         if let Some(period) = self.check_period {
             cache

@@ -33,6 +33,18 @@ struct Inner<K, V, S> {
     sweeper: Mutex<Option<crate::sweeper::Sweeper>>,
 }
 
+#[cfg(not(loom))]
+impl<K, V, S> crate::raw::retire::Help for Inner<K, V, S>
+where
+    K: Eq + Hash + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    S: BuildHasher + Send + Sync,
+{
+    fn help(&self) -> bool {
+        self.raw.help_growths()
+    }
+}
+
 /// One in-flight `get_or_insert_with` initialisation that others wait for.
 struct Pending {
     done: Mutex<bool>,
@@ -125,8 +137,8 @@ where
 
     /// A clone of the value stored for `key`, if it is live.
     ///
-    /// Lock-free: no lock, no compare-and-swap, and no write to memory shared with other
-    /// threads (unless stats are recorded).
+    /// Lock-free: no lock, no compare-and-swap, no memory barrier, and no write to memory
+    /// shared with other threads (unless stats are recorded).
     #[inline]
     pub fn get<Q>(&self, key: &Q) -> Option<V>
     where
@@ -139,9 +151,9 @@ where
     /// Runs `f` on the value stored for `key`, if it is live, without cloning it; like
     /// [`get`](Self::get) in every other respect (it counts as a use of the entry).
     ///
-    /// `f` runs while this thread is pinned to the epoch: memory retired meanwhile, by any
-    /// cache, is not freed until it returns, so keep it short (decoding the value is fine;
-    /// waiting for I/O is not). `f` may use the cache.
+    /// `f` runs inside the read: memory retired meanwhile, by any cache, is not freed until it
+    /// returns, so keep it short (decoding the value is fine; waiting for I/O is not). `f` may
+    /// use the cache.
     #[inline]
     pub fn get_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
     where
@@ -166,9 +178,10 @@ where
     /// behave exactly like [`get`](Self::get), [`get_with`](Self::get_with) and
     /// [`contains_key`](Self::contains_key), but do not pin and unpin the thread each time.
     ///
-    /// Every plain read pins the thread to the memory-reclamation epoch, which costs a full
-    /// memory barrier; consecutive reads through one `Pinned` pay none, so the processor
-    /// overlaps their cache misses (`cargo run --release --example read_path` measures both).
+    /// Every plain read announces itself to the memory reclaimer (two stores to a per-thread
+    /// slot, no barrier); reads through one `Pinned` skip even that, and make one
+    /// crossbeam-epoch pin (a full memory barrier) for the whole batch. On large batches this
+    /// is the fastest way to read (`cargo run --release --example read_path` measures both).
     ///
     /// While a `Pinned` lives, no memory retired by any cache of this process is freed (the
     /// epoch cannot advance past this thread): removed and replaced entries wait. Hold it for
@@ -320,6 +333,18 @@ where
         self.inner.raw.read_stale(key)
     }
 
+    /// Lets the crate's reclaimer thread finish growths that writes leave half-way (see
+    /// `raw/retire.rs`).
+    #[cfg(not(loom))]
+    pub(crate) fn register_for_help(&self)
+    where
+        S: Send + Sync + 'static,
+    {
+        let weak: crate::sync::Weak<dyn crate::raw::retire::Help> =
+            Arc::downgrade(&self.inner) as crate::sync::Weak<Inner<K, V, S>>;
+        crate::raw::retire::register(self.inner.raw.cfg.growing.clone(), weak);
+    }
+
     /// Starts, restarts with a new period, or (with `None`) stops the background sweeper
     /// that reclaims expired entries every `period` (see
     /// [`check_period`](CacheBuilder::check_period)). Fails only if the thread cannot be
@@ -428,7 +453,9 @@ where
 
     /// Removes every entry; the listener hears about each as [`RemovalCause::Cleared`].
     ///
-    /// Weakly consistent: entries inserted while `clear` runs may survive it.
+    /// Weakly consistent: entries inserted while `clear` runs may survive it. Like
+    /// [`run_pending_tasks`](Self::run_pending_tasks), it waits up to 10 ms for reads in
+    /// progress before handing the memory on.
     pub fn clear(&self) {
         self.inner.raw.clear();
     }
@@ -438,6 +465,12 @@ where
     /// lock if another thread holds it. The cache runs maintenance on its own as writes
     /// happen; this is for tests and for callers that want it done at a moment of their
     /// choosing.
+    ///
+    /// Removed entries are freed once no read that could still hold them is in progress: this
+    /// waits up to 10 ms for the reads in progress on other threads to end (a read is
+    /// normally well under a microsecond; one that runs a long [`get_with`](Self::get_with)
+    /// closure makes it wait the whole 10 ms), then hands the memory to the epoch, which frees
+    /// it shortly after (a background thread of the crate sees to it).
     pub fn run_pending_tasks(&self) {
         self.inner.raw.run_pending_tasks();
     }

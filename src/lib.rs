@@ -30,13 +30,16 @@
 //!
 //! ## Progress
 //!
-//! - Reads never lock, never CAS, and never write memory other threads read (except a
-//!   per-entry counter that saturates after a few hits).
+//! - Reads never lock, never CAS, execute no memory barrier, and never write memory other
+//!   threads read (except a per-entry counter that saturates after a few hits). A read
+//!   announces itself with two plain stores to a per-thread slot; the thread that reclaims
+//!   memory pays for the ordering instead (one `membarrier` system call per grace period on
+//!   Linux; elsewhere readers execute a fence).
 //! - Writes publish and unlink with CAS; no write ever waits for a reader, and a writer
 //!   waits for another thread only when its shard's event buffer is full (it then takes the
 //!   shard's maintenance lock and does the maintenance itself: back-pressure).
-//! - Removed entries are reclaimed with crossbeam-epoch: memory is freed once every thread
-//!   that could hold a reference has moved on.
+//! - Removed entries are reclaimed with crossbeam-epoch behind the readers' own grace
+//!   period: memory is freed once every thread that could hold a reference has moved on.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

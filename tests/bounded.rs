@@ -125,8 +125,11 @@ fn a_scan_does_not_evict_the_working_set() {
     }
     cache.run_pending_tasks();
     let kept = hot.iter().filter(|k| cache.contains_key(k)).count();
+    // Each hot key comes back once per 10,000 scan keys, far beyond the capacity: under LRU
+    // none would survive. Here 941 to 992 did over 50 runs (the hash seeds, and with them how
+    // the hot keys spread over the shards, vary from run to run); the bound leaves a margin.
     assert!(
-        kept >= 950,
+        kept >= 900,
         "only {kept} of 1000 hot keys survived a 100k-key scan"
     );
     assert!(cache.len() <= 2000);

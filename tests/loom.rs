@@ -94,6 +94,37 @@ fn replace_vs_get_sees_old_or_new() {
     });
 }
 
+/// A light read (no barrier of its own) against a replacement whose old value is reclaimed
+/// at once: the pass that `len` runs retires the old node and collects (a light grace period
+/// started and polled, what it covers handed to the epoch), and the flushes let the epoch free
+/// it while the reader may still be inside its read. loom reports a race if the old value's
+/// payload is dropped while the reader clones it. (`len` rather than `run_pending_tasks`:
+/// the latter waits for the grace period with yields, which lets loom run the reader to the
+/// end of its read first; with `len` nothing stands between the retirement and the frees but
+/// the grace period itself. Collecting without it fails this model.)
+#[test]
+fn replace_and_reclaim_vs_get() {
+    model(|| {
+        let cache = cache::<Arc<u64>>();
+        cache.insert(1, Arc::new(1));
+        let writer = {
+            let cache = cache.clone();
+            thread::spawn(move || {
+                cache.insert(1, Arc::new(2));
+                assert_eq!(cache.len(), 1);
+                crossbeam_epoch::pin().flush();
+                crossbeam_epoch::pin().flush();
+            })
+        };
+        let seen = cache.get(&1).map(|v| *v);
+        assert!(seen == Some(1) || seen == Some(2), "{seen:?}");
+        writer.join().unwrap();
+        // The old value may still wait for its grace period (the writer's pass found this
+        // thread inside its read): reclaim it, so that loom's leak check sees it dropped.
+        cache.run_pending_tasks();
+    });
+}
+
 #[test]
 fn remove_vs_get() {
     model(|| {

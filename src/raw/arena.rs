@@ -11,9 +11,9 @@
 //!
 //! Free slots form a Treiber stack threaded through the nodes' `next` fields; the head carries
 //! a version in its upper 32 bits so that a pop cannot succeed on a stale head (ABA).
-//! Slots come back to the stack only through [`Arena::release`], which the maintainer calls from
-//! an epoch-deferred function: by then no thread holds a reference to the node (see the ground
-//! rules in [`node`](super::node)).
+//! Slots come back to the stack only through [`Arena::release`], which runs from the function
+//! the maintainer retired (`retire.rs`): by then no thread holds a reference to the node (see
+//! the ground rules in [`node`](super::node)).
 //!
 //! The arena never shrinks while the cache lives: a shard's node memory is its peak number of
 //! simultaneous entries (live entries plus those awaiting their grace period), and slots are
@@ -253,8 +253,8 @@ impl<K, V> Arena<K, V> {
     ///
     /// # Safety
     /// The slot's payload is initialised and no other thread can reach the node (rule 5 of
-    /// [`node`](super::node)): the caller runs from the epoch-deferred function of the node's
-    /// retirement, or has exclusive access to the shard.
+    /// [`node`](super::node)): the caller runs from the retired function of the node
+    /// (`retire.rs`, after both grace periods), or has exclusive access to the shard.
     pub(crate) unsafe fn release(&self, idx: Idx) {
         let node = self.node(idx);
         // SAFETY: initialised and unreachable, per this function's contract.
@@ -321,8 +321,8 @@ impl<K, V> Arena<K, V> {
 
     /// Drops the payload of every slot still holding one (`life == LIVE`).
     ///
-    /// Called when the shard is dropped: slots retired through the epoch are `RETIRED` and
-    /// dropped by their deferred functions, free slots hold nothing.
+    /// Called when the shard is dropped: retired slots are `RETIRED` and dropped by their
+    /// retired functions, free slots hold nothing.
     ///
     /// # Safety
     /// No other thread can reach any `LIVE` node: the last cache handle is being dropped, so

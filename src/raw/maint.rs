@@ -20,6 +20,7 @@ use super::node::{
 use super::ring::{Event, EventKind};
 use super::shard::{Shard, TICK_SHIFT, tag_of};
 use super::table::{Table, bucket_of, free_table};
+use super::{light, retire};
 use crate::evict::policy::{EntryAccess, Policy};
 use crate::expire::wheel::Wheel;
 use crate::listener::RemovalCause;
@@ -39,9 +40,9 @@ const ZIPPED: u8 = 1 << 6;
 const _: () = assert!((SEEN_INSERT | SEEN_REMOVE | ADMITTED | UNLINKED | ZIPPED) & !FLAG_BITS == 0);
 const DONE: u8 = SEEN_INSERT | SEEN_REMOVE | UNLINKED;
 
-/// Retired nodes handed to the epoch at once by an ordinary pass (one deferred function and
-/// one flush of the epoch's bag per batch, not per pass): a 64th of the nodes the shard's
-/// first arena chunk holds (it is sized for the shard's expected entries), between
+/// Nodes retired at once by an ordinary pass (one retired function, then one deferred
+/// function and one flush of the epoch's bag, per batch, not per pass): a 64th of the nodes
+/// the shard's first arena chunk holds (it is sized for the shard's expected entries), between
 /// [`MIN_RETIRE_BATCH`] and [`MAX_RETIRE_BATCH`]. A flush moves crossbeam's whole bag (about
 /// 2 KiB) to its global queue, so it pays to retire many nodes per flush; a batch is also
 /// the most unreachable nodes a shard keeps alive waiting, so small shards keep small ones.
@@ -64,7 +65,7 @@ pub(crate) struct Maint {
     unlink_queue: Vec<(Idx, Idx)>,
     /// Nodes whose unlink waits for the growth in progress to finish.
     postponed: Vec<Idx>,
-    /// Unlinked nodes whose events are all in: to hand to the epoch at the end of the pass.
+    /// Unlinked nodes whose events are all in: to retire at the end of the pass.
     retired: Vec<Idx>,
     /// Removals this pass made, for the listener.
     notify: Vec<(Idx, RemovalCause)>,
@@ -130,8 +131,8 @@ struct Growth {
     phase: Phase,
     /// Next old bucket to split.
     progress: usize,
-    /// Set by an epoch-deferred function once every thread pinned at its creation unpinned.
-    grace: Option<Arc<AtomicBool>>,
+    /// The grace period between two steps, if one is running (see [`Grace`]).
+    grace: Option<Grace>,
     /// The nodes of the old chains, chain after chain, each chain in its frozen order.
     nodes: Vec<Idx>,
     /// Per node (as in `nodes`): position in its chain of the first node of its class (its
@@ -177,20 +178,31 @@ impl Growth {
     }
 }
 
-/// Starts a grace period: the returned flag turns true once every thread that is pinned now
-/// has unpinned.
-fn start_grace(guard: &Guard) -> Arc<AtomicBool> {
+/// A grace period of both kinds: over once every thread that is pinned to crossbeam-epoch
+/// now has unpinned, and every light read in progress now has ended.
+struct Grace {
+    /// Set by an epoch-deferred function.
+    pinned: Arc<AtomicBool>,
+    /// The light grace period's token (light.rs).
+    light: u64,
+}
+
+/// Starts a grace period (after the writes it must separate from later ones).
+fn start_grace(guard: &Guard) -> Grace {
     let flag = Arc::new(AtomicBool::new(false));
     let done = flag.clone();
     // Release: pairs with the Acquire in `grace_over`.
     guard.defer(move || done.store(true, Ordering::Release));
     guard.flush();
-    flag
+    Grace {
+        pinned: flag,
+        light: light::token(),
+    }
 }
 
-fn grace_over(flag: &AtomicBool) -> bool {
+fn grace_over(grace: &Grace) -> bool {
     // Acquire: pairs with the Release in the deferred function.
-    flag.load(Ordering::Acquire)
+    grace.pinned.load(Ordering::Acquire) && light::advance(grace.light, false)
 }
 
 impl<K, V> Shard<K, V>
@@ -300,9 +312,9 @@ where
         }
     }
 
-    /// Ends a pass: unlinks what is pending, hands finished nodes to the epoch (in batches of
-    /// [`retire_batch`](Self::retire_batch), or all of them with `retire_all`), and returns the
-    /// removals to report.
+    /// Ends a pass: unlinks what is pending, retires finished nodes (in batches of
+    /// [`retire_batch`](Self::retire_batch), or all of them with `retire_all`), collects what
+    /// has waited out its grace periods (retire.rs), and returns the removals to report.
     ///
     /// Nodes waiting for a full batch stay owned by the shard (unreachable, their payloads
     /// still alive): at most a batch per shard, freed by the next explicit pass or the drop.
@@ -318,24 +330,23 @@ where
             let batch = mem::take(&mut m.retired);
             for &idx in &batch {
                 // SAFETY: the node is unreachable and only the maintainer (us, holding the lock)
-                // handles it until the deferred release below, which the epoch runs after
-                // this store (the defer happens-before its execution).
+                // handles it until the release below, which runs after this store (the
+                // retirement happens-before it).
                 self.arena.node(idx).set_life(LIFE_RETIRED);
             }
             let arena = self.arena.clone();
-            // The nodes are unreachable (unlinked, all their events consumed): no new reference
-            // can be made. Threads pinned now may still hold one; the epoch runs this only after
-            // they have all unpinned.
-            guard.defer(move || {
+            // The nodes are unreachable (unlinked, all their events consumed): no new
+            // reference can be made. Threads inside a read or pinned now may still hold one;
+            // this runs only after they have all left (retire.rs).
+            retire::retire(move || {
                 // SAFETY: retired above: initialised payloads, unreachable, each listed once,
-                // and the grace period has passed, so no thread holds a reference (node.rs,
+                // and both grace periods have passed, so no thread holds a reference (node.rs,
                 // rule 5).
                 unsafe { arena.release_all(&batch) };
             });
-            // Hand the batch to the global queue now: left in this thread's local bag, it would
-            // wait until this thread defers or pins many more times, which an idle thread never
-            // does. From the queue, any thread's next collection frees it.
-            guard.flush();
+        }
+        if retire::outstanding() {
+            retire::collect(guard, false);
         }
         if m.notify.is_empty() {
             // Nothing to report: keep the buffer (taking it would reallocate on the next push).
@@ -771,6 +782,11 @@ where
             for &idx in &growth.nodes {
                 self.clear_flags(idx, ZIPPED);
             }
+            #[cfg(not(loom))]
+            {
+                // Relaxed: a hint for the reclaimer thread (see `RawCache::help_growths`).
+                cfg.growing.fetch_sub(1, Ordering::Relaxed);
+            }
             // The unlinks that waited for the growth: done now, before a next growth starts
             // (which would postpone them again).
             m.unlink_queue
@@ -791,6 +807,13 @@ where
                 .clamp(table.len() * 2, MAX_BUCKETS);
             self.publish_larger(len, guard);
             m.growth = Some(Growth::new());
+            #[cfg(not(loom))]
+            {
+                // Relaxed: a hint for the reclaimer thread, which finishes the growth if writes
+                // stop before it is done (see `RawCache::help_growths`).
+                cfg.growing.fetch_add(1, Ordering::Relaxed);
+                retire::wake();
+            }
         }
     }
 
@@ -801,8 +824,8 @@ where
         growth: &mut Growth,
         guard: &Guard,
     ) -> bool {
-        if let Some(flag) = &growth.grace {
-            if !grace_over(flag) {
+        if let Some(grace) = &growth.grace {
+            if !grace_over(grace) {
                 // Help the epoch along: this thread's deferred functions join the global queue.
                 guard.flush();
                 return false;
@@ -854,7 +877,8 @@ where
                     // Every chain is separated: done, with no further grace period (readers
                     // still on a redirected link are safe whatever they read next, see
                     // `unzip_chain`; the old table is freed through the epoch).
-                    return self.detach_old(guard);
+                    self.detach_old();
+                    return true;
                 }
                 mem::swap(&mut growth.zipped, &mut growth.unzipped);
                 growth.grace = Some(start_grace(guard));
@@ -865,15 +889,14 @@ where
 
     /// Detaches the old table once every bucket is split and every chain unzipped: readers
     /// have not been able to reach the old table's heads for a grace period (no bucket is
-    /// uninitialised). Returns true.
-    fn detach_old(&self, guard: &Guard) -> bool {
+    /// uninitialised). It is freed after grace periods of both kinds (retire.rs).
+    fn detach_old(&self) {
         // AcqRel: Acquire to own the pointer we retire; Release orders our unzipping before it.
         let old = self.old.swap(0, Ordering::AcqRel);
-        // SAFETY: the old table is unreachable from now on (see above); threads pinned now may
-        // still hold it, and the epoch runs this only after they have all unpinned. The closure
-        // owns the table (nothing else frees it).
-        unsafe { guard.defer_unchecked(move || free_table(old)) };
-        true
+        // SAFETY: the old table is unreachable from now on (see above); threads inside a read
+        // or pinned now may still hold it, and this runs only after they have all left. The
+        // closure owns the table (nothing else frees it).
+        retire::retire(move || unsafe { free_table(old) });
     }
 
     /// Splits every bucket of the new table fed by old bucket `b` (the new buckets
@@ -1301,6 +1324,7 @@ mod tests {
             bound: None,
             weigher: None,
             hit_work: false,
+            growing: Default::default(),
         };
         let layout = Layout {
             shards: 1,
@@ -1337,7 +1361,9 @@ mod tests {
         for k in (0..100).step_by(3) {
             assert_eq!(cache.remove(&Touchy(k), RemovalCause::Explicit), Some(k));
         }
-        for _ in 0..10_000 {
+        // Bounded by time: grace periods are process-wide, and other tests' reads delay them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
             epoch::pin().flush();
             cache.run_pending_tasks();
             if shard.maint.run(|m| m.growth.is_none()) {

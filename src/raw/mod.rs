@@ -13,10 +13,12 @@
 //! - [`lock`]: the maintenance try-lock.
 
 pub(crate) mod arena;
+pub(crate) mod light;
 pub(crate) mod lock;
 pub(crate) mod maint;
 pub(crate) mod node;
 pub(crate) mod pages;
+pub(crate) mod retire;
 pub(crate) mod ring;
 pub(crate) mod shard;
 pub(crate) mod table;
@@ -29,6 +31,9 @@ use crate::listener::{ListenerFn, RemovalCause};
 use crate::stats::StatsCounters;
 use crate::sync::epoch::Guard;
 use shard::{Inserted, Shard};
+
+/// Longest an explicit pass waits for reads in progress (see `retire::settle`).
+const LIGHT_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Settings and services shared by the shards of one cache.
 pub(crate) struct Config<K, V, S> {
@@ -51,6 +56,10 @@ pub(crate) struct Config<K, V, S> {
     /// counted (`record_stats`) or a CLOCK counter to bump (a bound). One flag, so that the
     /// common read of an unbounded cache tests one byte instead of two fields.
     pub(crate) hit_work: bool,
+    /// Shards of this cache with a growth in progress (the reclaimer thread finishes growths
+    /// that writes left half-way while this is not zero, see retire.rs).
+    #[cfg(not(loom))]
+    pub(crate) growing: crate::sync::Arc<crate::sync::AtomicUsize>,
 }
 
 /// The weigher as stored by the cache.
@@ -148,6 +157,8 @@ where
 {
     pub(crate) fn new(layout: Layout, cfg: Config<K, V, S>) -> Self {
         debug_assert!(layout.shards.is_power_of_two());
+        // Once per process: decides how reads order themselves with reclamation (light.rs).
+        light::init();
         Self {
             shards: (0..layout.shards)
                 .map(|_| {
@@ -367,6 +378,7 @@ where
         self.shards
             .iter()
             .map(|shard| {
+                // No wait for reads in progress here: `len` only needs the count.
                 shard.maintain(&self.cfg);
                 shard.len()
             })
@@ -389,12 +401,34 @@ where
         for shard in self.shards.iter() {
             shard.clear(&self.cfg);
         }
+        retire::settle(LIGHT_WAIT);
     }
 
+    /// Runs a pass on every shard, then waits a little for the reads in progress to end (one
+    /// light grace period for them all), so that what the passes retired goes on to be freed
+    /// now (see `retire::settle`).
     pub(crate) fn run_pending_tasks(&self) {
         for shard in self.shards.iter() {
             shard.maintain(&self.cfg);
         }
+        retire::settle(LIGHT_WAIT);
+    }
+
+    /// Runs a maintenance pass (if its lock is free) on every shard that is growing; returns
+    /// whether one still is (see `retire::Help`).
+    #[cfg(not(loom))]
+    pub(crate) fn help_growths(&self) -> bool {
+        // Relaxed: a hint; passes re-check everything under the shard's lock.
+        if self.cfg.growing.load(crate::sync::Ordering::Relaxed) == 0 {
+            return false;
+        }
+        for shard in self.shards.iter() {
+            if shard.is_growing() {
+                shard.try_maintain(&self.cfg, &crate::sync::epoch::pin());
+            }
+        }
+        // Relaxed: as above.
+        self.cfg.growing.load(crate::sync::Ordering::Relaxed) != 0
     }
 
     pub(crate) fn shard_count(&self) -> usize {
@@ -445,6 +479,7 @@ mod tests {
             bound: None,
             weigher: None,
             hit_work: false,
+            growing: Default::default(),
         };
         RawCache::new(layout, cfg)
     }
@@ -519,7 +554,10 @@ mod tests {
             cache.insert(k, k, None, 1, false).ok().unwrap();
         }
         let shard = &cache.shards[0];
-        for _ in 0..10_000 {
+        // Grace periods are process-wide: other tests' threads holding a pin or a light read
+        // delay them, so the loop is bounded by time rather than by passes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
             cache.run_pending_tasks();
             epoch::pin().flush();
             let guard = epoch::pin();

@@ -49,9 +49,10 @@
 //!    (its `Inserted` or `Replaced` event, and its `Removed` event or the `Replaced` event of
 //!    the node that superseded it, or its own marking; in either order) and the node is unlinked, no new reference to it can be
 //!    made: it is not reachable from any bucket head, and events about it have all been
-//!    consumed. The maintainer hands it to crossbeam-epoch (`Guard::defer`); the deferred
-//!    function drops the payload and pushes the slot onto the free list, after every thread
-//!    that was pinned at the time has unpinned, so no reader still holds it.
+//!    consumed. The maintainer retires it (`retire.rs`): after a light grace period (every
+//!    read in progress at the time has ended, `light.rs`) and then a crossbeam-epoch one
+//!    (every thread pinned at the time has unpinned), a deferred function drops the payload
+//!    and pushes the slot onto the free list, so no reader or writer still holds it.
 //!
 //! The key invariant that makes replacement linearizable: **the first node of a key in its
 //! chain is the key's current state** (its value, or absence if it is marked). Inserts
@@ -150,8 +151,8 @@ impl<K, V> Node<K, V> {
     ///
     /// # Safety
     /// The payload is initialised and stays so for the call: the node is published and the
-    /// caller is pinned since it reached the node through a link (rule 5), or the caller owns
-    /// the node.
+    /// caller is protected (pinned, or inside a light read) since it reached the node through
+    /// a link (rule 5), or the caller owns the node.
     #[inline]
     pub(crate) unsafe fn with_payload<R>(&self, f: impl FnOnce(&K, &V) -> R) -> R {
         self.payload.with(|p| {
@@ -178,7 +179,7 @@ impl<K, V> Node<K, V> {
     ///
     /// # Safety
     /// As for [`with_payload`](Self::with_payload): the node is published and the caller is
-    /// pinned since it reached it, or the caller owns it (the tag is written only before
+    /// protected since it reached it, or the caller owns it (the tag is written only before
     /// publication).
     #[inline]
     pub(crate) unsafe fn tag(&self) -> u16 {

@@ -35,6 +35,7 @@ use crossbeam_utils::CachePadded;
 
 use super::Config;
 use super::arena::{Arena, Column};
+use super::light::{self, Protected};
 use super::lock::TryLock;
 use super::maint::Maint;
 use super::node::{IDX_MASK, Idx, MARK, NEVER, NIL, Node, UNINIT};
@@ -145,38 +146,54 @@ where
 
     /// The current table.
     #[inline]
-    pub(super) fn current<'g>(&self, _guard: &'g Guard) -> Table<'g> {
+    pub(super) fn current<'g>(&self, _guard: &'g impl Protected) -> Table<'g> {
         // Acquire: pairs with the Release store that published the table (construction or
         // growth), so its buckets are initialised.
         let word = self.table.load(Ordering::Acquire);
         // SAFETY: the word is never zero while the shard lives, was made by `new_table`, and a
-        // replaced table is freed only through the epoch after it became unreachable from
-        // here; `_guard` pins this thread, so it outlives the borrow.
+        // replaced table is freed only after grace periods of both kinds that began after it
+        // became unreachable from here (retire.rs); `_guard` protects this thread (light.rs,
+        // `Protected`), so the table outlives the borrow.
         unsafe { Table::from_word(word) }
     }
 
     /// Pins this thread for an operation on `hash`, having first started the load of its
     /// bucket in the current table, so that the cache miss on the bucket overlaps the pin's
-    /// barrier instead of following it (see [`prefetch_bucket`]).
+    /// barrier instead of following it.
     #[inline(always)]
     fn pin_for(&self, hash: u64) -> Guard {
+        self.prefetch(hash);
+        epoch::pin()
+    }
+
+    /// Starts the load of `hash`'s bucket in the current table (see [`prefetch_bucket`]).
+    /// Reads (light, with no barrier to overlap) gain a little from it too: the bucket's miss
+    /// starts before the announcement's stores.
+    #[inline(always)]
+    fn prefetch(&self, hash: u64) {
         // Relaxed: the word is only used as an address to prefetch, never dereferenced.
         prefetch_bucket(self.table.load(Ordering::Relaxed), hash);
-        epoch::pin()
+    }
+
+    /// Whether a growth is in progress (the old table is still attached).
+    #[cfg(not(loom))]
+    pub(crate) fn is_growing(&self) -> bool {
+        // Relaxed: a hint (see `RawCache::help_growths`).
+        self.old.load(Ordering::Relaxed) != 0
     }
 
     /// The table being split, during a growth.
     #[inline]
-    pub(super) fn old_table<'g>(&self, _guard: &'g Guard) -> Option<Table<'g>> {
+    pub(super) fn old_table<'g>(&self, _guard: &'g impl Protected) -> Option<Table<'g>> {
         // Acquire: pairs with the Release store in `publish_larger`, which set `old` before
         // publishing the new table.
         let word = self.old.load(Ordering::Acquire);
         if word == 0 {
             return None;
         }
-        // SAFETY: made by `new_table`; cleared and retired through the epoch only once no
-        // bucket of the current table is uninitialised and a grace period has passed, so a
-        // pinned thread that can still need it keeps it alive.
+        // SAFETY: made by `new_table`; cleared and retired (retire.rs) only once no bucket of
+        // the current table is uninitialised and a grace period has passed, so a protected
+        // thread that can still need it keeps it alive.
         Some(unsafe { Table::from_word(word) })
     }
 
@@ -184,7 +201,7 @@ where
     /// validate an "absent" answer with. An uninitialised bucket reads the old table's chain
     /// (a superset: it also holds the sibling bucket's nodes, which the key comparison skips).
     #[inline]
-    pub(super) fn start(&self, hash: u64, guard: &Guard) -> (u32, Start) {
+    pub(super) fn start(&self, hash: u64, guard: &impl Protected) -> (u32, Start) {
         let table = self.current(guard);
         // Acquire: pairs with the Release CAS that linked the head node (insert, unlink or
         // bucket split), so the node's contents are visible.
@@ -218,9 +235,9 @@ where
     /// only an answer if the head did not move meanwhile (no node was linked in front, or
     /// every such node has been removed again, so the key was absent at some point of the
     /// lookup); otherwise the lookup starts over. Indices cannot be reused while we are
-    /// pinned, so an unchanged head is the same node.
+    /// protected (`guard`), so an unchanged head is the same node.
     #[inline]
-    pub(super) fn unchanged(&self, start: &Start, hash: u64, guard: &Guard) -> bool {
+    pub(super) fn unchanged(&self, start: &Start, hash: u64, guard: &impl Protected) -> bool {
         let table = self.current(guard);
         if table.word() != start.table {
             return false;
@@ -246,7 +263,7 @@ where
         &'a self,
         hash: u64,
         key: &Q,
-        guard: &Guard,
+        guard: &impl Protected,
     ) -> Option<(Idx, &'a Node<K, V>, u32)>
     where
         K: Borrow<Q>,
@@ -266,14 +283,15 @@ where
     /// The first node of `key` in the chain starting at `head` (marked or not), with the value
     /// of its `next` link as read.
     ///
-    /// The caller is pinned (`guard`) and reached `head` through an Acquire load.
+    /// The caller is protected (`guard`: pinned to crossbeam-epoch or inside a light read)
+    /// and reached `head` through an Acquire load.
     #[inline]
     pub(super) fn find<'a, Q>(
         &'a self,
         head: u32,
         tag: u16,
         key: &Q,
-        _guard: &Guard,
+        _guard: &impl Protected,
     ) -> Option<(Idx, &'a Node<K, V>, u32)>
     where
         K: Borrow<Q>,
@@ -285,9 +303,9 @@ where
             // Acquire: pairs with the Release CAS that linked the successor (so its contents
             // are visible when we follow the link) and with the AcqRel CAS that set the mark.
             let next = node.next.load(Ordering::Acquire);
-            // The node was reached through links while pinned: it is initialised (the Acquire
-            // load of the link that led here orders its publication before) and cannot be
-            // freed or reused before `_guard` is dropped (node.rs, rules 2 and 5).
+            // The node was reached through links while protected: it is initialised (the
+            // Acquire load of the link that led here orders its publication before) and cannot
+            // be freed or reused before `_guard` is dropped (node.rs, rules 2 and 5).
             // SAFETY: as just said, for the tag.
             let node_tag = unsafe { node.tag() };
             if node_tag == tag
@@ -415,8 +433,8 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let guard = self.pin_for(hash);
-        self.contains_in(cfg, hash, key, &guard)
+        self.prefetch(hash);
+        light::read(|guard| self.contains_in(cfg, hash, key, guard))
     }
 
     /// [`contains`](Self::contains) under a guard the caller holds.
@@ -426,7 +444,7 @@ where
         cfg: &Config<K, V, S>,
         hash: u64,
         key: &Q,
-        guard: &Guard,
+        guard: &impl Protected,
     ) -> bool
     where
         K: Borrow<Q>,
@@ -449,8 +467,8 @@ where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        let guard = self.pin_for(hash);
-        self.read_in(cfg, hash, key, f, &guard)
+        self.prefetch(hash);
+        light::read(|guard| self.read_in(cfg, hash, key, f, guard))
     }
 
     /// [`read`](Self::read) under a guard the caller holds.
@@ -461,7 +479,7 @@ where
         hash: u64,
         key: &Q,
         f: impl FnOnce(&V) -> R,
-        guard: &Guard,
+        guard: &impl Protected,
     ) -> Option<R>
     where
         K: Borrow<Q>,
@@ -472,7 +490,7 @@ where
                 if cfg.hit_work {
                     Self::record_hit(cfg, node);
                 }
-                // SAFETY: found while pinned (see `find`).
+                // SAFETY: found while protected (see `find`).
                 Some(unsafe { node.with_payload(|_, v| f(v)) })
             }
             _ => {
@@ -1044,12 +1062,12 @@ impl<K, V> Drop for Shard<K, V> {
             let word = slot.swap(0, Ordering::Relaxed);
             if word != 0 {
                 // SAFETY: the shard owns its current and old tables (a replaced one is owned by
-                // its deferred free instead), and no other thread uses the shard any more.
+                // its retired function instead), and no other thread uses the shard any more.
                 unsafe { free_table(word) };
             }
         }
-        // SAFETY: no operation is in flight (we are dropping the last handle); nodes retired to
-        // the epoch are `RETIRED` and dropped by their deferred functions.
+        // SAFETY: no operation is in flight (we are dropping the last handle); retired nodes
+        // are `RETIRED` and dropped by their retired functions (retire.rs).
         unsafe { self.arena.drop_live_payloads() };
     }
 }

@@ -6,8 +6,8 @@
 //! `log2(len)` in its six low bits. A reader therefore computes its bucket's address from the
 //! single word it loads, with no dependent load of the length.
 //!
-//! Tables are reclaimed through the epoch like nodes: a replaced table is retired with
-//! `Guard::defer_unchecked` and freed once no pinned thread can hold it.
+//! Tables are reclaimed like nodes: a replaced table is retired (`retire.rs`) and freed once
+//! no thread inside a read or pinned can hold it.
 //!
 //! A table never changes size; growing a shard publishes a new table a power-of-two multiple
 //! of the size whose buckets start as [`UNINIT`](super::node::UNINIT) and are split lazily off
@@ -79,7 +79,7 @@ pub(crate) fn new_table(len: usize, fill: u32, huge: bool) -> usize {
 ///
 /// # Safety
 /// `word` came from `new_table`, is freed once, and no thread can access the table any more
-/// (it was retired through the epoch and its grace period passed, or the shard is dropped).
+/// (it was retired and its grace periods passed, or the shard is dropped).
 pub(crate) unsafe fn free_table(word: usize) {
     let table = Table::<'static> {
         word,
@@ -107,8 +107,8 @@ impl<'g> Table<'g> {
     ///
     /// # Safety
     /// `word` came from [`new_table`] and the table is not freed before `'g` ends: it was
-    /// loaded under a guard that lives for `'g` and is retired only through the epoch, or the
-    /// caller owns it.
+    /// loaded under a guard (light.rs, `Protected`) that lives for `'g` and is retired only
+    /// through `retire.rs`, or the caller owns it.
     #[inline]
     pub(crate) unsafe fn from_word(word: usize) -> Table<'g> {
         debug_assert!(word & !SHIFT_BITS != 0);

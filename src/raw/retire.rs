@@ -1,0 +1,269 @@
+//! Retirement: memory that readers may still reach (nodes, replaced tables) is freed only
+//! after a light grace period (light.rs) and then a crossbeam-epoch one.
+//!
+//! The maintainer makes the memory unreachable, then [`retire`]s a function that frees it: the
+//! function joins a process-wide queue with a light token. Whoever [`collect`]s (every
+//! maintenance pass, the explicit ones, and the reclaimer thread) moves grace periods along
+//! and hands each function whose token has passed to crossbeam-epoch (`Guard::defer`), which
+//! runs it once every thread pinned at that moment has unpinned.
+//!
+//! **The reclaimer thread.** Reads no longer pin crossbeam-epoch, so a phase of reads only
+//! would move neither kind of grace period along, and memory retired just before it would
+//! wait for the next write. While anything retired is not freed yet, one process-wide thread
+//! therefore collects every millisecond and flushes crossbeam-epoch (which lets it advance
+//! and free what has expired); it exits after about 50 ms with nothing outstanding, and is
+//! started again by the next retirement. So retired memory is freed within a few
+//! milliseconds of the last reader that could hold it leaving, whatever the threads of the
+//! process do (a read that never ends holds it, as it would hold crossbeam's epoch). Where
+//! the thread cannot be spawned, collection happens in maintenance passes only.
+//!
+//! The same thread finishes growths that writes left half-way: a growth moves one step per
+//! maintenance pass, each step after a grace period, so a shard whose writes stopped
+//! mid-growth would keep its old table and the removed nodes that wait for the growth until
+//! its next write. Caches register (weakly) when they are built; while one of their shards is
+//! growing, the thread runs a maintenance pass on it every tick ([`Help`]).
+
+#[cfg(not(loom))]
+use crate::sync::{Arc, Weak};
+use std::collections::VecDeque;
+
+use crate::sync::epoch::{self, Guard};
+use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering, TryLockError};
+
+use super::light;
+
+/// A retired object's free function.
+type Free = Box<dyn FnOnce() + Send>;
+
+struct Queue {
+    /// Functions waiting for their light grace period, in token order.
+    waiting: Mutex<VecDeque<(u64, Free)>>,
+    /// Functions retired and not run yet (waiting here, or deferred to crossbeam-epoch).
+    outstanding: AtomicUsize,
+    /// Whether the reclaimer thread is running (or being started).
+    #[cfg(not(loom))]
+    reclaimer: AtomicBool,
+    /// The caches the reclaimer helps finish growths (see [`Help`]), each with its count of
+    /// shards growing (`Config::growing`), so that only those are looked at.
+    #[cfg(not(loom))]
+    helped: Mutex<Vec<Helped>>,
+}
+
+/// A registered cache: its count of growing shards, and the cache.
+#[cfg(not(loom))]
+type Helped = (Arc<AtomicUsize>, Weak<dyn Help>);
+
+/// A cache whose growths the reclaimer thread finishes when writes stop (see the module
+/// documentation).
+#[cfg(not(loom))]
+pub(crate) trait Help: Send + Sync {
+    /// Runs a maintenance pass on every shard that is growing (without waiting for a shard's
+    /// lock); returns whether one still is.
+    fn help(&self) -> bool;
+}
+
+/// Registers `cache` (whose count of growing shards is `growing`) for help with its
+/// growths. Dead registrations are dropped on the way.
+#[cfg(not(loom))]
+pub(crate) fn register(growing: Arc<AtomicUsize>, cache: Weak<dyn Help>) {
+    let mut helped = crate::sync::lock(&queue().helped);
+    helped.retain(|(_, weak)| weak.strong_count() > 0);
+    helped.push((growing, cache));
+}
+
+/// Makes sure the reclaimer thread runs (a shard started a growth).
+#[cfg(not(loom))]
+pub(crate) fn wake() {
+    reclaimer::ensure_running();
+}
+
+#[cfg(not(loom))]
+fn queue() -> &'static Queue {
+    static QUEUE: Queue = Queue {
+        waiting: Mutex::new(VecDeque::new()),
+        outstanding: AtomicUsize::new(0),
+        reclaimer: AtomicBool::new(false),
+        helped: Mutex::new(Vec::new()),
+    };
+    &QUEUE
+}
+
+#[cfg(loom)]
+fn queue() -> &'static Queue {
+    loom::lazy_static! {
+        static ref QUEUE: Queue = Queue {
+            waiting: Mutex::new(VecDeque::new()),
+            outstanding: AtomicUsize::new(0),
+        };
+    }
+    &QUEUE
+}
+
+/// Queues `free`, to run once no thread can hold what it frees. The caller has made that
+/// memory unreachable already (no new reference can be made).
+pub(crate) fn retire(free: impl FnOnce() + Send + 'static) {
+    let q = queue();
+    // Taken after the memory became unreachable (see light.rs).
+    let token = light::token();
+    // SeqCst: with the load of `reclaimer` in `ensure_running` and the reclaimer's store and
+    // load when it exits (a Dekker pair): either the reclaimer sees this count, or this thread
+    // sees it gone and starts another. The queue's mutex orders the entries themselves.
+    q.outstanding.fetch_add(1, Ordering::SeqCst);
+    crate::sync::lock(&q.waiting).push_back((token, Box::new(free)));
+    #[cfg(not(loom))]
+    reclaimer::ensure_running();
+}
+
+/// Whether anything retired has not been freed yet.
+pub(crate) fn outstanding() -> bool {
+    // SeqCst: see `retire`.
+    queue().outstanding.load(Ordering::SeqCst) != 0
+}
+
+/// Moves grace periods along and hands every function whose light grace period has passed to
+/// crossbeam-epoch (starting a grace period at once with `force`). Never waits: if another
+/// thread is collecting, it returns.
+pub(crate) fn collect(guard: &Guard, force: bool) {
+    let q = queue();
+    let mut waiting = match q.waiting.try_lock() {
+        Ok(waiting) => waiting,
+        // Nothing in the critical sections below panics but an allocation failure (an abort);
+        // the queue is consistent at every step.
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(TryLockError::WouldBlock) => return,
+    };
+    let Some(&(last, _)) = waiting.back() else {
+        return;
+    };
+    light::advance(last, force);
+    let mut deferred = false;
+    while let Some(&(token, _)) = waiting.front() {
+        if !light::passed(token) {
+            break;
+        }
+        let Some((_, free)) = waiting.pop_front() else {
+            break;
+        };
+        // Under loom the count covers the queue only: the epoch's last deferred functions
+        // run while loom tears its statics down, when this queue can no longer be reached.
+        #[cfg(loom)]
+        q.outstanding.fetch_sub(1, Ordering::Relaxed);
+        // Threads pinned now may still hold the memory; the epoch runs this only after they
+        // have all unpinned. No light read holds it any more (its grace period passed).
+        guard.defer(move || {
+            free();
+            // Relaxed: only the count matters here (see `retire`).
+            #[cfg(not(loom))]
+            queue().outstanding.fetch_sub(1, Ordering::Relaxed);
+        });
+        deferred = true;
+    }
+    drop(waiting);
+    if deferred {
+        // Hand them to the global queue now: left in this thread's local bag, they would
+        // wait until this thread defers or pins many more times, which an idle thread never
+        // does. From the queue, any thread's next collection frees them.
+        guard.flush();
+    }
+}
+
+/// For explicit maintenance (`run_pending_tasks`, `clear`): forces a light grace period,
+/// waits a little for it (see `light::wait`), and hands what it covers to crossbeam-epoch.
+pub(crate) fn settle(limit: std::time::Duration) {
+    let token = light::token();
+    if light::wait(token, limit) {
+        collect(&epoch::pin(), false);
+    }
+}
+
+/// The reclaimer thread (see the module documentation).
+#[cfg(not(loom))]
+mod reclaimer {
+    use super::{Arc, Help, Ordering, collect, outstanding, queue};
+    use crate::sync::epoch;
+    use std::time::Duration;
+
+    /// Time between two collections.
+    const TICK: Duration = Duration::from_millis(1);
+    /// Ticks with nothing outstanding before the thread exits.
+    const IDLE_TICKS: u32 = 50;
+
+    pub(super) fn ensure_running() {
+        let q = queue();
+        // SeqCst: see `retire`.
+        if q.reclaimer.load(Ordering::SeqCst) {
+            return;
+        }
+        // Acquire/Relaxed: only one thread starts it; nothing is published through the flag.
+        if q.reclaimer
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("evanesce-reclaimer".into())
+            .spawn(run);
+        if spawned.is_err() {
+            // Collection happens in maintenance passes only; try again at a later retirement.
+            // Release: pairs with the Acquire CAS above.
+            q.reclaimer.store(false, Ordering::Release);
+        }
+    }
+
+    fn run() {
+        let q = queue();
+        let mut idle = 0;
+        loop {
+            std::thread::sleep(TICK);
+            let growing = help_growths();
+            let guard = epoch::pin();
+            collect(&guard, false);
+            // Lets crossbeam-epoch advance and free what has expired (the functions deferred
+            // above among them, a few ticks later).
+            guard.flush();
+            drop(guard);
+            if growing || outstanding() {
+                idle = 0;
+                continue;
+            }
+            idle += 1;
+            if idle < IDLE_TICKS {
+                continue;
+            }
+            // SeqCst: see `retire`.
+            q.reclaimer.store(false, Ordering::SeqCst);
+            // A retirement between the check above and the store saw the thread running and
+            // started none: look once more, and go on if there is something.
+            if !(outstanding() || help_growths())
+                || q.reclaimer
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+            {
+                return;
+            }
+            idle = 0;
+        }
+    }
+
+    /// Helps every registered cache with a growth; returns whether a growth is still going.
+    fn help_growths() -> bool {
+        // Strong references taken under the lock, used after it: a pass may run a listener
+        // that builds a cache (and registers it).
+        let caches: Vec<Arc<dyn Help>> = {
+            let mut helped = crate::sync::lock(&queue().helped);
+            helped.retain(|(_, weak)| weak.strong_count() > 0);
+            helped
+                .iter()
+                // Relaxed: a hint (see `Config::growing`).
+                .filter(|(growing, _)| growing.load(Ordering::Relaxed) != 0)
+                .filter_map(|(_, weak)| weak.upgrade())
+                .collect()
+        };
+        let mut growing = false;
+        for cache in caches {
+            growing |= cache.help();
+        }
+        growing
+    }
+}
