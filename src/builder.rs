@@ -194,7 +194,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// pass for the removals the cache makes on its own. It is never called while the value
     /// can still be returned by `get`, and never while a shard lock is held, so it may call
     /// the cache. If it panics, the cache is left consistent: the other notifications of the
-    /// same batch are still delivered, then the panic resumes in the thread that triggered it.
+    /// same batch are still delivered, then the panic resumes in the thread that triggered it
+    /// (the crate's own threads, the `check_period` sweeper and the reclaimer that finishes a
+    /// growth writes left half-way, drop it and carry on).
     /// Entries still in the cache when the last handle is dropped are not reported.
     pub fn eviction_listener(
         mut self,

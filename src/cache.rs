@@ -137,8 +137,9 @@ where
 
     /// A clone of the value stored for `key`, if it is live.
     ///
-    /// Lock-free: no lock, no compare-and-swap, no memory barrier, and no write to memory
-    /// shared with other threads (unless stats are recorded).
+    /// Lock-free: no lock, no compare-and-swap, no memory barrier on Linux (see the crate
+    /// documentation, "Progress"), and no write to memory shared with other threads (unless
+    /// stats are recorded).
     #[inline]
     pub fn get<Q>(&self, key: &Q) -> Option<V>
     where

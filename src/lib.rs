@@ -30,11 +30,12 @@
 //!
 //! ## Progress
 //!
-//! - Reads never lock, never CAS, execute no memory barrier, and never write memory other
-//!   threads read (except a per-entry counter that saturates after a few hits). A read
-//!   announces itself with two plain stores to a per-thread slot; the thread that reclaims
-//!   memory pays for the ordering instead (one `membarrier` system call per grace period on
-//!   Linux; elsewhere readers execute a fence).
+//! - Reads never lock, never CAS, and never write memory other threads read (except a
+//!   per-entry counter that saturates after a few hits). A read announces itself with two
+//!   plain stores to a per-thread slot, and on Linux executes no memory barrier: the thread
+//!   that reclaims memory pays for the ordering instead (one `membarrier` system call per grace
+//!   period); elsewhere, or where the kernel refuses `membarrier`, readers execute a fence. A
+//!   thread's first read registers it (one CAS, once).
 //! - Writes publish and unlink with CAS; no write ever waits for a reader, and a writer
 //!   waits for another thread only when its shard's event buffer is full (it then takes the
 //!   shard's maintenance lock and does the maintenance itself: back-pressure).

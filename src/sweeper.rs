@@ -32,8 +32,14 @@ impl Sweeper {
                 loop {
                     thread::park_timeout(period);
                     // Acquire: pairs with the Release in `drop`; nothing else is exchanged.
-                    if stopped.load(Ordering::Acquire) || !work() {
+                    if stopped.load(Ordering::Acquire) {
                         break;
+                    }
+                    // A pass runs user code (a listener, a hasher): a panic in it is this
+                    // sweep's loss, not the sweeper's (the cache is consistent after it).
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&work)) {
+                        Ok(true) | Err(_) => {}
+                        Ok(false) => break,
                     }
                 }
             })?;

@@ -74,9 +74,11 @@
 //! at once). A read made after its thread's slot was given back (from another thread-local's
 //! destructor) runs under a crossbeam pin instead, which the freeing also waits for.
 //!
-//! After `fork`, a thread of the parent that was inside a read (or polling a grace period)
-//! leaves the child's grace periods stuck, so the child keeps what it retires; crossbeam-epoch
-//! has the same limitation with a thread pinned at the fork.
+//! After `fork`, a thread of the parent that was inside a read (or polling a grace period, or
+//! the reclaimer thread holding the retirement queue) leaves the child's grace periods stuck,
+//! so the child keeps what it retires (or blocks on its first retirement); crossbeam-epoch has
+//! the same limitation with a thread pinned at the fork. Fork before building caches, or exec
+//! after forking.
 
 use std::cell::Cell;
 use std::ptr;

@@ -784,7 +784,8 @@ where
             }
             #[cfg(not(loom))]
             {
-                // Relaxed: a hint for the reclaimer thread (see `RawCache::help_growths`).
+                // Relaxed: a growth that ends needs no one to see it at once (the reclaimer only
+                // stops ticking a little later).
                 cfg.growing.fetch_sub(1, Ordering::Relaxed);
             }
             // The unlinks that waited for the growth: done now, before a next growth starts
@@ -809,9 +810,11 @@ where
             m.growth = Some(Growth::new());
             #[cfg(not(loom))]
             {
-                // Relaxed: a hint for the reclaimer thread, which finishes the growth if writes
-                // stop before it is done (see `RawCache::help_growths`).
-                cfg.growing.fetch_add(1, Ordering::Relaxed);
+                // SeqCst: the reclaimer thread finishes the growth if writes stop before it is
+                // done; this increment and the load of its running flag in `retire::wake` pair
+                // with its store of that flag and its load of this count when it exits (so one
+                // of the two sees the other, see `retire::retire`).
+                cfg.growing.fetch_add(1, Ordering::SeqCst);
                 retire::wake();
             }
         }

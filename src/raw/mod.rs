@@ -418,8 +418,9 @@ where
     /// whether one still is (see `retire::Help`).
     #[cfg(not(loom))]
     pub(crate) fn help_growths(&self) -> bool {
-        // Relaxed: a hint; passes re-check everything under the shard's lock.
-        if self.cfg.growing.load(crate::sync::Ordering::Relaxed) == 0 {
+        // SeqCst: see `retire::retire` (the reclaimer's exit check comes through here); passes
+        // re-check everything under the shard's lock.
+        if self.cfg.growing.load(crate::sync::Ordering::SeqCst) == 0 {
             return false;
         }
         for shard in self.shards.iter() {
@@ -427,8 +428,8 @@ where
                 shard.try_maintain(&self.cfg, &crate::sync::epoch::pin());
             }
         }
-        // Relaxed: as above.
-        self.cfg.growing.load(crate::sync::Ordering::Relaxed) != 0
+        // SeqCst: as above.
+        self.cfg.growing.load(crate::sync::Ordering::SeqCst) != 0
     }
 
     pub(crate) fn shard_count(&self) -> usize {

@@ -13,9 +13,10 @@
 //! therefore collects every millisecond and flushes crossbeam-epoch (which lets it advance
 //! and free what has expired); it exits after about 50 ms with nothing outstanding, and is
 //! started again by the next retirement. So retired memory is freed within a few
-//! milliseconds of the last reader that could hold it leaving, whatever the threads of the
-//! process do (a read that never ends holds it, as it would hold crossbeam's epoch). Where
-//! the thread cannot be spawned, collection happens in maintenance passes only.
+//! milliseconds of the last reader that could hold it leaving, even if no thread of the
+//! process writes again (a read that never ends holds it, as a pin that never ends holds
+//! crossbeam's epoch; a panic in user code the thread runs is dropped, and it carries on).
+//! Where the thread cannot be spawned, collection happens in maintenance passes only.
 //!
 //! The same thread finishes growths that writes left half-way: a growth moves one step per
 //! maintenance pass, each step after a grace period, so a shard whose writes stopped
@@ -67,7 +68,11 @@ pub(crate) trait Help: Send + Sync {
 #[cfg(not(loom))]
 pub(crate) fn register(growing: Arc<AtomicUsize>, cache: Weak<dyn Help>) {
     let mut helped = crate::sync::lock(&queue().helped);
-    helped.retain(|(_, weak)| weak.strong_count() > 0);
+    // Dead registrations are dropped when the list is about to double (amortised: building
+    // many caches stays linear), and by the reclaimer as it goes.
+    if helped.len() == helped.capacity() {
+        helped.retain(|(_, weak)| weak.strong_count() > 0);
+    }
     helped.push((growing, cache));
 }
 
@@ -103,13 +108,17 @@ fn queue() -> &'static Queue {
 /// memory unreachable already (no new reference can be made).
 pub(crate) fn retire(free: impl FnOnce() + Send + 'static) {
     let q = queue();
-    // Taken after the memory became unreachable (see light.rs).
-    let token = light::token();
     // SeqCst: with the load of `reclaimer` in `ensure_running` and the reclaimer's store and
     // load when it exits (a Dekker pair): either the reclaimer sees this count, or this thread
     // sees it gone and starts another. The queue's mutex orders the entries themselves.
     q.outstanding.fetch_add(1, Ordering::SeqCst);
-    crate::sync::lock(&q.waiting).push_back((token, Box::new(free)));
+    let free: Free = Box::new(free);
+    let mut waiting = crate::sync::lock(&q.waiting);
+    // Taken after the memory became unreachable (see light.rs), and under the queue's lock, so
+    // that the queue stays in token order (`started` only grows).
+    let token = light::token();
+    waiting.push_back((token, free));
+    drop(waiting);
     #[cfg(not(loom))]
     reclaimer::ensure_running();
 }
@@ -125,25 +134,29 @@ pub(crate) fn outstanding() -> bool {
 /// thread is collecting, it returns.
 pub(crate) fn collect(guard: &Guard, force: bool) {
     let q = queue();
-    let mut waiting = match q.waiting.try_lock() {
-        Ok(waiting) => waiting,
-        // Nothing in the critical sections below panics but an allocation failure (an abort);
-        // the queue is consistent at every step.
-        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-        Err(TryLockError::WouldBlock) => return,
-    };
-    let Some(&(last, _)) = waiting.back() else {
+    // The newest token: the queue is not held while the grace period is moved along (that
+    // may take a `membarrier`, and writers queue under their shard's lock).
+    let Some(last) = try_lock(&q.waiting).and_then(|waiting| waiting.back().map(|&(t, _)| t))
+    else {
         return;
     };
     light::advance(last, force);
-    let mut deferred = false;
-    while let Some(&(token, _)) = waiting.front() {
-        if !light::passed(token) {
-            break;
+    let mut ready = Vec::new();
+    if let Some(mut waiting) = try_lock(&q.waiting) {
+        while let Some(&(token, _)) = waiting.front() {
+            if !light::passed(token) {
+                break;
+            }
+            let Some((_, free)) = waiting.pop_front() else {
+                break;
+            };
+            ready.push(free);
         }
-        let Some((_, free)) = waiting.pop_front() else {
-            break;
-        };
+    }
+    if ready.is_empty() {
+        return;
+    }
+    for free in ready {
         // Under loom the count covers the queue only: the epoch's last deferred functions
         // run while loom tears its statics down, when this queue can no longer be reached.
         #[cfg(loom)]
@@ -151,19 +164,37 @@ pub(crate) fn collect(guard: &Guard, force: bool) {
         // Threads pinned now may still hold the memory; the epoch runs this only after they
         // have all unpinned. No light read holds it any more (its grace period passed).
         guard.defer(move || {
-            free();
-            // Relaxed: only the count matters here (see `retire`).
+            // Counted down even if a key's or value's `Drop` panics in `free`.
             #[cfg(not(loom))]
-            queue().outstanding.fetch_sub(1, Ordering::Relaxed);
+            let _done = Done;
+            free();
         });
-        deferred = true;
     }
-    drop(waiting);
-    if deferred {
-        // Hand them to the global queue now: left in this thread's local bag, they would
-        // wait until this thread defers or pins many more times, which an idle thread never
-        // does. From the queue, any thread's next collection frees them.
-        guard.flush();
+    // Hand them to the global queue now: left in this thread's local bag, they would wait
+    // until this thread defers or pins many more times, which an idle thread never does. From
+    // the queue, any thread's next collection frees them.
+    guard.flush();
+}
+
+/// Counts a retired function as run when dropped (see `collect`).
+#[cfg(not(loom))]
+struct Done;
+
+#[cfg(not(loom))]
+impl Drop for Done {
+    fn drop(&mut self) {
+        // Relaxed: only the count matters here (see `retire`).
+        queue().outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `try_lock` that ignores poisoning: nothing in the queue's critical sections panics but an
+/// allocation failure (an abort), so the queue is consistent at every step.
+fn try_lock<T>(m: &Mutex<T>) -> Option<crate::sync::MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
     }
 }
 
@@ -180,6 +211,12 @@ pub(crate) fn settle(limit: std::time::Duration) {
 #[cfg(not(loom))]
 mod reclaimer {
     use super::{Arc, Help, Ordering, collect, outstanding, queue};
+    use std::panic::AssertUnwindSafe;
+
+    /// Runs `f`, turning a panic into `None` (the payload is dropped).
+    fn catch_unwind<R>(f: impl FnOnce() -> R) -> Option<R> {
+        std::panic::catch_unwind(AssertUnwindSafe(f)).ok()
+    }
     use crate::sync::epoch;
     use std::time::Duration;
 
@@ -216,13 +253,16 @@ mod reclaimer {
         let mut idle = 0;
         loop {
             std::thread::sleep(TICK);
-            let growing = help_growths();
-            let guard = epoch::pin();
-            collect(&guard, false);
-            // Lets crossbeam-epoch advance and free what has expired (the functions deferred
-            // above among them, a few ticks later).
-            guard.flush();
-            drop(guard);
+            // User code runs here (a hasher, `Eq`, a weigher, a listener, a key's or value's
+            // `Drop`): a panic in it is this tick's loss, never the thread's.
+            let growing = catch_unwind(help_growths).unwrap_or(true);
+            let _ = catch_unwind(|| {
+                let guard = epoch::pin();
+                collect(&guard, false);
+                // Lets crossbeam-epoch advance and free what has expired (the functions
+                // deferred above among them, a few ticks later).
+                guard.flush();
+            });
             if growing || outstanding() {
                 idle = 0;
                 continue;
@@ -235,7 +275,7 @@ mod reclaimer {
             q.reclaimer.store(false, Ordering::SeqCst);
             // A retirement between the check above and the store saw the thread running and
             // started none: look once more, and go on if there is something.
-            if !(outstanding() || help_growths())
+            if !(outstanding() || catch_unwind(help_growths).unwrap_or(true))
                 || q.reclaimer
                     .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                     .is_err()
@@ -255,8 +295,9 @@ mod reclaimer {
             helped.retain(|(_, weak)| weak.strong_count() > 0);
             helped
                 .iter()
-                // Relaxed: a hint (see `Config::growing`).
-                .filter(|(growing, _)| growing.load(Ordering::Relaxed) != 0)
+                // SeqCst: with the increment when a growth starts and `ensure_running` (the
+                // Dekker pair of `retire`, for growths).
+                .filter(|(growing, _)| growing.load(Ordering::SeqCst) != 0)
                 .filter_map(|(_, weak)| weak.upgrade())
                 .collect()
         };
@@ -265,5 +306,49 @@ mod reclaimer {
             growing |= cache.help();
         }
         growing
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool as StdAtomicBool;
+    use std::time::{Duration, Instant};
+
+    /// A cache stand-in whose growth help panics, the first times it is asked.
+    struct Panicky(AtomicUsize);
+
+    impl Help for Panicky {
+        fn help(&self) -> bool {
+            // Relaxed: a test counter.
+            if self.0.fetch_add(1, Ordering::Relaxed) < 3 {
+                panic!("a listener panicked during a pass");
+            }
+            false
+        }
+    }
+
+    /// The reclaimer thread runs user code (a growth's pass: listener, hasher); a panic there
+    /// must not stop it, or retired memory would wait for writes forever after.
+    #[test]
+    fn the_reclaimer_survives_a_panic_in_a_pass() {
+        let panicky: Arc<dyn Help> = Arc::new(Panicky(AtomicUsize::new(0)));
+        let growing = Arc::new(AtomicUsize::new(1));
+        register(growing.clone(), Arc::downgrade(&panicky));
+        wake();
+        // Let it tick into the panics.
+        std::thread::sleep(Duration::from_millis(20));
+        // Relaxed: test flags.
+        growing.store(0, Ordering::Relaxed);
+        let freed = Arc::new(StdAtomicBool::new(false));
+        let flag = freed.clone();
+        retire(move || flag.store(true, Ordering::Relaxed));
+        // No call here collects: only the reclaimer can run it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !freed.load(Ordering::Relaxed) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(freed.load(Ordering::Relaxed), "the reclaimer stopped");
+        drop(panicky);
     }
 }
