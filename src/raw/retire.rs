@@ -28,8 +28,10 @@
 use crate::sync::{Arc, Weak};
 use std::collections::VecDeque;
 
+#[cfg(not(loom))]
+use crate::sync::AtomicBool;
 use crate::sync::epoch::{self, Guard};
-use crate::sync::{AtomicBool, AtomicUsize, Mutex, Ordering, TryLockError};
+use crate::sync::{AtomicUsize, Mutex, Ordering, TryLockError};
 
 use super::light;
 
@@ -312,7 +314,6 @@ mod reclaimer {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool as StdAtomicBool;
     use std::time::{Duration, Instant};
 
     /// A cache stand-in whose growth help panics, the first times it is asked.
@@ -340,7 +341,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         // Relaxed: test flags.
         growing.store(0, Ordering::Relaxed);
-        let freed = Arc::new(StdAtomicBool::new(false));
+        let freed = Arc::new(AtomicBool::new(false));
         let flag = freed.clone();
         retire(move || flag.store(true, Ordering::Relaxed));
         // No call here collects: only the reclaimer can run it.
