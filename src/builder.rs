@@ -313,6 +313,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             weigher: self.weigher,
             #[cfg(not(loom))]
             growing: Default::default(),
+            owner: crate::raw::retire::owner(),
         };
         let cache = Cache::from_raw(RawCache::new(layout, cfg));
         #[cfg(not(loom))]

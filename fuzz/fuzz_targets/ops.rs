@@ -39,7 +39,7 @@ type Key = u16;
 /// Key domains the input chooses from.
 const KEY_SPACES: [u16; 5] = [4, 16, 64, 256, 1024];
 
-/// Most epoch flushes to wait for deferred drops after the cache is dropped.
+/// Epoch flushes after the cache is dropped before the wait for deferred drops also sleeps.
 const FLUSHES: usize = 256;
 
 #[derive(Arbitrary, Debug)]
@@ -468,11 +468,18 @@ fuzz_target!(|input: Input| {
         serial += 1;
         Tracked::new(serial, &counts)
     });
-    // Everything the harness held is gone with `run`; what is left is in the epoch's bags.
+    // Everything the harness held is gone with `run`; what is left is in the epoch's bags, or
+    // on its way there from the crate's reclaimer thread (which may have taken it from the
+    // retirement queue just before the cache was dropped): flush, and give that thread a
+    // moment, within a bound.
     let mut flushes = 0;
-    while counts.dropped() != counts.created() && flushes < FLUSHES {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while counts.dropped() != counts.created() && std::time::Instant::now() < deadline {
         crossbeam_epoch::pin().flush();
         flushes += 1;
+        if flushes > FLUSHES {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
     }
     // A few more: a double drop that is still deferred would show up as a panic in `drop`.
     for _ in 0..4 {

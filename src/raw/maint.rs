@@ -338,7 +338,7 @@ where
             // The nodes are unreachable (unlinked, all their events consumed): no new
             // reference can be made. Threads inside a read or pinned now may still hold one;
             // this runs only after they have all left (retire.rs).
-            retire::retire(move || {
+            retire::retire(cfg.owner, move || {
                 // SAFETY: retired above: initialised payloads, unreachable, each listed once,
                 // and both grace periods have passed, so no thread holds a reference (node.rs,
                 // rule 5).
@@ -880,7 +880,7 @@ where
                     // Every chain is separated: done, with no further grace period (readers
                     // still on a redirected link are safe whatever they read next, see
                     // `unzip_chain`; the old table is freed through the epoch).
-                    self.detach_old();
+                    self.detach_old(cfg.owner);
                     return true;
                 }
                 mem::swap(&mut growth.zipped, &mut growth.unzipped);
@@ -893,13 +893,13 @@ where
     /// Detaches the old table once every bucket is split and every chain unzipped: readers
     /// have not been able to reach the old table's heads for a grace period (no bucket is
     /// uninitialised). It is freed after grace periods of both kinds (retire.rs).
-    fn detach_old(&self) {
+    fn detach_old(&self, owner: u64) {
         // AcqRel: Acquire to own the pointer we retire; Release orders our unzipping before it.
         let old = self.old.swap(0, Ordering::AcqRel);
         // SAFETY: the old table is unreachable from now on (see above); threads inside a read
         // or pinned now may still hold it, and this runs only after they have all left. The
         // closure owns the table (nothing else frees it).
-        retire::retire(move || unsafe { free_table(old) });
+        retire::retire(owner, move || unsafe { free_table(old) });
     }
 
     /// Splits every bucket of the new table fed by old bucket `b` (the new buckets
@@ -1328,6 +1328,7 @@ mod tests {
             weigher: None,
             hit_work: false,
             growing: Default::default(),
+            owner: crate::raw::retire::owner(),
         };
         let layout = Layout {
             shards: 1,

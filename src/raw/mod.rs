@@ -60,6 +60,9 @@ pub(crate) struct Config<K, V, S> {
     /// that writes left half-way while this is not zero, see retire.rs).
     #[cfg(not(loom))]
     pub(crate) growing: crate::sync::Arc<crate::sync::AtomicUsize>,
+    /// This cache's name in the retirement queue ([`retire::owner`]): what it retired and is
+    /// not freed yet can be freed at once when it is dropped.
+    pub(crate) owner: u64,
 }
 
 /// The weigher as stored by the cache.
@@ -446,6 +449,15 @@ where
     }
 }
 
+impl<K, V, S> Drop for RawCache<K, V, S> {
+    fn drop(&mut self) {
+        // Nothing can reach this cache's memory any more (this is the last handle, and no
+        // operation is in flight): what it retired and what still waits for a grace period is
+        // freed now, before the shards (whose arenas the functions hold) go.
+        retire::release_owner(self.cfg.owner);
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -481,6 +493,7 @@ mod tests {
             weigher: None,
             hit_work: false,
             growing: Default::default(),
+            owner: retire::owner(),
         };
         RawCache::new(layout, cfg)
     }

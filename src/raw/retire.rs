@@ -31,18 +31,23 @@ use std::collections::VecDeque;
 #[cfg(not(loom))]
 use crate::sync::AtomicBool;
 use crate::sync::epoch::{self, Guard};
-use crate::sync::{AtomicUsize, Mutex, Ordering, TryLockError};
+use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering, TryLockError};
 
 use super::light;
 
 /// A retired object's free function.
 type Free = Box<dyn FnOnce() + Send>;
 
+/// A queued function: its light token, the cache that retired it ([`owner`]), the function.
+type Entry = (u64, u64, Free);
+
 struct Queue {
     /// Functions waiting for their light grace period, in token order.
-    waiting: Mutex<VecDeque<(u64, Free)>>,
+    waiting: Mutex<VecDeque<Entry>>,
     /// Functions retired and not run yet (waiting here, or deferred to crossbeam-epoch).
     outstanding: AtomicUsize,
+    /// The next name for a cache ([`owner`]).
+    owners: AtomicU64,
     /// Whether the reclaimer thread is running (or being started).
     #[cfg(not(loom))]
     reclaimer: AtomicBool,
@@ -89,6 +94,7 @@ fn queue() -> &'static Queue {
     static QUEUE: Queue = Queue {
         waiting: Mutex::new(VecDeque::new()),
         outstanding: AtomicUsize::new(0),
+        owners: AtomicU64::new(0),
         reclaimer: AtomicBool::new(false),
         helped: Mutex::new(Vec::new()),
     };
@@ -101,14 +107,21 @@ fn queue() -> &'static Queue {
         static ref QUEUE: Queue = Queue {
             waiting: Mutex::new(VecDeque::new()),
             outstanding: AtomicUsize::new(0),
+            owners: AtomicU64::new(0),
         };
     }
     &QUEUE
 }
 
-/// Queues `free`, to run once no thread can hold what it frees. The caller has made that
-/// memory unreachable already (no new reference can be made).
-pub(crate) fn retire(free: impl FnOnce() + Send + 'static) {
+/// A new name for a cache in the queue (see [`release_owner`]).
+pub(crate) fn owner() -> u64 {
+    // Relaxed: only distinctness matters.
+    queue().owners.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Queues `free` for the cache `owner`, to run once no thread can hold what it frees. The
+/// caller has made that memory unreachable already (no new reference can be made).
+pub(crate) fn retire(owner: u64, free: impl FnOnce() + Send + 'static) {
     let q = queue();
     // SeqCst: with the load of `reclaimer` in `ensure_running` and the reclaimer's store and
     // load when it exits (a Dekker pair): either the reclaimer sees this count, or this thread
@@ -119,7 +132,7 @@ pub(crate) fn retire(free: impl FnOnce() + Send + 'static) {
     // Taken after the memory became unreachable (see light.rs), and under the queue's lock, so
     // that the queue stays in token order (`started` only grows).
     let token = light::token();
-    waiting.push_back((token, free));
+    waiting.push_back((token, owner, free));
     drop(waiting);
     #[cfg(not(loom))]
     reclaimer::ensure_running();
@@ -138,44 +151,50 @@ pub(crate) fn collect(guard: &Guard, force: bool) {
     let q = queue();
     // The newest token: the queue is not held while the grace period is moved along (that
     // may take a `membarrier`, and writers queue under their shard's lock).
-    let Some(last) = try_lock(&q.waiting).and_then(|waiting| waiting.back().map(|&(t, _)| t))
-    else {
+    let Some(last) = try_lock(&q.waiting).and_then(|waiting| waiting.back().map(|e| e.0)) else {
         return;
     };
     light::advance(last, force);
-    let mut ready = Vec::new();
-    if let Some(mut waiting) = try_lock(&q.waiting) {
-        while let Some(&(token, _)) = waiting.front() {
-            if !light::passed(token) {
-                break;
+    // Popped and deferred under the queue's lock, so that `release_owner` finds each function
+    // either still queued or in crossbeam-epoch's hands. (Deferring runs no user code: a full
+    // bag goes to the epoch's global queue; functions run at a later collection, the flush
+    // below among them.)
+    let deferred = match try_lock(&q.waiting) {
+        Some(mut waiting) => {
+            let mut deferred = false;
+            while let Some(&(token, _, _)) = waiting.front() {
+                if !light::passed(token) {
+                    break;
+                }
+                let Some((_, _, free)) = waiting.pop_front() else {
+                    break;
+                };
+                // Under loom the count covers the queue only: the epoch's last deferred
+                // functions run while loom tears its statics down, when this queue can no
+                // longer be reached.
+                #[cfg(loom)]
+                q.outstanding.fetch_sub(1, Ordering::Relaxed);
+                // Threads pinned now may still hold the memory; the epoch runs this only after
+                // they have all unpinned. No light read holds it any more (its grace period
+                // passed).
+                guard.defer(move || {
+                    // Counted down even if a key's or value's `Drop` panics in `free`.
+                    #[cfg(not(loom))]
+                    let _done = Done;
+                    free();
+                });
+                deferred = true;
             }
-            let Some((_, free)) = waiting.pop_front() else {
-                break;
-            };
-            ready.push(free);
+            deferred
         }
+        None => false,
+    };
+    if deferred {
+        // Hand them to the global queue now: left in this thread's local bag, they would wait
+        // until this thread defers or pins many more times, which an idle thread never does.
+        // From the queue, any thread's next collection frees them.
+        guard.flush();
     }
-    if ready.is_empty() {
-        return;
-    }
-    for free in ready {
-        // Under loom the count covers the queue only: the epoch's last deferred functions
-        // run while loom tears its statics down, when this queue can no longer be reached.
-        #[cfg(loom)]
-        q.outstanding.fetch_sub(1, Ordering::Relaxed);
-        // Threads pinned now may still hold the memory; the epoch runs this only after they
-        // have all unpinned. No light read holds it any more (its grace period passed).
-        guard.defer(move || {
-            // Counted down even if a key's or value's `Drop` panics in `free`.
-            #[cfg(not(loom))]
-            let _done = Done;
-            free();
-        });
-    }
-    // Hand them to the global queue now: left in this thread's local bag, they would wait
-    // until this thread defers or pins many more times, which an idle thread never does. From
-    // the queue, any thread's next collection frees them.
-    guard.flush();
 }
 
 /// Counts a retired function as run when dropped (see `collect`).
@@ -197,6 +216,35 @@ fn try_lock<T>(m: &Mutex<T>) -> Option<crate::sync::MutexGuard<'_, T>> {
         Ok(guard) => Some(guard),
         Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
         Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+/// Runs, now, every function `owner` queued that still waits for its grace period: the cache
+/// is being dropped, so no thread can reach what they free (its last handle is going, and no
+/// operation on it is in flight). What was already handed to crossbeam-epoch goes with the
+/// epoch, as before.
+pub(crate) fn release_owner(owner: u64) {
+    let q = queue();
+    let mine: Vec<Free> = {
+        let mut waiting = crate::sync::lock(&q.waiting);
+        let mut mine = Vec::new();
+        let mut kept = VecDeque::with_capacity(waiting.len());
+        for (token, o, free) in waiting.drain(..) {
+            if o == owner {
+                mine.push(free);
+            } else {
+                kept.push_back((token, o, free));
+            }
+        }
+        *waiting = kept;
+        mine
+    };
+    for free in mine {
+        #[cfg(not(loom))]
+        let _done = Done;
+        #[cfg(loom)]
+        q.outstanding.fetch_sub(1, Ordering::Relaxed);
+        free();
     }
 }
 
@@ -343,7 +391,7 @@ mod tests {
         growing.store(0, Ordering::Relaxed);
         let freed = Arc::new(AtomicBool::new(false));
         let flag = freed.clone();
-        retire(move || flag.store(true, Ordering::Relaxed));
+        retire(owner(), move || flag.store(true, Ordering::Relaxed));
         // No call here collects: only the reclaimer can run it.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !freed.load(Ordering::Relaxed) && Instant::now() < deadline {
