@@ -189,7 +189,7 @@ impl Domain {
     }
 }
 
-/// A plain static: a reader's fence check is one load, with no initialisation check.
+/// A plain static: no initialisation check on access.
 #[cfg(not(loom))]
 fn domain() -> &'static Domain {
     static DOMAIN: Domain = Domain::new();

@@ -5,7 +5,9 @@
 //! function joins a process-wide queue with a light token. Whoever [`collect`]s (every
 //! maintenance pass, the explicit ones, and the reclaimer thread) moves grace periods along
 //! and hands each function whose token has passed to crossbeam-epoch (`Guard::defer`), which
-//! runs it once every thread pinned at that moment has unpinned.
+//! runs it once every thread pinned at that moment has unpinned. Each function carries the
+//! name of the cache that retired it ([`owner`]): when that cache is dropped, what it still
+//! has queued runs at once ([`release_owner`]), since nothing can reach its memory any more.
 //!
 //! **The reclaimer thread.** Reads no longer pin crossbeam-epoch, so a phase of reads only
 //! would move neither kind of grace period along, and memory retired just before it would
