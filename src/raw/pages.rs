@@ -39,11 +39,9 @@ pub(crate) fn advise(ptr: *mut u8, layout: Layout) {
     let len = layout.size() & !(HUGE_PAGE - 1);
     #[cfg(all(target_os = "linux", not(loom)))]
     {
-        // SAFETY: `ptr..ptr + len` lies inside a live allocation this module's caller owns
-        // (`len <= layout.size()`), and `ptr` is page-aligned (huge-page aligned, per the
-        // check above). MADV_HUGEPAGE changes neither the contents nor the validity of the
-        // range, only how the kernel may back it; its result is advice taken or not, and
-        // either is fine, so the return value is ignored.
+        // MADV_HUGEPAGE changes neither the contents nor the validity of the range, only how
+        // the kernel may back it; advice taken or not is fine, so the result is ignored.
+        // SAFETY: `ptr..ptr + len` is inside a live allocation the caller owns, page-aligned.
         unsafe {
             libc::madvise(ptr.cast::<libc::c_void>(), len, libc::MADV_HUGEPAGE);
         }

@@ -150,10 +150,9 @@ where
         // Acquire: pairs with the Release store that published the table (construction or
         // growth), so its buckets are initialised.
         let word = self.table.load(Ordering::Acquire);
-        // SAFETY: the word is never zero while the shard lives, was made by `new_table`, and a
-        // replaced table is freed only after grace periods of both kinds that began after it
-        // became unreachable from here (retire.rs); `_guard` protects this thread (light.rs,
-        // `Protected`), so the table outlives the borrow.
+        // A replaced table is freed only after grace periods of both kinds that began after it
+        // became unreachable from here (retire.rs), and `_guard` protects this thread.
+        // SAFETY: never zero while the shard lives, made by `new_table`; outlives the borrow.
         unsafe { Table::from_word(word) }
     }
 
