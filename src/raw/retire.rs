@@ -171,18 +171,12 @@ pub(crate) fn collect(guard: &Guard, force: bool) {
                 let Some((_, _, free)) = waiting.pop_front() else {
                     break;
                 };
-                // Under loom the count covers the queue only: the epoch's last deferred
-                // functions run while loom tears its statics down, when this queue can no
-                // longer be reached.
-                #[cfg(loom)]
-                q.outstanding.fetch_sub(1, Ordering::Relaxed);
+                let done = Done::taken();
                 // Threads pinned now may still hold the memory; the epoch runs this only after
                 // they have all unpinned. No light read holds it any more (its grace period
                 // passed).
                 guard.defer(move || {
-                    // Counted down even if a key's or value's `Drop` panics in `free`.
-                    #[cfg(not(loom))]
-                    let _done = Done;
+                    let _done = done;
                     free();
                 });
                 deferred = true;
@@ -199,14 +193,25 @@ pub(crate) fn collect(guard: &Guard, force: bool) {
     }
 }
 
-/// Counts a retired function as run when dropped (see `collect`).
-#[cfg(not(loom))]
+/// A function taken from the queue: counted as run (`outstanding`) when this is dropped, after
+/// the function, even if a key's or value's `Drop` panics in it. Under loom the count covers
+/// the queue only, so it is counted when taken: the epoch's last deferred functions run while
+/// loom tears its statics down, when the queue can no longer be reached.
 struct Done;
 
-#[cfg(not(loom))]
+impl Done {
+    fn taken() -> Done {
+        // Relaxed: only the count matters here (see `retire`).
+        #[cfg(loom)]
+        queue().outstanding.fetch_sub(1, Ordering::Relaxed);
+        Done
+    }
+}
+
 impl Drop for Done {
     fn drop(&mut self) {
-        // Relaxed: only the count matters here (see `retire`).
+        // Relaxed: as in `taken`.
+        #[cfg(not(loom))]
         queue().outstanding.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -242,10 +247,7 @@ pub(crate) fn release_owner(owner: u64) {
         mine
     };
     for free in mine {
-        #[cfg(not(loom))]
-        let _done = Done;
-        #[cfg(loom)]
-        q.outstanding.fetch_sub(1, Ordering::Relaxed);
+        let _done = Done::taken();
         free();
     }
 }
