@@ -795,18 +795,23 @@ where
             self.process_unlinks(m, cfg, guard);
         }
         let table = self.current(guard);
-        // Relaxed: a trigger (only the maintainer writes `live`).
-        let live = self.live.load(Ordering::Relaxed);
+        // Relaxed: a trigger (only the maintainer writes `live`). `load_shift` is 1 for a cache
+        // bounded by count (a load of at most one half, as a table pre-sized for the capacity
+        // has), 0 otherwise (at most one).
+        let live = self.live.load(Ordering::Relaxed).max(0) << cfg.load_shift;
         if live > table.len() as i64 && table.len() < MAX_BUCKETS {
-            // The power of two that brings the load back to at most one (at least twice the
-            // table): a shard that filled faster than it could grow catches up in one growth,
-            // and its chains are then spread over as many classes as they have nodes, which
-            // the unzipping separates in a few rounds (see `unzip_chain`).
+            // The power of two that brings the load back to at most its limit (at least twice
+            // the table): a shard that filled faster than it could grow catches up in one
+            // growth, and its chains are then spread over as many classes as they have nodes,
+            // which the unzipping separates in a few rounds (see `unzip_chain`).
             let len = usize::try_from(live)
                 .unwrap_or(MAX_BUCKETS)
                 .next_power_of_two()
                 .clamp(table.len() * 2, MAX_BUCKETS);
-            self.publish_larger(len, guard);
+            if !self.publish_larger(len, guard) {
+                // Out of memory: keep the table (chains get longer) and try again later.
+                return;
+            }
             m.growth = Some(Growth::new());
             #[cfg(not(loom))]
             {
@@ -1329,6 +1334,7 @@ mod tests {
             hit_work: false,
             growing: Default::default(),
             owner: crate::raw::retire::owner(),
+            load_shift: 0,
         };
         let layout = Layout {
             shards: 1,
@@ -1337,7 +1343,7 @@ mod tests {
             ring: 128,
             huge_pages: false,
         };
-        let cache: RawCache<Touchy, u64, _> = RawCache::new(layout, cfg);
+        let cache: RawCache<Touchy, u64, _> = RawCache::new(layout, cfg).unwrap();
         let shard = &cache.shards[0];
         let readable = |keys: &mut dyn Iterator<Item = u64>| {
             for k in keys {
