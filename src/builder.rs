@@ -304,21 +304,26 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         if self.max_capacity == Some(0) {
             return Err(BuildError::ZeroCapacity);
         }
-        // Tables are sized for `initial_capacity`, or for a cache bounded by count for its
-        // capacity up to PRESIZE_MAX entries, and grow with the entries held: a bound is a
-        // ceiling, not a reservation, so memory follows the entries whatever the capacity (a
-        // cache bounded by count grows to the load a table pre-sized for its capacity would
-        // have, so that a full cache is laid out as if pre-sized).
-        let expected = match (self.max_capacity, &self.weigher) {
+        // A bound is a ceiling, not a reservation: memory follows the entries held, whatever
+        // the capacity. Tables are sized for `initial_capacity`, or for a cache bounded by
+        // count for its capacity up to PRESIZE_MAX entries, and grow with the entries (a cache
+        // bounded by count grows to the load a table pre-sized for its capacity would have, so
+        // that a full cache is laid out as if pre-sized). Node memory (whose pages are
+        // committed only as slots are used) is laid out for the capacity up to
+        // ARENA_PRESIZE_MAX entries, so that a full cache of up to that size keeps its nodes
+        // in one chunk per shard.
+        let bounded_by_count = |limit: u64| match (self.max_capacity, &self.weigher) {
             (Some(c), None) => self
                 .initial_capacity
-                .max(usize::try_from(c.min(PRESIZE_MAX)).unwrap_or(0)),
+                .max(usize::try_from(c.min(limit)).unwrap_or(0)),
             _ => self.initial_capacity,
         };
+        let expected = bounded_by_count(PRESIZE_MAX);
         // Buckets per shard: two per expected entry, so that a pre-sized table runs at a load
         // factor of at most one half (a hit then walks 1.25 nodes on average, and a chain
         // walk's branches stay predictable; see ARCHITECTURE.md). A table that holds more
-        // entries than buckets grows to the power of two that brings its load back to one.
+        // entries than buckets grows to the power of two that brings its load back to one
+        // (one half when bounded by count).
         let per_shard = expected.div_ceil(shards);
         if per_shard > 1 << 29 {
             return Err(BuildError::CapacityTooLarge(expected));
@@ -326,6 +331,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         let buckets_per_shard = (per_shard * BUCKETS_PER_ENTRY)
             .max(MIN_BUCKETS)
             .next_power_of_two();
+        let nodes_per_shard = bounded_by_count(ARENA_PRESIZE_MAX).div_ceil(shards);
         let nanos = |what: &'static str, d: Option<Duration>| match d {
             None => Ok(NEVER),
             Some(d) if d.is_zero() => Err(BuildError::ZeroDuration(what)),
@@ -343,7 +349,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         let layout = Layout {
             shards,
             buckets_per_shard,
-            entries_per_shard: per_shard,
+            entries_per_shard: nodes_per_shard,
             ring,
             huge_pages: self.huge_pages,
         };
@@ -382,6 +388,11 @@ impl<K, V, S> CacheBuilder<K, V, S> {
 /// 2.5 MiB of address space, of which 512 KiB of buckets are touched): small caches never grow,
 /// larger ones grow as they fill.
 const PRESIZE_MAX: u64 = 1 << 16;
+
+/// Entries up to which a cache bounded by count lays out its node memory for its capacity at
+/// build: address space only (32 MiB for 2^20 nodes of 32 bytes), whose pages are committed as
+/// nodes are used.
+const ARENA_PRESIZE_MAX: u64 = 1 << 20;
 
 /// Smallest share of a bounded cache's capacity, in entries, a default shard count leaves
 /// each shard.

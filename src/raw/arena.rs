@@ -19,7 +19,7 @@
 //! simultaneous entries (live entries plus those awaiting their grace period), and slots are
 //! reused.
 
-use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
+use std::alloc::{Layout, handle_alloc_error};
 use std::ptr;
 
 use super::node::{IDX_MASK, Idx, LIFE_LIVE, MAX_NODES, NIL, Node};
@@ -238,8 +238,9 @@ impl<K, V> Arena<K, V> {
             return Some(cur);
         }
         let layout = self.chunk_layout(chunk);
-        // SAFETY: the layout has a non-zero size (a node has a 16-byte header).
-        let fresh = unsafe { alloc(layout) } as *mut Node<K, V>;
+        // SAFETY: the layout has a non-zero size (a node has a 16-byte header); freed with it,
+        // below or in `drop`.
+        let fresh = unsafe { pages::alloc(layout, false) } as *mut Node<K, V>;
         if fresh.is_null() {
             return None;
         }
@@ -255,7 +256,7 @@ impl<K, V> Arena<K, V> {
             Ok(_) => Some(fresh),
             Err(winner) => {
                 // SAFETY: `fresh` was allocated above with this layout and never shared.
-                unsafe { dealloc(fresh as *mut u8, layout) };
+                unsafe { pages::dealloc(fresh as *mut u8, layout) };
                 Some(winner)
             }
         }
@@ -436,13 +437,14 @@ impl Column {
         let layout = self.layout(chunk);
         let len = (1usize << self.first_shift) << chunk;
         #[cfg(not(loom))]
-        // SAFETY: non-zero size. All-zero bytes are a valid `AtomicU64` holding 0, so zeroed
-        // memory is initialised (and its pages are committed only when written).
-        let fresh = unsafe { std::alloc::alloc_zeroed(layout) } as *mut AtomicU64;
+        // SAFETY: non-zero size; freed in `drop` with this layout. All-zero bytes are a valid
+        // `AtomicU64` holding 0, so zeroed memory is initialised (and its pages are committed
+        // only when written).
+        let fresh = unsafe { pages::alloc(layout, true) } as *mut AtomicU64;
         #[cfg(loom)]
         // SAFETY: non-zero size; every element is initialised below (loom's atomics are objects
         // that must be constructed).
-        let fresh = unsafe { alloc(layout) } as *mut AtomicU64;
+        let fresh = unsafe { pages::alloc(layout, false) } as *mut AtomicU64;
         if fresh.is_null() {
             handle_alloc_error(layout);
         }
@@ -464,7 +466,7 @@ impl Column {
             Ok(_) => fresh,
             Err(winner) => {
                 // SAFETY: allocated above with this layout and never shared.
-                unsafe { dealloc(fresh as *mut u8, layout) };
+                unsafe { pages::dealloc(fresh as *mut u8, layout) };
                 winner
             }
         }
@@ -482,8 +484,8 @@ impl Drop for Column {
                     // SAFETY: initialised (see `install`); no other access remains.
                     unsafe { ptr::drop_in_place(base.add(i)) };
                 }
-                // SAFETY: allocated in `install` with this layout.
-                unsafe { dealloc(base as *mut u8, self.layout(chunk)) };
+                // SAFETY: allocated in `install` with this layout, freed once (`&mut self`).
+                unsafe { pages::dealloc(base as *mut u8, self.layout(chunk)) };
             }
         }
     }
@@ -508,8 +510,8 @@ impl<K, V> Drop for Arena<K, V> {
                 // the header (its atomics) is all that is left.
                 unsafe { ptr::drop_in_place(base.add(offset)) };
             }
-            // SAFETY: allocated in `ensure_chunk` with this layout.
-            unsafe { dealloc(base as *mut u8, self.chunk_layout(chunk)) };
+            // SAFETY: allocated in `ensure_chunk` with this layout, freed once (`&mut self`).
+            unsafe { pages::dealloc(base as *mut u8, self.chunk_layout(chunk)) };
         }
     }
 }

@@ -163,14 +163,19 @@ struct Scratch {
 }
 
 impl Growth {
-    fn new() -> Self {
+    /// A growth of a shard holding about `entries` entries: the per-node records are sized for
+    /// them up front (a few more come from inserts during the split), so that they are not
+    /// reallocated while they fill (each reallocation left a freed buffer in the allocator's
+    /// heap, about 3 bytes per entry of a cache that grew to a million).
+    fn new(entries: usize) -> Self {
+        let room = entries + entries / 8;
         Growth {
             phase: Phase::Splitting,
             progress: 0,
             grace: None,
-            nodes: Vec::new(),
-            first: Vec::new(),
-            next: Vec::new(),
+            nodes: Vec::with_capacity(room),
+            first: Vec::with_capacity(room),
+            next: Vec::with_capacity(room),
             zipped: Vec::new(),
             unzipped: Vec::new(),
             scratch: Scratch::default(),
@@ -793,6 +798,10 @@ where
             m.unlink_queue
                 .extend(m.postponed.drain(..).map(|idx| (idx, NIL)));
             self.process_unlinks(m, cfg, guard);
+            // The growth's bookkeeping is freed (`growth` drops here): hand the allocator's
+            // free pages back to the system (see `pages::trim`).
+            drop(growth);
+            super::pages::trim();
         }
         let table = self.current(guard);
         // Relaxed: a trigger (only the maintainer writes `live`). `load_shift` is 1 for a cache
@@ -812,7 +821,9 @@ where
                 // Out of memory: keep the table (chains get longer) and try again later.
                 return;
             }
-            m.growth = Some(Growth::new());
+            m.growth = Some(Growth::new(
+                usize::try_from(self.live.load(Ordering::Relaxed)).unwrap_or(0),
+            ));
             #[cfg(not(loom))]
             {
                 // SeqCst: the reclaimer thread finishes the growth if writes stop before it is

@@ -13,7 +13,7 @@
 //! of the size whose buckets start as [`UNINIT`](super::node::UNINIT) and are split lazily off
 //! the old table's chains (see "Growing" in `shard.rs`).
 
-use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
+use std::alloc::{Layout, handle_alloc_error};
 use std::marker::PhantomData;
 
 use super::pages;
@@ -61,8 +61,8 @@ fn layout(len: usize) -> Layout {
 pub(crate) fn new_table(len: usize, fill: u32, huge: bool) -> Option<usize> {
     debug_assert!(len.is_power_of_two() && len <= 1 << 31);
     let layout = layout(len);
-    // SAFETY: the layout has a non-zero size (len >= 1).
-    let base = unsafe { alloc(layout) } as *mut AtomicU32;
+    // SAFETY: the layout has a non-zero size (len >= 1); freed by `free_table` with it.
+    let base = unsafe { pages::alloc(layout, false) } as *mut AtomicU32;
     if base.is_null() {
         return None;
     }
@@ -92,8 +92,8 @@ pub(crate) unsafe fn free_table(word: usize) {
         // SAFETY: initialised by `new_table`, and no one else accesses it (contract above).
         unsafe { std::ptr::drop_in_place(base.add(i)) };
     }
-    // SAFETY: allocated by `new_table` with this layout.
-    unsafe { dealloc(base as *mut u8, layout(len)) };
+    // SAFETY: allocated by `new_table` with this layout, freed once (contract).
+    unsafe { pages::dealloc(base as *mut u8, layout(len)) };
 }
 
 /// A borrowed table, valid for `'g` (the guard under which its word was loaded).
