@@ -25,7 +25,13 @@ pub(crate) const MAP_MIN: usize = 256 << 10;
 
 /// Whether allocations of `layout` are mapped from the kernel directly.
 fn mapped(layout: Layout) -> bool {
-    cfg!(all(target_os = "linux", not(loom), not(miri))) && layout.size() >= MAP_MIN
+    // Not in AddressSanitizer builds: the allocator's memory is what ASan tracks.
+    cfg!(all(
+        target_os = "linux",
+        not(loom),
+        not(miri),
+        not(evanesce_asan)
+    )) && layout.size() >= MAP_MIN
 }
 
 /// Allocates `layout` (zeroed if `zeroed`); null if the system refused. Large layouts (see
@@ -156,7 +162,7 @@ pub(crate) fn advise(ptr: *mut u8, layout: Layout) {
     }
     // Whole huge pages only: the advice never reaches memory past the allocation.
     let len = layout.size() & !(HUGE_PAGE - 1);
-    #[cfg(all(target_os = "linux", not(loom)))]
+    #[cfg(all(target_os = "linux", not(loom), not(miri)))]
     {
         // MADV_HUGEPAGE changes neither the contents nor the validity of the range, only how
         // the kernel may back it; advice taken or not is fine, so the result is ignored.
@@ -165,13 +171,13 @@ pub(crate) fn advise(ptr: *mut u8, layout: Layout) {
             libc::madvise(ptr.cast::<libc::c_void>(), len, libc::MADV_HUGEPAGE);
         }
     }
-    #[cfg(not(all(target_os = "linux", not(loom))))]
+    #[cfg(not(all(target_os = "linux", not(loom), not(miri))))]
     {
         let _ = (ptr, len);
     }
 }
 
-#[cfg(all(test, target_os = "linux", not(loom)))]
+#[cfg(all(test, target_os = "linux", not(loom), not(miri)))]
 pub(crate) mod tests {
     /// The `VmFlags` line of the mapping of `/proc/self/smaps` that contains `addr`.
     pub(crate) fn vm_flags(addr: usize) -> Option<String> {

@@ -155,7 +155,7 @@ impl<'g> Table<'g> {
     }
 }
 
-#[cfg(all(test, target_os = "linux", not(loom)))]
+#[cfg(all(test, target_os = "linux", not(loom), not(miri)))]
 mod tests {
     use super::*;
     use crate::raw::node::NIL;
