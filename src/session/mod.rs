@@ -62,7 +62,9 @@ use std::fmt;
 pub use data::{Cookie, Session, SessionData};
 pub use serializer::{JsonSerializer, Serializer};
 pub use snapshot::{SNAPSHOT_VERSION, SnapshotError};
-pub use store::{DisposeFn, Ids, MemoryStore, MemoryStoreBuilder, Options, TtlFn};
+pub use store::{
+    DisposeFn, Ids, MIN_CHECK_PERIOD, MemoryStore, MemoryStoreBuilder, Options, TtlFn,
+};
 
 pub use crate::RemovalCause;
 

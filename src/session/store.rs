@@ -17,6 +17,10 @@ use crate::{Cache, RemovalCause, Stats};
 /// over the stripes by hash).
 const STRIPES: usize = 64;
 
+/// The shortest [`check_period`](MemoryStoreBuilder::check_period) accepted: a sweeper that
+/// runs more often than this burns a core for nothing (expiry does not depend on it).
+pub const MIN_CHECK_PERIOD: Duration = Duration::from_millis(1);
+
 /// The `ttl_fn` option: a session's lifetime from the session and its id.
 pub type TtlFn<T> = dyn Fn(&T, &str) -> Duration + Send + Sync + 'static;
 
@@ -109,7 +113,8 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
     /// Runs a background sweeper every `period` that removes expired sessions
     /// ([`prune`](MemoryStore::prune)). Expiry does not depend on it (the engine reclaims
     /// expired sessions as writes happen); it covers a store that nobody writes to. The
-    /// thread holds only a weak reference: dropping the store stops it.
+    /// thread holds only a weak reference: dropping the store stops it. A period below
+    /// [`MIN_CHECK_PERIOD`] (1 ms) is refused by [`build`](Self::build).
     pub fn check_period(mut self, period: Duration) -> Self {
         self.options.check_period = Some(period);
         self
@@ -253,8 +258,13 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
                 "a fixed ttl of zero would remove every session as it is set".into(),
             ));
         }
-        if options.check_period == Some(Duration::ZERO) {
-            return Err(Error::Config("check_period must not be zero".into()));
+        if let Some(period) = options.check_period
+            && period < MIN_CHECK_PERIOD
+        {
+            return Err(Error::Config(format!(
+                "check_period of {period:?} is below the floor of {MIN_CHECK_PERIOD:?}: a sweeper \
+                 that often would spin a core (expiry does not depend on it)"
+            )));
         }
         match (&options.snapshot_file, options.snapshot_every) {
             (None, Some(_)) => {
