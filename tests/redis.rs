@@ -676,6 +676,54 @@ async fn a_redis_password_never_shows_against_a_real_server() {
     assert_hidden(&shown(&e, Some(&e)));
 }
 
+// ---- sealed values (issue 12, item 2) ----
+
+#[tokio::test]
+async fn sealed_values_in_redis_are_unreadable_and_unforgeable() {
+    use evanesce::session::{JsonSerializer, Sealed, SealingKey};
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let key = SealingKey::generate();
+    let sealed = |key: SealingKey| {
+        RedisStore::with_serializer(
+            server.url(),
+            Sealed::new(JsonSerializer::<Session>::new(), key),
+        )
+        .prefix("sealed:")
+    };
+    let store = sealed(key.clone()).build().await.unwrap();
+    let mut s = expiring(Duration::from_secs(60));
+    s.insert("secret", "hunter2");
+    store.set("a", &s).await.unwrap();
+    assert_eq!(store.get("a").await.unwrap(), Some(s.clone()));
+    // What Redis holds (and a dump, MONITOR or a replica shows) is not the session.
+    let raw = redis_get(&server, "sealed:a").unwrap();
+    assert!(raw.starts_with(b"EVS1"));
+    assert!(!raw.windows(7).any(|w| w == b"hunter2"));
+    // Another key cannot read it: one Decode error, and the value is removed.
+    let other = sealed(SealingKey::generate()).build().await.unwrap();
+    assert!(matches!(other.get("a").await, Err(Error::Decode { .. })));
+    assert_eq!(redis_get(&server, "sealed:a"), None);
+    // A value planted behind the store's back (plain JSON, or sealed bytes changed) does not
+    // decode either.
+    redis_set(&server, "sealed:forged", br#"{"cookie":{},"user":"admin"}"#);
+    assert!(matches!(store.get("forged").await, Err(Error::Decode { .. })));
+    store.set("b", &s).await.unwrap();
+    let mut bytes = redis_get(&server, "sealed:b").unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    redis_set(&server, "sealed:b", &bytes);
+    assert!(matches!(store.get("b").await, Err(Error::Decode { .. })));
+    // touch keeps working through the seal.
+    store.set("c", &s).await.unwrap();
+    assert!(store.touch("c", &expiring(Duration::from_secs(600))).await.unwrap());
+    assert_eq!(
+        store.get("c").await.unwrap().unwrap().get("secret"),
+        Some(&json!("hunter2"))
+    );
+}
+
 // ---- tower-sessions ----
 
 fn record(expires_in: i64) -> Record {
