@@ -708,7 +708,10 @@ async fn sealed_values_in_redis_are_unreadable_and_unforgeable() {
     // A value planted behind the store's back (plain JSON, or sealed bytes changed) does not
     // decode either.
     redis_set(&server, "sealed:forged", br#"{"cookie":{},"user":"admin"}"#);
-    assert!(matches!(store.get("forged").await, Err(Error::Decode { .. })));
+    assert!(matches!(
+        store.get("forged").await,
+        Err(Error::Decode { .. })
+    ));
     store.set("b", &s).await.unwrap();
     let mut bytes = redis_get(&server, "sealed:b").unwrap();
     let last = bytes.len() - 1;
@@ -717,7 +720,12 @@ async fn sealed_values_in_redis_are_unreadable_and_unforgeable() {
     assert!(matches!(store.get("b").await, Err(Error::Decode { .. })));
     // touch keeps working through the seal.
     store.set("c", &s).await.unwrap();
-    assert!(store.touch("c", &expiring(Duration::from_secs(600))).await.unwrap());
+    assert!(
+        store
+            .touch("c", &expiring(Duration::from_secs(600)))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         store.get("c").await.unwrap().unwrap().get("secret"),
         Some(&json!("hunter2"))
