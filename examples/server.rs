@@ -65,8 +65,8 @@ use tower_sessions::{Expiry, Session, SessionManagerLayer};
 /// and `Expires` anyway (RFC 6265bis).
 const MAX_LIFETIME_SECS: u64 = 400 * 24 * 60 * 60;
 
-/// The session field that holds when the session began (seconds since the Unix epoch), for
-/// the absolute lifetime.
+/// The session field that holds when the session began (milliseconds since the Unix epoch),
+/// for the absolute lifetime.
 const BEGAN: &str = "__began";
 
 /// The settings, read from the environment and checked.
@@ -286,9 +286,13 @@ async fn lifetimes(
     next: Next,
 ) -> Result<Response, Failure> {
     let now = time::OffsetDateTime::now_utc();
-    let max_age = i64::try_from(lifetimes.max_age).unwrap_or(i64::MAX);
+    let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    // At most 400 days (checked with the settings): no overflow.
+    let max_age_ms = i64::try_from(lifetimes.max_age)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
     if let Some(began) = session.get::<i64>(BEGAN).await?
-        && now.unix_timestamp().saturating_sub(began) >= max_age
+        && now_ms.saturating_sub(began) >= max_age_ms
     {
         // Over: the handler starts afresh (a new id if it stores anything).
         session.flush().await?;
@@ -298,14 +302,16 @@ async fn lifetimes(
         let began = match session.get::<i64>(BEGAN).await? {
             Some(began) => began,
             None => {
-                session.insert(BEGAN, now.unix_timestamp()).await?;
-                now.unix_timestamp()
+                session.insert(BEGAN, now_ms).await?;
+                now_ms
             }
         };
         let idle_end =
             now + time::Duration::seconds(i64::try_from(lifetimes.idle).unwrap_or(i64::MAX));
-        let absolute_end = time::OffsetDateTime::from_unix_timestamp(began.saturating_add(max_age))
-            .unwrap_or(idle_end);
+        let absolute_end = time::OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(began.saturating_add(max_age_ms)) * 1_000_000,
+        )
+        .unwrap_or(idle_end);
         session.set_expiry(Some(Expiry::AtDateTime(idle_end.min(absolute_end))));
     }
     Ok(response)

@@ -464,19 +464,20 @@ fn bad_settings_are_refused_with_the_variable_named() {
 
 #[test]
 fn a_session_ends_at_its_absolute_lifetime_however_active() {
-    let server = Server::start(&[("SESSION_MAX_SECS", "2"), ("SESSION_IDLE_SECS", "3600")]);
+    let server = Server::start(&[("SESSION_MAX_SECS", "3"), ("SESSION_IDLE_SECS", "3600")]);
     let first = server.get("/", None);
     let id = first.id.clone().unwrap();
-    // The cookie carries the earlier end (about 2 s, not the idle hour).
+    // The cookie carries the earlier end (about 3 s, not the idle hour).
     let cookie = first.set_cookie.unwrap();
     let max_age: i64 = cookie
         .split(';')
         .find_map(|a| a.trim().strip_prefix("Max-Age="))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{cookie}"));
-    assert!((0..=2).contains(&max_age), "{cookie}");
+    assert!((0..=3).contains(&max_age), "{cookie}");
+    // Active within the lifetime: the session goes on (3 s of margin on a loaded machine).
     assert_eq!(server.get("/", Some(&id)).views(), 2);
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(3500));
     let after = server.get("/", Some(&id));
     assert_eq!(after.views(), 1, "the session ended");
     assert_ne!(after.id.as_deref(), Some(id.as_str()), "with a new id");
