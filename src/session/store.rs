@@ -18,8 +18,9 @@ use crate::{Cache, RemovalCause, Stats};
 const STRIPES: usize = 64;
 
 /// The shortest [`check_period`](MemoryStoreBuilder::check_period) accepted: a sweeper that
-/// runs more often than this burns a core for nothing (expiry does not depend on it).
-pub const MIN_CHECK_PERIOD: Duration = Duration::from_millis(1);
+/// runs more often than this burns a core for nothing (expiry does not depend on it). The
+/// engine's own floor ([`crate::MIN_CHECK_PERIOD`]).
+pub use crate::builder::MIN_CHECK_PERIOD;
 
 /// The `ttl_fn` option: a session's lifetime from the session and its id.
 pub type TtlFn<T> = dyn Fn(&T, &str) -> Duration + Send + Sync + 'static;
