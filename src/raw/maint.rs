@@ -1505,6 +1505,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "safe code, exhaustive: hours under Miri")]
     fn every_small_chain_unzips_safely() {
         // Every chain of up to 7 nodes over up to 4 classes.
         for len in 1..=7usize {
@@ -1525,6 +1526,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
+        #[cfg_attr(miri, ignore = "safe code: hours under Miri")]
         fn random_chains_unzip_safely(
             classes in proptest::collection::vec(0u8..16, 1..60)
         ) {

@@ -529,7 +529,8 @@ mod tests {
             cache.insert(k, k, None, 1, false).ok().unwrap();
         }
         let before = bound().reserved();
-        for round in 0..100u64 {
+        let (rounds, ops) = if cfg!(miri) { (3, 200) } else { (100, 20_000) };
+        for round in 0..rounds {
             for k in 0..16u64 {
                 cache.insert(k, round, None, 1, false).ok().unwrap();
             }
@@ -541,7 +542,7 @@ mod tests {
                 let cache = cache.clone();
                 std::thread::spawn(move || {
                     let bound = cache.cfg.bound.as_ref().unwrap();
-                    for i in 0..20_000u64 {
+                    for i in 0..ops {
                         let k = (i * 7 + t) % 24;
                         match (i + t) % 5 {
                             0 => drop(cache.remove(&k, RemovalCause::Explicit)),
@@ -580,7 +581,9 @@ mod tests {
     #[test]
     fn growth_completes_and_retires_the_old_table() {
         let cache = raw(1, 8);
-        for k in 0..10_000u64 {
+        let n: u64 = if cfg!(miri) { 300 } else { 10_000 };
+        let grown = (n as usize).next_power_of_two() / 2;
+        for k in 0..n {
             cache.insert(k, k, None, 1, false).ok().unwrap();
         }
         let shard = &cache.shards[0];
@@ -591,7 +594,7 @@ mod tests {
             cache.run_pending_tasks();
             epoch::pin().flush();
             let guard = epoch::pin();
-            if shard.old_table(&guard).is_none() && shard.current(&guard).len() >= 8192 {
+            if shard.old_table(&guard).is_none() && shard.current(&guard).len() >= grown {
                 break;
             }
         }
@@ -601,14 +604,14 @@ mod tests {
             "growth still in progress"
         );
         assert!(
-            shard.current(&guard).len() >= 8192,
+            shard.current(&guard).len() >= grown,
             "{}",
             shard.current(&guard).len()
         );
         drop(guard);
-        for k in 0..10_000u64 {
+        for k in 0..n {
             assert_eq!(cache.read(&k, |v| *v), Some(k));
         }
-        assert_eq!(cache.len(), 10_000);
+        assert_eq!(cache.len(), n as usize);
     }
 }

@@ -66,12 +66,12 @@ use crate::sync::{AtomicU8, AtomicU32, AtomicU64, Ordering, UnsafeCell};
 /// builds; see `Node::poison_payload`).
 #[cfg(evanesce_asan)]
 mod asan {
-    use std::ffi::{c_int, c_void};
+    use std::ffi::c_void;
     unsafe extern "C" {
         pub(super) fn __asan_poison_memory_region(addr: *const c_void, size: usize);
         pub(super) fn __asan_unpoison_memory_region(addr: *const c_void, size: usize);
         #[cfg(test)]
-        pub(super) fn __asan_address_is_poisoned(addr: *const c_void) -> c_int;
+        pub(super) fn __asan_address_is_poisoned(addr: *const c_void) -> std::ffi::c_int;
     }
 }
 
