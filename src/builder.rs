@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::cache::Cache;
 use crate::clock::TimeSource;
 use crate::listener::{ListenerFn, RemovalCause};
-use crate::raw::node::NEVER;
+use crate::raw::table::NEVER;
 use crate::raw::{Bound, Config, Layout, RawCache, WeigherFn};
 use crate::stats::StatsCounters;
 
@@ -359,7 +359,6 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             listener: self.listener,
             time: TimeSource::new(self.clock.unwrap_or_default()),
             stats: StatsCounters::new(self.record_stats, parallelism * 2),
-            hit_work: self.record_stats || self.max_capacity.is_some(),
             drain_threshold: DRAIN_THRESHOLD,
             ttl,
             tti,
@@ -367,7 +366,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             weigher: self.weigher,
             #[cfg(not(loom))]
             growing: Default::default(),
-            owner: crate::raw::retire::owner(),
+            owner: crate::raw::reclaim::retire::owner(),
             load_shift,
         };
         let raw = RawCache::new(layout, cfg).ok_or(BuildError::OutOfMemory)?;

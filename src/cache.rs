@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use crate::builder::{CacheBuilder, duration_to_ns};
 use crate::listener::RemovalCause;
-use crate::raw::RawCache;
-use crate::raw::node::NEVER;
-use crate::raw::shard::Inserted;
+use crate::raw::table::NEVER;
+use crate::raw::{Inserted, RawCache, Write};
 use crate::stats::Stats;
 use crate::sync::{Arc, Condvar, Mutex, lock};
 
@@ -34,14 +33,14 @@ struct Inner<K, V, S> {
 }
 
 #[cfg(not(loom))]
-impl<K, V, S> crate::raw::retire::Help for Inner<K, V, S>
+impl<K, V, S> crate::raw::reclaim::Chore for Inner<K, V, S>
 where
     K: Eq + Hash + Send + Sync + 'static,
     V: Send + Sync + 'static,
     S: BuildHasher + Send + Sync,
 {
-    fn help(&self) -> bool {
-        self.raw.help_growths()
+    fn run(&self) -> bool {
+        self.raw.finish_growths()
     }
 }
 
@@ -211,7 +210,7 @@ where
     /// [`time_to_live`](CacheBuilder::time_to_live) / [`time_to_idle`](CacheBuilder::time_to_idle),
     /// if any.
     pub fn insert(&self, key: K, value: V) {
-        if let Err((key, value)) = self.store(key, value, None, false) {
+        if let Err((key, value)) = self.store(key, value, None, Write::Upsert) {
             self.refused(&key, &value);
         }
     }
@@ -225,7 +224,7 @@ where
         key: K,
         value: V,
         ttl: Option<u64>,
-        only_if_absent: bool,
+        write: Write,
     ) -> Result<Inserted<V>, (K, V)> {
         let cfg = &self.inner.raw.cfg;
         // A zero weight counts as one: otherwise such entries would escape the bound (any
@@ -239,14 +238,12 @@ where
             .as_ref()
             .is_some_and(|b| u64::from(weight) > b.capacity)
         {
-            if !only_if_absent {
+            if write == Write::Upsert {
                 self.inner.raw.remove(&key, RemovalCause::Replaced);
             }
             return Err((key, value));
         }
-        self.inner
-            .raw
-            .insert(key, value, ttl, weight, only_if_absent)
+        self.inner.raw.insert(key, value, ttl, weight, write)
     }
 
     /// Stores `value` for `key` with its own time to live (which [`touch`](Self::touch)
@@ -262,7 +259,7 @@ where
             return;
         }
         let ttl = duration_to_ns(ttl);
-        if let Err((key, value)) = self.store(key, value, Some(ttl), false) {
+        if let Err((key, value)) = self.store(key, value, Some(ttl), Write::Upsert) {
             self.refused(&key, &value);
         }
     }
@@ -340,15 +337,15 @@ where
     }
 
     /// Lets the crate's reclaimer thread finish growths that writes leave half-way (see
-    /// `raw/retire.rs`).
+    /// `raw/reclaim/retire.rs`).
     #[cfg(not(loom))]
     pub(crate) fn register_for_help(&self)
     where
         S: Send + Sync + 'static,
     {
-        let weak: crate::sync::Weak<dyn crate::raw::retire::Help> =
+        let weak: crate::sync::Weak<dyn crate::raw::reclaim::Chore> =
             Arc::downgrade(&self.inner) as crate::sync::Weak<Inner<K, V, S>>;
-        crate::raw::retire::register(self.inner.raw.cfg.growing.clone(), weak);
+        crate::raw::reclaim::retire::register(self.inner.raw.cfg.growing.clone(), weak);
     }
 
     /// Starts, restarts with a new period, or (with `None`) stops the background sweeper
@@ -427,7 +424,7 @@ where
             return v;
         }
         let value = init();
-        match self.store(key, value.clone(), None, true) {
+        match self.store(key, value.clone(), None, Write::IfAbsent) {
             Ok(Inserted::Stored) => value,
             Ok(Inserted::Present(existing)) => existing,
             Err((key, refused)) => {

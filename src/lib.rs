@@ -43,6 +43,8 @@
 //!   period: memory is freed once every thread that could hold a reference has moved on.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+// `unsafe` lives under `raw/` only (its `mod` below allows it); everything else is safe code.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod builder;
@@ -60,7 +62,7 @@ mod expire;
 ))]
 pub mod integrations;
 mod listener;
-mod prefetch;
+#[allow(unsafe_code)]
 mod raw;
 #[cfg(all(feature = "session", not(loom)))]
 pub mod session;

@@ -700,7 +700,7 @@ mod tests {
         assert_eq!(again[70], lone);
         assert_eq!(arena.allocated(), fresh, "a fresh slot was handed out");
         for &x in &again {
-            assert_eq!(arena.node(x).life(), crate::raw::node::LIFE_FREE);
+            assert_eq!(arena.node(x).life(), crate::raw::table::node::LIFE_FREE);
         }
     }
 }
