@@ -233,7 +233,7 @@ module.exports = function evanesceSession (session) {
         try {
           sameEngine(engine.name, engine, handle.engineOptions)
         } catch (err) {
-          handle.close()
+          handle.detach()
           throw err
         }
       }

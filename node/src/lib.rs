@@ -358,6 +358,13 @@ impl NativeStore {
         AsyncTask::new(Close(self.release()))
     }
 
+    /// Lets go of the engine store at once, without saving a snapshot (for a store whose
+    /// construction failed). Idempotent.
+    #[napi]
+    pub fn detach(&mut self) {
+        drop(self.release());
+    }
+
     fn release(&mut self) -> Option<Arc<Engine>> {
         if let (Some(engine), Some(subscription)) = (&self.engine, self.subscription.take()) {
             engine.router.unsubscribe(subscription);
