@@ -3,7 +3,7 @@
 // One benchmark server: Express 5 + express-session's counter app on one store, in its own
 // process (started by bench/run.js with an IPC channel and --expose-gc).
 //
-//   node --expose-gc bench/app.js <express|memorystore|evanesce> <prefill> <checkPeriodMs>
+//   node --expose-gc bench/app.js <express|memorystore|evanesce|none> <prefill> <checkPeriodMs>
 //
 // It prefills <prefill> sessions through the store's own set (express-session-shaped, one-day
 // cookies), reports progress, then listens on 127.0.0.1 and answers the orchestrator's
@@ -41,12 +41,17 @@ if (kind === 'express') {
   const EvanesceStore = require('..')(session)
   store = new EvanesceStore({ checkPeriod })
   live = (cb) => store.length((err, n) => cb(err ? -1 : n))
+} else if (kind === 'none') {
+  // The control: the same app without express-session (the floor of this machine).
+  store = null
+  live = (cb) => cb(0)
 } else {
   throw new Error(`unknown store ${kind}`)
 }
 
 const DAY = 86400000
 function prefillSessions (n) {
+  if (!store) return
   const step = 1000000
   for (let i = 0; i < n; i++) {
     const sid = 'p' + i.toString(36).padStart(31, '0')
@@ -60,14 +65,18 @@ function prefillSessions (n) {
 
 const app = express()
 app.disable('x-powered-by')
-app.use(session({
-  store,
-  secret: 'benchmark secret',
-  resave: false,
-  saveUninitialized: false,
-  cookie: { maxAge: DAY }
-}))
+if (store) {
+  app.use(session({
+    store,
+    secret: 'benchmark secret',
+    resave: false,
+    saveUninitialized: false,
+    cookie: { maxAge: DAY }
+  }))
+}
+let counter = 0
 app.get('/', (req, res) => {
+  if (!req.session) return res.type('text').send(`views: ${++counter}\n`)
   req.session.views = (req.session.views || 0) + 1
   res.type('text').send(`views: ${req.session.views}\n`)
 })

@@ -9,7 +9,8 @@
 //                     [--check-period 1000] [--json results.json]
 //
 // Workloads:
-//   new          new visitors (no cookie: every request creates a session), empty store
+//   new          new visitors (no cookie: every request creates a session), empty store; with a
+//                control: the same app without express-session, the floor of the machine
 //   million      new visitors, 1M live sessions set through the store before the run
 //   ten-million  new visitors, 10M live sessions, Node's default heap limit (express-session's
 //                MemoryStore is left out: past 2^23 sessions each of its inserts takes seconds)
@@ -44,13 +45,14 @@ const CONNECTIONS = 64
 const WARMUP = 3
 
 const STORES = {
+  none: 'no sessions (control: the app alone)',
   express: 'express-session MemoryStore',
   memorystore: 'memorystore 1.6.8',
   evanesce: 'evanesce-session'
 }
 
 const WORKLOADS = {
-  new: { title: 'new visitors, empty store', prefill: 0, stores: ['express', 'memorystore', 'evanesce'] },
+  new: { title: 'new visitors, empty store', prefill: 0, stores: ['none', 'express', 'memorystore', 'evanesce'] },
   million: { title: 'new visitors, 1M live sessions', prefill: 1e6, stores: ['express', 'memorystore', 'evanesce'] },
   'ten-million': { title: 'new visitors, 10M live sessions, default heap limit', prefill: 1e7, stores: ['memorystore', 'evanesce'] },
   returning: { title: 'returning visitors (64 cookies)', prefill: 0, stores: ['express', 'memorystore', 'evanesce'], returning: true },
@@ -209,8 +211,9 @@ async function main () {
         lines.push(`| ${WORKLOADS[workload].title} | ${STORES[store]} | ${failed[0].failed}${failed.length > 1 ? ` (${failed.length} of ${runs.length} runs)` : ''} | | | | | | | |`)
         continue
       }
+      const perSession = (k) => (m('sessions') ? fmt(m(k)) : '-')
       const note = failed.length ? ` (${failed.length} of ${runs.length} runs failed: ${failed[0].failed})` : ''
-      lines.push(`| ${WORKLOADS[workload].title} | ${STORES[store]}${note} | ${fmt(m('reqPerSec'))} | ${fmt(m('cpuPerRequest'))} | ${fmt(m('p50'))} | ${fmt(m('p99'))} | ${fmt(m('eventLoopP99'), 1)} | ${fmt(m('heapPerSession'))} | ${fmt(m('rssPerSession'))} | ${fmt(m('sessions'))} |`)
+      lines.push(`| ${WORKLOADS[workload].title} | ${STORES[store]}${note} | ${fmt(m('reqPerSec'))} | ${fmt(m('cpuPerRequest'))} | ${fmt(m('p50'))} | ${fmt(m('p99'))} | ${fmt(m('eventLoopP99'), 1)} | ${perSession('heapPerSession')} | ${perSession('rssPerSession')} | ${fmt(m('sessions'))} |`)
     }
   }
   console.log(lines.join('\n'))
