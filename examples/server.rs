@@ -1,5 +1,6 @@
 //! The main job: express-session's quickstart made real, with an axum app whose sessions live
-//! in evanesce (through tower-sessions) and leave on their own when they expire.
+//! in evanesce (through tower-sessions) and leave on their own when they expire, served the
+//! way a deployed server should be (people copy examples).
 //!
 //! ```sh
 //! cargo run --release --example server        # http://127.0.0.1:3000 (PORT overrides)
@@ -10,32 +11,190 @@
 //! - `GET /stats` shows the live sessions, the store's hit and miss counters, and the
 //!   process's resident memory (JSON).
 //!
-//! Settings from the environment: `PORT` (3000), `SESSION_IDLE_SECS` (1800: a session ends
-//! after that long without a visit), `MAX_SESSIONS` (1000000: the store's bound),
-//! `SESSIONS_FILE` (unset: when set, sessions survive a restart: the store loads this
-//! snapshot at start, saves it every 10 seconds and when the server stops with ctrl-c).
+//! Settings from the environment (each one is checked: a bad value stops the server with a
+//! message that names the variable and what it accepts, exit status 2):
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `HOST` | `127.0.0.1` | the address to listen on (`0.0.0.0` in a container) |
+//! | `PORT` | `3000` | the port, 0 to 65535 (0: any free port, printed at start) |
+//! | `SESSION_IDLE_SECS` | `1800` | a session ends after this long without a visit (1 to 34560000, 400 days: browsers cap a cookie's lifetime there) |
+//! | `SESSION_MAX_SECS` | `86400` | and this long after it began, however active (1 to 34560000) |
+//! | `MAX_SESSIONS` | `1000000` | the store's bound (1 to 1000000000) |
+//! | `COOKIE_SECURE` | on, unless `HOST` is a loopback address | `true`/`false`: the cookie's `Secure` attribute |
+//! | `SESSIONS_FILE` | unset | sessions survive a restart: loaded at start, saved every 10 s and at shutdown |
+//! | `SESSIONS_KEY` | unset | 64 hex digits: seals `SESSIONS_FILE` (XChaCha20-Poly1305); make one with `openssl rand -hex 32` |
+//! | `HEADER_TIMEOUT_SECS` | `10` | a connection that has not sent a request's headers within this long (a new one, or an idle kept-alive one) is closed (1 to 3600) |
+//! | `SHUTDOWN_DRAIN_SECS` | `10` | at SIGINT or SIGTERM, open connections get this long to finish, then are cut (0 to 3600) |
 //!
 //! With `REDIS_URL` set (for example `redis://127.0.0.1:6379/`), sessions live in Redis and
 //! are shared by every server pointed at it: the server uses the two-tier store (evanesce's
 //! in-memory near cache, bounded by `MAX_SESSIONS`, in front of Redis). `NEAR_CACHE_MS`
-//! (1000) is the staleness bound: how long this server may go on serving a session another
-//! server changed or destroyed (0: no near cache, every request reads Redis). `REDIS_PREFIX`
-//! (`sess:`) is the key prefix. `SESSIONS_FILE` does not apply then.
+//! (1000; 0 to 86400000) is the staleness bound: how long this server may go on serving a
+//! session another server changed or destroyed (0: no near cache, every request reads Redis).
+//! `REDIS_PREFIX` (`sess:`) is the key prefix. `SESSIONS_FILE` does not apply then. The URL's
+//! password is never printed ([`redact_url`]).
+//!
+//! The server stops on SIGINT (ctrl-c) and SIGTERM (`docker stop`, systemd) alike: it stops
+//! accepting, gives open connections `SHUTDOWN_DRAIN_SECS` to finish, then saves the sessions
+//! file and says whether it could (exit status 1 if not).
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Instant;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use evanesce::integrations::redis::{
-    RedisRecordStore, TieredStore, near_cache, redis_record_store,
+    RedisRecordStore, TieredStore, near_cache, redact_url, redis_record_store,
 };
 use evanesce::integrations::tower_sessions::{RecordStore, record_store};
+use evanesce::session::SealingKey;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tower_sessions::{Expiry, Session, SessionManagerLayer};
+
+/// The longest session lifetime accepted: 400 days, where browsers cap a cookie's `Max-Age`
+/// and `Expires` anyway (RFC 6265bis).
+const MAX_LIFETIME_SECS: u64 = 400 * 24 * 60 * 60;
+
+/// The session field that holds when the session began (milliseconds since the Unix epoch),
+/// for the absolute lifetime.
+const BEGAN: &str = "__began";
+
+/// The settings, read from the environment and checked.
+struct Settings {
+    host: IpAddr,
+    port: u16,
+    idle: u64,
+    max_age: u64,
+    max_sessions: u64,
+    cookie_secure: bool,
+    sessions_file: Option<PathBuf>,
+    sessions_key: Option<SealingKey>,
+    header_timeout: Duration,
+    drain: Duration,
+    redis: Option<RedisSettings>,
+}
+
+struct RedisSettings {
+    url: String,
+    prefix: String,
+    near_cache: Duration,
+}
+
+/// A whole number in `range` from the variable `name`, or `default` if it is unset.
+fn number(name: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> Result<u64, String> {
+    let value = match std::env::var(name) {
+        Ok(value) => value,
+        Err(std::env::VarError::NotPresent) => return Ok(default),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(format!("{name} is not valid UTF-8"));
+        }
+    };
+    let expected = || {
+        format!(
+            "{name}={value:?}: expected a whole number from {} to {}",
+            range.start(),
+            range.end()
+        )
+    };
+    let n: u64 = value.trim().parse().map_err(|_| expected())?;
+    if range.contains(&n) {
+        Ok(n)
+    } else {
+        Err(expected())
+    }
+}
+
+/// A yes/no variable.
+fn flag(name: &str) -> Result<Option<bool>, String> {
+    match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name} is not valid UTF-8")),
+        Ok(value) => match value.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(Some(true)),
+            "0" | "false" | "no" | "off" => Ok(Some(false)),
+            _ => Err(format!(
+                "{name}={value:?}: expected true or false (also 1/0, yes/no, on/off)"
+            )),
+        },
+    }
+}
+
+fn text(name: &str) -> Result<Option<String>, String> {
+    match std::env::var(name) {
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name} is not valid UTF-8")),
+    }
+}
+
+impl Settings {
+    fn from_env() -> Result<Self, String> {
+        let host = match text("HOST")? {
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(host) => host.trim().parse().map_err(|_| {
+                format!("HOST={host:?}: expected an IP address (127.0.0.1, 0.0.0.0, ::1, ...)")
+            })?,
+        };
+        let port =
+            u16::try_from(number("PORT", 3000, 0..=u64::from(u16::MAX))?).expect("checked range");
+        let idle = number("SESSION_IDLE_SECS", 1800, 1..=MAX_LIFETIME_SECS)?;
+        let max_age = number("SESSION_MAX_SECS", 86_400, 1..=MAX_LIFETIME_SECS)?;
+        let max_sessions = number("MAX_SESSIONS", 1_000_000, 1..=1_000_000_000)?;
+        // Secure cookies are only sent back over HTTPS: a deployed server sits behind TLS (a
+        // proxy that terminates it), and a session cookie that travels in clear text can be
+        // stolen on the way. Browsers treat http://127.0.0.1 and http://localhost as secure
+        // enough for development but not plain HTTP elsewhere, so the default is on unless
+        // the server listens on loopback only, where `cargo run --example server` must work
+        // in a browser at http://127.0.0.1:3000.
+        let cookie_secure = flag("COOKIE_SECURE")?.unwrap_or(!host.is_loopback());
+        let sessions_file = std::env::var_os("SESSIONS_FILE").map(PathBuf::from);
+        let sessions_key = match text("SESSIONS_KEY")? {
+            None => None,
+            // The message never repeats the value: it is a secret.
+            Some(hex) => {
+                Some(SealingKey::from_hex(&hex).map_err(|e| format!("SESSIONS_KEY: {e}"))?)
+            }
+        };
+        if sessions_key.is_some() && sessions_file.is_none() {
+            return Err(
+                "SESSIONS_KEY is set but SESSIONS_FILE is not: the key seals that file".into(),
+            );
+        }
+        let header_timeout = Duration::from_secs(number("HEADER_TIMEOUT_SECS", 10, 1..=3600)?);
+        let drain = Duration::from_secs(number("SHUTDOWN_DRAIN_SECS", 10, 0..=3600)?);
+        let redis = match text("REDIS_URL")? {
+            None => None,
+            Some(url) => Some(RedisSettings {
+                url,
+                prefix: text("REDIS_PREFIX")?.unwrap_or_else(|| "sess:".to_string()),
+                near_cache: Duration::from_millis(number("NEAR_CACHE_MS", 1000, 0..=86_400_000)?),
+            }),
+        };
+        Ok(Self {
+            host,
+            port,
+            idle,
+            max_age,
+            max_sessions,
+            cookie_secure,
+            sessions_file,
+            sessions_key,
+            header_timeout,
+            drain,
+            redis,
+        })
+    }
+}
 
 #[derive(Clone)]
 struct App {
@@ -109,6 +268,55 @@ async fn stats(State(app): State<App>) -> Result<Json<serde_json::Value>, Failur
     })))
 }
 
+/// The two lifetimes of a session: `idle` seconds after the last visit, and at most `max_age`
+/// seconds after it began, however active (so that a stolen cookie does not work forever).
+#[derive(Clone, Copy)]
+struct Lifetimes {
+    idle: u64,
+    max_age: u64,
+}
+
+/// Runs inside the session layer: ends a session older than its absolute lifetime before the
+/// handler sees it, and after the handler gives a live session the expiry that comes first
+/// (the idle one, or the absolute one), which both the cookie and the store follow.
+async fn lifetimes(
+    State(lifetimes): State<Lifetimes>,
+    session: Session,
+    request: Request,
+    next: Next,
+) -> Result<Response, Failure> {
+    let now = time::OffsetDateTime::now_utc();
+    let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    // At most 400 days (checked with the settings): no overflow.
+    let max_age_ms = i64::try_from(lifetimes.max_age)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
+    if let Some(began) = session.get::<i64>(BEGAN).await?
+        && now_ms.saturating_sub(began) >= max_age_ms
+    {
+        // Over: the handler starts afresh (a new id if it stores anything).
+        session.flush().await?;
+    }
+    let response = next.run(request).await;
+    if !session.is_empty().await {
+        let began = match session.get::<i64>(BEGAN).await? {
+            Some(began) => began,
+            None => {
+                session.insert(BEGAN, now_ms).await?;
+                now_ms
+            }
+        };
+        let idle_end =
+            now + time::Duration::seconds(i64::try_from(lifetimes.idle).unwrap_or(i64::MAX));
+        let absolute_end = time::OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(began.saturating_add(max_age_ms)) * 1_000_000,
+        )
+        .unwrap_or(idle_end);
+        session.set_expiry(Some(Expiry::AtDateTime(idle_end.min(absolute_end))));
+    }
+    Ok(response)
+}
+
 /// The process's resident set, from `/proc/self/statm` (Linux; 0 elsewhere).
 fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -117,76 +325,195 @@ fn resident_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-fn env_u64(name: &str, default: u64) -> Result<u64, String> {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().map_err(|e| format!("{name}={v:?}: {e}")),
-        Err(_) => Ok(default),
+/// Raises the soft limit on open files to the hard one: each connection is a file, and a
+/// server that runs out of them stops accepting.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            eprintln!(
+                "warning: the open-files limit stays at {:?}: {e}",
+                limit.current
+            );
+        }
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let port = u16::try_from(env_u64("PORT", 3000)?)?;
-    let idle = env_u64("SESSION_IDLE_SECS", 1800)?;
-    let max = env_u64("MAX_SESSIONS", 1_000_000)?;
+/// SIGINT and SIGTERM, handled from the moment this is made (so that a signal that comes
+/// just after the server says it listens is not lost to the default action, which would end
+/// the process without saving).
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
 
-    let expiry = Expiry::OnInactivity(time::Duration::seconds(idle as i64));
+impl Signals {
+    fn register() -> Result<Self, String> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let handle =
+                |kind, name| signal(kind).map_err(|e| format!("cannot handle {name}: {e}"));
+            Ok(Self {
+                interrupt: handle(SignalKind::interrupt(), "SIGINT")?,
+                terminate: handle(SignalKind::terminate(), "SIGTERM")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves at the next SIGINT or SIGTERM, and says which.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    ExitCode::from(run_from_env())
+}
+
+/// The whole server, from the environment to its exit status (0: stopped and saved; 1: a
+/// failure; 2: bad settings).
+pub fn run_from_env() -> u8 {
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(why) => {
+            eprintln!("error: {why}");
+            return 2;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let status = runtime.block_on(async {
+        match serve(settings).await {
+            Ok(status) => status,
+            Err(why) => {
+                eprintln!("error: {why}");
+                1
+            }
+        }
+    });
+    // Connection tasks cut at the end of the drain are dropped here, at once.
+    runtime.shutdown_background();
+    status
+}
+
+async fn serve(settings: Settings) -> Result<u8, String> {
+    let signals = Signals::register()?;
+    raise_open_files_limit();
     let started = Instant::now();
-    let app = Router::new()
+    let lifetimes_layer = middleware::from_fn_with_state(
+        Lifetimes {
+            idle: settings.idle,
+            max_age: settings.max_age,
+        },
+        lifetimes,
+    );
+    let routes = Router::new()
         .route("/", get(index))
         .route("/logout", get(logout))
-        .route("/stats", get(stats));
-    let snapshot = std::env::var_os("SESSIONS_FILE");
-    let (app, which) = if let Ok(url) = std::env::var("REDIS_URL") {
-        let bound = std::time::Duration::from_millis(env_u64("NEAR_CACHE_MS", 1000)?);
-        let prefix = std::env::var("REDIS_PREFIX").unwrap_or_else(|_| "sess:".to_string());
-        let redis = redis_record_store(url.as_str())
-            .prefix(prefix.as_str())
+        .route("/stats", get(stats))
+        .layer(lifetimes_layer);
+    let expiry = Expiry::OnInactivity(time::Duration::seconds(
+        i64::try_from(settings.idle).unwrap_or(i64::MAX),
+    ));
+    let max = settings.max_sessions;
+    // The store to close at shutdown (the in-memory one with a sessions file).
+    let mut persistent: Option<(RecordStore, PathBuf)> = None;
+    let (app, which) = if let Some(redis) = &settings.redis {
+        if settings.sessions_file.is_some() {
+            eprintln!(
+                "warning: SESSIONS_FILE does not apply with REDIS_URL (Redis keeps the sessions)"
+            );
+        }
+        let shown = redact_url(&redis.url);
+        let far = redis_record_store(redis.url.as_str())
+            .prefix(redis.prefix.as_str())
             .build()
-            .await?;
-        let near = near_cache(bound)
+            .await
+            .map_err(|e| format!("Redis at {shown}: {e}"))?;
+        let near = near_cache(redis.near_cache)
             .max(max)
-            .check_period(std::time::Duration::from_secs(1))
-            .build()?;
-        let tiered = TieredStore::with_near_cache(near.clone(), redis.clone());
+            .check_period(Duration::from_secs(1))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let tiered = TieredStore::with_near_cache(near.clone(), far.clone());
         let sessions = SessionManagerLayer::new(tiered)
-            .with_secure(false)
+            .with_secure(settings.cookie_secure)
             .with_expiry(expiry);
-        let app = app
+        let app = routes
             .with_state(App {
                 store: near,
-                redis: Some(redis),
+                redis: Some(far),
                 started,
             })
             .layer(sessions);
         let which = format!(
-            "store: Redis at {url} (keys {prefix}*) behind a near cache of at most {max} sessions, staleness bound {} ms",
-            bound.as_millis()
+            "store: Redis at {shown} (keys {}*) behind a near cache of at most {max} sessions, staleness bound {} ms",
+            redis.prefix,
+            redis.near_cache.as_millis()
         );
         (app, which)
     } else {
         // Expired sessions leave as requests come in; the sweeper (every second) covers a
         // quiet server, so memory comes back even if nobody visits again.
-        let mut builder = record_store()
-            .max(max)
-            .check_period(std::time::Duration::from_secs(1));
-        if let Some(path) = &snapshot {
+        let mut builder = record_store().max(max).check_period(Duration::from_secs(1));
+        if let Some(path) = &settings.sessions_file {
             builder = builder
                 .snapshot_file(path)
-                .snapshot_every(std::time::Duration::from_secs(10));
+                .snapshot_every(Duration::from_secs(10));
+            if let Some(key) = &settings.sessions_key {
+                builder = builder.snapshot_key(key.clone());
+            }
         }
-        let store = builder.build()?;
-        if let Some(path) = &snapshot {
+        let store = builder.build().map_err(|e| match &settings.sessions_file {
+            Some(path) => format!("sessions file {}: {e}", path.display()),
+            None => e.to_string(),
+        })?;
+        if let Some(path) = &settings.sessions_file {
             println!(
-                "sessions file {}: {} live sessions loaded",
-                std::path::Path::new(path).display(),
+                "sessions file {} ({}): {} live sessions loaded",
+                path.display(),
+                if settings.sessions_key.is_some() {
+                    "sealed"
+                } else {
+                    "not sealed"
+                },
                 store.length()
             );
+            persistent = Some((store.clone(), path.clone()));
         }
         let sessions = SessionManagerLayer::new(store.clone())
-            .with_secure(false)
+            .with_secure(settings.cookie_secure)
             .with_expiry(expiry);
-        let app = app
+        let app = routes
             .with_state(App {
                 store,
                 redis: None,
@@ -197,20 +524,109 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     println!("{which}");
 
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = SocketAddr::from((settings.host, settings.port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!(
-        "evanesce example server listening on http://{addr} (sessions end after {idle} s idle, at most {max})"
+        "evanesce example server listening on http://{addr} (sessions end after {} s idle or {} s in all, at most {max}; cookies {})",
+        settings.idle,
+        settings.max_age,
+        if settings.cookie_secure {
+            "Secure (HTTPS only)"
+        } else {
+            "not Secure (plain HTTP, loopback)"
+        }
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    // The app (and with it every handle to the store) is gone: the store has saved its
-    // sessions file, if it has one.
-    if snapshot.is_some() && std::env::var_os("REDIS_URL").is_none() {
-        println!("sessions saved");
+
+    let signal = accept_until_signal(listener, app, &settings, signals).await;
+
+    // Save the sessions last, once no connection can change them.
+    let Some((store, path)) = persistent else {
+        println!("stopped ({signal})");
+        return Ok(0);
+    };
+    match store.close() {
+        Ok(n) => {
+            println!("sessions saved to {}: {n} sessions", path.display());
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("sessions NOT saved to {}: {e}", path.display());
+            Ok(1)
+        }
     }
-    Ok(())
+}
+
+/// Serves connections until SIGINT or SIGTERM, then drains them for at most the drain bound
+/// and cuts the rest. Returns the signal's name.
+async fn accept_until_signal(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    settings: &Settings,
+    mut signals: Signals,
+) -> &'static str {
+    // HTTP/1 only, so that the header-read timeout covers a connection from its first byte
+    // (hyper-util's auto builder first reads the HTTP/2 preface with no timeout) and every
+    // kept-alive connection waiting for its next request: an idle connection is closed after
+    // `header_timeout`, so idle sockets cannot pile up until the server runs out of files.
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    let signal = signals.next();
+    tokio::pin!(signal);
+    let mut last_complaint: Option<Instant> = None;
+    let name = loop {
+        tokio::select! {
+            name = &mut signal => break name,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let service = TowerToHyperService::new(app.clone());
+                    let connection = http.serve_connection(TokioIo::new(stream), service);
+                    let watched = graceful.watch(connection);
+                    connections.spawn(async move {
+                        // A connection's errors (a client that hung up, a header timeout)
+                        // are the client's business.
+                        let _ = watched.await;
+                    });
+                    // Reap what finished, so the set stays as large as the open connections.
+                    while connections.try_join_next().is_some() {}
+                }
+                Err(e) => {
+                    // Out of files (EMFILE) or memory: wait a little for connections to close
+                    // (the header timeout closes idle ones) instead of spinning, and say so
+                    // at most once a second.
+                    if last_complaint.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        eprintln!("accept failed: {e} (retrying)");
+                        last_complaint = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        }
+    };
+    drop(listener);
+    let open = graceful.count();
+    println!(
+        "{name} received: stopping; {open} open connections get up to {} s to finish",
+        settings.drain.as_secs()
+    );
+    match tokio::time::timeout(settings.drain, graceful.shutdown()).await {
+        Ok(()) => println!("all connections closed"),
+        Err(_) => {
+            let left = connections.len();
+            connections.abort_all();
+            println!(
+                "drain bound of {} s reached: {left} connections cut",
+                settings.drain.as_secs()
+            );
+        }
+    }
+    // Wait for the cut tasks to be dropped, so no handle to the store is left in them.
+    while connections.join_next().await.is_some() {}
+    name
 }

@@ -12,6 +12,11 @@ use crate::raw::node::NEVER;
 use crate::raw::{Bound, Config, Layout, RawCache, WeigherFn};
 use crate::stats::StatsCounters;
 
+/// Shortest [`check_period`](CacheBuilder::check_period): a sweeper that runs more often
+/// would keep a core busy for nothing (expired entries are invisible at once anyway; the
+/// sweeper only gives their memory back).
+pub const MIN_CHECK_PERIOD: Duration = Duration::from_millis(1);
+
 /// Most shards a cache may have. A shard costs a few KiB even when empty (its event ring, its
 /// first table and arena chunk), and more shards than about four per core buy nothing.
 pub const MAX_SHARDS: usize = 1 << 12;
@@ -35,6 +40,12 @@ pub enum BuildError {
     ZeroCapacity,
     /// The background sweeper thread (`check_period`) could not be started.
     SweeperSpawn(String),
+    /// A period shorter than [`MIN_CHECK_PERIOD`] (named): the sweeper would keep a core
+    /// busy.
+    PeriodTooShort(&'static str),
+    /// The allocator refused the memory for the cache's first tables (an
+    /// [`initial_capacity`](CacheBuilder::initial_capacity) too large for this machine).
+    OutOfMemory,
 }
 
 impl fmt::Display for BuildError {
@@ -53,6 +64,13 @@ impl fmt::Display for BuildError {
             BuildError::SweeperSpawn(why) => {
                 write!(f, "the sweeper thread could not be started: {why}")
             }
+            BuildError::PeriodTooShort(what) => {
+                write!(f, "{what} must be at least {MIN_CHECK_PERIOD:?}")
+            }
+            BuildError::OutOfMemory => write!(
+                f,
+                "the memory for the cache's initial capacity could not be allocated"
+            ),
         }
     }
 }
@@ -107,8 +125,17 @@ impl<K, V> CacheBuilder<K, V, ahash::RandomState> {
 }
 
 impl<K, V, S> CacheBuilder<K, V, S> {
-    /// Number of shards: a power of two, at most [`MAX_SHARDS`]. Default: four times the
-    /// available parallelism, rounded up to a power of two.
+    /// Number of shards: a power of two, at most [`MAX_SHARDS`].
+    ///
+    /// Default: four times the available parallelism, rounded up to a power of two, and for
+    /// a bounded cache at most one shard per 512 entries of capacity (rounded up to a power of
+    /// two): each shard's eviction policy decides over its own entries, and a few entries per
+    /// shard lose hit ratio. A cache of up to 512 entries has one shard. With a
+    /// [`weigher`](Self::weigher) the builder cannot know how many entries the capacity holds
+    /// and counts one entry per 1024 units of weight (a session of about a kilobyte, for a
+    /// store bounded by bytes); set the count here if your entries weigh much less and many
+    /// threads write. Shards only spread writes (reads never contend), so fewer is never
+    /// incorrect, only less parallel for writers.
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = Some(shards);
         self
@@ -149,6 +176,10 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// would go further makes room first. When no write is in flight,
     /// [`weighted_size`](Cache::weighted_size) is at most the capacity. An entry heavier than
     /// the whole capacity is not stored (the listener hears about it as `Size`).
+    ///
+    /// The capacity is a ceiling, not a reservation: tables are sized by
+    /// [`initial_capacity`](Self::initial_capacity) and grow with the entries held, so any
+    /// capacity (up to `u64::MAX`) is accepted and memory follows what the cache holds.
     pub fn max_capacity(mut self, capacity: u64) -> Self {
         self.max_capacity = Some(capacity);
         self
@@ -156,7 +187,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
 
     /// Weighs entries for [`max_capacity`](Self::max_capacity) (for example by their size in
     /// bytes). Called once per insert, on the inserting thread; the weight is kept with the
-    /// entry, so a weigher need not be deterministic. Without it every entry weighs 1.
+    /// entry, so a weigher need not be deterministic. Without it every entry weighs 1. A
+    /// weight of 0 counts as 1, so that no entry escapes the bound.
     pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
         self.weigher = Some(Box::new(weigher));
         self
@@ -181,7 +213,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
 
     /// Runs a background thread that reclaims expired entries every `period`, so that an idle
     /// cache gives its memory back too (writes reclaim on their own, amortised). The thread
-    /// holds only a weak reference: dropping the cache stops it. Default: no thread.
+    /// holds only a weak reference: dropping the cache stops it. Default: no thread. A period
+    /// shorter than [`MIN_CHECK_PERIOD`] (1 ms) is refused with
+    /// [`BuildError::PeriodTooShort`].
     pub fn check_period(mut self, period: Duration) -> Self {
         self.check_period = Some(period);
         self
@@ -244,11 +278,18 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             Some(n) if !n.is_power_of_two() => return Err(BuildError::ShardsNotPowerOfTwo(n)),
             Some(n) if n > MAX_SHARDS => return Err(BuildError::TooManyShards(n)),
             Some(n) => n,
-            // A bounded cache keeps at least MIN_SHARE of its capacity per shard: a shard's
-            // policy decides on its own entries, and tiny shares lose hit ratio.
+            // A bounded cache keeps at least MIN_SHARE entries of its capacity per shard: a
+            // shard's policy decides on its own entries, and tiny shares lose hit ratio. With a
+            // weigher the number of entries is unknown: entries are taken to weigh
+            // WEIGHT_PER_ENTRY each.
             None => {
+                let per_entry = if self.weigher.is_some() {
+                    WEIGHT_PER_ENTRY
+                } else {
+                    1
+                };
                 let by_capacity = match self.max_capacity {
-                    Some(c) => (c / MIN_SHARE)
+                    Some(c) => (c / MIN_SHARE / per_entry)
                         .max(1)
                         .next_power_of_two()
                         .min(MAX_SHARDS as u64),
@@ -263,18 +304,26 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         if self.max_capacity == Some(0) {
             return Err(BuildError::ZeroCapacity);
         }
-        // A bounded cache without a weigher holds at most `max_capacity` entries: size its
-        // tables for that up front.
-        let expected = match (self.max_capacity, &self.weigher) {
+        // A bound is a ceiling, not a reservation: memory follows the entries held, whatever
+        // the capacity. Tables are sized for `initial_capacity`, or for a cache bounded by
+        // count for its capacity up to PRESIZE_MAX entries, and grow with the entries (a cache
+        // bounded by count grows to the load a table pre-sized for its capacity would have, so
+        // that a full cache is laid out as if pre-sized). Node memory (whose pages are
+        // committed only as slots are used) is laid out for the capacity up to
+        // ARENA_PRESIZE_MAX entries, so that a full cache of up to that size keeps its nodes
+        // in one chunk per shard.
+        let bounded_by_count = |limit: u64| match (self.max_capacity, &self.weigher) {
             (Some(c), None) => self
                 .initial_capacity
-                .max(usize::try_from(c).unwrap_or(usize::MAX)),
+                .max(usize::try_from(c.min(limit)).unwrap_or(0)),
             _ => self.initial_capacity,
         };
+        let expected = bounded_by_count(PRESIZE_MAX);
         // Buckets per shard: two per expected entry, so that a pre-sized table runs at a load
         // factor of at most one half (a hit then walks 1.25 nodes on average, and a chain
         // walk's branches stay predictable; see ARCHITECTURE.md). A table that holds more
-        // entries than buckets grows to the power of two that brings its load back to one.
+        // entries than buckets grows to the power of two that brings its load back to one
+        // (one half when bounded by count).
         let per_shard = expected.div_ceil(shards);
         if per_shard > 1 << 29 {
             return Err(BuildError::CapacityTooLarge(expected));
@@ -282,6 +331,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         let buckets_per_shard = (per_shard * BUCKETS_PER_ENTRY)
             .max(MIN_BUCKETS)
             .next_power_of_two();
+        let nodes_per_shard = bounded_by_count(ARENA_PRESIZE_MAX).div_ceil(shards);
         let nanos = |what: &'static str, d: Option<Duration>| match d {
             None => Ok(NEVER),
             Some(d) if d.is_zero() => Err(BuildError::ZeroDuration(what)),
@@ -292,14 +342,18 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         if self.check_period.is_some_and(|d| d.is_zero()) {
             return Err(BuildError::ZeroDuration("check_period"));
         }
+        if self.check_period.is_some_and(|d| d < MIN_CHECK_PERIOD) {
+            return Err(BuildError::PeriodTooShort("check_period"));
+        }
         let ring = RING;
         let layout = Layout {
             shards,
             buckets_per_shard,
-            entries_per_shard: per_shard,
+            entries_per_shard: nodes_per_shard,
             ring,
             huge_pages: self.huge_pages,
         };
+        let load_shift = u32::from(self.max_capacity.is_some() && self.weigher.is_none());
         let cfg = Config {
             hasher: self.hasher,
             listener: self.listener,
@@ -314,8 +368,10 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             #[cfg(not(loom))]
             growing: Default::default(),
             owner: crate::raw::retire::owner(),
+            load_shift,
         };
-        let cache = Cache::from_raw(RawCache::new(layout, cfg));
+        let raw = RawCache::new(layout, cfg).ok_or(BuildError::OutOfMemory)?;
+        let cache = Cache::from_raw(raw);
         #[cfg(not(loom))]
         cache.register_for_help();
         #[cfg(not(loom))]
@@ -328,8 +384,23 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     }
 }
 
-/// Smallest share of a bounded cache's capacity a default shard count leaves each shard.
+/// Entries up to which a cache bounded by count is sized for its capacity at build (about
+/// 2.5 MiB of address space, of which 512 KiB of buckets are touched): small caches never grow,
+/// larger ones grow as they fill.
+const PRESIZE_MAX: u64 = 1 << 16;
+
+/// Entries up to which a cache bounded by count lays out its node memory for its capacity at
+/// build: address space only (32 MiB for 2^20 nodes of 32 bytes), whose pages are committed as
+/// nodes are used.
+const ARENA_PRESIZE_MAX: u64 = 1 << 20;
+
+/// Smallest share of a bounded cache's capacity, in entries, a default shard count leaves
+/// each shard.
 const MIN_SHARE: u64 = 512;
+
+/// The weight a default shard count assumes per entry of a weighed cache (a session of about a
+/// kilobyte, for a store bounded by bytes).
+const WEIGHT_PER_ENTRY: u64 = 1024;
 
 /// Buckets of a pre-sized table per expected entry.
 const BUCKETS_PER_ENTRY: usize = 2;

@@ -228,7 +228,12 @@ where
         only_if_absent: bool,
     ) -> Result<Inserted<V>, (K, V)> {
         let cfg = &self.inner.raw.cfg;
-        let weight = cfg.weigher.as_ref().map_or(1, |weigh| weigh(&key, &value));
+        // A zero weight counts as one: otherwise such entries would escape the bound (any
+        // number of them fit in any capacity).
+        let weight = cfg
+            .weigher
+            .as_ref()
+            .map_or(1, |weigh| weigh(&key, &value).max(1));
         if cfg
             .bound
             .as_ref()
@@ -348,13 +353,27 @@ where
 
     /// Starts, restarts with a new period, or (with `None`) stops the background sweeper
     /// that reclaims expired entries every `period` (see
-    /// [`check_period`](CacheBuilder::check_period)). Fails only if the thread cannot be
-    /// spawned.
+    /// [`check_period`](CacheBuilder::check_period)). Fails if the thread cannot be spawned,
+    /// or (with [`InvalidInput`](std::io::ErrorKind::InvalidInput), changing nothing) if
+    /// `period` is shorter than [`MIN_CHECK_PERIOD`](crate::MIN_CHECK_PERIOD) and not zero
+    /// (zero stops the sweeper, like `None`).
     #[cfg(not(loom))]
     pub fn set_check_period(&self, period: Option<Duration>) -> std::io::Result<()>
     where
         S: Send + Sync + 'static,
     {
+        if let Some(p) = period
+            && !p.is_zero()
+            && p < crate::MIN_CHECK_PERIOD
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "check_period must be at least {:?}",
+                    crate::MIN_CHECK_PERIOD
+                ),
+            ));
+        }
         let mut sweeper = lock(&self.inner.sweeper);
         // Dropping the old sweeper stops its thread.
         *sweeper = None;

@@ -69,7 +69,7 @@ mod stats;
 mod sweeper;
 mod sync;
 
-pub use builder::{BuildError, CacheBuilder, MAX_SHARDS};
+pub use builder::{BuildError, CacheBuilder, MAX_SHARDS, MIN_CHECK_PERIOD};
 pub use cache::{Cache, Iter, Pinned};
 pub use listener::RemovalCause;
 pub use stats::Stats;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use evanesce::{BuildError, Cache, RemovalCause};
+use proptest::prelude::*;
 
 type Log = Arc<Mutex<Vec<(u64, RemovalCause)>>>;
 
@@ -271,7 +272,8 @@ fn eviction_and_expiry_together() {
 }
 
 /// Found by the `bounded` fuzz target: capacity 1, two shards, a refused heavy entry, then two
-/// entries of weight 1 and one of weight 0: the weight held must never exceed the capacity.
+/// entries of weight 1 and one of weight 0 (which counts as 1): the weight held must never
+/// exceed the capacity.
 #[test]
 fn weight_never_exceeds_a_capacity_of_one() {
     use std::collections::hash_map::DefaultHasher;
@@ -287,7 +289,8 @@ fn weight_never_exceeds_a_capacity_of_one() {
     let check = |step: &str| {
         let size = cache.weighted_size();
         assert!(size <= 1, "weight {size} over capacity 1 after {step}");
-        let held: u64 = cache.iter().map(|(_, v)| u64::from(v.1)).sum();
+        // A zero weight counts as one.
+        let held: u64 = cache.iter().map(|(_, v)| u64::from(v.1.max(1))).sum();
         assert_eq!(held, size, "accounting after {step}");
     };
     for serial in 1..=3 {
@@ -302,4 +305,218 @@ fn weight_never_exceeds_a_capacity_of_one() {
     check("insert 267");
     cache.insert(0, (6, 0));
     check("insert 0 (weight 0)");
+}
+
+/// Runs `f` on its own thread and fails the test if it does not finish within `secs`: a hang
+/// must fail the test, not stall the run. (The stuck thread is left behind; the test process
+/// ends with the failure.)
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(value) => value,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what} did not finish within {secs} s (a hang)")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+    }
+}
+
+/// Inserts `keys` distinct keys of weight `weight` into a cache of `capacity` with `shards`
+/// shards (`None`: the builder's default) and checks that every insert returns and the weight
+/// held stays within the bound.
+fn heavy_inserts(capacity: u64, weight: u32, shards: Option<usize>, keys: u64) {
+    let what =
+        format!("{keys} inserts of weight {weight} into capacity {capacity}, shards {shards:?}");
+    within(30, &what.clone(), move || {
+        let mut builder = Cache::builder()
+            .max_capacity(capacity)
+            .weigher(move |_: &u64, _: &u64| weight);
+        if let Some(n) = shards {
+            builder = builder.shards(n);
+        }
+        let cache: Cache<u64, u64> = builder.build().unwrap();
+        // No call between the inserts: a `weighted_size` or `run_pending_tasks` would run
+        // the maintenance that the inserts themselves must get right.
+        for k in 0..keys {
+            cache.insert(k, k);
+        }
+        let held = cache.weighted_size();
+        assert!(held <= capacity, "{what}: weight {held} over the capacity");
+        let held: u64 = cache.iter().count() as u64 * u64::from(weight);
+        assert_eq!(held, cache.weighted_size(), "{what}: accounting");
+        assert!(
+            cache.len() as u64 >= capacity / u64::from(weight) / 2,
+            "{what}: the cache emptied itself"
+        );
+    });
+}
+
+/// Issue 12: `make_room` evicted from the largest shard down to a global target, so with a few
+/// heavy entries per shard it found nothing to give and spun forever (the ~11th insert).
+#[test]
+fn few_heavy_entries_per_shard_never_hang() {
+    heavy_inserts(5000, 488, None, 100);
+    heavy_inserts(5000, 488, Some(2), 100);
+    heavy_inserts(5000, 488, Some(4), 100);
+    heavy_inserts(2000, 100, None, 100);
+    heavy_inserts(1000, 100, Some(8), 100);
+}
+
+/// Issue 12: a weigher that returns 0 escaped the bound (200,000 entries in a capacity of 10).
+/// A zero weight counts as one.
+#[test]
+fn zero_weights_count_as_one() {
+    let cache: Cache<u64, u64> = Cache::builder()
+        .max_capacity(10)
+        .weigher(|_, _| 0)
+        .build()
+        .unwrap();
+    for k in 0..200_000 {
+        cache.insert(k, k);
+    }
+    assert_eq!(cache.weighted_size(), 10);
+    assert_eq!(cache.len(), 10);
+}
+
+/// Issue 12: the session store's `max_bytes` with a few sessions per shard hung the same way.
+#[test]
+fn a_byte_bound_of_a_few_sessions_never_hangs() {
+    use evanesce::session::{Cookie, MemoryStore, Session};
+    within(30, "max_bytes(20_000) with ~450-byte sessions", || {
+        let store = MemoryStore::builder().max_bytes(20_000).build().unwrap();
+        let mut session = Session::with_cookie(Cookie::expiring_in(
+            std::time::Duration::from_secs(3600),
+            store.now(),
+        ));
+        session.insert("data", "x".repeat(300));
+        for i in 0..1000 {
+            store.set(&format!("session-{i:06}"), &session).unwrap();
+        }
+        assert!(store.length() >= 20, "{} sessions held", store.length());
+        assert!(store.length() <= 20_000 / 300);
+    });
+}
+
+/// Writers on several threads inserting heavy entries into a small bound: every insert
+/// returns (back-pressure makes progress when the weight over the bound is held by other
+/// threads' inserts in flight), and the bound holds when they are done.
+#[test]
+fn concurrent_heavy_inserts_never_hang() {
+    for (capacity, weight, shards) in [
+        (5000u64, 488u32, 8usize),
+        (1000, 100, 8),
+        (300, 100, 4),
+        (1, 1, 8),
+    ] {
+        let what = format!("4 threads, capacity {capacity}, weight {weight}, {shards} shards");
+        within(30, &what.clone(), move || {
+            let cache: Cache<u64, u64> = Cache::builder()
+                .max_capacity(capacity)
+                .shards(shards)
+                .weigher(move |_, _| weight)
+                .build()
+                .unwrap();
+            std::thread::scope(|s| {
+                for t in 0..4u64 {
+                    let cache = &cache;
+                    s.spawn(move || {
+                        for k in 0..20_000 {
+                            cache.insert(t << 32 | k, k);
+                        }
+                    });
+                }
+            });
+            assert!(cache.weighted_size() <= capacity, "{what}: over the bound");
+        });
+    }
+}
+
+/// A weight distribution for the proptest below: each key's weight from its index.
+#[derive(Clone, Debug)]
+enum Weights {
+    /// Every entry weighs this.
+    Fixed(u32),
+    /// Weights cycle through these.
+    Cycle(Vec<u32>),
+}
+
+impl Weights {
+    fn of(&self, k: u64) -> u32 {
+        match self {
+            Weights::Fixed(w) => *w,
+            Weights::Cycle(ws) => ws[(k % ws.len() as u64) as usize],
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Issue 12: whatever the capacity, the weights (from zero to past the capacity), the
+    /// shard count and the number of keys, every insert returns (a watchdog fails a hang),
+    /// what is resident never passes the capacity plus its slack, and once quiet the weight
+    /// held is at most the capacity and is the sum of what is resident.
+    #[test]
+    fn every_insert_returns_and_the_bound_holds(
+        capacity in prop_oneof![1u64..16, 16u64..600, 600u64..20_000],
+        weights in prop_oneof![
+            (0u32..1200).prop_map(Weights::Fixed),
+            prop::collection::vec(0u32..1200, 1..8).prop_map(Weights::Cycle),
+        ],
+        shards in prop::sample::select(vec![None, Some(1usize), Some(2), Some(4), Some(8), Some(16)]),
+        keys in 1u64..600,
+    ) {
+        let what = format!("capacity {capacity}, weights {weights:?}, shards {shards:?}, {keys} keys");
+        within(30, &what.clone(), move || {
+            let w = weights.clone();
+            let mut builder = Cache::builder()
+                .max_capacity(capacity)
+                .weigher(move |k: &u64, _: &u64| w.of(*k));
+            if let Some(n) = shards {
+                builder = builder.shards(n);
+            }
+            let cache: Cache<u64, u64> = builder.build().unwrap();
+            let slack = (capacity / 64).max(1);
+            let held = |cache: &Cache<u64, u64>| -> u64 {
+                cache.iter().map(|(k, _)| u64::from(weights.of(k).max(1))).sum()
+            };
+            for k in 0..keys {
+                cache.insert(k, k);
+                let resident = held(&cache);
+                assert!(resident <= capacity + slack, "{what}: {resident} resident after key {k}");
+                if u64::from(weights.of(k)) > capacity {
+                    assert!(!cache.contains_key(&k), "{what}: heavier than the capacity, yet stored");
+                }
+            }
+            let size = cache.weighted_size();
+            assert!(size <= capacity, "{what}: weight {size} once quiet");
+            assert_eq!(held(&cache), size, "{what}: accounting");
+        });
+    }
+}
+
+/// A cache bounded by count beyond what the builder sizes up front grows as it fills (issue
+/// 12: memory follows the entries) and still holds exactly its capacity when quiet.
+#[test]
+fn a_large_bound_grows_and_holds_exactly_its_capacity() {
+    let (cache, log) = counting(150_000);
+    for k in 0..400_000 {
+        cache.insert(k, k);
+    }
+    assert_eq!(cache.len(), 150_000);
+    assert_eq!(cache.weighted_size(), 150_000);
+    let held = cache.iter().count();
+    assert_eq!(held, 150_000);
+    let evicted = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.1 == RemovalCause::Size)
+        .count();
+    assert_eq!(evicted, 250_000);
+    // Recent keys are found (the table is whole after its growths).
+    assert!((399_000..400_000).filter(|k| cache.contains_key(k)).count() > 900);
 }

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 
-use evanesce::{BuildError, Cache, MAX_SHARDS, RemovalCause};
+use std::time::Duration;
+
+use evanesce::{BuildError, Cache, MAX_SHARDS, MIN_CHECK_PERIOD, RemovalCause};
 
 #[test]
 fn builder_rejects_nonsense_with_typed_errors() {
@@ -37,6 +39,39 @@ fn builder_rejects_nonsense_with_typed_errors() {
             .to_string()
             .contains("power of two")
     );
+}
+
+/// Issue 12: `check_period(Duration::from_nanos(1))` made the sweeper spin a core. Periods
+/// shorter than a millisecond are refused, at build and when changed later.
+#[test]
+fn check_periods_below_the_floor_are_refused() {
+    let build = |period| {
+        Cache::<u64, u64>::builder()
+            .check_period(period)
+            .build()
+            .map(|_| ())
+    };
+    assert_eq!(
+        build(Duration::from_nanos(1)),
+        Err(BuildError::PeriodTooShort("check_period"))
+    );
+    assert_eq!(
+        build(MIN_CHECK_PERIOD - Duration::from_nanos(1)),
+        Err(BuildError::PeriodTooShort("check_period"))
+    );
+    assert!(build(MIN_CHECK_PERIOD).is_ok());
+    assert!(
+        BuildError::PeriodTooShort("check_period")
+            .to_string()
+            .contains("check_period must be at least 1ms")
+    );
+    let cache: Cache<u64, u64> = Cache::new();
+    let refused = cache
+        .set_check_period(Some(Duration::from_micros(10)))
+        .unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput);
+    cache.set_check_period(Some(MIN_CHECK_PERIOD)).unwrap();
+    cache.set_check_period(None).unwrap();
 }
 
 #[test]

@@ -31,12 +31,19 @@ struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// More `redis-server` arguments (`--requirepass ...`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// A running server, or `None` if there is no `redis-server` on PATH and the tests are
     /// not required (see the module documentation).
     fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`start`](Self::start), with more `redis-server` arguments.
+    fn start_with(extra: &[&str]) -> Option<Self> {
         let required = std::env::var("EVANESCE_REDIS_TESTS").as_deref() == Ok("required");
         let present = Command::new("redis-server")
             .arg("--version")
@@ -62,6 +69,7 @@ impl RedisServer {
             child: None,
             port,
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         server.spawn();
         Some(server)
@@ -73,6 +81,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -94,7 +103,8 @@ impl RedisServer {
         }
     }
 
-    /// Whether the server answers `PING` with `+PONG`.
+    /// Whether the server answers `PING` (with `+PONG`, or `-NOAUTH` when it wants a
+    /// password).
     fn answers(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)) else {
             return false;
@@ -103,7 +113,7 @@ impl RedisServer {
         let mut reply = [0u8; 7];
         stream.write_all(b"PING\r\n").is_ok()
             && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
+            && (&reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH"))
     }
 
     fn url(&self) -> String {
@@ -577,6 +587,149 @@ async fn building_against_no_server_fails_promptly() {
         RedisStore::builder("not a url").build().await,
         Err(Error::Config(_))
     ));
+}
+
+// ---- credentials never shown (issue 12, item 4) ----
+
+const PASSWORD: &str = "hunter2-Secret";
+
+/// Every way an error or a store can be shown.
+fn shown(what: &dyn std::fmt::Debug, display: Option<&dyn std::fmt::Display>) -> String {
+    let mut text = format!("{what:?} {what:#?}");
+    if let Some(display) = display {
+        text.push_str(&format!(" {display}"));
+    }
+    text
+}
+
+fn assert_hidden(text: &str) {
+    assert!(!text.contains(PASSWORD), "the password shows: {text}");
+    assert!(
+        !text.contains("hunter2"),
+        "part of the password shows: {text}"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_password_never_shows_in_debug_or_errors() {
+    // A malformed URL with a password: the config error shows the URL, redacted.
+    for url in [
+        format!("redis://:{PASSWORD}@[not-a-host/"),
+        format!("redis://user:{PASSWORD}@127.0.0.1:notaport/"),
+        format!("redis+unix:///nowhere.sock?pass={PASSWORD}&db=x"),
+        format!("nonsense://{PASSWORD}@"),
+    ] {
+        let builder = RedisStore::builder(url.clone());
+        assert_hidden(&shown(&builder, None));
+        match builder.build().await {
+            Err(e) => {
+                let mut text = shown(&e, Some(&e));
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    text.push_str(&format!(" {s} {s:?}"));
+                    source = s.source();
+                }
+                assert_hidden(&text);
+            }
+            Ok(store) => panic!("{url}: built {store:?}"),
+        }
+    }
+    // A server that is not there.
+    let port = {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let e = RedisStore::builder(format!("redis://app:{PASSWORD}@127.0.0.1:{port}/"))
+        .build()
+        .await
+        .unwrap_err();
+    assert_hidden(&shown(&e, Some(&e)));
+}
+
+#[tokio::test]
+async fn a_redis_password_never_shows_against_a_real_server() {
+    let Some(server) = RedisServer::start_with(&["--requirepass", PASSWORD]) else {
+        return;
+    };
+    let good = format!("redis://:{PASSWORD}@127.0.0.1:{}/", server.port);
+    let store = RedisStore::builder(good.clone()).build().await.unwrap();
+    assert_hidden(&shown(&store, None));
+    assert_eq!(
+        store.url(),
+        format!("redis://:***@127.0.0.1:{}/", server.port)
+    );
+    store
+        .set("a", &expiring(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(store.get("a").await.unwrap().is_some());
+    // A wrong password (itself a secret): refused, and not shown either.
+    let wrong = format!(
+        "redis://default:{PASSWORD}-wrong@127.0.0.1:{}/",
+        server.port
+    );
+    let e = RedisStore::builder(wrong).build().await.unwrap_err();
+    assert_hidden(&shown(&e, Some(&e)));
+    // Errors of a working store, once the server is gone.
+    drop(server);
+    let e = store.get("a").await.unwrap_err();
+    assert_hidden(&shown(&e, Some(&e)));
+}
+
+// ---- sealed values (issue 12, item 2) ----
+
+#[tokio::test]
+async fn sealed_values_in_redis_are_unreadable_and_unforgeable() {
+    use evanesce::session::{JsonSerializer, Sealed, SealingKey};
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let key = SealingKey::generate();
+    let sealed = |key: SealingKey| {
+        RedisStore::with_serializer(
+            server.url(),
+            Sealed::new(JsonSerializer::<Session>::new(), key),
+        )
+        .prefix("sealed:")
+    };
+    let store = sealed(key.clone()).build().await.unwrap();
+    let mut s = expiring(Duration::from_secs(60));
+    s.insert("secret", "hunter2");
+    store.set("a", &s).await.unwrap();
+    assert_eq!(store.get("a").await.unwrap(), Some(s.clone()));
+    // What Redis holds (and a dump, MONITOR or a replica shows) is not the session.
+    let raw = redis_get(&server, "sealed:a").unwrap();
+    assert!(raw.starts_with(b"EVS1"));
+    assert!(!raw.windows(7).any(|w| w == b"hunter2"));
+    // Another key cannot read it: one Decode error, and the value is removed.
+    let other = sealed(SealingKey::generate()).build().await.unwrap();
+    assert!(matches!(other.get("a").await, Err(Error::Decode { .. })));
+    assert_eq!(redis_get(&server, "sealed:a"), None);
+    // A value planted behind the store's back (plain JSON, or sealed bytes changed) does not
+    // decode either.
+    redis_set(&server, "sealed:forged", br#"{"cookie":{},"user":"admin"}"#);
+    assert!(matches!(
+        store.get("forged").await,
+        Err(Error::Decode { .. })
+    ));
+    store.set("b", &s).await.unwrap();
+    let mut bytes = redis_get(&server, "sealed:b").unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    redis_set(&server, "sealed:b", &bytes);
+    assert!(matches!(store.get("b").await, Err(Error::Decode { .. })));
+    // touch keeps working through the seal.
+    store.set("c", &s).await.unwrap();
+    assert!(
+        store
+            .touch("c", &expiring(Duration::from_secs(600)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get("c").await.unwrap().unwrap().get("secret"),
+        Some(&json!("hunter2"))
+    );
 }
 
 // ---- tower-sessions ----

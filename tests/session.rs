@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use evanesce::RemovalCause;
 use evanesce::session::{
-    BoxError, Cookie, Error, JsonSerializer, MemoryStore, Serializer, Session, SessionData,
+    BoxError, Cookie, Error, JsonSerializer, MIN_CHECK_PERIOD, MemoryStore, Serializer, Session,
+    SessionData,
 };
 use quanta::Clock;
 use serde_json::{Value, json};
@@ -692,6 +693,82 @@ fn invalid_options_are_typed_errors() {
         .serializer(JsonSerializer::<Session>::new())
         .build();
     assert!(matches!(typed, Err(Error::Config(why)) if why.contains("dispose")));
+}
+
+#[test]
+fn a_check_period_below_the_floor_is_refused() {
+    // 1 ns used to be accepted, and the sweeper thread spun a core.
+    for period in [
+        Duration::from_nanos(1),
+        Duration::from_micros(999),
+        MIN_CHECK_PERIOD - Duration::from_nanos(1),
+    ] {
+        match MemoryStore::builder().check_period(period).build() {
+            Err(Error::Config(why)) => assert!(why.contains("check_period"), "{why}"),
+            other => panic!("{period:?}: {other:?}"),
+        }
+    }
+    assert_eq!(MIN_CHECK_PERIOD, ms(1));
+    let store = MemoryStore::builder()
+        .check_period(MIN_CHECK_PERIOD)
+        .build()
+        .unwrap();
+    assert_eq!(store.options().check_period, Some(ms(1)));
+}
+
+// ---- lifetimes at the edges: saturate, never wrap ----
+
+#[test]
+fn an_endless_cookie_saturates_instead_of_expiring_at_once() {
+    let store = MemoryStore::new();
+    let now = store.now();
+    let cookie = Cookie::expiring_in(Duration::MAX, now);
+    // The last date the format (and express-session) holds, not `now`.
+    assert_eq!(
+        cookie.as_map()["expires"],
+        json!("9999-12-31T23:59:59.999Z")
+    );
+    assert_eq!(cookie.original_max_age(), Some(u64::MAX as f64));
+    let mut session = Session::with_cookie(cookie);
+    session.insert("views", 1);
+    store.set("forever", &session).unwrap();
+    assert_eq!(store.get("forever").unwrap(), Some(session));
+    // The longest the engine holds (its TTLs saturate at "never").
+    let left = store.expires_in("forever").unwrap();
+    assert!(left >= Duration::from_secs(500 * 365 * 86_400), "{left:?}");
+    // Any lifetime past the format's end saturates the same way.
+    let far = Cookie::expiring_in(Duration::from_secs(u64::MAX / 2), now);
+    assert_eq!(far.as_map()["expires"], json!("9999-12-31T23:59:59.999Z"));
+}
+
+#[test]
+fn an_expires_after_2554_is_read_not_ignored() {
+    let store = MemoryStore::new();
+    let now = store.now();
+    for expires in [
+        "9999-12-31T23:59:59.999Z", // express-session's own cap
+        "2600-01-01T00:00:00.000Z",
+        "2554-07-22T00:00:00.000Z", // just past 2^64 ns after the epoch
+    ] {
+        let session = session(json!({"cookie": {"expires": expires}, "v": 1}));
+        let ttl = session.cookie_ttl(now).unwrap();
+        assert!(
+            ttl > Duration::from_secs(500 * 365 * 86_400),
+            "{expires}: {ttl:?}"
+        );
+        store.set(expires, &session).unwrap();
+        // Not memorystore's one day for a cookie that says nothing.
+        let left = store.expires_in(expires).unwrap();
+        assert!(
+            left > Duration::from_secs(400 * 86_400),
+            "{expires}: {left:?}"
+        );
+    }
+    // And a date before 1970 is in the past, not a wrapped future.
+    let old = session(json!({"cookie": {"expires": "1900-01-01T00:00:00.000Z"}}));
+    assert_eq!(old.cookie_ttl(now), Some(Duration::ZERO));
+    store.set("old", &old).unwrap();
+    assert_eq!(store.get("old").unwrap(), None);
 }
 
 #[test]

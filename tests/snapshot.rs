@@ -1,6 +1,9 @@
 //! Snapshots of the session store: round trips, expiry across the gap, damaged files that
-//! change nothing, the builder's load-at-start / save-on-drop / periodic save, and a crash
-//! test that kills a writer (SIGKILL) mid-save and checks the file on disk always loads.
+//! change nothing, the builder's load-at-start / save-on-drop / periodic save, a crash
+//! test that kills a writer (SIGKILL) mid-save and checks the file on disk always loads, and
+//! the attacks of a local user (issue 12): a world-readable file, a planted symbolic link, a
+//! FIFO, a planted file of another mode or owner, a huge sparse file, a missing directory,
+//! and sealed snapshots that do not load without their key.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -86,7 +89,7 @@ fn sessions_that_expired_meanwhile_are_skipped() {
     let (a, _) = mock_store();
     a.set("soon", &lasting(&a, 5, 1)).unwrap();
     a.set("later", &lasting(&a, 500, 1)).unwrap();
-    let snapshot = a.snapshot_to_vec();
+    let snapshot = a.snapshot_to_vec().unwrap();
 
     let (clock, mock) = Clock::mock();
     let b = MemoryStore::builder().clock(clock).build().unwrap();
@@ -106,7 +109,11 @@ fn a_session_that_never_expires_stays_so() {
         .unwrap();
     a.set("forever", &Session::new()).unwrap();
     let (b, _) = mock_store();
-    assert_eq!(b.load_snapshot_from_slice(&a.snapshot_to_vec()).unwrap(), 1);
+    assert_eq!(
+        b.load_snapshot_from_slice(&a.snapshot_to_vec().unwrap())
+            .unwrap(),
+        1
+    );
     assert_eq!(b.expires_in("forever"), Some(Duration::MAX));
 }
 
@@ -116,7 +123,7 @@ fn a_damaged_snapshot_changes_nothing() {
     for i in 0..20 {
         a.set(&format!("s{i}"), &lasting(&a, 600, i)).unwrap();
     }
-    let good = a.snapshot_to_vec();
+    let good = a.snapshot_to_vec().unwrap();
 
     let (b, _) = mock_store();
     let mine = lasting(&b, 600, 99);
@@ -146,12 +153,12 @@ fn a_damaged_snapshot_changes_nothing() {
     }
     // A future version.
     let mut future = good.clone();
-    future[8] = 2;
+    future[8] = 3;
     assert!(matches!(
         b.load_snapshot_from_slice(&future),
         Err(Error::Snapshot(SnapshotError::UnsupportedVersion {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         }))
     ));
     unchanged(&b);
@@ -198,7 +205,7 @@ fn sessions_another_serializer_cannot_read_are_refused_whole() {
         .build()
         .unwrap();
     typed.set("t", &Typed { views: 1 }).unwrap();
-    match typed.load_snapshot_from_slice(&a.snapshot_to_vec()) {
+    match typed.load_snapshot_from_slice(&a.snapshot_to_vec().unwrap()) {
         Err(Error::Snapshot(SnapshotError::Decode { id, .. })) => assert_eq!(id, "express-shaped"),
         other => panic!("{other:?}"),
     }
@@ -214,7 +221,7 @@ fn a_session_over_max_bytes_is_refused_whole() {
     a.set("big", &big).unwrap();
     let b = MemoryStore::builder().max_bytes(200).build().unwrap();
     assert!(matches!(
-        b.load_snapshot_from_slice(&a.snapshot_to_vec()),
+        b.load_snapshot_from_slice(&a.snapshot_to_vec().unwrap()),
         Err(Error::Snapshot(SnapshotError::TooLarge { .. }))
     ));
     assert_eq!(b.length(), 0);
@@ -292,13 +299,16 @@ fn snapshot_every_saves_in_the_background() {
 #[test]
 fn a_failing_background_save_is_reported() {
     let dir = TempDir::new("failing");
-    // The snapshot's directory does not exist: every save fails.
-    let path = dir.file("missing-dir").join("p.snap");
+    // The snapshot's directory goes away after the build: every save fails.
+    let sub = dir.file("going-away");
+    std::fs::create_dir(&sub).unwrap();
+    let path = sub.join("p.snap");
     let store = MemoryStore::builder()
         .snapshot_file(&path)
         .snapshot_every(Duration::from_millis(10))
         .build()
         .unwrap();
+    std::fs::remove_dir(&sub).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let err = loop {
         if let Some(e) = store.take_snapshot_error() {
@@ -368,4 +378,504 @@ fn a_writer_killed_mid_save_leaves_a_loadable_snapshot() {
         }
     }
     assert!(saw_a_file > 0, "the child never saved a snapshot");
+}
+
+// ---- a local attacker (issue 12, item 2) ----
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use evanesce::session::{JsonSerializer, MAX_SNAPSHOT_LEN, Sealed, SealingKey};
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A valid snapshot of one session ("victim", views 42) written at `path` (mode 0600).
+fn plant_valid_snapshot(path: &Path) {
+    let (a, _) = mock_store();
+    a.set("victim", &lasting(&a, 600, 42)).unwrap();
+    assert_eq!(a.save_snapshot(path).unwrap(), 1);
+}
+
+/// Runs `f` on a thread and fails the test if it does not finish within 30 s (a hang must
+/// fail, not stall CI).
+fn within_30s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{what}: did not finish within 30 s"))
+}
+
+/// Bytes read by this process so far (`rchar` of /proc/self/io).
+fn bytes_read_so_far() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn snapshots_are_private_and_keep_a_stricter_mode() {
+    let dir = TempDir::new("mode");
+    let (store, _) = mock_store();
+    store.set("s", &lasting(&store, 600, 1)).unwrap();
+
+    let fresh = dir.file("fresh.snap");
+    store.save_snapshot(&fresh).unwrap();
+    assert_eq!(mode_of(&fresh), 0o600, "a new snapshot is 0600");
+
+    // An existing 0600 file stays 0600 (it used to become 0644).
+    store.save_snapshot(&fresh).unwrap();
+    assert_eq!(mode_of(&fresh), 0o600);
+
+    // An existing file readable by others is made private.
+    chmod(&fresh, 0o644);
+    store.save_snapshot(&fresh).unwrap();
+    assert_eq!(mode_of(&fresh), 0o600);
+
+    // A stricter mode is kept.
+    chmod(&fresh, 0o400);
+    store.save_snapshot(&fresh).unwrap();
+    assert_eq!(mode_of(&fresh), 0o400);
+
+    // No temporary file is left behind.
+    let names: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("fresh.snap")]);
+}
+
+#[test]
+fn a_planted_symlink_is_never_written_through() {
+    let dir = TempDir::new("symlink");
+    let victim = dir.file("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    let path = dir.file("sessions.snap");
+    // The old code's predictable temporary name, for this process and a few around it.
+    let pid = std::process::id();
+    for p in pid.saturating_sub(3)..=pid + 3 {
+        let link = dir.file(&format!("sessions.snap.tmp-{p}"));
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+    }
+    let (store, _) = mock_store();
+    store.set("s", &lasting(&store, 600, 1)).unwrap();
+    store.save_snapshot(&path).unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert_eq!(mode_of(&victim) & 0o777, 0o644, "the victim's mode too");
+
+    // A symbolic link at the snapshot path itself is replaced, not written through.
+    let victim2 = dir.file("victim2.txt");
+    std::fs::write(&victim2, "also precious").unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&victim2, &path).unwrap();
+    store.save_snapshot(&path).unwrap();
+    assert_eq!(std::fs::read_to_string(&victim2).unwrap(), "also precious");
+    assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+    assert_eq!(mode_of(&path), 0o600);
+
+    // And loading does not follow one: a link to a valid snapshot is refused.
+    let elsewhere = dir.file("elsewhere.snap");
+    plant_valid_snapshot(&elsewhere);
+    let linked = dir.file("linked.snap");
+    std::os::unix::fs::symlink(&elsewhere, &linked).unwrap();
+    let (b, _) = mock_store();
+    match b.load_snapshot(&linked) {
+        Err(Error::Snapshot(SnapshotError::NotAFile { kind })) => {
+            assert_eq!(kind, "symbolic link")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(b.length(), 0);
+}
+
+#[test]
+fn a_fifo_is_refused_without_hanging() {
+    let dir = TempDir::new("fifo");
+    let path = dir.file("sessions.snap");
+    let made = Command::new("mkfifo")
+        .args(["-m", "600"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let p = path.clone();
+    let loaded = within_30s("load_snapshot of a FIFO", move || {
+        let (store, _) = mock_store();
+        let result = store.load_snapshot(&p).map_err(|e| e.to_string());
+        (result, store.length())
+    });
+    match loaded {
+        (Err(e), 0) => assert!(e.contains("FIFO"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let p = path.clone();
+    let built = within_30s("build over a FIFO", move || {
+        MemoryStore::builder()
+            .snapshot_file(&p)
+            .build()
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    assert!(built.unwrap_err().contains("FIFO"));
+    // A directory at the path is not a snapshot either.
+    let subdir = dir.file("a-directory.snap");
+    std::fs::create_dir(&subdir).unwrap();
+    let (store, _) = mock_store();
+    assert!(matches!(
+        store.load_snapshot(&subdir),
+        Err(Error::Snapshot(SnapshotError::NotAFile {
+            kind: "directory"
+        }))
+    ));
+}
+
+#[test]
+fn a_planted_file_writable_by_others_is_refused() {
+    let dir = TempDir::new("planted-mode");
+    let path = dir.file("sessions.snap");
+    plant_valid_snapshot(&path);
+    for mode in [0o666, 0o620, 0o602, 0o660] {
+        chmod(&path, mode);
+        let (store, _) = mock_store();
+        match store.load_snapshot(&path) {
+            Err(Error::Snapshot(SnapshotError::WritableByOthers { mode: m })) => {
+                assert_eq!(m, mode)
+            }
+            other => panic!("mode {mode:o}: {other:?}"),
+        }
+        assert_eq!(store.length(), 0, "mode {mode:o}: nothing loaded");
+        assert!(store.get("victim").unwrap().is_none());
+        match MemoryStore::builder().snapshot_file(&path).build() {
+            Err(Error::Snapshot(SnapshotError::WritableByOthers { .. })) => {}
+            other => panic!("mode {mode:o}: {other:?}"),
+        }
+    }
+    // Readable by others, not writable: that is the owner's business (an old 0644
+    // snapshot), and the next save makes it private.
+    chmod(&path, 0o644);
+    let store = MemoryStore::builder().snapshot_file(&path).build().unwrap();
+    assert_eq!(store.length(), 1);
+    assert_eq!(store.close().unwrap(), 1);
+    assert_eq!(mode_of(&path), 0o600);
+}
+
+#[test]
+fn a_planted_file_of_another_owner_is_refused() {
+    let dir = TempDir::new("planted-owner");
+    let path = dir.file("sessions.snap");
+    plant_valid_snapshot(&path);
+    if std::fs::metadata(&path).unwrap().uid() != 0 {
+        eprintln!("SKIPPED: changing a file's owner needs root; run the tests as root to check");
+        return;
+    }
+    std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+    let (store, _) = mock_store();
+    match store.load_snapshot(&path) {
+        Err(Error::Snapshot(SnapshotError::ForeignOwner { owner, euid })) => {
+            assert_eq!((owner, euid), (65534, 0))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.length(), 0);
+    assert!(MemoryStore::builder().snapshot_file(&path).build().is_err());
+}
+
+#[test]
+fn a_huge_sparse_file_is_refused_without_being_read() {
+    let dir = TempDir::new("sparse");
+    let path = dir.file("sessions.snap");
+    let three_gb = 3u64 << 30;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    chmod(&path, 0o600);
+    file.set_len(three_gb).unwrap();
+    drop(file);
+    let before = bytes_read_so_far();
+    let p = path.clone();
+    let zeros = within_30s("load of 3 GB of zeros", move || {
+        let (store, _) = mock_store();
+        (store.load_snapshot(&p).map(|_| ()), store.length())
+    });
+    assert!(
+        matches!(
+            zeros,
+            (Err(Error::Snapshot(SnapshotError::NotASnapshot)), 0)
+        ),
+        "{zeros:?}"
+    );
+
+    // A valid header that declares the whole 3 GB: refused by the bound, from the header.
+    let mut header = b"EVSNAP\r\n".to_vec();
+    header.extend_from_slice(&2u32.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    header.extend_from_slice(&(three_gb - 24).to_le_bytes());
+    write_at_start(&path, &header);
+    let (store, _) = mock_store();
+    match store.load_snapshot(&path) {
+        Err(Error::Snapshot(SnapshotError::Oversized { len, max })) => {
+            assert_eq!((len, max), (three_gb - 24, MAX_SNAPSHOT_LEN))
+        }
+        other => panic!("{other:?}"),
+    }
+    // A length within the bound but beyond the file: refused before reading.
+    let small = dir.file("small.snap");
+    let mut lying = header.clone();
+    lying[16..24].copy_from_slice(&(1u64 << 20).to_le_bytes());
+    lying.extend_from_slice(&[0u8; 100]);
+    std::fs::write(&small, &lying).unwrap();
+    chmod(&small, 0o600);
+    assert!(matches!(
+        store.load_snapshot(&small),
+        Err(Error::Snapshot(SnapshotError::Truncated))
+    ));
+    let read = bytes_read_so_far() - before;
+    // Other tests of this binary read a little meanwhile; the 3 GB were not read.
+    assert!(read < 256 << 20, "{read} bytes read");
+    assert_eq!(store.length(), 0);
+}
+
+fn write_at_start(path: &Path, bytes: &[u8]) {
+    use std::io::{Seek, Write};
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.seek(std::io::SeekFrom::Start(0)).unwrap();
+    file.write_all(bytes).unwrap();
+}
+
+#[test]
+fn build_fails_when_snapshots_cannot_be_written_there() {
+    let dir = TempDir::new("unwritable");
+    // A missing directory.
+    let missing = dir.file("no-such-dir").join("s.snap");
+    match MemoryStore::builder().snapshot_file(&missing).build() {
+        Err(Error::Snapshot(SnapshotError::DirectoryNotWritable { dir: d, .. })) => {
+            assert_eq!(d, dir.file("no-such-dir"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // A "directory" that is a file.
+    let file = dir.file("a-file");
+    std::fs::write(&file, "x").unwrap();
+    assert!(matches!(
+        MemoryStore::builder()
+            .snapshot_file(file.join("s.snap"))
+            .build(),
+        Err(Error::Snapshot(SnapshotError::DirectoryNotWritable { .. }))
+    ));
+    // A directory the user cannot write (root can write anywhere: checked as others only).
+    let read_only = dir.file("read-only");
+    std::fs::create_dir(&read_only).unwrap();
+    chmod(&read_only, 0o500);
+    if std::fs::metadata(&read_only).unwrap().uid() != 0 {
+        assert!(matches!(
+            MemoryStore::builder()
+                .snapshot_file(read_only.join("s.snap"))
+                .build(),
+            Err(Error::Snapshot(SnapshotError::DirectoryNotWritable { .. }))
+        ));
+    } else {
+        eprintln!("(running as root: the read-only directory case is not checked)");
+    }
+    chmod(&read_only, 0o700);
+    // The probe leaves nothing behind.
+    let ok = dir.file("ok");
+    std::fs::create_dir(&ok).unwrap();
+    let store = MemoryStore::builder()
+        .snapshot_file(ok.join("s.snap"))
+        .build()
+        .unwrap();
+    assert_eq!(std::fs::read_dir(&ok).unwrap().count(), 0);
+    drop(store);
+}
+
+#[test]
+fn an_empty_file_is_no_sessions_yet() {
+    let dir = TempDir::new("empty");
+    let path = dir.file("s.snap");
+    std::fs::write(&path, b"").unwrap();
+    chmod(&path, 0o600);
+    let store = MemoryStore::builder().snapshot_file(&path).build().unwrap();
+    assert_eq!(store.length(), 0);
+    assert_eq!(store.load_snapshot(&path).unwrap(), 0);
+    store.set("a", &lasting(&store, 600, 1)).unwrap();
+    assert_eq!(store.close().unwrap(), 1);
+    assert_eq!(mode_of(&path), 0o600);
+    let again = MemoryStore::builder().snapshot_file(&path).build().unwrap();
+    assert_eq!(again.length(), 1);
+}
+
+#[test]
+fn close_saves_once_and_says_whether_it_could() {
+    let dir = TempDir::new("close");
+    let sub = dir.file("state");
+    std::fs::create_dir(&sub).unwrap();
+    let path = sub.join("s.snap");
+    let store = MemoryStore::builder().snapshot_file(&path).build().unwrap();
+    store.set("a", &lasting(&store, 600, 1)).unwrap();
+    assert_eq!(store.save_now().unwrap(), 1);
+    store.set("b", &lasting(&store, 600, 2)).unwrap();
+    assert_eq!(store.close().unwrap(), 2);
+    let saved = std::fs::read(&path).unwrap();
+    // After close, nothing more is saved, not even on drop.
+    store.set("c", &lasting(&store, 600, 3)).unwrap();
+    drop(store);
+    assert_eq!(std::fs::read(&path).unwrap(), saved);
+
+    // A close that cannot save says so (and writes nothing).
+    let store = MemoryStore::builder().snapshot_file(&path).build().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_dir(&sub).unwrap();
+    assert!(matches!(
+        store.close(),
+        Err(Error::Snapshot(SnapshotError::Io(_)))
+    ));
+    // Without a snapshot file there is nothing to close.
+    assert!(matches!(MemoryStore::new().close(), Err(Error::Config(_))));
+    assert!(matches!(
+        MemoryStore::new().save_now(),
+        Err(Error::Config(_))
+    ));
+}
+
+// ---- sealed snapshots and values ----
+
+#[test]
+fn sealed_snapshots_load_only_with_their_key() {
+    let dir = TempDir::new("sealed");
+    let path = dir.file("s.snap");
+    let key = SealingKey::generate();
+    let sealed_store = |key: &SealingKey| {
+        MemoryStore::builder()
+            .snapshot_file(&path)
+            .snapshot_key(key.clone())
+            .build()
+    };
+    let a = sealed_store(&key).unwrap();
+    assert!(a.options().snapshot_sealed);
+    a.set("victim", &lasting(&a, 600, 42)).unwrap();
+    assert_eq!(a.close().unwrap(), 1);
+    drop(a);
+    let bytes = std::fs::read(&path).unwrap();
+    for secret in ["victim", "ada", "views"] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} readable in the sealed file"
+        );
+    }
+
+    // With the key: loads.
+    let b = sealed_store(&key).unwrap();
+    assert_eq!(
+        b.get("victim")
+            .unwrap()
+            .and_then(|s| s.get("views").cloned()),
+        Some(json!(42))
+    );
+    drop(b);
+
+    // Without the key, with another key: refused, nothing loaded.
+    let (plain, _) = mock_store();
+    assert!(matches!(
+        plain.load_snapshot(&path),
+        Err(Error::Snapshot(SnapshotError::KeyRequired))
+    ));
+    assert_eq!(plain.length(), 0);
+    assert!(matches!(
+        sealed_store(&SealingKey::generate()),
+        Err(Error::Snapshot(SnapshotError::Unauthenticated))
+    ));
+
+    // Tampered with anywhere: refused, nothing loaded.
+    let keyed = MemoryStore::builder()
+        .snapshot_key(key.clone())
+        .build()
+        .unwrap();
+    for i in (0..bytes.len()).step_by(5) {
+        let mut bad = bytes.clone();
+        bad[i] ^= 0x04;
+        assert!(
+            matches!(
+                keyed.load_snapshot_from_slice(&bad),
+                Err(Error::Snapshot(_))
+            ),
+            "byte {i}"
+        );
+    }
+    assert_eq!(keyed.length(), 0);
+
+    // An unsealed file where a key is configured: refused rather than trusted.
+    let forged = dir.file("forged.snap");
+    plant_valid_snapshot(&forged);
+    assert!(matches!(
+        keyed.load_snapshot(&forged),
+        Err(Error::Snapshot(SnapshotError::NotSealed))
+    ));
+    assert_eq!(keyed.length(), 0);
+    assert!(matches!(
+        MemoryStore::builder()
+            .snapshot_file(&forged)
+            .snapshot_key(key.clone())
+            .build(),
+        Err(Error::Snapshot(SnapshotError::NotSealed))
+    ));
+
+    // The key never shows.
+    let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let key = SealingKey::from_hex(hex).unwrap();
+    let builder = MemoryStore::builder().snapshot_key(key.clone());
+    for shown in [format!("{key:?}"), format!("{builder:?}")] {
+        assert!(
+            !shown.contains("00112233") && !shown.contains("[0, 17"),
+            "{shown}"
+        );
+    }
+}
+
+#[test]
+fn the_sealed_serializer_keeps_values_unreadable_and_unforgeable() {
+    let key = SealingKey::generate();
+    let serializer = Sealed::new(JsonSerializer::<Session>::new(), key.clone());
+    assert!(format!("{serializer:?}").contains("key: SealingKey(..)"));
+    let a = MemoryStore::with_serializer(serializer.clone())
+        .build()
+        .unwrap();
+    let mut session = Session::with_cookie(Cookie::expiring_in(Duration::from_secs(600), a.now()));
+    session.insert("secret", "hunter2");
+    a.set("s", &session).unwrap();
+    assert_eq!(a.get("s").unwrap(), Some(session.clone()));
+    // The stored bytes (here through an unsealed snapshot) do not show the session.
+    let snapshot = a.snapshot_to_vec().unwrap();
+    assert!(!snapshot.windows(7).any(|w| w == b"hunter2"));
+    // The same bytes under another key, or the plain JSON serializer: do not decode.
+    let other = MemoryStore::with_serializer(Sealed::new(
+        JsonSerializer::<Session>::new(),
+        SealingKey::generate(),
+    ))
+    .build()
+    .unwrap();
+    assert!(matches!(
+        other.load_snapshot_from_slice(&snapshot),
+        Err(Error::Snapshot(SnapshotError::Decode { .. }))
+    ));
+    let (plain, _) = mock_store();
+    assert!(matches!(
+        plain.load_snapshot_from_slice(&snapshot),
+        Err(Error::Snapshot(SnapshotError::Decode { .. }))
+    ));
+    // The same key reads them.
+    let same = MemoryStore::with_serializer(serializer).build().unwrap();
+    assert_eq!(same.load_snapshot_from_slice(&snapshot).unwrap(), 1);
+    assert_eq!(same.get("s").unwrap(), Some(session));
 }

@@ -49,6 +49,12 @@
 //!
 //! The store needs a tokio runtime with its time driver on (as the `redis` crate does).
 //!
+//! **Credentials.** The URL's password (`redis://user:password@host/`, or a `pass` /
+//! `password` query parameter) never appears in the store's or the builder's `Debug`, nor in
+//! an error the store returns: URLs are shown through [`redact_url`], and an error of the
+//! `redis` crate whose text would contain the password is replaced by its text with the
+//! password masked. Use [`redact_url`] too wherever your own code shows the URL.
+//!
 //! With the `tower-sessions` feature, a store of tower-sessions [`Record`]s is a
 //! `SessionStore` ([`redis_record_store`]), and [`TieredStore`] puts an in-memory near cache
 //! in front of it: see [`near_cache`] for the staleness bound.
@@ -123,6 +129,7 @@ pub struct RedisStoreBuilder<Z: Serializer = JsonSerializer> {
 impl<Z: Serializer> fmt::Debug for RedisStoreBuilder<Z> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreBuilder")
+            .field("url", &redact_url(&self.url))
             .field("prefix", &self.prefix)
             .field("ttl", &self.ttl)
             .field("ttl_fn", &self.ttl_fn.is_some())
@@ -211,8 +218,13 @@ impl<Z: Serializer> RedisStoreBuilder<Z> {
         if self.connection_timeout.is_zero() || self.response_timeout.is_zero() {
             return Err(Error::Config("the Redis timeouts must not be zero".into()));
         }
-        let client = Client::open(self.url.as_str())
-            .map_err(|e| Error::Config(format!("invalid Redis URL {:?}: {e}", self.url)))?;
+        let secrets = Secrets::of(&self.url);
+        let client = Client::open(self.url.as_str()).map_err(|e| {
+            Error::Config(secrets.mask(&format!(
+                "invalid Redis URL {:?}: {e}",
+                redact_url(&self.url)
+            )))
+        })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connection_timeout))
             .set_response_timeout(Some(self.response_timeout))
@@ -230,13 +242,15 @@ impl<Z: Serializer> RedisStoreBuilder<Z> {
         )
         .await
         {
-            Ok(conn) => conn.map_err(backend)?,
+            Ok(conn) => conn.map_err(|e| secrets.backend(e))?,
             Err(_) => return Err(timed_out(deadline)),
         };
         let pattern = format!("{}*", escape_glob(&self.prefix));
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 conn,
+                url: redact_url(&self.url),
+                secrets,
                 prefix: self.prefix,
                 pattern,
                 serializer: self.serializer,
@@ -257,6 +271,10 @@ pub struct RedisStore<Z: Serializer = JsonSerializer> {
 
 struct Inner<Z: Serializer> {
     conn: ConnectionManager,
+    /// The URL as shown: [`redact_url`]ed.
+    url: String,
+    /// What must never be shown of the URL.
+    secrets: Secrets,
     prefix: String,
     /// `SCAN MATCH` pattern: the prefix with glob characters escaped, then `*`.
     pattern: String,
@@ -279,6 +297,7 @@ impl<Z: Serializer> Clone for RedisStore<Z> {
 impl<Z: Serializer> fmt::Debug for RedisStore<Z> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
+            .field("url", &self.inner.url)
             .field("prefix", &self.inner.prefix)
             .field("ttl", &self.inner.ttl)
             .field("ttl_fn", &self.inner.ttl_fn.is_some())
@@ -299,6 +318,11 @@ impl<Z: Serializer> RedisStore<Z> {
     /// A builder for a store at `url` that keeps sessions through `serializer`.
     pub fn with_serializer(url: impl Into<String>, serializer: Z) -> RedisStoreBuilder<Z> {
         RedisStoreBuilder::with(url.into(), serializer)
+    }
+
+    /// The Redis URL, with its password masked ([`redact_url`]).
+    pub fn url(&self) -> &str {
+        &self.inner.url
     }
 
     /// The key prefix.
@@ -587,7 +611,7 @@ impl<Z: Serializer> RedisStore<Z> {
         let deadline = self.inner.deadline;
         let outcome: i64 =
             match tokio::time::timeout(deadline, invocation.invoke_async(&mut conn)).await {
-                Ok(result) => result.map_err(backend)?,
+                Ok(result) => result.map_err(|e| self.inner.secrets.backend(e))?,
                 Err(_) => return Err(timed_out(deadline)),
             };
         Ok(match outcome {
@@ -602,7 +626,7 @@ impl<Z: Serializer> RedisStore<Z> {
         let mut conn = self.inner.conn.clone();
         let deadline = self.inner.deadline;
         match tokio::time::timeout(deadline, cmd.query_async::<T>(&mut conn)).await {
-            Ok(result) => result.map_err(backend),
+            Ok(result) => result.map_err(|e| self.inner.secrets.backend(e)),
             Err(_) => Err(timed_out(deadline)),
         }
     }
@@ -633,6 +657,175 @@ fn escape_glob(s: &str) -> String {
 fn backend(e: RedisError) -> Error {
     Error::Backend(Box::new(e))
 }
+
+/// `url` with its credentials masked, for display and logs: the password of
+/// `scheme://user:password@host` becomes `***` (`scheme://user:***@host`), a user part
+/// without a colon (which some clients read as a password) is masked whole
+/// (`scheme://***@host`), and the values of `pass` and `password` query parameters (redis-rs's
+/// `redis+unix:///path?pass=...`) too. The rest is kept, so the URL still says where it
+/// points. Conservative on malformed input: everything between `://` and the last `@` is
+/// masked, and a string that is not a URL at all is returned with nothing removed but such
+/// parts.
+///
+/// ```
+/// use evanesce::integrations::redis::redact_url;
+///
+/// assert_eq!(redact_url("redis://:hunter2@db:6379/0"), "redis://:***@db:6379/0");
+/// assert_eq!(redact_url("rediss://app:hunter2@db/"), "rediss://app:***@db/");
+/// assert_eq!(redact_url("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+/// assert_eq!(
+///     redact_url("redis+unix:///run/redis.sock?db=1&pass=hunter2"),
+///     "redis+unix:///run/redis.sock?db=1&pass=***"
+/// );
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(at) => url.split_at(at + 3),
+        None => ("", url),
+    };
+    let mut out = String::with_capacity(url.len());
+    out.push_str(scheme);
+    // The user part ends at the last '@' (a password may hold an unescaped '@' or '/').
+    let rest = match rest.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = rest.split_at(at);
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..colon]);
+                    out.push_str(":***");
+                }
+                None => out.push_str("***"),
+            }
+            host
+        }
+        None => rest,
+    };
+    match rest.find('?') {
+        Some(q) => {
+            out.push_str(&rest[..=q]);
+            let (query, fragment) = match rest[q + 1..].find('#') {
+                Some(h) => rest[q + 1..].split_at(h),
+                None => (&rest[q + 1..], ""),
+            };
+            for (i, pair) in query.split('&').enumerate() {
+                if i > 0 {
+                    out.push('&');
+                }
+                match pair.split_once('=') {
+                    Some((name, _)) if is_secret_param(name) => {
+                        out.push_str(name);
+                        out.push_str("=***");
+                    }
+                    _ => out.push_str(pair),
+                }
+            }
+            out.push_str(fragment);
+        }
+        None => out.push_str(rest),
+    }
+    out
+}
+
+fn is_secret_param(name: &str) -> bool {
+    name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password")
+}
+
+/// The secret parts of a URL (the password, as written and percent-decoded, and secret query
+/// values), to mask in text that might contain them.
+#[derive(Clone, Default)]
+struct Secrets(Vec<String>);
+
+impl Secrets {
+    fn of(url: &str) -> Self {
+        let mut found = Vec::new();
+        let rest = url.find("://").map_or(url, |at| &url[at + 3..]);
+        if let Some(at) = rest.rfind('@') {
+            let userinfo = &rest[..at];
+            // The password, or the whole user part when it has no colon.
+            let password = userinfo.split_once(':').map_or(userinfo, |(_, p)| p);
+            found.push(password.to_string());
+        }
+        if let Some(q) = rest.find('?') {
+            for pair in rest[q + 1..].split(['&', '#']) {
+                if let Some((name, value)) = pair.split_once('=')
+                    && is_secret_param(name)
+                {
+                    found.push(value.to_string());
+                }
+            }
+        }
+        let decoded: Vec<String> = found.iter().map(|s| percent_decode(s)).collect();
+        found.extend(decoded);
+        // Too short to mask without masking everything: a one-character password is not
+        // worth hiding from an error message (and "*" would mangle it).
+        found.retain(|s| s.len() >= 2);
+        found.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        found.dedup();
+        Self(found)
+    }
+
+    /// `text` with every secret replaced by `***`.
+    fn mask(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        for secret in &self.0 {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "***");
+            }
+        }
+        text
+    }
+
+    /// A backend error; if the `redis` crate's error would show a secret (in its `Display`
+    /// or `Debug`), it is replaced by its masked text.
+    fn backend(&self, e: RedisError) -> Error {
+        let shows = |text: String| self.0.iter().any(|s| text.contains(s.as_str()));
+        if shows(e.to_string()) || shows(format!("{e:?}")) {
+            return Error::Backend(Box::new(Masked(self.mask(&e.to_string()))));
+        }
+        backend(e)
+    }
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secrets({} masked)", self.0.len())
+    }
+}
+
+/// `%XX` escapes decoded (invalid ones kept as they are).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(hi), Some(lo)) = (
+                (bytes[i + 1] as char).to_digit(16),
+                (bytes[i + 2] as char).to_digit(16),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A backend error whose text had to be masked (see [`redact_url`]).
+#[derive(Debug)]
+struct Masked(String);
+
+impl fmt::Display for Masked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Masked {}
 
 fn timed_out(deadline: Duration) -> Error {
     let io = std::io::Error::new(
@@ -665,6 +858,37 @@ mod tests {
         assert_eq!(px(Duration::from_micros(10)), Some(1));
         assert_eq!(px(Duration::from_millis(1500)), Some(1500));
         assert_eq!(px(Duration::MAX), Some(MAX_PX_MILLIS));
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        for (url, shown) in [
+            ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+            ("redis://u:p%40ss@h/", "redis://u:***@h/"),
+            ("redis://u:p@ss/w@h/1", "redis://u:***@h/1"),
+            ("redis://secretonly@h", "redis://***@h"),
+            ("redis://h:6379", "redis://h:6379"),
+            (
+                "unix:///s.sock?pass=pw&db=2",
+                "unix:///s.sock?pass=***&db=2",
+            ),
+            (
+                "redis://h/?PASSWORD=pw#frag",
+                "redis://h/?PASSWORD=***#frag",
+            ),
+            ("not a url @ all", "***@ all"),
+            ("", ""),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_masked_decoded_too() {
+        let secrets = Secrets::of("redis://u:p%40ssword@h/?pass=other");
+        let masked = secrets.mask("p%40ssword p@ssword other u h");
+        assert_eq!(masked, "*** *** *** u h");
+        assert!(!format!("{secrets:?}").contains("ssword"));
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! simultaneous entries (live entries plus those awaiting their grace period), and slots are
 //! reused.
 
-use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
+use std::alloc::{Layout, handle_alloc_error};
 use std::ptr;
 
 use super::node::{IDX_MASK, Idx, LIFE_LIVE, MAX_NODES, NIL, Node};
@@ -67,8 +67,9 @@ unsafe impl<K: Send + Sync, V: Send + Sync> Sync for Arena<K, V> {}
 
 impl<K, V> Arena<K, V> {
     /// An arena whose first chunk holds at least `expected` slots; with `huge`, its chunks of
-    /// a huge page or more are advised onto huge pages.
-    pub(crate) fn new(expected: usize, huge: bool) -> Self {
+    /// a huge page or more are advised onto huge pages. `None` if the allocator refused the
+    /// first chunk.
+    pub(crate) fn new(expected: usize, huge: bool) -> Option<Self> {
         // A quarter of slack: shards are not all equally loaded, and a slot stays taken for a
         // grace period after its entry is removed.
         let slack = expected.saturating_add(expected / 4);
@@ -85,8 +86,8 @@ impl<K, V> Arena<K, V> {
             fresh: AtomicU32::new(0),
             free: AtomicU64::new(NIL as u64),
         };
-        arena.first = arena.ensure_chunk(0);
-        arena
+        arena.first = arena.ensure_chunk(0)?;
+        Some(arena)
     }
 
     /// Slots in the first chunk (sized for the shard's expected entries).
@@ -159,7 +160,8 @@ impl<K, V> Arena<K, V> {
     }
 
     /// Takes a free slot: a recycled one if any, else a never-used one. The slot's header is
-    /// initialised and its payload is vacant. `None` when the shard holds [`MAX_NODES`] slots.
+    /// initialised and its payload is vacant. `None` when the shard holds [`MAX_NODES`] slots,
+    /// or needs a new chunk that the allocator refused.
     #[inline]
     pub(crate) fn alloc(&self) -> Option<Idx> {
         // Acquire: pairs with the Release CAS in `release`, so that the previous occupant's
@@ -199,6 +201,11 @@ impl<K, V> Arena<K, V> {
             if fresh >= MAX_NODES {
                 return None;
             }
+            // The slot's chunk exists before the slot is handed out: an index below `fresh`
+            // always has its memory (`drop` and `node` rely on it), even when an allocation
+            // fails.
+            let (chunk, _) = self.locate(fresh);
+            self.ensure_chunk(chunk)?;
             match self.fresh.compare_exchange_weak(
                 fresh,
                 fresh + 1,
@@ -211,7 +218,10 @@ impl<K, V> Arena<K, V> {
         }
         let idx = fresh;
         let (chunk, offset) = self.locate(idx);
-        let base = self.ensure_chunk(chunk);
+        // Acquire: pairs with the Release CAS that installed the chunk (ensured above, by us or
+        // by the thread whose chunk won; chunks are never freed before the arena).
+        let base = self.chunks[chunk].load(Ordering::Acquire);
+        debug_assert!(!base.is_null());
         // SAFETY: `offset` is inside the chunk; slot `idx` was never handed out before (the
         // counter is monotonic), so no one else accesses this memory, and it holds no value
         // to drop.
@@ -219,17 +229,20 @@ impl<K, V> Arena<K, V> {
         Some(idx)
     }
 
-    fn ensure_chunk(&self, chunk: usize) -> *mut Node<K, V> {
+    /// Chunk `chunk`, allocated and installed if it is not yet; `None` if the allocator
+    /// refused the memory.
+    fn ensure_chunk(&self, chunk: usize) -> Option<*mut Node<K, V>> {
         // Acquire: pairs with the Release CAS below (by whichever thread installed the chunk).
         let cur = self.chunks[chunk].load(Ordering::Acquire);
         if !cur.is_null() {
-            return cur;
+            return Some(cur);
         }
         let layout = self.chunk_layout(chunk);
-        // SAFETY: the layout has a non-zero size (a node has a 16-byte header).
-        let fresh = unsafe { alloc(layout) } as *mut Node<K, V>;
+        // SAFETY: the layout has a non-zero size (a node has a 16-byte header); freed with it,
+        // below or in `drop`.
+        let fresh = unsafe { pages::alloc(layout, false) } as *mut Node<K, V>;
         if fresh.is_null() {
-            handle_alloc_error(layout);
+            return None;
         }
         pages::advise(fresh.cast(), layout);
         // Release on success: publishes the allocation to every thread that later loads the
@@ -240,11 +253,11 @@ impl<K, V> Arena<K, V> {
             Ordering::Release,
             Ordering::Acquire,
         ) {
-            Ok(_) => fresh,
+            Ok(_) => Some(fresh),
             Err(winner) => {
                 // SAFETY: `fresh` was allocated above with this layout and never shared.
-                unsafe { dealloc(fresh as *mut u8, layout) };
-                winner
+                unsafe { pages::dealloc(fresh as *mut u8, layout) };
+                Some(winner)
             }
         }
     }
@@ -424,13 +437,14 @@ impl Column {
         let layout = self.layout(chunk);
         let len = (1usize << self.first_shift) << chunk;
         #[cfg(not(loom))]
-        // SAFETY: non-zero size. All-zero bytes are a valid `AtomicU64` holding 0, so zeroed
-        // memory is initialised (and its pages are committed only when written).
-        let fresh = unsafe { std::alloc::alloc_zeroed(layout) } as *mut AtomicU64;
+        // SAFETY: non-zero size; freed in `drop` with this layout. All-zero bytes are a valid
+        // `AtomicU64` holding 0, so zeroed memory is initialised (and its pages are committed
+        // only when written).
+        let fresh = unsafe { pages::alloc(layout, true) } as *mut AtomicU64;
         #[cfg(loom)]
         // SAFETY: non-zero size; every element is initialised below (loom's atomics are objects
         // that must be constructed).
-        let fresh = unsafe { alloc(layout) } as *mut AtomicU64;
+        let fresh = unsafe { pages::alloc(layout, false) } as *mut AtomicU64;
         if fresh.is_null() {
             handle_alloc_error(layout);
         }
@@ -452,7 +466,7 @@ impl Column {
             Ok(_) => fresh,
             Err(winner) => {
                 // SAFETY: allocated above with this layout and never shared.
-                unsafe { dealloc(fresh as *mut u8, layout) };
+                unsafe { pages::dealloc(fresh as *mut u8, layout) };
                 winner
             }
         }
@@ -470,8 +484,8 @@ impl Drop for Column {
                     // SAFETY: initialised (see `install`); no other access remains.
                     unsafe { ptr::drop_in_place(base.add(i)) };
                 }
-                // SAFETY: allocated in `install` with this layout.
-                unsafe { dealloc(base as *mut u8, self.layout(chunk)) };
+                // SAFETY: allocated in `install` with this layout, freed once (`&mut self`).
+                unsafe { pages::dealloc(base as *mut u8, self.layout(chunk)) };
             }
         }
     }
@@ -491,13 +505,16 @@ impl<K, V> Drop for Arena<K, V> {
             let start = (len - (1 << self.first_shift)) as u64;
             let used = (allocated as u64).saturating_sub(start).min(len as u64) as usize;
             for offset in 0..used {
-                // SAFETY: slots below `allocated` have initialised headers; every payload has
-                // been dropped by now (see `drop_live_payloads` and `release`), so dropping
-                // the header (its atomics) is all that is left.
+                // SAFETY: slots below `allocated` have initialised headers, in this chunk.
+                let node = unsafe { &*base.add(offset) };
+                // The chunk goes back to the allocator whole (ASan builds: see `Node::poison_payload`).
+                node.unpoison_payload();
+                // SAFETY: every payload has been dropped by now (see `drop_live_payloads` and
+                // `release`), so dropping the header (its atomics) is all that is left.
                 unsafe { ptr::drop_in_place(base.add(offset)) };
             }
-            // SAFETY: allocated in `ensure_chunk` with this layout.
-            unsafe { dealloc(base as *mut u8, self.chunk_layout(chunk)) };
+            // SAFETY: allocated in `ensure_chunk` with this layout, freed once (`&mut self`).
+            unsafe { pages::dealloc(base as *mut u8, self.chunk_layout(chunk)) };
         }
     }
 }
@@ -509,27 +526,33 @@ mod tests {
     /// A first chunk of a huge page or more is huge-page aligned and, on Linux, carries the
     /// MADV_HUGEPAGE advice (the `hg` flag of its mapping); without `huge` it carries neither.
     #[test]
+    #[cfg(not(miri))]
     fn large_chunks_are_advised_onto_huge_pages() {
         // 2^17 slots of 32 bytes: a 4 MiB first chunk.
         let entries = 100_000;
-        let advised: Arena<u64, u64> = Arena::new(entries, true);
-        let plain: Arena<u64, u64> = Arena::new(entries, false);
+        let advised: Arena<u64, u64> = Arena::new(entries, true).unwrap();
+        let plain: Arena<u64, u64> = Arena::new(entries, false).unwrap();
         assert_eq!(advised.first as usize % pages::HUGE_PAGE, 0);
         #[cfg(target_os = "linux")]
         {
             assert!(pages::tests::advised(advised.first as usize));
             assert!(!pages::tests::advised(plain.first as usize));
         }
-        let small: Arena<u64, u64> = Arena::new(100, true);
+        let small: Arena<u64, u64> = Arena::new(100, true).unwrap();
         assert_eq!(small.chunk_layout(0).align(), CHUNK_ALIGN);
     }
 
     #[test]
     fn locate_is_dense_and_geometric() {
-        for expected_entries in [0, 31, 32, 33, 1000, 1 << 20] {
-            let arena: Arena<u64, u64> = Arena::new(expected_entries, false);
+        let (sizes, indices): (&[usize], u32) = if cfg!(miri) {
+            (&[0, 31, 32, 33, 1000], 300)
+        } else {
+            (&[0, 31, 32, 33, 1000, 1 << 20], 10_000)
+        };
+        for &expected_entries in sizes {
+            let arena: Arena<u64, u64> = Arena::new(expected_entries, false).unwrap();
             let mut expected = (0usize, 0usize);
-            for idx in 0..10_000u32 {
+            for idx in 0..indices {
                 let got = arena.locate(idx);
                 assert_eq!(got, expected, "idx {idx}");
                 expected.1 += 1;
@@ -549,8 +572,13 @@ mod tests {
     #[test]
     fn nodes_never_straddle_a_cache_line() {
         assert_eq!(std::mem::size_of::<Node<u64, u64>>(), 32);
-        for expected_entries in [0, 1000, 100_000] {
-            let arena: Arena<u64, u64> = Arena::new(expected_entries, false);
+        let sizes: &[usize] = if cfg!(miri) {
+            &[0, 100]
+        } else {
+            &[0, 1000, 100_000]
+        };
+        for &expected_entries in sizes {
+            let arena: Arena<u64, u64> = Arena::new(expected_entries, false).unwrap();
             for _ in 0..(expected_entries * 2).max(300) {
                 let idx = arena.alloc().unwrap();
                 let start = arena.node(idx) as *const Node<u64, u64> as usize;
@@ -566,7 +594,7 @@ mod tests {
 
     #[test]
     fn slots_beyond_the_first_chunk() {
-        let arena: Arena<u64, u64> = Arena::new(0, false);
+        let arena: Arena<u64, u64> = Arena::new(0, false).unwrap();
         let idx: Vec<u32> = (0..200).map(|_| arena.alloc().unwrap()).collect();
         for (i, &x) in idx.iter().enumerate() {
             // SAFETY: private slots.
@@ -585,7 +613,7 @@ mod tests {
 
     #[test]
     fn alloc_release_reuses_slots() {
-        let arena: Arena<u64, String> = Arena::new(0, false);
+        let arena: Arena<u64, String> = Arena::new(0, false).unwrap();
         let a = arena.alloc().unwrap();
         let b = arena.alloc().unwrap();
         assert_ne!(a, b);
@@ -601,11 +629,60 @@ mod tests {
         assert_eq!(arena.allocated(), 2);
     }
 
+    /// AddressSanitizer builds (`scripts/sanitizers.sh`): a released slot's payload is
+    /// poisoned until the slot is taken and filled again, so a stale access to a recycled
+    /// slot is reported (the slot never goes back to the allocator, whose own poisoning would
+    /// otherwise catch it).
+    #[cfg(evanesce_asan)]
+    #[test]
+    fn a_released_payload_is_poisoned_until_taken_again() {
+        let arena: Arena<u64, String> = Arena::new(0, false).unwrap();
+        let a = arena.alloc().unwrap();
+        // SAFETY: private slot, initialised once and released once.
+        unsafe {
+            arena.node(a).init(1, 0, 1, "a".into());
+            assert!(!arena.node(a).payload_poisoned());
+            arena.release(a);
+        }
+        assert!(arena.node(a).payload_poisoned());
+        let batch: Vec<u32> = (0..3).map(|_| arena.alloc().unwrap()).collect();
+        assert_eq!(batch[0], a);
+        // SAFETY: private slots, initialised once and released once.
+        unsafe {
+            for &x in &batch {
+                arena.node(x).init(0, 0, u64::from(x), format!("v{x}"));
+                assert!(!arena.node(x).payload_poisoned());
+            }
+            arena.release_all(&batch);
+        }
+        assert!(batch.iter().all(|&x| arena.node(x).payload_poisoned()));
+    }
+
+    /// The death test behind the one above: reading a released slot's payload is reported by
+    /// AddressSanitizer (`scripts/sanitizers.sh` runs it and expects `use-after-poison`).
+    #[cfg(evanesce_asan)]
+    #[test]
+    #[ignore = "a death test: scripts/sanitizers.sh runs it and expects ASan's report"]
+    fn a_stale_read_of_a_recycled_slot_is_reported() {
+        let arena: Arena<u64, String> = Arena::new(0, false).unwrap();
+        let a = arena.alloc().unwrap();
+        // SAFETY: private slot, initialised once and released once. The read after the
+        // release is the bug this test plants on purpose: ASan stops the process there.
+        let len = unsafe {
+            arena.node(a).init(1, 0, 1, "a".into());
+            arena.release(a);
+            arena
+                .node(a)
+                .with_payload(|_, v| std::ptr::read_volatile(&v.len()))
+        };
+        panic!("the stale read was not reported (it read a length of {len})");
+    }
+
     /// A batch goes back whole: every payload is dropped once, every slot is handed out
     /// again (in batch order, ahead of what was free before), and no fresh slot is needed.
     #[test]
     fn a_released_batch_is_reused_whole() {
-        let arena: Arena<u64, String> = Arena::new(0, false);
+        let arena: Arena<u64, String> = Arena::new(0, false).unwrap();
         let lone = arena.alloc().unwrap();
         let batch: Vec<u32> = (0..70).map(|_| arena.alloc().unwrap()).collect();
         // SAFETY: private slots, initialised once, released once below.

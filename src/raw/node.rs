@@ -62,6 +62,19 @@ use std::mem::MaybeUninit;
 
 use crate::sync::{AtomicU8, AtomicU32, AtomicU64, Ordering, UnsafeCell};
 
+/// AddressSanitizer's manual poisoning interface (the runtime provides these in sanitizer
+/// builds; see `Node::poison_payload`).
+#[cfg(evanesce_asan)]
+mod asan {
+    use std::ffi::c_void;
+    unsafe extern "C" {
+        pub(super) fn __asan_poison_memory_region(addr: *const c_void, size: usize);
+        pub(super) fn __asan_unpoison_memory_region(addr: *const c_void, size: usize);
+        #[cfg(test)]
+        pub(super) fn __asan_address_is_poisoned(addr: *const c_void) -> std::ffi::c_int;
+    }
+}
+
 /// Index of a node in its shard's arena.
 pub(crate) type Idx = u32;
 
@@ -130,6 +143,7 @@ impl<K, V> Node<K, V> {
     /// The caller owns the slot: it was just popped from the arena, nothing else references
     /// it, and its payload is not initialised.
     pub(crate) unsafe fn init(&self, tag: u16, deadline: u64, key: K, value: V) {
+        self.unpoison_payload();
         // Relaxed: the node is private; these stores are published by the Release CAS that
         // links the node (rule 2).
         self.deadline.store(deadline, Ordering::Relaxed);
@@ -173,6 +187,42 @@ impl<K, V> Node<K, V> {
             unsafe { (*p).assume_init_drop() };
         });
         self.set_life(LIFE_FREE);
+        self.poison_payload();
+    }
+
+    /// In AddressSanitizer builds (`--cfg evanesce_asan`, see `scripts/sanitizers.sh`): marks
+    /// the payload of a free slot as unaddressable, so that a stale access to a recycled slot
+    /// (which goes back to the arena's free list, never to the allocator) is reported as
+    /// `use-after-poison`. The header stays addressable: the free list's link lives in `next`,
+    /// and the maintainer may read a stale index's flags by design. Nothing otherwise.
+    #[inline(always)]
+    pub(crate) fn poison_payload(&self) {
+        #[cfg(evanesce_asan)]
+        self.payload.with(|p| {
+            // SAFETY: the range is this slot's payload, inside a live arena chunk; poisoning
+            // only changes ASan's shadow memory.
+            unsafe { asan::__asan_poison_memory_region(p.cast(), std::mem::size_of::<(K, V)>()) }
+        });
+    }
+
+    /// Undoes [`poison_payload`](Self::poison_payload) (when a slot is taken again, and before
+    /// its chunk is freed).
+    #[inline(always)]
+    pub(crate) fn unpoison_payload(&self) {
+        #[cfg(evanesce_asan)]
+        self.payload.with(|p| {
+            // SAFETY: as in `poison_payload`.
+            unsafe { asan::__asan_unpoison_memory_region(p.cast(), std::mem::size_of::<(K, V)>()) }
+        });
+    }
+
+    /// Whether the payload is poisoned (AddressSanitizer builds only; for tests).
+    #[cfg(all(test, evanesce_asan))]
+    pub(crate) fn payload_poisoned(&self) -> bool {
+        self.payload.with(|p| {
+            // SAFETY: queries ASan's shadow memory only.
+            unsafe { asan::__asan_address_is_poisoned(p.cast()) != 0 }
+        })
     }
 
     /// The chain tag (16 bits of the key's hash).

@@ -11,8 +11,133 @@
 //! The cost is residency in 2 MiB steps: a huge page is committed on its first touch. Arena
 //! chunks fill from their start, so a chunk holds at most one partly used huge page; tables
 //! are written whole when created. `CacheBuilder::huge_pages(false)` turns the advice off.
+//!
+//! Allocations of at least [`MAP_MIN`] bytes are mapped from the kernel directly ([`alloc`],
+//! [`dealloc`]) on Linux: freeing one gives its memory back to the system at once. Through the
+//! C allocator, a freed table of a growth stayed resident (glibc raises its mapping threshold
+//! after such a free, and serves later large requests from a heap it does not shrink), which
+//! cost a cache that grew to a million entries about 5 bytes per entry.
 
 use std::alloc::Layout;
+
+/// Smallest allocation mapped from the kernel directly (where that is done at all).
+pub(crate) const MAP_MIN: usize = 256 << 10;
+
+/// Whether allocations of `layout` are mapped from the kernel directly.
+fn mapped(layout: Layout) -> bool {
+    // Not in AddressSanitizer builds: the allocator's memory is what ASan tracks.
+    cfg!(all(
+        target_os = "linux",
+        not(loom),
+        not(miri),
+        not(evanesce_asan)
+    )) && layout.size() >= MAP_MIN
+}
+
+/// Allocates `layout` (zeroed if `zeroed`); null if the system refused. Large layouts (see
+/// [`MAP_MIN`]) are fresh anonymous mappings, which are zeroed anyway.
+///
+/// # Safety
+/// `layout` has a non-zero size; the memory is freed only with [`dealloc`] and this layout.
+pub(crate) unsafe fn alloc(layout: Layout, zeroed: bool) -> *mut u8 {
+    if mapped(layout) {
+        return map(layout);
+    }
+    if zeroed {
+        // SAFETY: non-zero size (contract).
+        unsafe { std::alloc::alloc_zeroed(layout) }
+    } else {
+        // SAFETY: non-zero size (contract).
+        unsafe { std::alloc::alloc(layout) }
+    }
+}
+
+/// Frees memory from [`alloc`].
+///
+/// # Safety
+/// `ptr` came from [`alloc`] with `layout`, is not null, and is freed once; nothing uses it
+/// afterwards.
+pub(crate) unsafe fn dealloc(ptr: *mut u8, layout: Layout) {
+    if mapped(layout) {
+        #[cfg(all(target_os = "linux", not(loom), not(miri)))]
+        // SAFETY: `map` mapped exactly `rounded(layout.size())` bytes at `ptr` (contract); the
+        // range is unmapped once and nothing refers to it any more.
+        unsafe {
+            libc::munmap(ptr.cast(), rounded(layout.size()));
+        }
+        return;
+    }
+    // SAFETY: allocated by the global allocator with this layout (contract).
+    unsafe { std::alloc::dealloc(ptr, layout) }
+}
+
+/// Gives the C allocator's free pages back to the system, where that allocator keeps them
+/// (glibc). Called when a growth ends: its bookkeeping (the recorded chains, a few hundred
+/// kilobytes to megabytes) was freed into the allocator's heap, where glibc keeps it resident
+/// once an earlier free has raised its mapping threshold; a cache that grew to a million
+/// entries kept about 5 bytes per entry that way. A growth ends a few dozen times in a
+/// cache's life at most, and trimming walks only the allocator's free lists.
+pub(crate) fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu", not(loom), not(miri)))]
+    // SAFETY: `malloc_trim` only returns free memory of the allocator to the system; it
+    // touches no memory in use and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// `size` rounded up to whole small pages.
+#[cfg(all(target_os = "linux", not(loom), not(miri)))]
+fn rounded(size: usize) -> usize {
+    const PAGE: usize = 4096;
+    size.div_ceil(PAGE) * PAGE
+}
+
+/// Maps `layout.size()` bytes aligned to `layout.align()` (a mapping is page-aligned; a larger
+/// alignment is had by mapping more and unmapping the excess on both sides). Null if refused.
+#[cfg(all(target_os = "linux", not(loom), not(miri)))]
+fn map(layout: Layout) -> *mut u8 {
+    let size = rounded(layout.size());
+    let extra = layout.align().saturating_sub(4096);
+    let Some(total) = size.checked_add(extra) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: an anonymous private mapping at an address of the kernel's choosing; it touches
+    // no memory of ours.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            total,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return std::ptr::null_mut();
+    }
+    let start = base as usize;
+    let aligned = start.next_multiple_of(layout.align().max(4096));
+    let head = aligned - start;
+    let tail = total - head - size;
+    // SAFETY: both ranges are page-aligned parts of the mapping just made, outside the
+    // `size` bytes kept at `aligned`, and nothing refers to them.
+    unsafe {
+        if head > 0 {
+            libc::munmap(base, head);
+        }
+        if tail > 0 {
+            libc::munmap((aligned + size) as *mut libc::c_void, tail);
+        }
+    }
+    aligned as *mut u8
+}
+
+#[cfg(not(all(target_os = "linux", not(loom), not(miri))))]
+fn map(_layout: Layout) -> *mut u8 {
+    unreachable!("mapped() is false off Linux")
+}
 
 /// Size of a transparent huge page on x86-64 and most 64-bit Linux configurations.
 pub(crate) const HUGE_PAGE: usize = 2 << 20;
@@ -37,7 +162,7 @@ pub(crate) fn advise(ptr: *mut u8, layout: Layout) {
     }
     // Whole huge pages only: the advice never reaches memory past the allocation.
     let len = layout.size() & !(HUGE_PAGE - 1);
-    #[cfg(all(target_os = "linux", not(loom)))]
+    #[cfg(all(target_os = "linux", not(loom), not(miri)))]
     {
         // MADV_HUGEPAGE changes neither the contents nor the validity of the range, only how
         // the kernel may back it; advice taken or not is fine, so the result is ignored.
@@ -46,13 +171,13 @@ pub(crate) fn advise(ptr: *mut u8, layout: Layout) {
             libc::madvise(ptr.cast::<libc::c_void>(), len, libc::MADV_HUGEPAGE);
         }
     }
-    #[cfg(not(all(target_os = "linux", not(loom))))]
+    #[cfg(not(all(target_os = "linux", not(loom), not(miri))))]
     {
         let _ = (ptr, len);
     }
 }
 
-#[cfg(all(test, target_os = "linux", not(loom)))]
+#[cfg(all(test, target_os = "linux", not(loom), not(miri)))]
 pub(crate) mod tests {
     /// The `VmFlags` line of the mapping of `/proc/self/smaps` that contains `addr`.
     pub(crate) fn vm_flags(addr: usize) -> Option<String> {

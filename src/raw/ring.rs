@@ -199,11 +199,12 @@ mod tests {
     #[test]
     fn concurrent_producers_lose_nothing() {
         let ring = std::sync::Arc::new(Ring::new(64));
+        let per: u32 = if cfg!(miri) { 200 } else { 10_000 };
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let ring = ring.clone();
                 std::thread::spawn(move || {
-                    for i in 0..10_000u32 {
+                    for i in 0..per {
                         let mut e = ev(t * 100_000 + i);
                         loop {
                             match ring.push(e) {
@@ -220,7 +221,7 @@ mod tests {
             .collect();
         let mut seen = [0u32; 4];
         let mut got = 0;
-        while got < 40_000 {
+        while got < 4 * per {
             if let Some(e) = ring.pop() {
                 let t = (e.idx / 100_000) as usize;
                 assert_eq!(e.idx % 100_000, seen[t], "per-producer order");

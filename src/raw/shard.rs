@@ -127,10 +127,13 @@ where
     K: Eq + std::hash::Hash + Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
-    pub(crate) fn new(buckets: usize, entries: usize, ring: usize, huge: bool) -> Self {
-        let arena = Arena::new(entries, huge);
-        Self {
-            table: AtomicUsize::new(new_table(buckets, NIL, huge)),
+    /// A shard with `buckets` buckets and room for `entries` nodes in its first chunk; `None`
+    /// if the allocator refused the memory.
+    pub(crate) fn new(buckets: usize, entries: usize, ring: usize, huge: bool) -> Option<Self> {
+        let arena = Arena::new(entries, huge)?;
+        let table = new_table(buckets, NIL, huge)?;
+        Some(Self {
+            table: AtomicUsize::new(table),
             old: AtomicUsize::new(0),
             lifetime: Column::new(&arena),
             cap: Column::new(&arena),
@@ -141,7 +144,7 @@ where
             maint: TryLock::new(Maint::default()),
             live: CachePadded::new(AtomicI64::new(0)),
             next_expiry: CachePadded::new(AtomicU64::new(NEVER)),
-        }
+        })
     }
 
     /// The current table.
@@ -1041,16 +1044,22 @@ where
 
     /// Publishes a table of `len` buckets, a power-of-two multiple of the current table's
     /// (called by the maintainer, see "Growing").
-    pub(super) fn publish_larger(&self, len: usize, guard: &Guard) {
+    /// Publishes a table of `len` buckets in front of the current one (which becomes the old
+    /// table). False, changing nothing, if the allocator refused the memory: the shard then
+    /// keeps its table (longer chains, never an abort) and a later pass tries again.
+    pub(super) fn publish_larger(&self, len: usize, guard: &Guard) -> bool {
         let current = self.current(guard);
+        debug_assert!(len > current.len() && len.is_power_of_two());
+        let Some(table) = new_table(len, UNINIT, self.arena.huge()) else {
+            return false;
+        };
         // Release: the old table stays reachable for readers of uninitialised buckets; pairs
         // with the Acquire in `old_table`. Stored before the new table is published, so anyone
         // who sees the new table sees its old one.
         self.old.store(current.word(), Ordering::Release);
         // Release: publishes the new table; pairs with the Acquire loads in `current`.
-        debug_assert!(len > current.len() && len.is_power_of_two());
-        self.table
-            .store(new_table(len, UNINIT, self.arena.huge()), Ordering::Release);
+        self.table.store(table, Ordering::Release);
+        true
     }
 }
 

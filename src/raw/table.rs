@@ -13,7 +13,7 @@
 //! of the size whose buckets start as [`UNINIT`](super::node::UNINIT) and are split lazily off
 //! the old table's chains (see "Growing" in `shard.rs`).
 
-use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
+use std::alloc::{Layout, handle_alloc_error};
 use std::marker::PhantomData;
 
 use super::pages;
@@ -56,14 +56,15 @@ fn layout(len: usize) -> Layout {
 
 /// Allocates a table of `len` (a power of two, at most 2^31) buckets, all set to `fill`, and
 /// returns its tagged word; with `huge`, a table of a huge page or more is advised onto huge
-/// pages. The caller owns it until it publishes it.
-pub(crate) fn new_table(len: usize, fill: u32, huge: bool) -> usize {
+/// pages. The caller owns it until it publishes it. `None` if the allocator refused the memory
+/// (the caller reports it, or does without the larger table): never an abort.
+pub(crate) fn new_table(len: usize, fill: u32, huge: bool) -> Option<usize> {
     debug_assert!(len.is_power_of_two() && len <= 1 << 31);
     let layout = layout(len);
-    // SAFETY: the layout has a non-zero size (len >= 1).
-    let base = unsafe { alloc(layout) } as *mut AtomicU32;
+    // SAFETY: the layout has a non-zero size (len >= 1); freed by `free_table` with it.
+    let base = unsafe { pages::alloc(layout, false) } as *mut AtomicU32;
     if base.is_null() {
-        handle_alloc_error(layout);
+        return None;
     }
     if huge {
         pages::advise(base.cast(), layout);
@@ -72,7 +73,7 @@ pub(crate) fn new_table(len: usize, fill: u32, huge: bool) -> usize {
         // SAFETY: `i < len`, inside the allocation; the memory is uninitialised, so `write`.
         unsafe { base.add(i).write(AtomicU32::new(fill)) };
     }
-    base as usize | len.trailing_zeros() as usize
+    Some(base as usize | len.trailing_zeros() as usize)
 }
 
 /// Frees a table made by [`new_table`].
@@ -91,8 +92,8 @@ pub(crate) unsafe fn free_table(word: usize) {
         // SAFETY: initialised by `new_table`, and no one else accesses it (contract above).
         unsafe { std::ptr::drop_in_place(base.add(i)) };
     }
-    // SAFETY: allocated by `new_table` with this layout.
-    unsafe { dealloc(base as *mut u8, layout(len)) };
+    // SAFETY: allocated by `new_table` with this layout, freed once (contract).
+    unsafe { pages::dealloc(base as *mut u8, layout(len)) };
 }
 
 /// A borrowed table, valid for `'g` (the guard under which its word was loaded).
@@ -154,7 +155,7 @@ impl<'g> Table<'g> {
     }
 }
 
-#[cfg(all(test, target_os = "linux", not(loom)))]
+#[cfg(all(test, target_os = "linux", not(loom), not(miri)))]
 mod tests {
     use super::*;
     use crate::raw::node::NIL;
@@ -163,8 +164,8 @@ mod tests {
     #[test]
     fn large_tables_are_advised_onto_huge_pages() {
         // 2^20 buckets: 4 MiB.
-        let advised = new_table(1 << 20, NIL, true);
-        let plain = new_table(1 << 20, NIL, false);
+        let advised = new_table(1 << 20, NIL, true).unwrap();
+        let plain = new_table(1 << 20, NIL, false).unwrap();
         for word in [advised, plain] {
             assert_eq!((word & !SHIFT_BITS) % pages::HUGE_PAGE, 0);
         }

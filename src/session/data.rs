@@ -149,16 +149,22 @@ impl Cookie {
     }
 
     /// A cookie that expires `max_age` after `now`: `originalMaxAge` in milliseconds and
-    /// `expires` as an ISO-8601 date, as express-session writes them.
+    /// `expires` as an ISO-8601 date, as express-session writes them. An absurdly long
+    /// `max_age` (`Duration::MAX`) saturates: `expires` is the last date the format holds,
+    /// `9999-12-31T23:59:59.999Z` (express-session's own cap), never a date that wrapped.
     pub fn expiring_in(max_age: Duration, now: SystemTime) -> Self {
         Self::new().with_max_age(max_age, now)
     }
 
-    /// Sets `originalMaxAge` to `max_age` and `expires` to `now + max_age`.
+    /// Sets `originalMaxAge` to `max_age` and `expires` to `now + max_age`, saturating at
+    /// the last date the format holds (`9999-12-31T23:59:59.999Z`).
     pub fn with_max_age(mut self, max_age: Duration, now: SystemTime) -> Self {
         let millis = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
         self.0.insert("originalMaxAge".into(), Value::from(millis));
-        let expires = now.checked_add(max_age).unwrap_or(now);
+        // Saturate, never wrap: past what SystemTime holds is the latest date there is.
+        let expires = now
+            .checked_add(max_age)
+            .map_or_else(latest, |t| t.min(latest()));
         self.with_expires(expires)
     }
 
@@ -287,25 +293,38 @@ impl From<Cookie> for Value {
     }
 }
 
-/// Parses an RFC 3339 date (what `Date.toISOString()` and `JSON.stringify(date)` write).
+/// 9999-12-31T23:59:59.999Z in milliseconds since the epoch: the last date
+/// `Date.toISOString()` writes with four digits, and express-session's own cap.
+const MAX_MILLIS: i128 = 253_402_300_799_999;
+
+/// The latest `expires` written: [`MAX_MILLIS`] (which every platform's `SystemTime` holds).
+fn latest() -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(MAX_MILLIS as u64)
+}
+
+/// Parses an RFC 3339 date (what `Date.toISOString()` and `JSON.stringify(date)` write), to
+/// the nanosecond, over the whole range the format has (years 0000 to 9999: a date as
+/// seconds and nanoseconds, which never overflow, where a count of nanoseconds in a `u64`
+/// stopped at 2554).
 fn parse_iso8601(s: &str) -> Option<SystemTime> {
     let date =
         time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    let nanos = date.unix_timestamp_nanos();
-    if nanos >= 0 {
-        let nanos = u64::try_from(nanos).ok()?;
-        UNIX_EPOCH.checked_add(Duration::from_nanos(nanos))
+    let secs = date.unix_timestamp();
+    let nanos = Duration::from_nanos(u64::from(date.nanosecond()));
+    if secs >= 0 {
+        UNIX_EPOCH
+            .checked_add(Duration::from_secs(secs.unsigned_abs()))?
+            .checked_add(nanos)
     } else {
-        let nanos = u64::try_from(-nanos).ok()?;
-        UNIX_EPOCH.checked_sub(Duration::from_nanos(nanos))
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(secs.unsigned_abs()))?
+            .checked_add(nanos)
     }
 }
 
 /// Formats like `Date.toISOString()`: `YYYY-MM-DDTHH:MM:SS.mmmZ`, clamped to the years
 /// 0000..=9999 that format can express.
 fn format_iso8601(t: SystemTime) -> String {
-    /// 9999-12-31T23:59:59.999Z in milliseconds since the epoch.
-    const MAX_MILLIS: i128 = 253_402_300_799_999;
     /// 0000-01-01T00:00:00.000Z in milliseconds since the epoch.
     const MIN_MILLIS: i128 = -62_167_219_200_000;
     let millis = match t.duration_since(UNIX_EPOCH) {

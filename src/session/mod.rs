@@ -53,6 +53,7 @@
 //!   (so a `touch` can never undo a concurrent `destroy` or lose a concurrent `set`).
 
 mod data;
+mod seal;
 mod serializer;
 mod snapshot;
 mod store;
@@ -60,9 +61,12 @@ mod store;
 use std::fmt;
 
 pub use data::{Cookie, Session, SessionData};
+pub use seal::{KeyError, SealError, Sealed, SealingKey};
 pub use serializer::{JsonSerializer, Serializer};
-pub use snapshot::{SNAPSHOT_VERSION, SnapshotError};
-pub use store::{DisposeFn, Ids, MemoryStore, MemoryStoreBuilder, Options, TtlFn};
+pub use snapshot::{MAX_SNAPSHOT_LEN, SNAPSHOT_VERSION, SnapshotError};
+pub use store::{
+    DisposeFn, Ids, MIN_CHECK_PERIOD, MemoryStore, MemoryStoreBuilder, Options, TtlFn,
+};
 
 pub use crate::RemovalCause;
 

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use quanta::Clock;
 
 use super::snapshot::{self, SnapshotError};
-use super::{Error, JsonSerializer, Serializer, SessionData};
+use super::{Error, JsonSerializer, SealingKey, Serializer, SessionData};
 use crate::sweeper::Sweeper;
 use crate::sync::{Arc, AtomicBool, Mutex, MutexGuard, Ordering, Weak, lock};
 use crate::{Cache, RemovalCause, Stats};
@@ -16,6 +16,11 @@ use crate::{Cache, RemovalCause, Stats};
 /// Writer locks per store (`set`, `touch`, `destroy` of one id are serialized; ids spread
 /// over the stripes by hash).
 const STRIPES: usize = 64;
+
+/// The shortest [`check_period`](MemoryStoreBuilder::check_period) accepted: a sweeper that
+/// runs more often than this burns a core for nothing (expiry does not depend on it). The
+/// engine's own floor ([`crate::MIN_CHECK_PERIOD`]).
+pub use crate::builder::MIN_CHECK_PERIOD;
 
 /// The `ttl_fn` option: a session's lifetime from the session and its id.
 pub type TtlFn<T> = dyn Fn(&T, &str) -> Duration + Send + Sync + 'static;
@@ -72,6 +77,9 @@ pub struct Options {
     pub snapshot_file: Option<PathBuf>,
     /// How often the snapshot file is saved in the background, if at all.
     pub snapshot_every: Option<Duration>,
+    /// Whether snapshots are sealed with a [`snapshot_key`](MemoryStoreBuilder::snapshot_key)
+    /// (the key itself is not kept here).
+    pub snapshot_sealed: bool,
 }
 
 /// Builds a [`MemoryStore`]; see [`MemoryStore::builder`]. Every option is memorystore's
@@ -82,6 +90,7 @@ pub struct MemoryStoreBuilder<Z: Serializer = JsonSerializer> {
     ttl_fn: Option<Arc<TtlFn<Z::Session>>>,
     dispose: Option<Arc<DisposeFn<Z::Session>>>,
     clock: Option<Clock>,
+    snapshot_key: Option<SealingKey>,
     /// Options tied to the session type that a later `serializer` call discarded.
     discarded: Vec<&'static str>,
 }
@@ -102,6 +111,7 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
             ttl_fn: None,
             dispose: None,
             clock: None,
+            snapshot_key: None,
             discarded: Vec::new(),
         }
     }
@@ -109,7 +119,8 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
     /// Runs a background sweeper every `period` that removes expired sessions
     /// ([`prune`](MemoryStore::prune)). Expiry does not depend on it (the engine reclaims
     /// expired sessions as writes happen); it covers a store that nobody writes to. The
-    /// thread holds only a weak reference: dropping the store stops it.
+    /// thread holds only a weak reference: dropping the store stops it. A period below
+    /// [`MIN_CHECK_PERIOD`] (1 ms) is refused by [`build`](Self::build).
     pub fn check_period(mut self, period: Duration) -> Self {
         self.options.check_period = Some(period);
         self
@@ -189,11 +200,15 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
     }
 
     /// Keeps the sessions in `path` across restarts (not a memorystore option): `build`
-    /// loads the snapshot there if the file exists (sessions that expired meanwhile are
-    /// skipped; a damaged file makes `build` fail with [`Error::Snapshot`] rather than start
-    /// empty and overwrite it), and the store saves it when its last handle is dropped (a
-    /// graceful shutdown). See [`MemoryStore::save_snapshot`] for the format and its
-    /// guarantees.
+    /// checks that a snapshot can be written in `path`'s directory (it creates and removes a
+    /// temporary file there; [`SnapshotError::DirectoryNotWritable`] if it cannot), loads the
+    /// snapshot at `path` if the file exists (sessions that expired meanwhile are skipped; an
+    /// empty file is "no sessions yet"; a damaged, untrusted or wrongly keyed file makes
+    /// `build` fail with [`Error::Snapshot`] rather than start empty and overwrite it), and
+    /// the store saves it when its last handle is dropped. A drop cannot report an error: at
+    /// a graceful shutdown call [`MemoryStore::close`], which saves and says whether it
+    /// could. See [`MemoryStore::save_snapshot`] and [`MemoryStore::load_snapshot`] for the
+    /// format and the checks.
     pub fn snapshot_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.options.snapshot_file = Some(path.into());
         self
@@ -204,6 +219,22 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
     /// background save is kept for [`MemoryStore::take_snapshot_error`].
     pub fn snapshot_every(mut self, period: Duration) -> Self {
         self.options.snapshot_every = Some(period);
+        self
+    }
+
+    /// Seals snapshots with `key` (XChaCha20-Poly1305, a random nonce per file, the header
+    /// authenticated too): every snapshot this store writes is sealed, and it loads sealed
+    /// snapshots only. A file without the key neither reads nor loads; a file changed, cut or
+    /// sealed with another key is [`SnapshotError::Unauthenticated`]; a sealed file loaded
+    /// without a key is [`SnapshotError::KeyRequired`]; and an unsealed file loaded with a key
+    /// is [`SnapshotError::NotSealed`], refused rather than trusted (whoever can plant a file
+    /// can plant an unsealed one). To move an unsealed snapshot over, load it once with a store
+    /// without a key and save it with one. Applies to [`snapshot_file`](Self::snapshot_file)
+    /// and to every snapshot method of the store. The values themselves, in memory, are not
+    /// sealed (see [`Sealed`](super::Sealed) for a serializer that seals them, for Redis).
+    pub fn snapshot_key(mut self, key: SealingKey) -> Self {
+        self.options.snapshot_sealed = true;
+        self.snapshot_key = Some(key);
         self
     }
 
@@ -227,6 +258,7 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
             ttl_fn: None,
             dispose: None,
             clock: self.clock,
+            snapshot_key: self.snapshot_key,
             discarded,
         }
     }
@@ -253,8 +285,13 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
                 "a fixed ttl of zero would remove every session as it is set".into(),
             ));
         }
-        if options.check_period == Some(Duration::ZERO) {
-            return Err(Error::Config("check_period must not be zero".into()));
+        if let Some(period) = options.check_period
+            && period < MIN_CHECK_PERIOD
+        {
+            return Err(Error::Config(format!(
+                "check_period of {period:?} is below the floor of {MIN_CHECK_PERIOD:?}: a sweeper \
+                 that often would spin a core (expiry does not depend on it)"
+            )));
         }
         match (&options.snapshot_file, options.snapshot_every) {
             (None, Some(_)) => {
@@ -262,10 +299,15 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
                     "snapshot_every needs a snapshot_file to save to".into(),
                 ));
             }
-            (Some(_), Some(Duration::ZERO)) => {
-                return Err(Error::Config("snapshot_every must not be zero".into()));
+            (Some(_), Some(period)) if period < MIN_CHECK_PERIOD => {
+                return Err(Error::Config(format!(
+                    "snapshot_every of {period:?} is below the floor of {MIN_CHECK_PERIOD:?}"
+                )));
             }
             _ => {}
+        }
+        if let Some(path) = &options.snapshot_file {
+            snapshot::probe(path).map_err(Error::Snapshot)?;
         }
         let clock = self.clock.unwrap_or_default();
         let serializer = Arc::new(self.serializer);
@@ -325,6 +367,7 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
                 snapshot_task: Mutex::new(None),
                 snapshot_error: Mutex::new(None),
                 save_on_drop: AtomicBool::new(false),
+                key: self.snapshot_key,
             }),
         };
         if let Some(path) = snapshot_file {
@@ -450,8 +493,10 @@ struct Inner<Z: Serializer> {
     /// The last error of a background save, until taken.
     snapshot_error: Mutex<Option<SnapshotError>>,
     /// Whether dropping the store saves its snapshot file (set once the file loaded: a store
-    /// whose build failed must not overwrite the file it could not read).
+    /// whose build failed must not overwrite the file it could not read; cleared by `close`).
     save_on_drop: AtomicBool,
+    /// The snapshot key, if any.
+    key: Option<SealingKey>,
 }
 
 impl<Z: Serializer> Drop for Inner<Z> {
@@ -481,8 +526,9 @@ impl<Z: Serializer> Inner<Z> {
             .unwrap_or(self.wall_origin)
     }
 
-    /// Every live session with its absolute expiry, in the snapshot format.
-    fn snapshot_bytes(&self) -> (Vec<u8>, usize) {
+    /// Every live session with its absolute expiry, in the snapshot format (sealed with the
+    /// store's key if it has one).
+    fn snapshot_bytes(&self) -> Result<(Vec<u8>, usize), SnapshotError> {
         let now = self.now();
         let mut records: Vec<(String, Option<SystemTime>, Stored)> = Vec::new();
         for (id, stored) in self.cache.iter() {
@@ -512,12 +558,13 @@ impl<Z: Serializer> Inner<Z> {
             records
                 .iter()
                 .map(|(id, expires, stored)| (id.as_str(), *expires, &*stored.0.bytes)),
-        );
-        (bytes, count)
+            self.key.as_ref(),
+        )?;
+        Ok((bytes, count))
     }
 
     fn save_snapshot(&self, path: &Path) -> Result<usize, SnapshotError> {
-        let (bytes, count) = self.snapshot_bytes();
+        let (bytes, count) = self.snapshot_bytes()?;
         snapshot::write_atomically(path, &bytes)?;
         Ok(count)
     }
@@ -786,39 +833,93 @@ impl<Z: Serializer> MemoryStore<Z> {
     /// Saves every live session, with its absolute expiry (by [`now`](Self::now)), to `path`;
     /// returns how many. Not a memorystore method: it makes sessions survive a restart.
     ///
-    /// The file is written atomically: to a temporary file in the same directory, flushed
-    /// to disk, renamed over `path`, and the directory flushed, so a crash at any moment
-    /// leaves the previous snapshot or this one, never a mix. The format is versioned and
-    /// checksummed (CRC-32). Sessions written while the snapshot is taken may or may not be
-    /// in it (each shard of the engine is read at one moment).
+    /// The file is private and written atomically: to a temporary file created exclusively
+    /// (never through a symbolic link) under a random name in the same directory, mode `0600`
+    /// (or the existing file's owner bits if stricter), flushed to disk, renamed over `path`,
+    /// and the directory flushed, so a crash at any moment leaves the previous snapshot or
+    /// this one, never a mix. The format is versioned, checksummed (CRC-32) or, with a
+    /// [`snapshot_key`](MemoryStoreBuilder::snapshot_key), sealed. Sessions written while the
+    /// snapshot is taken may or may not be in it (each shard of the engine is read at one
+    /// moment). A snapshot longer than
+    /// [`MAX_SNAPSHOT_LEN`](super::MAX_SNAPSHOT_LEN) is not written
+    /// ([`SnapshotError::Oversized`]).
     pub fn save_snapshot(&self, path: impl AsRef<Path>) -> Result<usize, Error> {
         self.inner
             .save_snapshot(path.as_ref())
             .map_err(Error::Snapshot)
     }
 
-    /// The snapshot [`save_snapshot`](Self::save_snapshot) would write, as bytes.
-    pub fn snapshot_to_vec(&self) -> Vec<u8> {
-        self.inner.snapshot_bytes().0
+    /// Saves the snapshot to the store's [`snapshot_file`](MemoryStoreBuilder::snapshot_file)
+    /// now, and says whether it could (the number of sessions saved, or why not). Saving
+    /// on drop goes on.
+    pub fn save_now(&self) -> Result<usize, Error> {
+        let path = self.snapshot_path()?;
+        self.save_snapshot(path)
+    }
+
+    /// Ends the store's persistence, for a graceful shutdown: stops the background saver
+    /// ([`snapshot_every`](MemoryStoreBuilder::snapshot_every)), saves the snapshot to the
+    /// [`snapshot_file`](MemoryStoreBuilder::snapshot_file) one last time, and turns off the
+    /// save on drop; returns the number of sessions saved, or why the save failed (then
+    /// nothing was written: the file holds the previous snapshot). The store goes on working,
+    /// but what changes after `close` is not saved unless asked for
+    /// ([`save_now`](Self::save_now)). Call it once the server has stopped taking requests.
+    pub fn close(&self) -> Result<usize, Error> {
+        let path = self.snapshot_path()?;
+        lock(&self.inner.snapshot_task).take();
+        // Relaxed: only the drop of the last handle reads it, after every other use.
+        self.inner.save_on_drop.store(false, Ordering::Relaxed);
+        self.save_snapshot(path)
+    }
+
+    fn snapshot_path(&self) -> Result<&Path, Error> {
+        self.inner
+            .options
+            .snapshot_file
+            .as_deref()
+            .ok_or_else(|| Error::Config("the store has no snapshot_file to save to".into()))
+    }
+
+    /// The snapshot [`save_snapshot`](Self::save_snapshot) would write, as bytes (sealed if
+    /// the store has a [`snapshot_key`](MemoryStoreBuilder::snapshot_key)).
+    pub fn snapshot_to_vec(&self) -> Result<Vec<u8>, Error> {
+        self.inner
+            .snapshot_bytes()
+            .map(|(bytes, _)| bytes)
+            .map_err(Error::Snapshot)
     }
 
     /// Loads the sessions saved in `path` that have not expired meanwhile (by
     /// [`now`](Self::now)), each with its remaining lifetime, replacing sessions with the same
     /// ids (the dispose hook hears about those as `Replaced`); returns how many were loaded.
     ///
-    /// A truncated, corrupted or future-version file, or one holding a session this store's
-    /// serializer cannot decode or `max_bytes` cannot hold, gives [`Error::Snapshot`] and
-    /// changes nothing: the whole file is checked before the first session is stored.
+    /// The file must be one nobody else could have written: it is opened without following
+    /// a symbolic link and without blocking, and refused unless it is a regular file
+    /// ([`SnapshotError::NotAFile`]), not writable by group or others
+    /// ([`SnapshotError::WritableByOthers`]), and owned by this process's effective user
+    /// ([`SnapshotError::ForeignOwner`]). Its header (magic, version, declared length) is
+    /// checked before the rest is read, and no more than the declared length is read (at
+    /// most [`MAX_SNAPSHOT_LEN`](super::MAX_SNAPSHOT_LEN) and the file's size). An empty file
+    /// is "no sessions yet" (0 loaded). With a
+    /// [`snapshot_key`](MemoryStoreBuilder::snapshot_key), only a sealed file that opens with
+    /// the key loads (see there for the rule).
+    ///
+    /// A refused, truncated, corrupted or future-version file, or one holding a session this
+    /// store's serializer cannot decode or `max_bytes` cannot hold, gives [`Error::Snapshot`]
+    /// and changes nothing: the whole file is checked before the first session is stored.
     pub fn load_snapshot(&self, path: impl AsRef<Path>) -> Result<usize, Error> {
-        let bytes =
-            std::fs::read(path.as_ref()).map_err(|e| Error::Snapshot(SnapshotError::Io(e)))?;
+        let bytes = snapshot::read_file(path.as_ref()).map_err(Error::Snapshot)?;
+        if bytes.is_empty() {
+            return Ok(0);
+        }
         self.load_snapshot_from_slice(&bytes)
     }
 
-    /// Like [`load_snapshot`](Self::load_snapshot), from the bytes of a snapshot.
+    /// Like [`load_snapshot`](Self::load_snapshot), from the bytes of a snapshot (which are
+    /// all there is to check: an empty slice is [`SnapshotError::Truncated`]).
     pub fn load_snapshot_from_slice(&self, bytes: &[u8]) -> Result<usize, Error> {
         let inner = &*self.inner;
-        let records = snapshot::decode(bytes).map_err(Error::Snapshot)?;
+        let records = snapshot::decode(bytes, inner.key.as_ref()).map_err(Error::Snapshot)?;
         for record in &records {
             if let Err(source) = inner.serializer.decode(&record.bytes) {
                 return Err(Error::Snapshot(SnapshotError::Decode {
