@@ -322,17 +322,20 @@ impl NativeStore {
     #[napi(ts_return_type = "Promise<number>")]
     pub fn save_snapshot(&self, path: Option<String>) -> napi::Result<AsyncTask<Save>> {
         let engine = self.engine()?.clone();
-        let path = snapshot_path(&engine, path)?;
-        Ok(AsyncTask::new(Save(engine, path)))
+        // Checked here, so that a store without the option fails at once.
+        snapshot_path(&engine, path.clone())?;
+        Ok(AsyncTask::new(Save(engine, path.map(PathBuf::from))))
     }
 
     /// Saves the snapshot now, on this thread (for `process.on('exit')`).
     #[napi]
     pub fn save_snapshot_sync(&self, path: Option<String>) -> napi::Result<f64> {
         let engine = self.engine()?;
-        let path = snapshot_path(engine, path)?;
-        let saved = engine.store.save_snapshot(path).map_err(store_error)?;
-        Ok(saved as f64)
+        let saved = match path {
+            Some(path) => engine.store.save_snapshot(path),
+            None => engine.store.save_now(),
+        };
+        Ok(saved.map_err(store_error)? as f64)
     }
 
     /// The engine's counters.
@@ -452,15 +455,19 @@ impl Task for Prune {
     }
 }
 
-/// Saves a snapshot.
-pub struct Save(Arc<Engine>, PathBuf);
+/// Saves a snapshot (to the `snapshotFile` option's file when no path is given).
+pub struct Save(Arc<Engine>, Option<PathBuf>);
 
 impl Task for Save {
     type Output = usize;
     type JsValue = f64;
 
     fn compute(&mut self) -> napi::Result<usize> {
-        self.0.store.save_snapshot(&self.1).map_err(store_error)
+        match &self.1 {
+            Some(path) => self.0.store.save_snapshot(path),
+            None => self.0.store.save_now(),
+        }
+        .map_err(store_error)
     }
 
     fn resolve(&mut self, _env: Env, saved: usize) -> napi::Result<f64> {
@@ -469,7 +476,7 @@ impl Task for Save {
 }
 
 /// Saves the snapshot (if the engine has a snapshot file) and drops a handle, off the JS
-/// thread (dropping the last handle saves the snapshot too, and stops the sweeper).
+/// thread (dropping the last handle stops the sweeper).
 pub struct Close(Option<Arc<Engine>>);
 
 impl Task for Close {
@@ -480,12 +487,18 @@ impl Task for Close {
         let Some(engine) = self.0.take() else {
             return Ok(None);
         };
-        let saved = match &engine.options.snapshot_file {
-            Some(path) => Some(engine.store.save_snapshot(path).map_err(store_error)?),
-            None => None,
+        if engine.options.snapshot_file.is_none() {
+            return Ok(None);
+        }
+        let saved = match Arc::try_unwrap(engine) {
+            // The last handle: the store's own `close` saves once and turns off the save when
+            // it is dropped (just after).
+            Ok(engine) => engine.store.close(),
+            // Other stores of its name go on with it: save now; the last to let go saves
+            // again when it drops it.
+            Err(engine) => engine.store.save_now(),
         };
-        drop(engine);
-        Ok(saved)
+        saved.map(Some).map_err(store_error)
     }
 
     fn resolve(&mut self, _env: Env, saved: Option<usize>) -> napi::Result<Option<f64>> {
