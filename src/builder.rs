@@ -31,7 +31,8 @@ pub enum BuildError {
     ShardsNotPowerOfTwo(usize),
     /// More than [`MAX_SHARDS`] shards.
     TooManyShards(usize),
-    /// An initial capacity so large that no shard could address it.
+    /// An initial capacity so large that no shard could address it, or whose tables alone
+    /// would take half of the machine's memory.
     CapacityTooLarge(usize),
     /// A duration setting of zero (named): a zero time to live or idle would make every entry
     /// expire at once, and a zero check period would make the sweeper spin.
@@ -331,6 +332,16 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         let buckets_per_shard = (per_shard * BUCKETS_PER_ENTRY)
             .max(MIN_BUCKETS)
             .next_power_of_two();
+        // Buckets are written when a table is made, so their memory is committed at once: an
+        // initial capacity whose tables alone would take half the machine's memory is refused
+        // here, rather than exhausting it (each shard's allocation would succeed on its own
+        // under overcommit).
+        let table_bytes = (shards as u64)
+            .saturating_mul(buckets_per_shard as u64)
+            .saturating_mul(std::mem::size_of::<u32>() as u64);
+        if crate::raw::table::pages::physical_memory().is_some_and(|ram| table_bytes > ram / 2) {
+            return Err(BuildError::CapacityTooLarge(expected));
+        }
         let nodes_per_shard = bounded_by_count(ARENA_PRESIZE_MAX).div_ceil(shards);
         let nanos = |what: &'static str, d: Option<Duration>| match d {
             None => Ok(NEVER),

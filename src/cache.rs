@@ -48,6 +48,9 @@ where
 struct Pending {
     done: Mutex<bool>,
     cv: Condvar,
+    /// The thread running the initialisation: an `init` that asks for another key whose
+    /// hash is the same (a colliding hasher) must not wait for itself.
+    owner: std::thread::ThreadId,
 }
 
 impl Pending {
@@ -395,7 +398,9 @@ where
     /// Concurrent calls for the same key run `init` once: the others wait for it and return
     /// its value. If `init` panics, one of the waiters runs its own `init` instead. (A
     /// concurrent plain [`insert`](Self::insert) of the key is not waited for; whichever
-    /// value is stored first wins and is returned.)
+    /// value is stored first wins and is returned.) Calls are matched by the key's hash: two
+    /// keys whose hashes collide wait for each other, except that an `init` may call this
+    /// for another key of the same hash (that call then computes on its own).
     pub fn get_or_insert_with(&self, key: K, init: impl FnOnce() -> V) -> V {
         let raw = &self.inner.raw;
         let hash = raw.cfg.hash(&key);
@@ -405,7 +410,14 @@ where
                 return v;
             }
             let mut pending = lock(list);
+            let current = std::thread::current().id();
             if let Some((_, other)) = pending.iter().find(|(h, _)| *h == hash) {
+                if other.owner == current {
+                    // This thread's own `init` (for a key of the same hash) asks: waiting
+                    // would wait for itself. Compute without the single-flight guarantee.
+                    drop(pending);
+                    return self.init_and_store(key, init);
+                }
                 let other = other.clone();
                 drop(pending);
                 other.wait();
@@ -414,6 +426,7 @@ where
             let me = Arc::new(Pending {
                 done: Mutex::new(false),
                 cv: Condvar::new(),
+                owner: current,
             });
             pending.push((hash, me.clone()));
             break me;
@@ -423,6 +436,12 @@ where
         if let Some(v) = self.get(&key) {
             return v;
         }
+        self.init_and_store(key, init)
+    }
+
+    /// Runs `init` and stores its value unless `key` has a live value by then (which is
+    /// returned instead).
+    fn init_and_store(&self, key: K, init: impl FnOnce() -> V) -> V {
         let value = init();
         match self.store(key, value.clone(), None, Write::IfAbsent) {
             Ok(Inserted::Stored) => value,

@@ -156,6 +156,22 @@ pub(crate) struct RawCache<K, V, S> {
     pub(crate) cfg: Config<K, V, S>,
 }
 
+/// A share of the bound reserved for an insert: given back when dropped unless `kept` (the
+/// insert published its node, which holds the share from then on).
+struct Reservation<'a> {
+    bound: &'a Bound,
+    weight: u64,
+    kept: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.bound.release(self.weight);
+        }
+    }
+}
+
 /// Whether an insert replaces a live value of its key.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Write {
@@ -327,6 +343,13 @@ where
             }
             (Some(bound), Write::IfAbsent) => {
                 self.reserve(bound, u64::from(weight));
+                // Given back unless the node is published, also if a user's `Eq` or `Clone`
+                // unwinds out of the insert.
+                let mut reserved = Reservation {
+                    bound,
+                    weight: u64::from(weight),
+                    kept: false,
+                };
                 let result = shard.insert(
                     cfg,
                     hash,
@@ -337,10 +360,7 @@ where
                     InsertMode::IfAbsent,
                     &guard,
                 );
-                if !matches!(result, Ok((Inserted::Stored, _))) {
-                    // Not published: give the reservation back.
-                    bound.release(u64::from(weight));
-                }
+                reserved.kept = matches!(result, Ok((Inserted::Stored, _)));
                 result
             }
         };

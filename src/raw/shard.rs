@@ -49,6 +49,23 @@ impl Drop for ShareOnUnwind<'_> {
     }
 }
 
+/// An insert's node before it is published: released (its payload dropped, its slot freed)
+/// if the insert leaves without publishing it, also when a user's `Eq` or `Clone` unwinds.
+struct Unpublished<'a, K, V> {
+    table: &'a Table<K, V>,
+    idx: Option<Idx>,
+}
+
+impl<K, V> Drop for Unpublished<'_, K, V> {
+    fn drop(&mut self) {
+        if let Some(idx) = self.idx {
+            // SAFETY: the node was initialised by this insert and never published (the insert
+            // clears `idx` when its CAS publishes it), so nothing else can reach it.
+            unsafe { self.table.arena.release(idx) };
+        }
+    }
+}
+
 /// How an insert treats a live value of its key, and the size bound.
 #[derive(Clone, Copy)]
 pub(crate) enum InsertMode<'a> {
@@ -319,6 +336,10 @@ where
         let (deadline, cap) = Self::expiry_of(cfg, own_ttl.unwrap_or(cfg.ttl));
         // SAFETY: `idx` was just taken from the arena, so this thread owns the slot (rule 1).
         unsafe { node.init(tag, deadline, key, value) };
+        let mut unpublished = Unpublished {
+            table,
+            idx: Some(idx),
+        };
         // Published with the node by the Release CAS below.
         self.set_columns(cfg, idx, own_ttl, cap);
         if cfg.weigher.is_some() {
@@ -361,8 +382,7 @@ where
                     if only_if_absent && Self::alive(old, cfg) {
                         // SAFETY: found while pinned (see `Table::find`).
                         let present = unsafe { old.with_payload(|_, v| v.clone()) };
-                        // SAFETY: the node was never published, so nothing else can reach it.
-                        unsafe { table.arena.release(idx) };
+                        // `unpublished` frees our node.
                         return Ok((Inserted::Present(present), Removed::default()));
                     }
                     if share == Share::Needed
@@ -395,8 +415,9 @@ where
                 break older;
             }
         };
-        // Published: the share is the node's now.
+        // Published: the share and the slot are the node's now.
         unwind.0 = None;
+        unpublished.idx = None;
         let mut removed = Removed::default();
         let mut event = Event::Inserted { idx, weight, hash };
         if let Some(old_idx) = superseded {
