@@ -330,7 +330,7 @@ where
     /// [`get_stale`](Self::get_stale), also saying whether the value was expired (and this
     /// call removed it; only one caller gets an expired value).
     // Its caller is the session store, which is not built without its feature or under loom.
-    #[cfg_attr(any(loom, not(feature = "session")), allow(dead_code))]
+    #[cfg(all(feature = "session", not(loom)))]
     pub(crate) fn get_stale_flagged<Q>(&self, key: &Q) -> Option<(V, bool)>
     where
         K: Borrow<Q>,
