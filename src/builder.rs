@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::cache::Cache;
 use crate::clock::TimeSource;
+use crate::expiry::{Expiry, ExpiryFn};
 use crate::listener::{ListenerFn, RemovalCause};
 use crate::raw::table::NEVER;
 use crate::raw::{Bound, Config, Layout, RawCache, WeigherFn};
@@ -47,6 +48,10 @@ pub enum BuildError {
     /// The allocator refused the memory for the cache's first tables (an
     /// [`initial_capacity`](CacheBuilder::initial_capacity) too large for this machine).
     OutOfMemory,
+    /// Both [`expire_after`](CacheBuilder::expire_after) and
+    /// [`time_to_idle`](CacheBuilder::time_to_idle): express the idle time in the expiry's
+    /// `expire_after_read`.
+    ExpiryWithTimeToIdle,
 }
 
 impl fmt::Display for BuildError {
@@ -71,6 +76,11 @@ impl fmt::Display for BuildError {
             BuildError::OutOfMemory => write!(
                 f,
                 "the memory for the cache's initial capacity could not be allocated"
+            ),
+            BuildError::ExpiryWithTimeToIdle => write!(
+                f,
+                "expire_after and time_to_idle cannot be combined: express the idle time in \
+                 the expiry's expire_after_read"
             ),
         }
     }
@@ -101,6 +111,7 @@ pub struct CacheBuilder<K, V, S = ahash::RandomState> {
     check_period: Option<Duration>,
     max_capacity: Option<u64>,
     weigher: Option<Box<WeigherFn<K, V>>>,
+    expiry: Option<Box<ExpiryFn<K, V>>>,
     huge_pages: bool,
     _types: PhantomData<fn(K, V)>,
 }
@@ -119,6 +130,7 @@ impl<K, V> CacheBuilder<K, V, ahash::RandomState> {
             check_period: None,
             max_capacity: None,
             weigher: None,
+            expiry: None,
             huge_pages: true,
             _types: PhantomData,
         }
@@ -163,6 +175,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             check_period: self.check_period,
             max_capacity: self.max_capacity,
             weigher: self.weigher,
+            expiry: self.expiry,
             huge_pages: self.huge_pages,
             _types: PhantomData,
         }
@@ -209,6 +222,19 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// well, an entry expires at whichever comes first. Default: none.
     pub fn time_to_idle(mut self, tti: Duration) -> Self {
         self.time_to_idle = Some(tti);
+        self
+    }
+
+    /// Derives each entry's lifetime from the entry: `expiry` is asked when an entry is
+    /// created, read or updated (see [`Expiry`], which also says how it combines with
+    /// [`time_to_live`](Self::time_to_live); it cannot be combined with
+    /// [`time_to_idle`](Self::time_to_idle), refused with
+    /// [`BuildError::ExpiryWithTimeToIdle`]). Lifetimes given explicitly
+    /// ([`insert_with_ttl`](Cache::insert_with_ttl), [`set_ttl`](Cache::set_ttl)) take
+    /// precedence for the entry they are given to. Reads of a cache with an expiry call its
+    /// read hook: a hit costs a virtual call more, and a write when the lifetime moves.
+    pub fn expire_after(mut self, expiry: impl Expiry<K, V> + Send + Sync + 'static) -> Self {
+        self.expiry = Some(Box::new(expiry));
         self
     }
 
@@ -350,6 +376,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         };
         let ttl = nanos("time_to_live", self.time_to_live)?;
         let tti = nanos("time_to_idle", self.time_to_idle)?;
+        if self.expiry.is_some() && self.time_to_idle.is_some() {
+            return Err(BuildError::ExpiryWithTimeToIdle);
+        }
         if self.check_period.is_some_and(|d| d.is_zero()) {
             return Err(BuildError::ZeroDuration("check_period"));
         }
@@ -380,7 +409,10 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             owner: crate::raw::reclaim::retire::owner(),
             load_shift,
         };
-        let raw = RawCache::new(layout, cfg).ok_or(BuildError::OutOfMemory)?;
+        let mut raw = RawCache::new(layout, cfg).ok_or(BuildError::OutOfMemory)?;
+        if let Some(expiry) = self.expiry {
+            raw.set_expiry(expiry);
+        }
         let cache = Cache::from_raw(raw);
         #[cfg(not(loom))]
         cache.register_for_help();
@@ -447,6 +479,7 @@ impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
             .field("check_period", &self.check_period)
             .field("max_capacity", &self.max_capacity)
             .field("weigher", &self.weigher.is_some())
+            .field("expire_after", &self.expiry.is_some())
             .field("huge_pages", &self.huge_pages)
             .finish_non_exhaustive()
     }

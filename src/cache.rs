@@ -2,15 +2,19 @@
 
 use std::borrow::Borrow;
 use std::fmt;
+use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::time::Duration;
 
 use crate::builder::{CacheBuilder, duration_to_ns};
+use crate::entry::{CompResult, Entry, EntrySelector, Op};
 use crate::listener::RemovalCause;
+use crate::loader::{Joined, Lead, Loaded, Outcome, Registry, Wait};
+use crate::policy::{CapacityError, Policy};
 use crate::raw::table::NEVER;
 use crate::raw::{Inserted, RawCache, Write};
 use crate::stats::Stats;
-use crate::sync::{Arc, Condvar, Mutex, lock};
+use crate::sync::{Arc, Mutex, lock};
 
 /// A concurrent cache. See the [crate documentation](crate) for the guarantees.
 ///
@@ -20,13 +24,10 @@ pub struct Cache<K, V, S = ahash::RandomState> {
     inner: Arc<Inner<K, V, S>>,
 }
 
-/// In-flight `get_or_insert_with` initialisations of one stripe, by key hash.
-type PendingList = Mutex<Vec<(u64, Arc<Pending>)>>;
-
 struct Inner<K, V, S> {
     raw: RawCache<K, V, S>,
-    /// `get_or_insert_with` calls that are computing a value, striped by hash (see there).
-    pending: Box<[PendingList]>,
+    /// Loads in progress (single-flight, see `loader.rs`).
+    loaders: Registry<K, V>,
     /// The background sweeper, if one runs (see `set_check_period`).
     #[cfg(not(loom))]
     sweeper: Mutex<Option<crate::sweeper::Sweeper>>,
@@ -41,41 +42,6 @@ where
 {
     fn run(&self) -> bool {
         self.raw.finish_growths()
-    }
-}
-
-/// One in-flight `get_or_insert_with` initialisation that others wait for.
-struct Pending {
-    done: Mutex<bool>,
-    cv: Condvar,
-    /// The thread running the initialisation: an `init` that asks for another key whose
-    /// hash is the same (a colliding hasher) must not wait for itself.
-    owner: std::thread::ThreadId,
-}
-
-impl Pending {
-    fn wait(&self) {
-        let mut done = lock(&self.done);
-        while !*done {
-            done = match self.cv.wait(done) {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-        }
-    }
-}
-
-/// Unregisters an in-flight initialisation and wakes its waiters, also if `init` panics.
-struct PendingGuard<'a> {
-    list: &'a PendingList,
-    me: Arc<Pending>,
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        lock(self.list).retain(|(_, p)| !Arc::ptr_eq(p, &self.me));
-        *lock(&self.me.done) = true;
-        self.me.cv.notify_all();
     }
 }
 
@@ -124,13 +90,11 @@ where
     S: BuildHasher,
 {
     pub(crate) fn from_raw(raw: RawCache<K, V, S>) -> Self {
-        let pending = (0..raw.shard_count())
-            .map(|_| Mutex::new(Vec::new()))
-            .collect();
+        let loaders = Registry::new(raw.shard_count() * 4);
         Self {
             inner: Arc::new(Inner {
                 raw,
-                pending,
+                loaders,
                 #[cfg(not(loom))]
                 sweeper: Mutex::new(None),
             }),
@@ -218,7 +182,8 @@ where
         }
     }
 
-    /// Weighs and stores an entry. An entry heavier than the whole capacity is handed back
+    /// Weighs and stores an entry (asking the [`Expiry`](crate::Expiry), if any, for its
+    /// lifetime when `ttl` is `None`). An entry heavier than the whole capacity is handed back
     /// (after removing any previous value of the key, which it replaces), as is one the shard
     /// cannot address.
     #[inline]
@@ -229,24 +194,19 @@ where
         ttl: Option<u64>,
         write: Write,
     ) -> Result<Inserted<V>, (K, V)> {
-        let cfg = &self.inner.raw.cfg;
-        // A zero weight counts as one: otherwise such entries would escape the bound (any
-        // number of them fit in any capacity).
-        let weight = cfg
-            .weigher
-            .as_ref()
-            .map_or(1, |weigh| weigh(&key, &value).max(1));
-        if cfg
-            .bound
-            .as_ref()
-            .is_some_and(|b| u64::from(weight) > b.capacity)
-        {
+        let raw = &self.inner.raw;
+        let weight = raw.weigh(&key, &value);
+        if raw.too_heavy(weight) {
             if write == Write::Upsert {
-                self.inner.raw.remove(&key, RemovalCause::Replaced);
+                raw.remove(&key, RemovalCause::Replaced);
             }
             return Err((key, value));
         }
-        self.inner.raw.insert(key, value, ttl, weight, write)
+        let ttl = match ttl {
+            None if raw.has_expiry() => raw.lifetime_for(&key, &value, raw.remaining(&key)),
+            ttl => ttl,
+        };
+        raw.insert(key, value, ttl, weight, write)
     }
 
     /// Stores `value` for `key` with its own time to live (which [`touch`](Self::touch)
@@ -393,63 +353,395 @@ where
         Ok(())
     }
 
-    /// The value for `key`, computing and storing it with `init` if there is none.
+    /// The value for `key`, loading and storing it with `init` if there is none (moka's
+    /// `get_with`).
     ///
-    /// Concurrent calls for the same key run `init` once: the others wait for it and return
-    /// its value. If `init` panics, one of the waiters runs its own `init` instead. (A
-    /// concurrent plain [`insert`](Self::insert) of the key is not waited for; whichever
-    /// value is stored first wins and is returned.) Calls are matched by the key's hash: two
-    /// keys whose hashes collide wait for each other, except that an `init` may call this
-    /// for another key of the same hash (that call then computes on its own).
+    /// Single-flight: concurrent calls for the same key (matched by `Eq`), from threads or
+    /// from tasks ([`get_or_insert_async`](Self::get_or_insert_async)), run one load; the others
+    /// wait for it and return its value. If `init` panics, the waiters start over and one of
+    /// them loads. (A concurrent plain [`insert`](Self::insert) of the key is not waited
+    /// for; whichever value is stored first wins and is returned.) An `init` may ask for other
+    /// keys, and even for its own (that call then loads on its own rather than wait for
+    /// itself). A hit costs what [`get`](Self::get) costs.
+    ///
+    /// This call blocks the thread while another load of the key runs: in async code use
+    /// [`get_or_insert_async`](Self::get_or_insert_async).
     pub fn get_or_insert_with(&self, key: K, init: impl FnOnce() -> V) -> V {
-        let raw = &self.inner.raw;
-        let hash = raw.cfg.hash(&key);
-        let list = &self.inner.pending[hash as usize % self.inner.pending.len()];
-        let me = loop {
-            if let Some(v) = self.get(&key) {
-                return v;
-            }
-            let mut pending = lock(list);
-            let current = std::thread::current().id();
-            if let Some((_, other)) = pending.iter().find(|(h, _)| *h == hash) {
-                if other.owner == current {
-                    // This thread's own `init` (for a key of the same hash) asks: waiting
-                    // would wait for itself. Compute without the single-flight guarantee.
-                    drop(pending);
-                    return self.init_and_store(key, init);
-                }
-                let other = other.clone();
-                drop(pending);
-                other.wait();
-                continue;
-            }
-            let me = Arc::new(Pending {
-                done: Mutex::new(false),
-                cv: Condvar::new(),
-                owner: current,
-            });
-            pending.push((hash, me.clone()));
-            break me;
-        };
-        let _registered = PendingGuard { list, me };
-        // A call that finished between our lookup and our registration stored its value.
         if let Some(v) = self.get(&key) {
             return v;
         }
-        self.init_and_store(key, init)
+        match self.load_blocking(key, || Loaded::Value(init()), accepts_value) {
+            (Outcome::Ready(v), _) => v,
+            _ => unreachable!("an infallible load ends with a value"),
+        }
     }
 
-    /// Runs `init` and stores its value unless `key` has a live value by then (which is
-    /// returned instead).
-    fn init_and_store(&self, key: K, init: impl FnOnce() -> V) -> V {
-        let value = init();
+    /// [`get_or_insert_with`](Self::get_or_insert_with) with a fallible load (moka's
+    /// `try_get_with`): an error is not stored, and every caller that waited for that load
+    /// receives the same `Arc` of it (callers that arrive later load again). A caller waiting
+    /// for a load of the same key with another error type, or an infallible one, loads on its
+    /// own if that load fails.
+    pub fn try_get_or_insert_with<E>(
+        &self,
+        key: K,
+        init: impl FnOnce() -> Result<V, E>,
+    ) -> Result<V, std::sync::Arc<E>>
+    where
+        E: Send + Sync + 'static,
+    {
+        if let Some(v) = self.get(&key) {
+            return Ok(v);
+        }
+        let (outcome, _) = self.load_blocking(key, || fallible(init()), accepts_error::<V, E>);
+        outcome_to_result(outcome)
+    }
+
+    /// [`get_or_insert_with`](Self::get_or_insert_with) with an optional load (moka's
+    /// `optionally_get_with`): `None` is not stored, and every caller that waited for that
+    /// load receives `None`.
+    pub fn optionally_get_or_insert_with(
+        &self,
+        key: K,
+        init: impl FnOnce() -> Option<V>,
+    ) -> Option<V> {
+        if let Some(v) = self.get(&key) {
+            return Some(v);
+        }
+        let (outcome, _) = self.load_blocking(key, || optional(init()), accepts_nothing);
+        outcome_to_option(outcome)
+    }
+
+    /// The value for `key`, loading and storing it with the future `init` if there is none
+    /// (moka's `future::Cache::get_with`, quick_cache's `get_or_insert_async`).
+    ///
+    /// Single-flight, as [`get_or_insert_with`](Self::get_or_insert_with): one load per key
+    /// at a time, whether callers are tasks or threads; a task that waits for another's load
+    /// is suspended (its executor's thread runs other tasks), never blocked. `init` is polled
+    /// only by the caller that loads. Usable from any executor: nothing here depends on a
+    /// runtime.
+    ///
+    /// Cancellation-safe: if the loading caller's future is dropped (a timeout, an aborted
+    /// task) or `init` panics, the callers waiting for it start over and one of them loads;
+    /// a waiting caller's future may be dropped at any time. An `init` must not wait for a
+    /// load of its own key (it would wait for itself; threads are detected, tasks cannot be).
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// # }
+    /// let cache = evanesce::Cache::<u64, String>::new();
+    /// let v = block_on(cache.get_or_insert_async(7, async { "seven".to_string() }));
+    /// assert_eq!(v, "seven");
+    /// assert_eq!(cache.get(&7).as_deref(), Some("seven"));
+    /// ```
+    pub async fn get_or_insert_async(&self, key: K, init: impl Future<Output = V>) -> V {
+        if let Some(v) = self.get(&key) {
+            return v;
+        }
+        let init = async { Loaded::Value(init.await) };
+        match self.load_async(key, init, accepts_value).await {
+            (Outcome::Ready(v), _) => v,
+            _ => unreachable!("an infallible load ends with a value"),
+        }
+    }
+
+    /// [`get_or_insert_async`](Self::get_or_insert_async) with a fallible load (moka's
+    /// `try_get_with`; see [`try_get_or_insert_with`](Self::try_get_or_insert_with)).
+    pub async fn try_get_or_insert_async<E>(
+        &self,
+        key: K,
+        init: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, std::sync::Arc<E>>
+    where
+        E: Send + Sync + 'static,
+    {
+        if let Some(v) = self.get(&key) {
+            return Ok(v);
+        }
+        let init = async { fallible(init.await) };
+        let (outcome, _) = self.load_async(key, init, accepts_error::<V, E>).await;
+        outcome_to_result(outcome)
+    }
+
+    /// [`get_or_insert_async`](Self::get_or_insert_async) with an optional load (moka's
+    /// `optionally_get_with`; see
+    /// [`optionally_get_or_insert_with`](Self::optionally_get_or_insert_with)).
+    pub async fn optionally_get_or_insert_async(
+        &self,
+        key: K,
+        init: impl Future<Output = Option<V>>,
+    ) -> Option<V> {
+        if let Some(v) = self.get(&key) {
+            return Some(v);
+        }
+        let init = async { optional(init.await) };
+        let (outcome, _) = self.load_async(key, init, accepts_nothing).await;
+        outcome_to_option(outcome)
+    }
+
+    /// The entry API for `key`: loads with what they did ([`Entry`]) and atomic computes
+    /// (see [`EntrySelector`] and the [module](crate::entry)).
+    pub fn entry(&self, key: K) -> EntrySelector<'_, K, V, S> {
+        EntrySelector::new(self, key)
+    }
+
+    /// Atomic compute on `key` (see [`EntrySelector::and_compute_with`]).
+    pub(crate) fn compute(&self, key: K, f: impl FnMut(Option<&V>) -> Op<V>) -> CompResult<V> {
+        self.inner.raw.compute(key, f)
+    }
+
+    /// Stores `value` unless `key` has a live value; the value the key holds, and whether it
+    /// is this one.
+    pub(crate) fn insert_if_absent(&self, key: K, value: V) -> Entry<V> {
+        let (value, fresh) = self.store_loaded(key, value);
+        Entry::new(value, fresh, false)
+    }
+
+    pub(crate) fn load_entry(&self, key: K, init: impl FnOnce() -> V) -> Entry<V> {
+        if let Some(v) = self.get(&key) {
+            return Entry::new(v, false, false);
+        }
+        match self.load_blocking(key, || Loaded::Value(init()), accepts_value) {
+            (Outcome::Ready(v), fresh) => Entry::new(v, fresh, false),
+            _ => unreachable!("an infallible load ends with a value"),
+        }
+    }
+
+    pub(crate) fn optionally_load_entry(
+        &self,
+        key: K,
+        init: impl FnOnce() -> Option<V>,
+    ) -> Option<Entry<V>> {
+        if let Some(v) = self.get(&key) {
+            return Some(Entry::new(v, false, false));
+        }
+        let (outcome, fresh) = self.load_blocking(key, || optional(init()), accepts_nothing);
+        outcome_to_option(outcome).map(|v| Entry::new(v, fresh, false))
+    }
+
+    pub(crate) fn try_load_entry<E>(
+        &self,
+        key: K,
+        init: impl FnOnce() -> Result<V, E>,
+    ) -> Result<Entry<V>, std::sync::Arc<E>>
+    where
+        E: Send + Sync + 'static,
+    {
+        if let Some(v) = self.get(&key) {
+            return Ok(Entry::new(v, false, false));
+        }
+        let (outcome, fresh) = self.load_blocking(key, || fallible(init()), accepts_error::<V, E>);
+        outcome_to_result(outcome).map(|v| Entry::new(v, fresh, false))
+    }
+
+    pub(crate) async fn load_entry_async(&self, key: K, init: impl Future<Output = V>) -> Entry<V> {
+        if let Some(v) = self.get(&key) {
+            return Entry::new(v, false, false);
+        }
+        let init = async { Loaded::Value(init.await) };
+        match self.load_async(key, init, accepts_value).await {
+            (Outcome::Ready(v), fresh) => Entry::new(v, fresh, false),
+            _ => unreachable!("an infallible load ends with a value"),
+        }
+    }
+
+    pub(crate) async fn optionally_load_entry_async(
+        &self,
+        key: K,
+        init: impl Future<Output = Option<V>>,
+    ) -> Option<Entry<V>> {
+        if let Some(v) = self.get(&key) {
+            return Some(Entry::new(v, false, false));
+        }
+        let init = async { optional(init.await) };
+        let (outcome, fresh) = self.load_async(key, init, accepts_nothing).await;
+        outcome_to_option(outcome).map(|v| Entry::new(v, fresh, false))
+    }
+
+    pub(crate) async fn try_load_entry_async<E>(
+        &self,
+        key: K,
+        init: impl Future<Output = Result<V, E>>,
+    ) -> Result<Entry<V>, std::sync::Arc<E>>
+    where
+        E: Send + Sync + 'static,
+    {
+        if let Some(v) = self.get(&key) {
+            return Ok(Entry::new(v, false, false));
+        }
+        let init = async { fallible(init.await) };
+        let (outcome, fresh) = self.load_async(key, init, accepts_error::<V, E>).await;
+        outcome_to_result(outcome).map(|v| Entry::new(v, fresh, false))
+    }
+
+    /// The single-flight load of a thread (see `loader.rs`): the outcome this call accepts
+    /// (its own load's, or one it waited for), and whether it stored the value.
+    fn load_blocking(
+        &self,
+        mut key: K,
+        init: impl FnOnce() -> Loaded<V>,
+        accepts: impl Fn(&Outcome<V>) -> bool,
+    ) -> (Outcome<V>, bool) {
+        let raw = &self.inner.raw;
+        let hash = raw.cfg.hash(&key);
+        loop {
+            match self
+                .inner
+                .loaders
+                .join(hash, key, true, |k| raw.peek(k, V::clone))
+            {
+                Joined::Hit(v) => return (Outcome::Ready(v), false),
+                Joined::Wait {
+                    flight,
+                    exact,
+                    key: k,
+                } => {
+                    let outcome = flight.wait();
+                    if exact && accepts(&outcome) {
+                        return (outcome, false);
+                    }
+                    key = k;
+                }
+                Joined::Reentrant(k) => return self.finish_load(None, Some(k), init()),
+                Joined::Lead(lead) => {
+                    let loaded = init();
+                    return self.finish_load(Some(lead), None, loaded);
+                }
+            }
+        }
+    }
+
+    /// The single-flight load of a task (see `loader.rs`; as `load_blocking`).
+    async fn load_async(
+        &self,
+        mut key: K,
+        init: impl Future<Output = Loaded<V>>,
+        accepts: impl Fn(&Outcome<V>) -> bool,
+    ) -> (Outcome<V>, bool) {
+        let raw = &self.inner.raw;
+        let hash = raw.cfg.hash(&key);
+        let mut init = Some(init);
+        loop {
+            match self
+                .inner
+                .loaders
+                .join(hash, key, false, |k| raw.peek(k, V::clone))
+            {
+                Joined::Hit(v) => return (Outcome::Ready(v), false),
+                Joined::Wait {
+                    flight,
+                    exact,
+                    key: k,
+                } => {
+                    let outcome = Wait::new(flight).await;
+                    if exact && accepts(&outcome) {
+                        return (outcome, false);
+                    }
+                    key = k;
+                }
+                Joined::Reentrant(_) => unreachable!("tasks are not matched to threads"),
+                Joined::Lead(lead) => {
+                    let Some(init) = init.take() else {
+                        unreachable!("a caller leads once: leading ends the call");
+                    };
+                    let loaded = init.await;
+                    return self.finish_load(Some(lead), None, loaded);
+                }
+            }
+        }
+    }
+
+    /// Ends a load: stores its value (unless the key got a live value meanwhile, which is
+    /// taken instead) and hands the outcome to the flight's waiters, if it `lead`s one
+    /// (otherwise `key` is the key).
+    fn finish_load(
+        &self,
+        lead: Option<Lead<'_, K, V>>,
+        key: Option<K>,
+        loaded: Loaded<V>,
+    ) -> (Outcome<V>, bool) {
+        let (outcome, fresh) = match loaded {
+            Loaded::Value(value) => {
+                let (mut lead, key) = (lead, key);
+                let key = match (&mut lead, key) {
+                    (Some(lead), _) => lead.take_key(),
+                    (None, Some(key)) => key,
+                    (None, None) => unreachable!("a load without a flight has its key"),
+                };
+                let (value, fresh) = self.store_loaded(key, value);
+                if let Some(lead) = lead {
+                    lead.finish(Outcome::Ready(value.clone()));
+                }
+                return (Outcome::Ready(value), fresh);
+            }
+            Loaded::Nothing => (Outcome::Nothing, false),
+            Loaded::Error(e) => (Outcome::Error(e), false),
+        };
+        if let Some(lead) = lead {
+            lead.finish(outcome.clone());
+        }
+        (outcome, fresh)
+    }
+
+    /// Stores a loaded value unless `key` has a live value by then (which is returned
+    /// instead); whether this value is the one the key holds.
+    fn store_loaded(&self, key: K, value: V) -> (V, bool) {
         match self.store(key, value.clone(), None, Write::IfAbsent) {
-            Ok(Inserted::Stored) => value,
-            Ok(Inserted::Present(existing)) => existing,
+            Ok(Inserted::Stored) => (value, true),
+            Ok(Inserted::Present(existing)) => (existing, false),
             Err((key, refused)) => {
                 self.refused(&key, &refused);
-                value
+                (value, true)
             }
+        }
+    }
+
+    /// Removes every entry for which `keep` returns false (quick_cache's `retain`); returns
+    /// how many it removed. The listener hears each as [`RemovalCause::Explicit`].
+    ///
+    /// Weakly consistent, like [`iter`](Self::iter): every entry live when the call starts
+    /// (and not removed or replaced meanwhile) is tested, exactly once; an entry inserted
+    /// while it runs may or may not be. An entry is removed only if the value `keep` saw is
+    /// still its key's value then. `keep` runs on the calling thread, with no lock held.
+    pub fn retain(&self, mut keep: impl FnMut(&K, &V) -> bool) -> usize {
+        self.inner.raw.retain(&mut |k, v| !keep(k, v))
+    }
+
+    /// Removes every entry for which `pred` returns true (moka's `invalidate_entries_if`, done
+    /// at once rather than lazily); returns how many it removed. See [`retain`](Self::retain).
+    pub fn invalidate_entries_if(&self, mut pred: impl FnMut(&K, &V) -> bool) -> usize {
+        self.inner.raw.retain(&mut pred)
+    }
+
+    /// The cache's settings as they are now: capacity, time to live, time to idle.
+    pub fn policy(&self) -> Policy {
+        let raw = &self.inner.raw;
+        let duration = |ns: u64| (ns != NEVER).then(|| Duration::from_nanos(ns));
+        Policy {
+            max_capacity: raw.capacity(),
+            weighted: raw.cfg.weigher.is_some(),
+            time_to_live: duration(raw.cfg.ttl),
+            time_to_idle: duration(raw.cfg.tti),
+            expiry: raw.has_expiry(),
+            shards: raw.shard_count(),
+        }
+    }
+
+    /// Changes the capacity of a cache built with
+    /// [`max_capacity`](CacheBuilder::max_capacity). Shrinking evicts down to the new bound
+    /// before it returns (the listener hears [`RemovalCause::Size`]), with readers never
+    /// waiting; writes in flight may pass it by the usual slack for a moment. Growing takes
+    /// effect at once.
+    pub fn set_max_capacity(&self, capacity: u64) -> Result<(), CapacityError> {
+        if capacity == 0 {
+            return Err(CapacityError::Zero);
+        }
+        if self.inner.raw.set_capacity(capacity) {
+            Ok(())
+        } else {
+            Err(CapacityError::Unbounded)
         }
     }
 
@@ -532,6 +824,54 @@ where
             next_shard: 0,
             buffer: Vec::new().into_iter(),
         }
+    }
+}
+
+fn accepts_value<V>(outcome: &Outcome<V>) -> bool {
+    matches!(outcome, Outcome::Ready(_))
+}
+
+fn accepts_nothing<V>(outcome: &Outcome<V>) -> bool {
+    matches!(outcome, Outcome::Ready(_) | Outcome::Nothing)
+}
+
+fn accepts_error<V, E: Send + Sync + 'static>(outcome: &Outcome<V>) -> bool {
+    match outcome {
+        Outcome::Ready(_) => true,
+        Outcome::Error(e) => e.is::<E>(),
+        Outcome::Nothing | Outcome::Abandoned => false,
+    }
+}
+
+fn fallible<V, E: Send + Sync + 'static>(result: Result<V, E>) -> Loaded<V> {
+    match result {
+        Ok(v) => Loaded::Value(v),
+        Err(e) => Loaded::Error(std::sync::Arc::new(e)),
+    }
+}
+
+fn optional<V>(value: Option<V>) -> Loaded<V> {
+    value.map_or(Loaded::Nothing, Loaded::Value)
+}
+
+fn outcome_to_result<V, E: Send + Sync + 'static>(
+    outcome: Outcome<V>,
+) -> Result<V, std::sync::Arc<E>> {
+    match outcome {
+        Outcome::Ready(v) => Ok(v),
+        Outcome::Error(e) => match e.downcast::<E>() {
+            Ok(e) => Err(e),
+            Err(_) => unreachable!("only an error of this type is accepted"),
+        },
+        Outcome::Nothing | Outcome::Abandoned => unreachable!("not accepted by a fallible load"),
+    }
+}
+
+fn outcome_to_option<V>(outcome: Outcome<V>) -> Option<V> {
+    match outcome {
+        Outcome::Ready(v) => Some(v),
+        Outcome::Nothing => None,
+        Outcome::Error(_) | Outcome::Abandoned => unreachable!("not accepted by an optional load"),
     }
 }
 

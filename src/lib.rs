@@ -50,8 +50,10 @@
 mod builder;
 mod cache;
 mod clock;
+pub mod entry;
 mod evict;
 mod expire;
+mod expiry;
 #[cfg(all(
     any(
         feature = "tower-sessions",
@@ -62,6 +64,8 @@ mod expire;
 ))]
 pub mod integrations;
 mod listener;
+mod loader;
+mod policy;
 #[allow(unsafe_code)]
 mod raw;
 #[cfg(all(feature = "session", not(loom)))]
@@ -73,7 +77,10 @@ mod sync;
 
 pub use builder::{BuildError, CacheBuilder, MAX_SHARDS, MIN_CHECK_PERIOD};
 pub use cache::{Cache, Iter, Pinned};
+pub use entry::{CompResult, Entry, EntrySelector, Op};
+pub use expiry::Expiry;
 pub use listener::RemovalCause;
+pub use policy::{CapacityError, Policy};
 pub use stats::Stats;
 
 /// The README's Rust example, compiled and run as a doc test so that it stays true.

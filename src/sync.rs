@@ -88,6 +88,20 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
+/// The calling thread's identity (loom's model thread under loom, whose threads may share an
+/// OS thread).
+#[cfg(not(loom))]
+pub(crate) fn thread_id() -> std::thread::ThreadId {
+    std::thread::current().id()
+}
+
+/// The calling thread's identity (loom's model thread under loom, whose threads may share an
+/// OS thread).
+#[cfg(loom)]
+pub(crate) fn thread_id() -> loom::thread::ThreadId {
+    loom::thread::current().id()
+}
+
 /// A small number identifying the calling thread (distinct for the first threads that ask; used
 /// to spread striped counters).
 #[cfg(not(loom))]

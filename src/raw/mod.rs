@@ -28,13 +28,15 @@ use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 
 use crate::clock::TimeSource;
+use crate::entry::{CompResult, Op};
+use crate::expiry::ExpiryFn;
 use crate::listener::{ListenerFn, RemovalCause};
 use crate::stats::StatsCounters;
 use crate::sync::epoch::{self, Guard};
 use maint::Notes;
 use reclaim::{light, retire};
 pub(crate) use shard::Inserted;
-use shard::{InsertMode, Removed, Shard};
+use shard::{InsertMode, Removed, Shard, Staged, Stale};
 
 /// Longest an explicit pass waits for reads in progress (see `retire::settle`).
 const LIGHT_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
@@ -86,29 +88,78 @@ pub(crate) type WeigherFn<K, V> = dyn Fn(&K, &V) -> u32 + Send + Sync + 'static;
 /// writers there are. Maintenance passes evict while `reserved > capacity`; a writer that
 /// would go past the slack makes room itself first (back-pressure).
 pub(crate) struct Bound {
-    pub(crate) capacity: u64,
-    pub(crate) slack: u64,
+    /// The capacity, and below the figures derived from it, each in its own word so that
+    /// [`set_capacity`](Self::set_capacity) can change them while writers run: each is read
+    /// on its own (Relaxed), and a writer that reads a capacity from before a change and a
+    /// slack from after it only lets the total pass the new capacity by the larger of the two
+    /// slacks for as long as its insert lasts.
+    capacity: crate::sync::AtomicU64,
+    slack: crate::sync::AtomicU64,
     /// Each shard's nominal share of the capacity (`capacity / shards`, at least 1), which
     /// sizes its policy's queues.
-    pub(crate) share: u64,
+    share: crate::sync::AtomicU64,
     /// `capacity / shards`, rounded down (0 when there are more shards than capacity): an
     /// ordinary pass evicts only in a shard that holds more than this, so shards share the
     /// capacity evenly when keys spread evenly, a shard may hold all of it when they do not,
     /// and the shares never add up to more than the capacity (a shard at its share never has
     /// to leave the cache over it).
-    pub(crate) floor_share: u64,
+    floor_share: crate::sync::AtomicU64,
+    shards: u64,
     pub(crate) reserved: crossbeam_utils::CachePadded<crate::sync::AtomicU64>,
 }
 
 impl Bound {
     pub(crate) fn new(capacity: u64, shards: usize) -> Self {
-        Self {
-            capacity,
-            slack: (capacity / 64).max(1),
-            share: (capacity / shards as u64).max(1),
-            floor_share: capacity / shards as u64,
+        let bound = Self {
+            capacity: crate::sync::AtomicU64::new(0),
+            slack: crate::sync::AtomicU64::new(0),
+            share: crate::sync::AtomicU64::new(0),
+            floor_share: crate::sync::AtomicU64::new(0),
+            shards: shards as u64,
             reserved: crossbeam_utils::CachePadded::new(crate::sync::AtomicU64::new(0)),
-        }
+        };
+        bound.set_capacity(capacity);
+        bound
+    }
+
+    /// Changes the capacity (and the figures derived from it). Entries over a smaller capacity
+    /// are evicted by the passes that follow (`RawCache::set_capacity` runs them at once).
+    pub(crate) fn set_capacity(&self, capacity: u64) {
+        use crate::sync::Ordering::Relaxed;
+        // Relaxed: each figure is read on its own by writers and passes, which re-check the
+        // counter they act on (see the field's documentation).
+        self.slack.store((capacity / 64).max(1), Relaxed);
+        self.share.store((capacity / self.shards).max(1), Relaxed);
+        self.floor_share.store(capacity / self.shards, Relaxed);
+        self.capacity.store(capacity, Relaxed);
+    }
+
+    /// The capacity: entries, or total weight with a weigher.
+    #[inline]
+    pub(crate) fn capacity(&self) -> u64 {
+        // Relaxed: see `set_capacity`.
+        self.capacity.load(crate::sync::Ordering::Relaxed)
+    }
+
+    /// How far concurrent inserts may take the reserved weight past the capacity.
+    #[inline]
+    pub(crate) fn slack(&self) -> u64 {
+        // Relaxed: see `set_capacity`.
+        self.slack.load(crate::sync::Ordering::Relaxed)
+    }
+
+    /// Each shard's nominal share of the capacity (see the field).
+    #[inline]
+    pub(crate) fn share(&self) -> u64 {
+        // Relaxed: see `set_capacity`.
+        self.share.load(crate::sync::Ordering::Relaxed)
+    }
+
+    /// `capacity / shards`, rounded down (see the field).
+    #[inline]
+    pub(crate) fn floor_share(&self) -> u64 {
+        // Relaxed: see `set_capacity`.
+        self.floor_share.load(crate::sync::Ordering::Relaxed)
     }
 
     /// The weight reserved now (a counter: exact when no write is in flight).
@@ -120,7 +171,7 @@ impl Bound {
 
     #[inline]
     pub(crate) fn over(&self) -> bool {
-        self.reserved() > self.capacity
+        self.reserved() > self.capacity()
     }
 
     /// Releases `weight` (called by whoever marks an entry removed, exactly once).
@@ -154,6 +205,9 @@ pub(crate) struct RawCache<K, V, S> {
     shards: Box<[Shard<K, V>]>,
     shard_bits: u32,
     pub(crate) cfg: Config<K, V, S>,
+    /// The user's per-entry expiry, if any (`set_expiry`): its read hook makes reads take
+    /// `Shard::read_hooked`, its create and update hooks decide inserts' lifetimes.
+    expiry: Option<Box<ExpiryFn<K, V>>>,
 }
 
 /// A share of the bound reserved for an insert: given back when dropped unless `kept` (the
@@ -205,7 +259,13 @@ where
                 .collect::<Option<_>>()?,
             shard_bits: layout.shards.trailing_zeros(),
             cfg,
+            expiry: None,
         })
+    }
+
+    /// Sets the per-entry expiry (at build, before the cache is shared).
+    pub(crate) fn set_expiry(&mut self, expiry: Box<ExpiryFn<K, V>>) {
+        self.expiry = Some(expiry);
     }
 
     #[inline]
@@ -249,9 +309,52 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.cfg.hash(key);
+        if let Some(expiry) = &self.expiry {
+            let shard = self.shard(hash);
+            return light::read(|guard| self.read_hooked(shard, &**expiry, hash, key, f, guard));
+        }
         let found = self.shard(hash).read(&self.cfg, hash, key, f);
         self.cfg.stats.read(found.is_some());
         found
+    }
+
+    /// A read through `Shard::read_hooked` (a cache with an expiry), and the event for a
+    /// deadline it moved earlier, recorded once the read is over.
+    #[cold]
+    fn read_hooked<Q, R>(
+        &self,
+        shard: &Shard<K, V>,
+        expiry: &ExpiryFn<K, V>,
+        hash: u64,
+        key: &Q,
+        f: impl FnOnce(&V) -> R,
+        guard: &impl reclaim::Protected,
+    ) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (found, moved) = shard.read_hooked(&self.cfg, expiry, hash, key, f, guard);
+        self.cfg.stats.read(found.is_some());
+        if let Some(idx) = moved {
+            let guard = epoch::pin();
+            let removed = shard.reschedule(&self.cfg, idx, &guard);
+            self.report(shard, removed, &guard);
+        }
+        found
+    }
+
+    /// A read that counts as nothing (no statistics, no expiry hook, no idle extension of
+    /// its own): the loaders' second look.
+    pub(crate) fn peek<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.cfg.hash(key);
+        let shard = self.shard(hash);
+        let guard = shard.pin_for(hash);
+        shard.observe(&self.cfg, hash, key, &guard, |v| v.map(f)).1
     }
 
     pub(crate) fn contains<Q>(&self, key: &Q) -> bool
@@ -271,6 +374,10 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.cfg.hash(key);
+        if let Some(expiry) = &self.expiry {
+            let shard = self.shard(hash);
+            return self.read_hooked(shard, &**expiry, hash, key, f, guard);
+        }
         let found = self.shard(hash).read_in(&self.cfg, hash, key, f, guard);
         self.cfg.stats.read(found.is_some());
         found
@@ -376,7 +483,7 @@ where
         // Relaxed: the counter only has to be exact, not ordered with anything else.
         let mut current = bound.reserved.load(crate::sync::Ordering::Relaxed);
         loop {
-            if current.saturating_add(weight) > bound.capacity.saturating_add(bound.slack) {
+            if current.saturating_add(weight) > bound.capacity().saturating_add(bound.slack()) {
                 self.make_room(bound, weight);
                 current = bound.reserved.load(crate::sync::Ordering::Relaxed);
                 continue;
@@ -406,7 +513,7 @@ where
     /// then spun forever; `tests/bounded.rs`, `few_heavy_entries_per_shard_never_hang`.)
     #[cold]
     fn make_room(&self, bound: &Bound, weight: u64) {
-        let target = bound.capacity.saturating_sub(weight);
+        let target = bound.capacity().saturating_sub(weight);
         let mut order: Vec<usize> = (0..self.shards.len()).collect();
         order.sort_unstable_by_key(|&i| std::cmp::Reverse(self.shards[i].size()));
         let guard = epoch::pin();
@@ -481,6 +588,11 @@ where
         Q: Hash + Eq + ?Sized,
         V: Clone,
     {
+        if self.expiry.is_some()
+            && let Some(v) = self.read(key, V::clone)
+        {
+            return Some((v, false));
+        }
         let hash = self.cfg.hash(key);
         let shard = self.shard(hash);
         let guard = shard.pin_for(hash);
@@ -488,6 +600,234 @@ where
         self.cfg.stats.read(found.is_some());
         self.report(shard, removed, &guard);
         found
+    }
+
+    /// The weight of an entry (1 without a weigher; a zero weight counts as one, so that no
+    /// entry escapes the bound).
+    pub(crate) fn weigh(&self, key: &K, value: &V) -> u32 {
+        self.cfg
+            .weigher
+            .as_ref()
+            .map_or(1, |weigh| weigh(key, value).max(1))
+    }
+
+    /// Whether an entry of `weight` is heavier than the whole capacity (it is then not stored).
+    pub(crate) fn too_heavy(&self, weight: u32) -> bool {
+        self.cfg
+            .bound
+            .as_ref()
+            .is_some_and(|b| u64::from(weight) > b.capacity())
+    }
+
+    /// The own lifetime (ns) the expiry gives a value written for `key`; `None` for the cache's
+    /// default (no expiry set, or the hook said "no expiry", which the time to live caps).
+    /// `old` is the remaining lifetime of the live value it replaces (`Some(NEVER)`: one that
+    /// does not expire), `None` if there is none.
+    pub(crate) fn lifetime_for(&self, key: &K, value: &V, old: Option<u64>) -> Option<u64> {
+        let expiry = self.expiry.as_ref()?;
+        let given = match old {
+            None => expiry.expire_after_create(key, value),
+            Some(remaining) => {
+                let remaining =
+                    (remaining != table::NEVER).then(|| std::time::Duration::from_nanos(remaining));
+                expiry.expire_after_update(key, value, remaining)
+            }
+        };
+        given.map(|d| crate::builder::duration_to_ns(d).min(self.cfg.ttl))
+    }
+
+    /// Whether the cache has an expiry (its inserts then ask it for their lifetimes).
+    pub(crate) fn has_expiry(&self) -> bool {
+        self.expiry.is_some()
+    }
+
+    /// Atomic compute on `key` (see `raw/shard/conditional.rs` for the protocol): `f` is
+    /// given the key's live value (or `None`) and decides; the decision takes effect only if
+    /// the value is still the key's when it is published, otherwise `f` runs again on the
+    /// new one. `f` runs with this thread pinned and no lock held.
+    pub(crate) fn compute(&self, key: K, mut f: impl FnMut(Option<&V>) -> Op<V>) -> CompResult<V>
+    where
+        V: Clone,
+    {
+        let cfg = &self.cfg;
+        let hash = cfg.hash(&key);
+        let shard = self.shard(hash);
+        let mut staged = Staged::new(&shard.table, key);
+        loop {
+            let guard = shard.pin_for(hash);
+            let (seen, (op, current)) = staged.with_key(|k| {
+                shard.observe(cfg, hash, k, &guard, |v| {
+                    let op = f(v);
+                    // The current value, for the result (`Unchanged`, `Removed`).
+                    let current = match op {
+                        Op::Put(_) => None,
+                        Op::Nop | Op::Remove => v.cloned(),
+                    };
+                    (op, current)
+                })
+            });
+            let now = || cfg.time.now();
+            match (op, seen) {
+                // Reading needs no lock: the value `f` saw was the key's at the observation.
+                (Op::Nop, _) | (Op::Remove, None) => {
+                    return match current {
+                        Some(v) => CompResult::Unchanged(v),
+                        None => CompResult::StillNone,
+                    };
+                }
+                (Op::Remove, Some((old, _))) => {
+                    let Ok(removed) = self.remove_current(
+                        shard,
+                        &staged,
+                        hash,
+                        old,
+                        RemovalCause::Explicit,
+                        &guard,
+                    ) else {
+                        continue;
+                    };
+                    self.report(shard, removed, &guard);
+                    match current {
+                        Some(v) => return CompResult::Removed(v),
+                        None => unreachable!("a removed value was observed"),
+                    }
+                }
+                (Op::Put(value), seen) => {
+                    let result = match seen {
+                        Some(_) => CompResult::ReplacedWith(value.clone()),
+                        None => CompResult::Inserted(value.clone()),
+                    };
+                    let weight = staged.with_key(|k| self.weigh(k, &value));
+                    let own_ttl = staged.with_key(|k| {
+                        let old = seen.map(|(_, d)| {
+                            if d == table::NEVER {
+                                table::NEVER
+                            } else {
+                                d.saturating_sub(now())
+                            }
+                        });
+                        self.lifetime_for(k, &value, old)
+                    });
+                    // The share of the bound, reserved before the lock is taken (making room
+                    // takes maintenance locks), given back if this attempt does not publish.
+                    let heavy = self.too_heavy(weight);
+                    let mut reserved = cfg.bound.as_ref().filter(|_| !heavy).map(|bound| {
+                        self.reserve(bound, u64::from(weight));
+                        Reservation {
+                            bound,
+                            weight: u64::from(weight),
+                            kept: false,
+                        }
+                    });
+                    let staged_value = if heavy {
+                        Err(value)
+                    } else {
+                        staged.stage(value, hash)
+                    };
+                    if let Err(value) = staged_value {
+                        // Heavier than the capacity, or the shard cannot address another node:
+                        // as for `insert`, the previous value goes and the new one is evicted
+                        // at once.
+                        drop(reserved);
+                        if let Some((old, _)) = seen {
+                            match self.remove_current(
+                                shard,
+                                &staged,
+                                hash,
+                                old,
+                                RemovalCause::Replaced,
+                                &guard,
+                            ) {
+                                Ok(removed) => self.report(shard, removed, &guard),
+                                Err(Stale) => continue,
+                            }
+                        }
+                        if let Some(listener) = &cfg.listener {
+                            staged.with_key(|k| listener(k, &value, RemovalCause::Size));
+                        }
+                        return result;
+                    }
+                    let published = shard.upkeep.exclusive(|| {
+                        shard.publish(
+                            cfg,
+                            hash,
+                            &mut staged,
+                            seen.map(|(old, _)| old),
+                            own_ttl,
+                            weight,
+                            &guard,
+                        )
+                    });
+                    let Ok(published) = published else {
+                        continue;
+                    };
+                    if let Some(r) = reserved.as_mut() {
+                        r.kept = true;
+                    }
+                    let removed = shard.published(cfg, published, &guard);
+                    self.report(shard, removed, &guard);
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// Removes `old` for `cause` if it is still the staged key's live value (under the shard's
+    /// maintenance lock, see `publish`); the removals to report.
+    fn remove_current(
+        &self,
+        shard: &Shard<K, V>,
+        staged: &Staged<'_, K, V>,
+        hash: u64,
+        old: table::Idx,
+        cause: RemovalCause,
+        guard: &Guard,
+    ) -> Result<Removed, Stale> {
+        let claimed = shard.upkeep.exclusive(|| {
+            staged.with_key(|k| shard.remove_current(&self.cfg, hash, k, old, guard))
+        })?;
+        Ok(shard.removed_current(&self.cfg, old, claimed, cause, guard))
+    }
+
+    /// Removes every live entry for which `pred` is true (`Explicit`); returns how many this
+    /// call removed. Weakly consistent (see `Shard::retain`).
+    pub(crate) fn retain(&self, pred: &mut dyn FnMut(&K, &V) -> bool) -> usize {
+        let mut count = 0;
+        for shard in self.shards.iter() {
+            let guard = epoch::pin();
+            let removed = shard.retain(&self.cfg, pred, &guard);
+            count += removed
+                .pass
+                .iter()
+                .filter(|(_, cause)| *cause == RemovalCause::Explicit)
+                .count();
+            self.report(shard, removed, &guard);
+        }
+        count
+    }
+
+    /// Changes the capacity of a bounded cache, then evicts down to a smaller one (readers
+    /// never wait; writers of a shard being evicted from wait for its pass at most). `false`
+    /// for a cache without a bound.
+    pub(crate) fn set_capacity(&self, capacity: u64) -> bool {
+        let Some(bound) = &self.cfg.bound else {
+            return false;
+        };
+        bound.set_capacity(capacity);
+        // Inserts in flight may hold reservations over the new capacity for a moment (they
+        // publish and become evictable without waiting): a few rounds take what they left.
+        for _ in 0..4 {
+            if !bound.over() {
+                break;
+            }
+            self.make_room(bound, 0);
+        }
+        true
+    }
+
+    /// The capacity of a bounded cache.
+    pub(crate) fn capacity(&self) -> Option<u64> {
+        self.cfg.bound.as_ref().map(Bound::capacity)
     }
 
     /// Applies every shard's pending events and expires what is due, then sums the live
@@ -662,7 +1002,7 @@ mod tests {
                             0 => drop(cache.remove(&k, RemovalCause::Explicit)),
                             _ => drop(cache.insert(k, i, None, 1, Write::Upsert)),
                         }
-                        assert!(bound.reserved() <= bound.capacity + bound.slack);
+                        assert!(bound.reserved() <= bound.capacity() + bound.slack());
                     }
                 })
             })

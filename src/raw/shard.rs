@@ -14,8 +14,13 @@
 //! Writers are pinned to crossbeam-epoch by their caller (`RawCache`), which also reports to
 //! the listener the removals an operation made ([`Removed`]) while that pin protects them.
 
+mod conditional;
+mod expiry;
+
 use std::borrow::Borrow;
 use std::hash::BuildHasher;
+
+pub(crate) use conditional::{Staged, Stale};
 
 use super::maint::{Event, Notes, PassKind, TICK_SHIFT, Upkeep};
 use super::reclaim::{Protected, light};
@@ -465,20 +470,26 @@ where
         Q: Eq + ?Sized,
         V: Clone,
     {
+        // Removals reattributed to a compute that replaced the value (conditional.rs).
+        let mut earlier = Notes::new();
         loop {
             let Some((idx, node, next)) = self.table.lookup(hash, key, guard) else {
-                return (None, Removed::default());
+                return (None, Removed::default().after(earlier));
             };
             if next & MARK != 0 {
-                return (None, Removed::default());
+                return (None, Removed::default().after(earlier));
             }
             let live = Self::alive(node, cfg);
             if let Some(claimed) = node.mark() {
+                if self.overtaken_by_compute(cfg, idx, claimed, &mut earlier, guard) {
+                    // A compute replaced the value as we marked it: remove its value instead.
+                    continue;
+                }
                 let cause = if live { cause } else { RemovalCause::Expired };
                 // SAFETY: found while pinned (see `Table::find`).
                 let value = live.then(|| unsafe { node.with_payload(|_, v| v.clone()) });
                 let removed = self.writer_marked(cfg, idx, claimed, cause, guard);
-                return (value, removed);
+                return (value, removed.after(earlier));
             }
             // Lost the race for the mark: another remove, an insert that superseded the node,
             // or the maintainer. Look again: a newer node may have taken its place.
@@ -522,6 +533,12 @@ where
             // Already expired: remove it now, as an expiry.
             let removed = match node.mark() {
                 Some(claimed) => {
+                    let mut earlier = Notes::new();
+                    if self.overtaken_by_compute(cfg, idx, claimed, &mut earlier, guard) {
+                        // A compute replaced the value as we marked it: retime its value.
+                        let (live, removed) = self.retime(cfg, hash, key, own_ttl, guard);
+                        return (live, removed.after(earlier));
+                    }
                     self.writer_marked(cfg, idx, claimed, RemovalCause::Expired, guard)
                 }
                 None => Removed::default(),
@@ -600,6 +617,12 @@ where
         let Some(claimed) = node.mark() else {
             return (None, Removed::default());
         };
+        let mut earlier = Notes::new();
+        if self.overtaken_by_compute(cfg, idx, claimed, &mut earlier, guard) {
+            // A compute replaced the value as we marked it: read its value instead.
+            let (found, removed) = self.read_stale(cfg, hash, key, guard);
+            return (found, removed.after(earlier));
+        }
         // SAFETY: found while pinned (see `Table::find`).
         let value = unsafe { node.with_payload(|_, v| v.clone()) };
         let removed = self.writer_marked(cfg, idx, claimed, RemovalCause::Expired, guard);

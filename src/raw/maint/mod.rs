@@ -198,6 +198,14 @@ impl Upkeep {
         .map_or_else(Vec::new, |((), notes)| notes)
     }
 
+    /// Runs `f` holding the maintenance lock, without a pass: a compute's check and
+    /// publication (`raw/shard/conditional.rs`), which nothing that marks nodes under this
+    /// lock may interleave with. `f` must not record events (a full ring would make it wait
+    /// for this very lock).
+    pub(crate) fn exclusive<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.lock.run(|_| f())
+    }
+
     /// Runs a pass of `kind` (`None` if it is [`Offered`](PassKind::Offered) and another
     /// thread holds the lock): the events recorded so far, expiry, eviction, unlinks and a
     /// growth step, then `f` with the pass, then the retirements. Returns what `f` returned
@@ -512,7 +520,7 @@ where
             let weighted = self.cfg.weigher.is_some();
             self.m
                 .policy
-                .get_or_insert_with(|| Policy::new(bound.share, weighted))
+                .get_or_insert_with(|| Policy::new(bound.share(), weighted))
                 .insert(idx, hash, weight);
         }
     }
@@ -697,16 +705,20 @@ where
         let Some(bound) = &cfg.bound else {
             return;
         };
-        let target = hard_target.unwrap_or(bound.capacity);
+        let target = hard_target.unwrap_or(bound.capacity());
         loop {
             let Some(policy) = self.m.policy.as_mut() else {
                 return;
             };
             // The policy's queue targets are proportioned to what this shard holds: its
             // share, or more (up to the whole capacity) when the keys do not spread evenly.
-            policy.set_capacity(bound.share.max(policy.weighted_size().min(bound.capacity)));
+            policy.set_capacity(
+                bound
+                    .share()
+                    .max(policy.weighted_size().min(bound.capacity())),
+            );
             if bound.reserved() <= target
-                || (hard_target.is_none() && policy.weighted_size() <= bound.floor_share)
+                || (hard_target.is_none() && policy.weighted_size() <= bound.floor_share())
             {
                 return;
             }

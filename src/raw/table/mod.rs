@@ -31,7 +31,7 @@ pub(crate) use node::{IDX_MASK, Idx, MARK, NEVER, NIL, Node, UNINIT};
 use buckets::{free_buckets, new_buckets, prefetch_bucket};
 
 use super::reclaim::Protected;
-use crate::sync::{Arc, AtomicUsize, Ordering};
+use crate::sync::{Arc, AtomicU32, AtomicUsize, Ordering};
 
 /// The chain tag of a hash: bits 32..48 (the bucket uses the low bits, the shard the top ones).
 #[inline]
@@ -56,6 +56,14 @@ pub(crate) struct Table<K, V> {
     pub(crate) cap: Column,
     /// With a weigher: each entry's weight (written before the node is published).
     pub(crate) weights: Column,
+    /// The node a compute of this shard is replacing, from before it checks that the node is
+    /// its key's live value until it has marked it ([`NIL`] otherwise); written only by the
+    /// holder of the shard's maintenance lock. See `raw/shard/compute.rs`.
+    pub(crate) computing: AtomicU32,
+    /// Per node: 1 when a compute published the node's successor, computed from the node's
+    /// value, and found the node marked by a lookup-based remover that had raced it (see
+    /// [`overtaken`](Self::overtaken)). 0 otherwise, and again once that remover has read it.
+    pub(crate) overtaken: Column,
 }
 
 impl<K, V> Table<K, V> {
@@ -70,6 +78,8 @@ impl<K, V> Table<K, V> {
             lifetime: Column::new(&arena),
             cap: Column::new(&arena),
             weights: Column::new(&arena),
+            computing: AtomicU32::new(NIL),
+            overtaken: Column::new(&arena),
             arena: Arc::new(arena),
         })
     }
@@ -119,6 +129,38 @@ impl<K, V> Table<K, V> {
         // the current array is uninitialised and a grace period has passed, so a protected
         // thread that can still need it keeps it alive.
         Some(unsafe { Buckets::from_word(word) })
+    }
+
+    /// For a writer that found node `idx` by looking its key up and has just marked it (a
+    /// remove, an expiring `set_ttl`, a stale read, `retain`): whether a compute replaced the
+    /// node, with a value computed from it, while the mark was being made. Then the removal
+    /// is that compute's replacement (the caller reports it as `Replaced` and looks again).
+    ///
+    /// The handshake with `raw/shard/compute.rs`: the compute stores the node's index in
+    /// [`computing`](Self::computing), fences, and only then checks that the node is unmarked;
+    /// this writer has marked it and fences before loading `computing`. Of two SeqCst fences
+    /// one comes first: either the compute sees the mark (and does not publish), or this load
+    /// sees the compute's store or a later one. It waits while the compute is at work on the
+    /// node; the compute records its outcome in [`overtaken`](Self::overtaken) before it
+    /// clears `computing` (Release), so once `computing` names another node (Acquire), the
+    /// outcome is visible.
+    pub(crate) fn overtaken(&self, idx: Idx) -> bool {
+        // SeqCst fence: the mark this writer just made comes before the load below (Dekker
+        // with the compute's store and fence; see above).
+        crate::sync::fence(Ordering::SeqCst);
+        // Acquire: pairs with the compute's Release store that clears it (its outcome first).
+        while self.computing.load(Ordering::Acquire) == idx {
+            // The compute holds the shard's maintenance lock and is between two of its own
+            // steps (no waiting, no user code but `Eq` and `Hash`): it finishes shortly.
+            crate::sync::yield_now();
+        }
+        if !self.overtaken.is_allocated(idx) || self.overtaken.get(idx) == 0 {
+            return false;
+        }
+        // Only the node's marker (this writer) reads or clears its entry, and it does so
+        // before the node can be retired, so the slot's next occupant starts from 0.
+        self.overtaken.set(idx, 0);
+        true
     }
 
     /// The weight of node `idx`: its recorded weight if the cache is `weighted`, else 1.

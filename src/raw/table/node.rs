@@ -161,6 +161,20 @@ impl<K, V> Node<K, V> {
         });
     }
 
+    /// Replaces the value of a node the caller owns (rule 1), returning the old one: a compute
+    /// keeps its key in one private node across attempts, and only the value changes.
+    ///
+    /// # Safety
+    /// The caller owns the slot (taken from the arena, initialised by [`init`](Self::init),
+    /// never published).
+    pub(crate) unsafe fn swap_value(&self, value: V) -> V {
+        self.payload.with_mut(|p| {
+            // SAFETY: exclusive access to an initialised payload, per this function's contract.
+            let (_, v) = unsafe { (*p).assume_init_mut() };
+            std::mem::replace(v, value)
+        })
+    }
+
     /// Runs `f` on the key and value.
     ///
     /// # Safety
