@@ -364,7 +364,14 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             ring,
             huge_pages: self.huge_pages,
         };
-        let load_shift = u32::from(self.max_capacity.is_some() && self.weigher.is_none());
+        let half_load_below = match (self.max_capacity, &self.weigher) {
+            (Some(c), None) => c
+                .div_ceil(shards as u64)
+                .saturating_mul(BUCKETS_PER_ENTRY as u64)
+                .checked_next_power_of_two()
+                .unwrap_or(u64::MAX),
+            _ => 0,
+        };
         let cfg = Config {
             hasher: self.hasher,
             listener: self.listener,
@@ -378,7 +385,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             #[cfg(not(loom))]
             growing: Default::default(),
             owner: crate::raw::reclaim::retire::owner(),
-            load_shift,
+            half_load_below,
         };
         let raw = RawCache::new(layout, cfg).ok_or(BuildError::OutOfMemory)?;
         let cache = Cache::from_raw(raw);
