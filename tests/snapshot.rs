@@ -879,3 +879,47 @@ fn the_sealed_serializer_keeps_values_unreadable_and_unforgeable() {
     assert_eq!(same.load_snapshot_from_slice(&snapshot).unwrap(), 1);
     assert_eq!(same.get("s").unwrap(), Some(session));
 }
+
+/// Review of a334a6e: `close` stopped the background saver without waiting for a save
+/// already running, whose rename of an older snapshot could land after close's own (the
+/// session set just before `close` was then missing from the file). Raced many times.
+#[test]
+fn close_waits_for_a_background_save_and_writes_last() {
+    let dir = TempDir::new("close-race");
+    let path = dir.file("s.snap");
+    let mut missing = Vec::new();
+    for round in 0..60u64 {
+        let _ = std::fs::remove_file(&path);
+        let store = MemoryStore::builder()
+            .snapshot_file(&path)
+            .snapshot_every(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        // Enough sessions that a background save takes a moment.
+        for i in 0..300 {
+            store
+                .set(&format!("s{i}"), &lasting(&store, 600, i))
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_micros(500 + round * 97 % 3000));
+        store.set("last", &lasting(&store, 600, round)).unwrap();
+        assert_eq!(store.close().unwrap(), 301, "round {round}");
+        // A save that close did not wait for would land within this.
+        std::thread::sleep(Duration::from_millis(30));
+        let check = MemoryStore::new();
+        check.load_snapshot(&path).unwrap();
+        if check.get("last").unwrap().is_none() {
+            missing.push(round);
+        }
+        // And nothing is saved after close, on drop or in the background.
+        let saved = std::fs::read(&path).unwrap();
+        store.set("after", &lasting(&store, 600, 0)).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        drop(store);
+        assert_eq!(std::fs::read(&path).unwrap(), saved, "round {round}");
+    }
+    assert!(
+        missing.is_empty(),
+        "close said saved, yet an older snapshot was on disk in rounds {missing:?}"
+    );
+}
