@@ -34,6 +34,15 @@
 //!
 //! # Trust
 //!
+//! - **The directory** of the snapshot, and every directory above it, is checked at build,
+//!   at every load and at every save, as OpenSSH's `StrictModes` checks the directories of a
+//!   key: each must belong to the effective user or to root, and must not be writable by
+//!   group or others unless it has the sticky bit (as `/tmp` does: there, others can add
+//!   names but cannot remove or replace ours). Otherwise another user could rename a file
+//!   over the snapshot, or the directory itself, between two of our operations
+//!   ([`SnapshotError::DirectoryWritableByOthers`], [`SnapshotError::DirectoryForeignOwner`]).
+//!   The path is resolved first (symbolic links and all), and the resolved path is what is
+//!   checked and then used, so a link on the way cannot be changed after the check.
 //! - **Loading** opens the path without following a symbolic link and without blocking (a
 //!   FIFO cannot stall it), then checks through the opened file: it must be a regular file,
 //!   not writable by group or others, and owned by the effective user (as OpenSSH's
@@ -52,6 +61,15 @@
 //!   the target (which replaces a symbolic link there rather than writing through it), and
 //!   the directory is flushed too: a crash at any moment leaves either the previous snapshot
 //!   or the new one, never a mix.
+//! - **No rollback protection.** A seal (or a checksum) says who wrote a snapshot, not when:
+//!   an older snapshot of the same store, sealed with the same key, loads as well as the
+//!   latest. Whoever can write the snapshot's directory (after the checks above: this user
+//!   and root), or restores a backup, can put an older snapshot back, and the sessions it
+//!   holds come back too, those that logged out since included, each until the expiry it
+//!   had then. Keep the directory private to the server's user, and change the key
+//!   ([`snapshot_key`](super::MemoryStoreBuilder::snapshot_key)) to make every earlier
+//!   snapshot unloadable (a snapshot sealed with another key is refused, the sessions it
+//!   holds are lost).
 
 use std::fmt;
 use std::fs::{self, File};
@@ -153,6 +171,29 @@ pub enum SnapshotError {
     /// The sealed file does not open with the store's key: it was changed or cut, or sealed
     /// with another key.
     Unauthenticated,
+    /// A directory on the snapshot's path (its own, or one above it) is writable by group or
+    /// others and has no sticky bit: another user could replace the snapshot there, or put
+    /// back an older one (rename a planted file over it, or the directory itself); refused
+    /// when the store is built, and at every load and save. (`chmod go-w` it; a
+    /// world-writable directory with the sticky bit, such as `/tmp`, is accepted: others
+    /// cannot remove or replace what is not theirs there.)
+    DirectoryWritableByOthers {
+        /// The directory.
+        dir: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A directory on the snapshot's path (its own, or one above it) belongs to another user
+    /// than the one running the store, or root: that user could replace the snapshot or put
+    /// back an older one; refused like [`DirectoryWritableByOthers`](Self::DirectoryWritableByOthers).
+    DirectoryForeignOwner {
+        /// The directory.
+        dir: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The effective uid of this process.
+        euid: u32,
+    },
     /// The snapshot's directory does not take a new file (missing, not a directory, or not
     /// writable): found by [`build`](super::MemoryStoreBuilder::build), which creates and
     /// removes a temporary file there, so that a store that could never save does not start.
@@ -214,6 +255,20 @@ impl fmt::Display for SnapshotError {
             SnapshotError::Unauthenticated => write!(
                 f,
                 "the sealed snapshot does not open with the store's key (changed, cut, or sealed with another key)"
+            ),
+            SnapshotError::DirectoryWritableByOthers { dir, mode } => write!(
+                f,
+                "the snapshot directory {} (mode {mode:04o}) is writable by group or others \
+                 without the sticky bit, so another user could replace the snapshot or put back \
+                 an older one: refused (chmod go-w it)",
+                dir.display()
+            ),
+            SnapshotError::DirectoryForeignOwner { dir, owner, euid } => write!(
+                f,
+                "the snapshot directory {} belongs to uid {owner}, neither this process's uid \
+                 {euid} nor root, so that user could replace the snapshot or put back an older \
+                 one: refused",
+                dir.display()
             ),
             SnapshotError::DirectoryNotWritable { dir, source } => write!(
                 f,
@@ -583,7 +638,8 @@ fn open_trusted(path: &Path) -> Result<(File, u64), SnapshotError> {
 /// Reads the snapshot at `path` after the checks of [`open_trusted`], reading the header
 /// first and then only the length it declares. An empty file gives an empty vector.
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, SnapshotError> {
-    let (file, size) = open_trusted(path)?;
+    let (dir, name) = trusted_split(path)?;
+    let (file, size) = open_trusted(&dir.join(name))?;
     if size == 0 {
         return Ok(Vec::new());
     }
@@ -628,6 +684,71 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, SnapshotError> {
     Ok(bytes)
 }
 
+/// What the directory checks found wrong with a directory.
+enum Untrusted {
+    /// It could not be resolved or is not a directory.
+    Unusable(io::Error),
+    /// It (or one above it) lets another user replace its entries.
+    Refused(SnapshotError),
+}
+
+/// Resolves `dir` (symbolic links and all) and checks it and every directory above it, as
+/// OpenSSH's `StrictModes` checks the directories of a key: each must belong to this
+/// process's effective user or to root, and must not be writable by group or others unless
+/// it has the sticky bit (then others can add names but cannot remove or replace ours).
+/// Then nobody else can swap the snapshot, or any directory on the way to it, between this
+/// check and its use, provided the caller uses the resolved path it returns (a symbolic link
+/// on the way, which its owner could change, is not followed again).
+fn trusted_dir(dir: &Path) -> Result<PathBuf, Untrusted> {
+    let resolved = fs::canonicalize(dir).map_err(Untrusted::Unusable)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let euid = euid();
+        let mut at = Some(resolved.as_path());
+        while let Some(d) = at {
+            let meta = fs::symlink_metadata(d).map_err(Untrusted::Unusable)?;
+            if !meta.is_dir() {
+                // The resolved path has no links: only a change under our feet (or a file
+                // named as the directory) gets here.
+                return Err(Untrusted::Unusable(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is not a directory", d.display()),
+                )));
+            }
+            let (owner, mode) = (meta.uid(), meta.mode() & 0o7777);
+            if owner != euid && owner != 0 {
+                return Err(Untrusted::Refused(SnapshotError::DirectoryForeignOwner {
+                    dir: d.to_path_buf(),
+                    owner,
+                    euid,
+                }));
+            }
+            if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                return Err(Untrusted::Refused(
+                    SnapshotError::DirectoryWritableByOthers {
+                        dir: d.to_path_buf(),
+                        mode,
+                    },
+                ));
+            }
+            at = d.parent();
+        }
+    }
+    Ok(resolved)
+}
+
+/// The snapshot's directory, resolved and checked ([`trusted_dir`]), and its file name. An
+/// unusable directory is an [`SnapshotError::Io`].
+fn trusted_split(path: &Path) -> Result<(PathBuf, &std::ffi::OsStr), SnapshotError> {
+    let (dir, name) = split(path)?;
+    match trusted_dir(&dir) {
+        Ok(resolved) => Ok((resolved, name)),
+        Err(Untrusted::Unusable(e)) => Err(SnapshotError::Io(e)),
+        Err(Untrusted::Refused(e)) => Err(e),
+    }
+}
+
 /// The directory `path` is in, and its file name.
 fn split(path: &Path) -> Result<(PathBuf, &std::ffi::OsStr), SnapshotError> {
     let dir = match path.parent() {
@@ -665,6 +786,13 @@ fn temp_in(dir: &Path, name: &std::ffi::OsStr, mode: u32) -> io::Result<tempfile
 /// directory, and removes it.
 pub(crate) fn probe(path: &Path) -> Result<(), SnapshotError> {
     let (dir, name) = split(path)?;
+    let dir = match trusted_dir(&dir) {
+        Ok(resolved) => resolved,
+        Err(Untrusted::Unusable(source)) => {
+            return Err(SnapshotError::DirectoryNotWritable { dir, source });
+        }
+        Err(Untrusted::Refused(e)) => return Err(e),
+    };
     match temp_in(&dir, name, 0o600) {
         Ok(tmp) => tmp.close().map_err(SnapshotError::Io),
         Err(source) => Err(SnapshotError::DirectoryNotWritable { dir, source }),
@@ -673,7 +801,9 @@ pub(crate) fn probe(path: &Path) -> Result<(), SnapshotError> {
 
 /// Writes `contents` to `path` atomically and privately (see the module documentation).
 pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), SnapshotError> {
-    let (dir, name) = split(path)?;
+    let (dir, name) = trusted_split(path)?;
+    // The resolved path from here on (see `trusted_dir`).
+    let path = &dir.join(name);
     // 0600, or the existing file's owner bits if they are stricter (say 0400).
     #[cfg(unix)]
     let mode = {

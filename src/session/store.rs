@@ -200,8 +200,11 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
     }
 
     /// Keeps the sessions in `path` across restarts (not a memorystore option): `build`
-    /// checks that a snapshot can be written in `path`'s directory (it creates and removes a
-    /// temporary file there; [`SnapshotError::DirectoryNotWritable`] if it cannot), loads the
+    /// checks `path`'s directory and those above it (refused if another user could write or
+    /// owns one: [`SnapshotError::DirectoryWritableByOthers`],
+    /// [`SnapshotError::DirectoryForeignOwner`]) and that a snapshot can be written there (it
+    /// creates and removes a temporary file; [`SnapshotError::DirectoryNotWritable`] if it
+    /// cannot), loads the
     /// snapshot at `path` if the file exists (sessions that expired meanwhile are skipped; an
     /// empty file is "no sessions yet"; a damaged, untrusted or wrongly keyed file makes
     /// `build` fail with [`Error::Snapshot`] rather than start empty and overwrite it), and
@@ -229,7 +232,12 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
     /// without a key is [`SnapshotError::KeyRequired`]; and an unsealed file loaded with a key
     /// is [`SnapshotError::NotSealed`], refused rather than trusted (whoever can plant a file
     /// can plant an unsealed one). To move an unsealed snapshot over, load it once with a store
-    /// without a key and save it with one. Applies to [`snapshot_file`](Self::snapshot_file)
+    /// without a key and save it with one.
+    ///
+    /// A seal is not a date: an older snapshot sealed with the same key loads as well as the
+    /// latest, and brings back the sessions it holds (logged out since or not). The directory
+    /// checks keep other users from putting one back; this user, root and a backup restore
+    /// can. A new key makes every earlier snapshot unloadable. Applies to [`snapshot_file`](Self::snapshot_file)
     /// and to every snapshot method of the store. The values themselves, in memory, are not
     /// sealed (see [`Sealed`](super::Sealed) for a serializer that seals them, for Redis).
     pub fn snapshot_key(mut self, key: SealingKey) -> Self {
@@ -856,7 +864,9 @@ impl<Z: Serializer> MemoryStore<Z> {
     /// Saves every live session, with its absolute expiry (by [`now`](Self::now)), to `path`;
     /// returns how many. Not a memorystore method: it makes sessions survive a restart.
     ///
-    /// The file is private and written atomically: to a temporary file created exclusively
+    /// The file's directory is checked first as [`load_snapshot`](Self::load_snapshot) checks
+    /// it (a directory another user could write is refused). The file is private and written
+    /// atomically: to a temporary file created exclusively
     /// (never through a symbolic link) under a random name in the same directory, mode `0600`
     /// (or the existing file's owner bits if stricter), flushed to disk, renamed over `path`,
     /// and the directory flushed, so a crash at any moment leaves the previous snapshot or
@@ -926,7 +936,11 @@ impl<Z: Serializer> MemoryStore<Z> {
     /// [`now`](Self::now)), each with its remaining lifetime, replacing sessions with the same
     /// ids (the dispose hook hears about those as `Replaced`); returns how many were loaded.
     ///
-    /// The file must be one nobody else could have written: it is opened without following
+    /// The file must be one nobody else could have written. Its directory and every directory
+    /// above it must belong to this user or root and not be writable by group or others
+    /// without the sticky bit ([`SnapshotError::DirectoryWritableByOthers`],
+    /// [`SnapshotError::DirectoryForeignOwner`]; [`save_snapshot`](Self::save_snapshot) checks
+    /// the same). The file is opened without following
     /// a symbolic link and without blocking, and refused unless it is a regular file
     /// ([`SnapshotError::NotAFile`]), not writable by group or others
     /// ([`SnapshotError::WritableByOthers`]), and owned by this process's effective user
