@@ -378,6 +378,28 @@ fn a_writer_killed_mid_save_leaves_a_loadable_snapshot() {
         }
     }
     assert!(saw_a_file > 0, "the child never saved a snapshot");
+    // The kills left temporary files behind; once they are old enough to be a crash's,
+    // the next build removes them.
+    let leftovers = || -> Vec<PathBuf> {
+        std::fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_str().unwrap();
+                name.starts_with(".crash.snap.") && name.ends_with(".tmp")
+            })
+            .collect()
+    };
+    let left = leftovers();
+    eprintln!("{} temporary files left by the kills", left.len());
+    for p in &left {
+        age_file(
+            p,
+            evanesce::session::STALE_TEMP_AGE + Duration::from_secs(1),
+        );
+    }
+    drop(MemoryStore::builder().snapshot_file(&path).build().unwrap());
+    assert_eq!(leftovers(), Vec::<PathBuf>::new());
 }
 
 // ---- a local attacker (issue 12, item 2) ----
@@ -1034,5 +1056,79 @@ fn a_directory_others_can_write_is_refused() {
             Err(Error::Snapshot(SnapshotError::DirectoryForeignOwner { .. }))
         ));
         std::os::unix::fs::chown(&open, Some(0), None).unwrap();
+    }
+}
+
+/// Sets a file's modification time `ago` in the past.
+fn age_file(path: &Path, ago: Duration) {
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.set_modified(std::time::SystemTime::now() - ago)
+        .unwrap();
+}
+
+/// Review of a334a6e: a save killed mid-way (SIGKILL, a power cut) left its full-size
+/// temporary file behind for good (27 MB and 51 MB `.name.XXXXXX.tmp` files, in clear text
+/// when unsealed). Now every build and save removes the leftovers of the snapshot's name that
+/// have not changed for STALE_TEMP_AGE, and nothing else.
+#[test]
+fn temporary_files_left_by_a_crashed_save_are_removed() {
+    use evanesce::session::STALE_TEMP_AGE;
+    let dir = TempDir::new("stale-temps");
+    let path = dir.file("s.snap");
+    let old = STALE_TEMP_AGE + Duration::from_secs(60);
+    let plant = |name: &str, ago: Duration| {
+        let p = dir.file(name);
+        std::fs::write(&p, vec![b'x'; 4096]).unwrap();
+        chmod(&p, 0o600);
+        age_file(&p, ago);
+        p
+    };
+    let stale = [
+        plant(".s.snap.AbC123.tmp", old),
+        plant(".s.snap.zzzzzz.tmp", old * 10),
+    ];
+    let kept = [
+        // A save in progress (recently written): left alone.
+        plant(".s.snap.AbC124.tmp", Duration::from_secs(5)),
+        // Not our naming: another length of random part, another snapshot's, no dot.
+        plant(".s.snap.AbC12.tmp", old),
+        plant(".s.snap.AbC1234.tmp", old),
+        plant(".s.snap.AbC-12.tmp", old),
+        plant(".other.snap.AbC123.tmp", old),
+        plant("s.snap.AbC123.tmp", old),
+        plant(".s.snap.AbC123.tmp.keep", old),
+    ];
+    // A directory and a symbolic link with our naming: never removed (nor followed).
+    let not_files = [
+        dir.file(".s.snap.dir123.tmp"),
+        dir.file(".s.snap.lnk123.tmp"),
+    ];
+    std::fs::create_dir(&not_files[0]).unwrap();
+    let target = plant("target", old);
+    std::os::unix::fs::symlink(&target, &not_files[1]).unwrap();
+
+    let store = MemoryStore::builder().snapshot_file(&path).build().unwrap();
+    for p in &stale {
+        assert!(!p.exists(), "{} left after build", p.display());
+    }
+    for p in kept.iter().chain(&not_files).chain([&target]) {
+        assert!(
+            std::fs::symlink_metadata(p).is_ok(),
+            "{} was removed",
+            p.display()
+        );
+    }
+    // Every save cleans up too (a crash while the server runs).
+    let later = plant(".s.snap.LaTeR1.tmp", old);
+    store.set("a", &lasting(&store, 600, 1)).unwrap();
+    assert_eq!(store.save_now().unwrap(), 1);
+    assert!(!later.exists());
+    assert!(kept[0].exists());
+
+    // Another user's file with our naming is not ours to remove (root only can plant one).
+    let foreign = plant(".s.snap.FoReiN.tmp", old);
+    if std::os::unix::fs::chown(&foreign, Some(65534), None).is_ok() {
+        assert_eq!(store.save_now().unwrap(), 1);
+        assert!(foreign.exists());
     }
 }

@@ -63,7 +63,7 @@ use std::fmt;
 pub use data::{Cookie, Session, SessionData};
 pub use seal::{KeyError, SealError, Sealed, SealingKey};
 pub use serializer::{JsonSerializer, Serializer};
-pub use snapshot::{MAX_SNAPSHOT_LEN, SNAPSHOT_VERSION, SnapshotError};
+pub use snapshot::{MAX_SNAPSHOT_LEN, SNAPSHOT_VERSION, STALE_TEMP_AGE, SnapshotError};
 pub use store::{
     DisposeFn, Ids, MIN_CHECK_PERIOD, MemoryStore, MemoryStoreBuilder, Options, TtlFn,
 };

@@ -60,7 +60,12 @@
 //!   existing file's owner bits if they are stricter), flushed to disk (`fsync`), renamed over
 //!   the target (which replaces a symbolic link there rather than writing through it), and
 //!   the directory is flushed too: a crash at any moment leaves either the previous snapshot
-//!   or the new one, never a mix.
+//!   or the new one, never a mix. A crash mid-save (SIGKILL, a power cut) can leave that
+//!   temporary file behind (private, but as large as a snapshot and, unsealed, in clear
+//!   text): every build and every save removes the temporary files of the snapshot's name
+//!   (`.NAME.XXXXXX.tmp`, regular files of this user) that have not changed for
+//!   [`STALE_TEMP_AGE`] (a save in progress, of this store or another process, is left
+//!   alone).
 //! - **No rollback protection.** A seal (or a checksum) says who wrote a snapshot, not when:
 //!   an older snapshot of the same store, sealed with the same key, loads as well as the
 //!   latest. Whoever can write the snapshot's directory (after the checks above: this user
@@ -764,14 +769,25 @@ fn split(path: &Path) -> Result<(PathBuf, &std::ffi::OsStr), SnapshotError> {
     Ok((dir, name))
 }
 
-/// A temporary file in `dir`: created exclusively, under a random name that starts with
-/// `.name.` and ends with `.tmp`, with permission bits `mode`.
+/// Random characters in a temporary file's name.
+const TEMP_RANDOM_LEN: usize = 6;
+
+/// How long a temporary file of ours must have gone unmodified before it counts as left
+/// behind by a save that never finished (the process was killed, or the machine stopped):
+/// a save in progress writes its file continuously, then flushes and renames it at once.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(5 * 60);
+
+/// A temporary file in `dir`: created exclusively, under a random name `.name.XXXXXX.tmp`
+/// (six ASCII letters or digits), with permission bits `mode`.
 fn temp_in(dir: &Path, name: &std::ffi::OsStr, mode: u32) -> io::Result<tempfile::NamedTempFile> {
     let mut prefix = std::ffi::OsString::from(".");
     prefix.push(name);
     prefix.push(".");
     let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".tmp");
+    builder
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .rand_bytes(TEMP_RANDOM_LEN);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -782,8 +798,76 @@ fn temp_in(dir: &Path, name: &std::ffi::OsStr, mode: u32) -> io::Result<tempfile
     builder.tempfile_in(dir)
 }
 
-/// Checks that a snapshot can be written at `path`: creates a temporary file in its
-/// directory, and removes it.
+/// Whether `entry` is named as [`temp_in`] names the temporary files of the snapshot `name`.
+fn is_temp_name(entry: &std::ffi::OsStr, name: &std::ffi::OsStr) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        is_temp_bytes(entry.as_bytes(), name.as_bytes())
+    }
+    #[cfg(not(unix))]
+    match (entry.to_str(), name.to_str()) {
+        (Some(entry), Some(name)) => is_temp_bytes(entry.as_bytes(), name.as_bytes()),
+        _ => false,
+    }
+}
+
+fn is_temp_bytes(entry: &[u8], name: &[u8]) -> bool {
+    let Some(rest) = entry
+        .strip_prefix(b".")
+        .and_then(|r| r.strip_prefix(name))
+        .and_then(|r| r.strip_prefix(b"."))
+        .and_then(|r| r.strip_suffix(b".tmp"))
+    else {
+        return false;
+    };
+    rest.len() == TEMP_RANDOM_LEN && rest.iter().all(u8::is_ascii_alphanumeric)
+}
+
+/// Removes the temporary files of the snapshot `name` that a save which never finished left
+/// in `dir` (a resolved and checked directory): regular files (never a link), named as
+/// [`temp_in`] names them, owned by this user, unmodified for [`STALE_TEMP_AGE`] or more.
+/// Best effort: what cannot be listed or removed stays. Returns how many were removed.
+fn remove_stale_temps(dir: &Path, name: &std::ffi::OsStr) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if !is_temp_name(&entry.file_name(), name) {
+            continue;
+        }
+        let path = entry.path();
+        // Not following a link: a link named as ours is left alone.
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.file_type().is_file() {
+            continue;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            if meta.uid() != euid() {
+                continue;
+            }
+        }
+        let stale = meta
+            .modified()
+            .ok()
+            .and_then(|at| now.duration_since(at).ok())
+            .is_some_and(|age| age >= STALE_TEMP_AGE);
+        if stale && fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Checks that a snapshot can be written at `path`: checks its directory, creates a
+/// temporary file there, and removes it; and removes stale temporary files of earlier saves
+/// ([`remove_stale_temps`]).
 pub(crate) fn probe(path: &Path) -> Result<(), SnapshotError> {
     let (dir, name) = split(path)?;
     let dir = match trusted_dir(&dir) {
@@ -794,9 +878,11 @@ pub(crate) fn probe(path: &Path) -> Result<(), SnapshotError> {
         Err(Untrusted::Refused(e)) => return Err(e),
     };
     match temp_in(&dir, name, 0o600) {
-        Ok(tmp) => tmp.close().map_err(SnapshotError::Io),
-        Err(source) => Err(SnapshotError::DirectoryNotWritable { dir, source }),
+        Ok(tmp) => tmp.close().map_err(SnapshotError::Io)?,
+        Err(source) => return Err(SnapshotError::DirectoryNotWritable { dir, source }),
     }
+    remove_stale_temps(&dir, name);
+    Ok(())
 }
 
 /// Writes `contents` to `path` atomically and privately (see the module documentation).
@@ -824,6 +910,9 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), Snaps
     // fails and the rename is as durable as the platform makes it).
     #[cfg(unix)]
     File::open(&dir)?.sync_all()?;
+    // A crash during an earlier save left its temporary file behind (as large as a
+    // snapshot, and in clear text when unsealed, though private): remove such leftovers.
+    remove_stale_temps(&dir, name);
     Ok(())
 }
 
