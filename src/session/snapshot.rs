@@ -82,8 +82,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::BoxError;
 use super::seal::{NONCE_LEN, SealingKey, TAG_LEN};
+use super::{BoxError, id_tag};
 
 const MAGIC: &[u8; 8] = b"EVSNAP\r\n";
 /// The format version this build writes (it also reads version 1).
@@ -101,7 +101,8 @@ const NEVER_MS: u64 = u64::MAX;
 pub const MAX_SNAPSHOT_LEN: u64 = 2 << 30;
 
 /// Why a snapshot could not be saved or loaded.
-#[derive(Debug)]
+///
+/// `Display` and `Debug` never show a session id (see [`id_tag`](super::id_tag)).
 #[non_exhaustive]
 pub enum SnapshotError {
     /// Reading or writing the file failed.
@@ -125,14 +126,14 @@ pub enum SnapshotError {
     Malformed(&'static str),
     /// A session in the file does not decode with the store's serializer.
     Decode {
-        /// The session's id.
+        /// The session's id (shown as its [`id_tag`](super::id_tag) by `Display` and `Debug`).
         id: String,
         /// The serializer's error.
         source: BoxError,
     },
     /// A session in the file is larger than the store's `max_bytes`.
     TooLarge {
-        /// The session's id.
+        /// The session's id (shown as its [`id_tag`](super::id_tag) by `Display` and `Debug`).
         id: String,
         /// Its weight (id plus serialized bytes).
         size: u64,
@@ -222,15 +223,15 @@ impl fmt::Display for SnapshotError {
             SnapshotError::Truncated => write!(f, "the snapshot is truncated"),
             SnapshotError::Checksum => write!(f, "the snapshot's checksum does not match"),
             SnapshotError::Malformed(why) => write!(f, "malformed snapshot: {why}"),
-            SnapshotError::Decode { id, source } => {
-                write!(
-                    f,
-                    "session {id:?} in the snapshot does not decode: {source}"
-                )
-            }
+            SnapshotError::Decode { id, source } => write!(
+                f,
+                "session {} in the snapshot does not decode: {source}",
+                id_tag(id)
+            ),
             SnapshotError::TooLarge { id, size, max } => write!(
                 f,
-                "session {id:?} in the snapshot weighs {size} bytes, more than max_bytes {max}"
+                "session {} in the snapshot weighs {size} bytes, more than max_bytes {max}",
+                id_tag(id)
             ),
             SnapshotError::Oversized { len, max } => write!(
                 f,
@@ -280,6 +281,70 @@ impl fmt::Display for SnapshotError {
                 "snapshots cannot be written in {}: {source}",
                 dir.display()
             ),
+        }
+    }
+}
+
+impl fmt::Debug for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotError::Io(e) => f.debug_tuple("Io").field(e).finish(),
+            SnapshotError::NotASnapshot => f.write_str("NotASnapshot"),
+            SnapshotError::UnsupportedVersion { found, supported } => f
+                .debug_struct("UnsupportedVersion")
+                .field("found", found)
+                .field("supported", supported)
+                .finish(),
+            SnapshotError::Truncated => f.write_str("Truncated"),
+            SnapshotError::Checksum => f.write_str("Checksum"),
+            SnapshotError::Malformed(why) => f.debug_tuple("Malformed").field(why).finish(),
+            SnapshotError::Decode { id, source } => f
+                .debug_struct("Decode")
+                .field("id", &id_tag(id))
+                .field("source", source)
+                .finish(),
+            SnapshotError::TooLarge { id, size, max } => f
+                .debug_struct("TooLarge")
+                .field("id", &id_tag(id))
+                .field("size", size)
+                .field("max", max)
+                .finish(),
+            SnapshotError::Oversized { len, max } => f
+                .debug_struct("Oversized")
+                .field("len", len)
+                .field("max", max)
+                .finish(),
+            SnapshotError::NotAFile { kind } => {
+                f.debug_struct("NotAFile").field("kind", kind).finish()
+            }
+            SnapshotError::WritableByOthers { mode } => f
+                .debug_struct("WritableByOthers")
+                .field("mode", &format_args!("{mode:#o}"))
+                .finish(),
+            SnapshotError::ForeignOwner { owner, euid } => f
+                .debug_struct("ForeignOwner")
+                .field("owner", owner)
+                .field("euid", euid)
+                .finish(),
+            SnapshotError::KeyRequired => f.write_str("KeyRequired"),
+            SnapshotError::NotSealed => f.write_str("NotSealed"),
+            SnapshotError::Unauthenticated => f.write_str("Unauthenticated"),
+            SnapshotError::DirectoryWritableByOthers { dir, mode } => f
+                .debug_struct("DirectoryWritableByOthers")
+                .field("dir", dir)
+                .field("mode", &format_args!("{mode:#o}"))
+                .finish(),
+            SnapshotError::DirectoryForeignOwner { dir, owner, euid } => f
+                .debug_struct("DirectoryForeignOwner")
+                .field("dir", dir)
+                .field("owner", owner)
+                .field("euid", euid)
+                .finish(),
+            SnapshotError::DirectoryNotWritable { dir, source } => f
+                .debug_struct("DirectoryNotWritable")
+                .field("dir", dir)
+                .field("source", source)
+                .finish(),
         }
     }
 }
