@@ -10,7 +10,8 @@
 //!   it is a login, and a page can end up in a cache, a screenshot or a log);
 //! - `GET /logout` destroys your session;
 //! - `GET /stats` shows the live sessions, the store's hit and miss counters, and the
-//!   process's resident memory (JSON).
+//!   process's resident memory (JSON; with Redis, the count of its sessions is at most 5 s
+//!   old: counting scans the whole prefix).
 //!
 //! Settings from the environment (each one is checked: a bad value stops the server with a
 //! message that names the variable and what it accepts, exit status 2):
@@ -256,8 +257,15 @@ struct App {
     store: RecordStore,
     /// Redis, when `REDIS_URL` is set.
     redis: Option<RedisRecordStore>,
+    /// The last count of the sessions in Redis and when it was made: counting SCANs the whole
+    /// prefix, so anyone's `GET /stats` must not start one each time (one at a time, reused
+    /// for `STATS_REUSE`).
+    redis_length: std::sync::Arc<tokio::sync::Mutex<Option<(Instant, usize)>>>,
     started: Instant,
 }
+
+/// How long a count of the sessions in Redis is reused by `/stats`.
+const STATS_REUSE: Duration = Duration::from_secs(5);
 
 /// Error lines to the standard error, at most one per `every`; the lines left out meanwhile
 /// are counted and the count is given with the next one. (A client that makes every request
@@ -338,8 +346,19 @@ async fn logout(session: Session) -> Result<Html<&'static str>, Failure> {
 async fn stats(State(app): State<App>) -> Result<Json<serde_json::Value>, Failure> {
     let counters = app.store.stats();
     let (store, live) = match &app.redis {
-        // SCAN over the prefix: fine for a demo, not for a hot path.
-        Some(redis) => ("redis with a near cache", redis.length().await?),
+        Some(redis) => {
+            // SCAN over the prefix: at most one at a time, and once per STATS_REUSE.
+            let mut last = app.redis_length.lock().await;
+            let live = match *last {
+                Some((at, live)) if at.elapsed() < STATS_REUSE => live,
+                _ => {
+                    let live = redis.length().await?;
+                    *last = Some((Instant::now(), live));
+                    live
+                }
+            };
+            ("redis with a near cache", live)
+        }
         None => ("memory", app.store.length()),
     };
     Ok(Json(json!({
@@ -584,6 +603,7 @@ async fn serve(settings: Settings) -> Result<u8, String> {
             .with_state(App {
                 store: near,
                 redis: Some(far),
+                redis_length: Default::default(),
                 started,
             })
             .layer(sessions);
@@ -631,6 +651,7 @@ async fn serve(settings: Settings) -> Result<u8, String> {
             .with_state(App {
                 store,
                 redis: None,
+                redis_length: Default::default(),
                 started,
             })
             .layer(sessions);

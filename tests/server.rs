@@ -911,3 +911,52 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// How many times Redis has run `command` (INFO commandstats), over a raw connection.
+fn redis_calls(port: u16, command: &str) -> u64 {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    stream.set_read_timeout(Some(WATCHDOG)).unwrap();
+    stream
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    // A bulk string: `$len\r\n` then len bytes and `\r\n`.
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "redis closed the connection");
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some((len, rest)) = text.strip_prefix('$').and_then(|t| t.split_once("\r\n"))
+            && rest.len() >= len.parse::<usize>().unwrap()
+        {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&reply);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+/// Found while fixing the review of a334a6e: with Redis, every `GET /stats` (anyone's, no
+/// login) counted the sessions with a SCAN of the whole prefix, thousands of round trips
+/// with a million sessions. The count is now reused for 5 s and made once at a time.
+#[test]
+fn stats_does_not_scan_redis_on_every_request() {
+    let Some(redis) = RedisServer::start() else {
+        eprintln!("SKIPPED: no redis-server on PATH");
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    let server = Server::start(&[("REDIS_URL", &url)]);
+    assert_eq!(server.get("/", None).views(), 1);
+    let before = redis_calls(redis.port, "scan");
+    for _ in 0..30 {
+        let stats = server.get("/stats", None);
+        assert_eq!(stats.status, 200);
+        assert!(stats.body.contains("\"live_sessions\":1"), "{}", stats.body);
+    }
+    let scans = redis_calls(redis.port, "scan") - before;
+    assert!(scans <= 2, "30 requests to /stats ran {scans} SCANs");
+}
