@@ -944,6 +944,28 @@ fn close_waits_for_a_background_save_and_writes_last() {
         missing.is_empty(),
         "close said saved, yet an older snapshot was on disk in rounds {missing:?}"
     );
+    // The save on drop of the last handle is the last one too (a background save in
+    // progress holds a handle, so the drop waits for it or happens on its thread after it).
+    for round in 0..30u64 {
+        let _ = std::fs::remove_file(&path);
+        let store = MemoryStore::builder()
+            .snapshot_file(&path)
+            .snapshot_every(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        for i in 0..300 {
+            store
+                .set(&format!("s{i}"), &lasting(&store, 600, i))
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_micros(500 + round * 97 % 3000));
+        store.set("last", &lasting(&store, 600, round)).unwrap();
+        drop(store);
+        std::thread::sleep(Duration::from_millis(30));
+        let check = MemoryStore::new();
+        assert_eq!(check.load_snapshot(&path).unwrap(), 301, "round {round}");
+        assert!(check.get("last").unwrap().is_some(), "round {round}");
+    }
 }
 
 /// Review of a334a6e: the snapshot's directory was not checked, so whoever could write it
