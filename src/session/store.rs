@@ -237,8 +237,10 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
     /// A seal is not a date: an older snapshot sealed with the same key loads as well as the
     /// latest, and brings back the sessions it holds (logged out since or not). The directory
     /// checks keep other users from putting one back; this user, root and a backup restore
-    /// can. A new key makes every earlier snapshot unloadable. Applies to [`snapshot_file`](Self::snapshot_file)
-    /// and to every snapshot method of the store. The values themselves, in memory, are not
+    /// can. A new key makes every earlier snapshot unloadable.
+    ///
+    /// Applies to [`snapshot_file`](Self::snapshot_file) and to every snapshot method of the
+    /// store. The values themselves, in memory, are not
     /// sealed (see [`Sealed`](super::Sealed) for a serializer that seals them, for Redis).
     pub fn snapshot_key(mut self, key: SealingKey) -> Self {
         self.options.snapshot_sealed = true;
