@@ -200,8 +200,11 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
     }
 
     /// Keeps the sessions in `path` across restarts (not a memorystore option): `build`
-    /// checks that a snapshot can be written in `path`'s directory (it creates and removes a
-    /// temporary file there; [`SnapshotError::DirectoryNotWritable`] if it cannot), loads the
+    /// checks `path`'s directory and those above it (refused if another user could write or
+    /// owns one: [`SnapshotError::DirectoryWritableByOthers`],
+    /// [`SnapshotError::DirectoryForeignOwner`]) and that a snapshot can be written there (it
+    /// creates and removes a temporary file; [`SnapshotError::DirectoryNotWritable`] if it
+    /// cannot), loads the
     /// snapshot at `path` if the file exists (sessions that expired meanwhile are skipped; an
     /// empty file is "no sessions yet"; a damaged, untrusted or wrongly keyed file makes
     /// `build` fail with [`Error::Snapshot`] rather than start empty and overwrite it), and
@@ -229,8 +232,15 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
     /// without a key is [`SnapshotError::KeyRequired`]; and an unsealed file loaded with a key
     /// is [`SnapshotError::NotSealed`], refused rather than trusted (whoever can plant a file
     /// can plant an unsealed one). To move an unsealed snapshot over, load it once with a store
-    /// without a key and save it with one. Applies to [`snapshot_file`](Self::snapshot_file)
-    /// and to every snapshot method of the store. The values themselves, in memory, are not
+    /// without a key and save it with one.
+    ///
+    /// A seal is not a date: an older snapshot sealed with the same key loads as well as the
+    /// latest, and brings back the sessions it holds (logged out since or not). The directory
+    /// checks keep other users from putting one back; this user, root and a backup restore
+    /// can. A new key makes every earlier snapshot unloadable.
+    ///
+    /// Applies to [`snapshot_file`](Self::snapshot_file) and to every snapshot method of the
+    /// store. The values themselves, in memory, are not
     /// sealed (see [`Sealed`](super::Sealed) for a serializer that seals them, for Redis).
     pub fn snapshot_key(mut self, key: SealingKey) -> Self {
         self.options.snapshot_sealed = true;
@@ -365,6 +375,8 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
                 max_weight,
                 options,
                 snapshot_task: Mutex::new(None),
+                save_lock: Mutex::new(()),
+                closed: AtomicBool::new(false),
                 snapshot_error: Mutex::new(None),
                 save_on_drop: AtomicBool::new(false),
                 key: self.snapshot_key,
@@ -380,12 +392,7 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
             if let Some(period) = snapshot_every {
                 let weak: Weak<Inner<Z>> = Arc::downgrade(&store.inner);
                 let task = Sweeper::spawn(period, move || match weak.upgrade() {
-                    Some(inner) => {
-                        if let Err(e) = inner.save_snapshot(&path) {
-                            *lock(&inner.snapshot_error) = Some(e);
-                        }
-                        true
-                    }
+                    Some(inner) => inner.background_save(&path),
                     None => false,
                 })
                 .map_err(Error::Sweeper)?;
@@ -488,8 +495,14 @@ struct Inner<Z: Serializer> {
     stripe_hasher: ahash::RandomState,
     /// The largest weight one session may have (`max_bytes`, at most `u32::MAX`).
     max_weight: Option<u64>,
-    /// The background saver (`snapshot_every`); dropping it stops the thread.
+    /// The background saver (`snapshot_every`); dropping it stops the thread (it is not
+    /// joined: a save it is running finishes, under `save_lock`).
     snapshot_task: Mutex<Option<Sweeper>>,
+    /// Held for the whole of every save (the snapshot taken, written and renamed), so that
+    /// saves happen one at a time and the last one to start is the one on disk.
+    save_lock: Mutex<()>,
+    /// Set by `close` (under `save_lock`): no background save starts after it.
+    closed: AtomicBool,
     /// The last error of a background save, until taken.
     snapshot_error: Mutex<Option<SnapshotError>>,
     /// Whether dropping the store saves its snapshot file (set once the file loaded: a store
@@ -502,7 +515,7 @@ struct Inner<Z: Serializer> {
 impl<Z: Serializer> Drop for Inner<Z> {
     fn drop(&mut self) {
         // Stop the background saver first (it holds only a weak reference, so it is not
-        // saving now unless it is the thread dropping us, which is fine: it is not joined).
+        // saving now unless it is the thread dropping us, after its save: it is not joined).
         if let Ok(task) = self.snapshot_task.get_mut() {
             task.take();
         }
@@ -563,10 +576,30 @@ impl<Z: Serializer> Inner<Z> {
         Ok((bytes, count))
     }
 
+    /// Takes a snapshot and writes it to `path`, after any save in progress.
     fn save_snapshot(&self, path: &Path) -> Result<usize, SnapshotError> {
+        let _saving = lock(&self.save_lock);
+        self.save_snapshot_locked(path)
+    }
+
+    /// The same, with `save_lock` held by the caller.
+    fn save_snapshot_locked(&self, path: &Path) -> Result<usize, SnapshotError> {
         let (bytes, count) = self.snapshot_bytes()?;
         snapshot::write_atomically(path, &bytes)?;
         Ok(count)
+    }
+
+    /// One pass of the background saver; returns whether it goes on (not after `close`).
+    fn background_save(&self, path: &Path) -> bool {
+        let _saving = lock(&self.save_lock);
+        // Relaxed: written and read under `save_lock`.
+        if self.closed.load(Ordering::Relaxed) {
+            return false;
+        }
+        if let Err(e) = self.save_snapshot_locked(path) {
+            *lock(&self.snapshot_error) = Some(e);
+        }
+        true
     }
 }
 
@@ -833,7 +866,9 @@ impl<Z: Serializer> MemoryStore<Z> {
     /// Saves every live session, with its absolute expiry (by [`now`](Self::now)), to `path`;
     /// returns how many. Not a memorystore method: it makes sessions survive a restart.
     ///
-    /// The file is private and written atomically: to a temporary file created exclusively
+    /// The file's directory is checked first as [`load_snapshot`](Self::load_snapshot) checks
+    /// it (a directory another user could write is refused). The file is private and written
+    /// atomically: to a temporary file created exclusively
     /// (never through a symbolic link) under a random name in the same directory, mode `0600`
     /// (or the existing file's owner bits if stricter), flushed to disk, renamed over `path`,
     /// and the directory flushed, so a crash at any moment leaves the previous snapshot or
@@ -858,18 +893,28 @@ impl<Z: Serializer> MemoryStore<Z> {
     }
 
     /// Ends the store's persistence, for a graceful shutdown: stops the background saver
-    /// ([`snapshot_every`](MemoryStoreBuilder::snapshot_every)), saves the snapshot to the
-    /// [`snapshot_file`](MemoryStoreBuilder::snapshot_file) one last time, and turns off the
-    /// save on drop; returns the number of sessions saved, or why the save failed (then
-    /// nothing was written: the file holds the previous snapshot). The store goes on working,
-    /// but what changes after `close` is not saved unless asked for
+    /// ([`snapshot_every`](MemoryStoreBuilder::snapshot_every)), waits for a save in progress
+    /// to finish, saves the snapshot to the [`snapshot_file`](MemoryStoreBuilder::snapshot_file)
+    /// one last time (no background save starts after it, so what `close` wrote is what stays
+    /// on disk), and turns off the save on drop; returns the number of sessions saved, or why
+    /// the save failed (then nothing was written: the file holds the previous snapshot). The
+    /// store goes on working, but what changes after `close` is not saved unless asked for
     /// ([`save_now`](Self::save_now)). Call it once the server has stopped taking requests.
+    ///
+    /// Saves of one store happen one at a time (`save_snapshot`, `save_now`, the background
+    /// saver, `close` and the save on drop wait for each other). Two stores (or processes)
+    /// saving to the same file are not coordinated: give each its own file.
     pub fn close(&self) -> Result<usize, Error> {
         let path = self.snapshot_path()?;
         lock(&self.inner.snapshot_task).take();
-        // Relaxed: only the drop of the last handle reads it, after every other use.
+        let _saving = lock(&self.inner.save_lock);
+        // Relaxed: read under `save_lock` (background saves) or by the drop of the last
+        // handle, after every other use.
+        self.inner.closed.store(true, Ordering::Relaxed);
         self.inner.save_on_drop.store(false, Ordering::Relaxed);
-        self.save_snapshot(path)
+        self.inner
+            .save_snapshot_locked(path)
+            .map_err(Error::Snapshot)
     }
 
     fn snapshot_path(&self) -> Result<&Path, Error> {
@@ -893,7 +938,11 @@ impl<Z: Serializer> MemoryStore<Z> {
     /// [`now`](Self::now)), each with its remaining lifetime, replacing sessions with the same
     /// ids (the dispose hook hears about those as `Replaced`); returns how many were loaded.
     ///
-    /// The file must be one nobody else could have written: it is opened without following
+    /// The file must be one nobody else could have written. Its directory and every directory
+    /// above it must belong to this user or root and not be writable by group or others
+    /// without the sticky bit ([`SnapshotError::DirectoryWritableByOthers`],
+    /// [`SnapshotError::DirectoryForeignOwner`]; [`save_snapshot`](Self::save_snapshot) checks
+    /// the same). The file is opened without following
     /// a symbolic link and without blocking, and refused unless it is a regular file
     /// ([`SnapshotError::NotAFile`]), not writable by group or others
     /// ([`SnapshotError::WritableByOthers`]), and owned by this process's effective user
