@@ -8,8 +8,7 @@ use std::time::Duration;
 use crate::cache::Cache;
 use crate::clock::TimeSource;
 use crate::listener::{ListenerFn, RemovalCause};
-use crate::raw::table::NEVER;
-use crate::raw::{Bound, Config, Layout, RawCache, WeigherFn};
+use crate::raw::{Bound, Config, Layout, NEVER, RawCache, WeigherFn};
 use crate::stats::StatsCounters;
 
 /// Shortest [`check_period`](CacheBuilder::check_period): a sweeper that runs more often
@@ -339,7 +338,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         let table_bytes = (shards as u64)
             .saturating_mul(buckets_per_shard as u64)
             .saturating_mul(std::mem::size_of::<u32>() as u64);
-        if crate::raw::table::pages::physical_memory().is_some_and(|ram| table_bytes > ram / 2) {
+        if crate::raw::physical_memory().is_some_and(|ram| table_bytes > ram / 2) {
             return Err(BuildError::CapacityTooLarge(expected));
         }
         let nodes_per_shard = bounded_by_count(ARENA_PRESIZE_MAX).div_ceil(shards);
@@ -384,7 +383,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             weigher: self.weigher,
             #[cfg(not(loom))]
             growing: Default::default(),
-            owner: crate::raw::reclaim::retire::owner(),
+            owner: crate::raw::new_owner(),
             half_load_below,
         };
         let raw = RawCache::new(layout, cfg).ok_or(BuildError::OutOfMemory)?;

@@ -62,13 +62,13 @@ mod expire;
 ))]
 pub mod integrations;
 mod listener;
+#[cfg(not(loom))]
+mod periodic;
 #[allow(unsafe_code)]
 mod raw;
 #[cfg(all(feature = "session", not(loom)))]
 pub mod session;
 mod stats;
-#[cfg(not(loom))]
-mod sweeper;
 mod sync;
 
 pub use builder::{BuildError, CacheBuilder, MAX_SHARDS, MIN_CHECK_PERIOD};

@@ -20,9 +20,9 @@
 //! - [`shard`]: a table and its upkeep; the keyed operations.
 
 mod maint;
-pub(crate) mod reclaim;
+mod reclaim;
 mod shard;
-pub(crate) mod table;
+mod table;
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
@@ -32,9 +32,30 @@ use crate::listener::{ListenerFn, RemovalCause};
 use crate::stats::StatsCounters;
 use crate::sync::epoch::{self, Guard};
 use maint::Notes;
+#[cfg(not(loom))]
+pub(crate) use reclaim::Chore;
 use reclaim::{light, retire};
 pub(crate) use shard::Inserted;
 use shard::{InsertMode, Removed, Shard};
+pub(crate) use table::NEVER;
+#[cfg(test)]
+pub(crate) use table::node::FREQ_MAX;
+pub(crate) use table::pages::physical_memory;
+
+/// A new name for a cache in the retirement queue (its [`Config::owner`]).
+pub(crate) fn new_owner() -> u64 {
+    retire::owner()
+}
+
+/// Registers `chore`, with its count of pending work, for the reclaimer thread to run while
+/// that count is not zero (see `reclaim/retire.rs`).
+#[cfg(not(loom))]
+pub(crate) fn register_chore(
+    pending: crate::sync::Arc<crate::sync::AtomicUsize>,
+    chore: crate::sync::Weak<dyn Chore>,
+) {
+    retire::register(pending, chore);
+}
 
 /// Longest an explicit pass waits for reads in progress (see `retire::settle`).
 const LIGHT_WAIT: std::time::Duration = std::time::Duration::from_millis(10);

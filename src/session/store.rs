@@ -9,7 +9,7 @@ use quanta::Clock;
 
 use super::snapshot::{self, SnapshotError};
 use super::{Error, JsonSerializer, SealingKey, Serializer, SessionData};
-use crate::sweeper::Sweeper;
+use crate::periodic::Periodic;
 use crate::sync::{Arc, AtomicBool, Mutex, MutexGuard, Ordering, Weak, lock};
 use crate::{Cache, RemovalCause, Stats};
 
@@ -273,9 +273,46 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
         }
     }
 
-    /// Builds the store (and starts the sweeper if `check_period` is set).
+    /// Builds the store: checks the options, builds the engine (starting its sweeper if
+    /// `check_period` is set), and with a `snapshot_file` loads it and starts the saver.
     pub fn build(self) -> Result<MemoryStore<Z>, Error> {
+        self.validate()?;
+        let clock = self.clock.clone().unwrap_or_default();
+        let serializer = Arc::new(self.serializer);
+        let cache = engine(&self.options, self.dispose.clone(), &serializer, &clock)?;
         let options = self.options;
+        let snapshot_file = options.snapshot_file.clone();
+        let snapshot_every = options.snapshot_every;
+        let store = MemoryStore {
+            inner: Arc::new(Inner {
+                cache,
+                serializer,
+                ttl_fn: self.ttl_fn,
+                origin: clock.now(),
+                wall_origin: SystemTime::now(),
+                clock,
+                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+                stripe_hasher: ahash::RandomState::new(),
+                max_weight: options.max_bytes.map(|max| max.min(u64::from(u32::MAX))),
+                options,
+                snapshot_task: Mutex::new(None),
+                save_lock: Mutex::new(()),
+                closed: AtomicBool::new(false),
+                snapshot_error: Mutex::new(None),
+                save_on_drop: AtomicBool::new(false),
+                key: self.snapshot_key,
+            }),
+        };
+        if let Some(path) = snapshot_file {
+            store.start_snapshots(path, snapshot_every)?;
+        }
+        Ok(store)
+    }
+
+    /// Refuses options that do not make a store (each error says which and why), and a
+    /// snapshot file that could not be written where it is.
+    fn validate(&self) -> Result<(), Error> {
+        let options = &self.options;
         if !self.discarded.is_empty() {
             return Err(Error::Config(format!(
                 "{} set before serializer(): set them after it (they depend on the session type)",
@@ -319,89 +356,79 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
         if let Some(path) = &options.snapshot_file {
             snapshot::probe(path).map_err(Error::Snapshot)?;
         }
-        let clock = self.clock.unwrap_or_default();
-        let serializer = Arc::new(self.serializer);
+        Ok(())
+    }
+}
 
-        let mut engine = Cache::<String, Stored>::builder()
-            .clock(clock.clone())
-            .record_stats(true);
-        if let Some(max) = options.max {
-            engine = engine.max_capacity(max);
+/// The engine behind a store: bounded by sessions or by bytes, with `dispose` as its
+/// listener (memorystore's `noDisposeOnSet`, and a replacement by `touch`, say nothing), and
+/// its sweeper every `check_period`.
+fn engine<Z: Serializer>(
+    options: &Options,
+    dispose: Option<Arc<DisposeFn<Z::Session>>>,
+    serializer: &Arc<Z>,
+    clock: &Clock,
+) -> Result<Cache<String, Stored>, Error> {
+    let mut engine = Cache::<String, Stored>::builder()
+        .clock(clock.clone())
+        .record_stats(true);
+    if let Some(max) = options.max {
+        engine = engine.max_capacity(max);
+    }
+    if let Some(max_bytes) = options.max_bytes {
+        engine = engine
+            .max_capacity(max_bytes)
+            .weigher(|id: &String, stored: &Stored| {
+                u32::try_from(weight_of(id, &stored.0.bytes)).unwrap_or(u32::MAX)
+            });
+    }
+    if let Some(dispose) = dispose {
+        let serializer = serializer.clone();
+        let no_dispose_on_set = options.no_dispose_on_set;
+        engine =
+            engine.eviction_listener(move |id: &String, stored: &Stored, cause: RemovalCause| {
+                // Acquire: pairs with the Release store in `touch`, which precedes the insert
+                // that superseded this value.
+                if cause == RemovalCause::Replaced
+                    && (no_dispose_on_set || stored.0.touched.load(Ordering::Acquire))
+                {
+                    return;
+                }
+                let session = serializer.decode(&stored.0.bytes).ok();
+                dispose(id, session, cause);
+            });
+    }
+    if let Some(period) = options.check_period {
+        engine = engine.check_period(period);
+    }
+    engine.build().map_err(|e| match e {
+        crate::BuildError::SweeperSpawn(why) => Error::Sweeper(std::io::Error::other(why)),
+        other => Error::Config(other.to_string()),
+    })
+}
+
+impl<Z: Serializer> MemoryStore<Z> {
+    /// With a `snapshot_file`: loads it (a missing file is "no sessions yet"), starts the
+    /// background saver every `every`, and arms the save when the last handle goes.
+    fn start_snapshots(&self, path: PathBuf, every: Option<Duration>) -> Result<(), Error> {
+        match self.load_snapshot(&path) {
+            Ok(_) => {}
+            Err(Error::Snapshot(SnapshotError::Io(e)))
+                if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
-        if let Some(max_bytes) = options.max_bytes {
-            engine = engine
-                .max_capacity(max_bytes)
-                .weigher(|id: &String, stored: &Stored| {
-                    u32::try_from(weight_of(id, &stored.0.bytes)).unwrap_or(u32::MAX)
-                });
+        if let Some(period) = every {
+            let weak: Weak<Inner<Z>> = Arc::downgrade(&self.inner);
+            let task = Periodic::spawn("evanesce-snapshot", period, move || match weak.upgrade() {
+                Some(inner) => inner.background_save(&path),
+                None => false,
+            })
+            .map_err(Error::Sweeper)?;
+            *lock(&self.inner.snapshot_task) = Some(task);
         }
-        if let Some(dispose) = self.dispose.clone() {
-            let serializer = serializer.clone();
-            let no_dispose_on_set = options.no_dispose_on_set;
-            engine = engine.eviction_listener(
-                move |id: &String, stored: &Stored, cause: RemovalCause| {
-                    // Acquire: pairs with the Release store in `touch`, which precedes the
-                    // insert that superseded this value.
-                    if cause == RemovalCause::Replaced
-                        && (no_dispose_on_set || stored.0.touched.load(Ordering::Acquire))
-                    {
-                        return;
-                    }
-                    let session = serializer.decode(&stored.0.bytes).ok();
-                    dispose(id, session, cause);
-                },
-            );
-        }
-        if let Some(period) = options.check_period {
-            engine = engine.check_period(period);
-        }
-        let cache = engine.build().map_err(|e| match e {
-            crate::BuildError::SweeperSpawn(why) => Error::Sweeper(std::io::Error::other(why)),
-            other => Error::Config(other.to_string()),
-        })?;
-        let max_weight = options.max_bytes.map(|max| max.min(u64::from(u32::MAX)));
-        let snapshot_file = options.snapshot_file.clone();
-        let snapshot_every = options.snapshot_every;
-        let store = MemoryStore {
-            inner: Arc::new(Inner {
-                cache,
-                serializer,
-                ttl_fn: self.ttl_fn,
-                origin: clock.now(),
-                wall_origin: SystemTime::now(),
-                clock,
-                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-                stripe_hasher: ahash::RandomState::new(),
-                max_weight,
-                options,
-                snapshot_task: Mutex::new(None),
-                save_lock: Mutex::new(()),
-                closed: AtomicBool::new(false),
-                snapshot_error: Mutex::new(None),
-                save_on_drop: AtomicBool::new(false),
-                key: self.snapshot_key,
-            }),
-        };
-        if let Some(path) = snapshot_file {
-            match store.load_snapshot(&path) {
-                Ok(_) => {}
-                Err(Error::Snapshot(SnapshotError::Io(e)))
-                    if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            if let Some(period) = snapshot_every {
-                let weak: Weak<Inner<Z>> = Arc::downgrade(&store.inner);
-                let task = Sweeper::spawn(period, move || match weak.upgrade() {
-                    Some(inner) => inner.background_save(&path),
-                    None => false,
-                })
-                .map_err(Error::Sweeper)?;
-                *lock(&store.inner.snapshot_task) = Some(task);
-            }
-            // Relaxed: read by the drop of the last handle, after every other use.
-            store.inner.save_on_drop.store(true, Ordering::Relaxed);
-        }
-        Ok(store)
+        // Relaxed: read by the drop of the last handle, after every other use.
+        self.inner.save_on_drop.store(true, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -497,7 +524,7 @@ struct Inner<Z: Serializer> {
     max_weight: Option<u64>,
     /// The background saver (`snapshot_every`); dropping it stops the thread (it is not
     /// joined: a save it is running finishes, under `save_lock`).
-    snapshot_task: Mutex<Option<Sweeper>>,
+    snapshot_task: Mutex<Option<Periodic>>,
     /// Held for the whole of every save (the snapshot taken, written and renamed), so that
     /// saves happen one at a time and the last one to start is the one on disk.
     save_lock: Mutex<()>,
