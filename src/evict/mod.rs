@@ -1,6 +1,9 @@
 //! Eviction: the size bound's policy (see [`policy`]), one instance per shard, driven by the
-//! shard's maintainer.
+//! shard's maintainer; its ghost history of evicted keys ([`ghost`]); and the index-linked
+//! lists it keeps its queues in ([`list`], shared with the timer wheel).
 
+mod ghost;
+pub(crate) mod list;
 pub(crate) mod policy;
 
 #[cfg(all(test, not(loom)))]

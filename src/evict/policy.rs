@@ -3,7 +3,7 @@
 //! Designed and measured in a separate policy lab on the real traces of `../shared/traces`
 //! (see the README's hit-ratio table and `examples/hit_ratio.rs`), then brought here.
 //!
-//! Single-owner (`&mut self`), index-based. The cache owns the entries; each entry
+//! Single-owner (`&mut self`), index-based; the queues are lists of a [`Lists`]. The cache owns the entries; each entry
 //! carries a 2-bit saturating access counter that readers bump lock-free on a hit
 //! (`if c < 3 { c += 1 }`) and that this policy reads and writes during eviction.
 //! Nothing else is recorded on a hit.
@@ -12,7 +12,7 @@
 //! * SMALL: a FIFO of newly inserted entries (the probation window). Its target
 //!   weight adapts between 1% and 25% of the capacity (starting at 1%).
 //! * MAIN: a CLOCK ring; the ring head is the hand, new entries go just behind it.
-//! * ghost: a bounded table of 32-bit records of recently evicted keys (22-bit
+//! * ghost ([`super::ghost`]): a bounded table of 32-bit records of recently evicted keys (22-bit
 //!   fingerprint, where the key was evicted from, an 8-bit eviction timestamp, and
 //!   whether it was a duel loser), about one record per resident entry.
 //!
@@ -47,11 +47,8 @@
 //! went unreferenced for a whole hand lap; loop keys in MAIN are referenced every
 //! lap, so MAIN keeps a stable set (near-optimal) instead of churning like LRU.
 
-/// Sentinel for "no id".
-pub(crate) const NIL: u32 = u32::MAX;
-/// Saturation value of the per-entry access counter.
-#[cfg(all(test, not(loom)))]
-pub(crate) const COUNTER_MAX: u8 = crate::raw::node::FREQ_MAX;
+use super::ghost::{self, Ghost};
+use super::list::Lists;
 
 /// SMALL's target weight bounds and start value, in 1/10000 of capacity.
 const SMALL_MIN_BP: u64 = 100; // 1%
@@ -68,20 +65,9 @@ const EPOCHS_PER_CAPACITY: u64 = 64;
 /// Counter given to a candidate that wins its duel (one lap of grace).
 const ADMIT_COUNTER: u8 = 1;
 
-const Q_NONE: u8 = 0;
-const Q_SMALL: u8 = 1;
-const Q_MAIN: u8 = 2;
-const Q_MASK: u8 = 3;
-const F_CANDIDATE: u8 = 4;
-const F_REPEAT: u8 = 8;
-const F_FLAGS: u8 = F_CANDIDATE | F_REPEAT;
-
-const ORIGIN_SMALL: usize = 0;
-const ORIGIN_MAIN: usize = 1;
-
 /// What the policy needs from the cache's entries during eviction.
 pub(crate) trait EntryAccess {
-    /// The entry's access counter (0..=COUNTER_MAX).
+    /// The entry's access counter (0..=`FREQ_MAX`).
     fn counter(&self, id: u32) -> u8;
     /// Overwrite the entry's access counter.
     fn set_counter(&mut self, id: u32, value: u8);
@@ -89,86 +75,104 @@ pub(crate) trait EntryAccess {
     fn hash(&self, id: u32) -> u64;
 }
 
-/// Ghost record layout (u32): bit 0 origin, bit 1 loser, bits 2..=9 epoch,
-/// bits 10..=31 fingerprint (22 bits, never all zero, so 0 means empty).
-const G_LOSER: u32 = 2;
-const G_EPOCH_SHIFT: u32 = 2;
-const G_FP_SHIFT: u32 = 10;
-const BUCKET: usize = 16; // 16 × u32 = one 64-byte cache line
-const GHOST_MIN_SLOTS: usize = 64;
-
-/// Bounded history of evicted keys. Buckets of 16 fingerprints, each a FIFO
-/// (newest first). The table grows with the number of resident entries; the
-/// number of slots in use per bucket (`depth`) keeps the history at about one
-/// record per resident entry.
-struct Ghost {
-    slots: Vec<u32>,
-    buckets: u64,
+/// The two queues; each is one list of the policy's [`Lists`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Queue {
+    /// The probation FIFO: new entries, oldest at the front.
+    Small = 0,
+    /// The CLOCK ring: the front is the hand; entries join just behind it (at the back).
+    Main = 1,
 }
 
-impl Ghost {
-    fn with_slots(n: usize) -> Self {
-        let b = n.div_ceil(BUCKET).max(GHOST_MIN_SLOTS / BUCKET);
-        Ghost {
-            slots: vec![0; b * BUCKET],
-            buckets: b as u64,
+impl Queue {
+    fn list(self) -> usize {
+        self as usize
+    }
+}
+
+/// Where a tracked id is, and what SMALL knows about its past.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum State {
+    /// Not tracked by the policy.
+    Untracked,
+    /// In SMALL, with no ghost record: a key seen for the first time (as far as the policy
+    /// remembers).
+    New,
+    /// In SMALL, back after being evicted recently: a *candidate* with evidence 1.
+    Returned,
+    /// In SMALL, back after losing a duel: a candidate with evidence 2.
+    Repeat,
+    /// In MAIN.
+    Main,
+}
+
+impl State {
+    fn queue(self) -> Option<Queue> {
+        match self {
+            State::Untracked => None,
+            State::New | State::Returned | State::Repeat => Some(Queue::Small),
+            State::Main => Some(Queue::Main),
         }
     }
 
-    fn base(&self, hash: u64) -> usize {
-        ((((hash as u32) as u64) * self.buckets) >> 32) as usize * BUCKET
-    }
-
-    fn fingerprint(hash: u64) -> u32 {
-        ((hash >> 42) as u32 & 0x3F_FFFF) | 1
-    }
-
-    /// Slots in use per bucket for `entries` records.
-    fn depth(&self, entries: usize) -> usize {
-        (entries * BUCKET)
-            .div_ceil(self.slots.len())
-            .clamp(1, BUCKET)
-    }
-
-    /// Remove and return the record for `hash`, if any.
-    fn take(&mut self, hash: u64, depth: usize) -> Option<u32> {
-        let base = self.base(hash);
-        let fp = Self::fingerprint(hash);
-        let b = &mut self.slots[base..base + depth];
-        let i = b.iter().position(|&v| v != 0 && v >> G_FP_SHIFT == fp)?;
-        let v = b[i];
-        b.copy_within(i + 1.., i);
-        b[depth - 1] = 0;
-        Some(v)
-    }
-
-    /// Record `hash` as the newest entry of its bucket; the oldest falls out.
-    fn add(&mut self, hash: u64, info: u32, depth: usize) {
-        let base = self.base(hash);
-        let b = &mut self.slots[base..base + BUCKET];
-        b.copy_within(0..depth - 1, 1);
-        b[0] = (Self::fingerprint(hash) << G_FP_SHIFT) | info;
-        for v in &mut b[depth..] {
-            *v = 0;
+    /// The evidence a candidate brings to a duel (0: not a candidate).
+    fn evidence(self) -> u8 {
+        match self {
+            State::Returned => 1,
+            State::Repeat => 2,
+            _ => 0,
         }
     }
+}
+
+/// What a ghost record says about an evicted key (its 10 info bits: bit 0 the queue it left,
+/// bit 1 whether it lost a duel, bits 2..=9 the 8-bit eviction epoch of that queue).
+#[derive(Clone, Copy, Debug)]
+struct Record {
+    from: Queue,
+    loser: bool,
+    epoch: u8,
+}
+
+impl Record {
+    fn pack(self) -> u32 {
+        self.from as u32 | (u32::from(self.loser) << 1) | (u32::from(self.epoch) << 2)
+    }
+
+    fn unpack(info: u32) -> Self {
+        Record {
+            from: if info & 1 == 0 {
+                Queue::Small
+            } else {
+                Queue::Main
+            },
+            loser: info & 2 != 0,
+            epoch: (info >> 2) as u8,
+        }
+    }
+}
+
+/// One step of [`Policy::evict_one`]'s search.
+enum Step {
+    /// An entry moved (SMALL to MAIN, or the hand advanced); look again.
+    Moved,
+    /// This id is the victim.
+    Victim(u32),
 }
 
 /// The eviction policy. See the module documentation.
 pub(crate) struct Policy {
     capacity: u64,
-    // per-id metadata
-    next: Vec<u32>,
-    prev: Vec<u32>,
-    tag: Vec<u8>,
+    /// SMALL and MAIN, as lists 0 and 1 ([`Queue::list`]).
+    queues: Lists,
+    /// Per id.
+    state: Vec<State>,
     /// Weight per id; `None` for a cache without a weigher, where every entry weighs 1
     /// (saving four bytes per entry).
     weight: Option<Vec<u32>>,
-    // queues: SMALL head is its oldest entry; MAIN head is the CLOCK hand
-    small_head: u32,
-    main_head: u32,
-    small_w: u64,
-    main_w: u64,
+    /// Total weight per queue.
+    queue_weight: [u64; 2],
     len: usize,
     // adaptation (the target is fractional so that small caches can move by less
     // than one unit of weight per decision)
@@ -195,41 +199,37 @@ impl Policy {
         let capacity = capacity.max(1);
         Policy {
             capacity,
-            next: Vec::new(),
-            prev: Vec::new(),
-            tag: Vec::new(),
+            queues: Lists::new(2),
+            state: Vec::new(),
             weight: weighted.then(Vec::new),
-            small_head: NIL,
-            main_head: NIL,
-            small_w: 0,
-            main_w: 0,
+            queue_weight: [0; 2],
             len: 0,
             small_target: frac_f(capacity, SMALL_INIT_BP),
             evicted_w: [0; 2],
             epoch_unit: (capacity / EPOCHS_PER_CAPACITY).max(1),
             window: frac(capacity, WINDOW_BP),
             events: [0; 2],
-            ghost: Ghost::with_slots(GHOST_MIN_SLOTS),
+            ghost: Ghost::with_slots(ghost::MIN_SLOTS),
         }
     }
 
     /// Total weight of the entries the policy tracks.
     pub(crate) fn weighted_size(&self) -> u64 {
-        self.small_w + self.main_w
+        self.queue_weight[0] + self.queue_weight[1]
     }
 
     /// Number of entries the policy tracks.
-    #[cfg_attr(any(not(test), loom), allow(dead_code))]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    #[cfg_attr(any(not(test), loom), allow(dead_code))]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    #[cfg_attr(any(not(test), loom), allow(dead_code))]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn capacity(&self) -> u64 {
         self.capacity
     }
@@ -253,65 +253,67 @@ impl Policy {
     }
 
     /// Current target weight of the SMALL queue.
-    #[cfg_attr(any(not(test), loom), allow(dead_code))]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn small_target(&self) -> u64 {
         self.small_target as u64
     }
 
-    /// Weight of id `i`.
+    /// Weight of id `id`.
     #[inline]
-    fn w(&self, i: usize) -> u64 {
+    fn w(&self, id: u32) -> u64 {
         match &self.weight {
-            Some(w) => u64::from(w[i]),
+            Some(w) => u64::from(w[id as usize]),
             None => 1,
         }
+    }
+
+    fn state(&self, id: u32) -> State {
+        self.state
+            .get(id as usize)
+            .copied()
+            .unwrap_or(State::Untracked)
     }
 
     /// A new key `id` (not currently tracked) with `hash` and `weight` was inserted.
     /// The caller sets its counter to 0 and then calls `evict_one` until
     /// `weighted_size() <= capacity()`.
     pub(crate) fn insert(&mut self, id: u32, hash: u64, weight: u32) {
-        debug_assert!(id != NIL, "id u32::MAX is reserved");
-        let i = id as usize;
-        self.make_room_for(i);
-        if self.tag[i] & Q_MASK != Q_NONE {
+        self.make_room_for(id);
+        if self.state(id) != State::Untracked {
             // An id is reinserted only after it was removed; should that ever be broken,
             // forget the stale membership rather than corrupt the queues.
             debug_assert!(false, "id {id} inserted while still tracked");
             self.remove(id);
         }
         if let Some(w) = &mut self.weight {
-            w[i] = weight;
+            w[id as usize] = weight;
         }
-        self.tag[i] = Q_NONE;
         self.len += 1;
-        if self.len > self.ghost.slots.len() {
+        if self.len > self.ghost.slots() {
             // Grow the history with the resident count (records are not rehashable,
             // so the old history is dropped; this happens while the cache fills).
-            let n = self
-                .len
-                .max(self.ghost.slots.len() + self.ghost.slots.len() / 4);
+            let n = self.len.max(self.ghost.slots() + self.ghost.slots() / 4);
             self.ghost = Ghost::with_slots(n);
         }
         let depth = self.ghost.depth(self.len);
-        if let Some(g) = self.ghost.take(hash, depth) {
-            if g & G_LOSER == 0 {
-                self.tag[i] = F_CANDIDATE;
-                self.observe(g);
-            } else {
-                self.tag[i] = F_CANDIDATE | F_REPEAT;
+        let state = match self.ghost.take(hash, depth).map(Record::unpack) {
+            None => State::New,
+            Some(r) if r.loser => State::Repeat,
+            Some(r) => {
+                self.observe(r);
+                State::Returned
             }
-        }
-        self.push_tail(Q_SMALL, id);
+        };
+        self.link(id, state);
     }
 
-    /// Grows the per-id tables to hold id `i`.
-    fn make_room_for(&mut self, i: usize) {
-        if self.next.len() <= i {
+    /// Grows the per-id tables to hold id `id`.
+    fn make_room_for(&mut self, id: u32) {
+        self.queues.reserve(id);
+        let i = id as usize;
+        if self.state.len() <= i {
             let len = (i + 1).next_power_of_two();
-            self.next.resize(len, NIL);
-            self.prev.resize(len, NIL);
-            self.tag.resize(len, Q_NONE);
+            self.state.resize(len, State::Untracked);
             if let Some(w) = &mut self.weight {
                 w.resize(len, 0);
             }
@@ -319,49 +321,31 @@ impl Policy {
     }
 
     /// The key of tracked entry `old` got a new value, tracked from now on as `new` with
-    /// `weight`: `new` takes `old`'s place (its queue, its position, its flags) and `old` is
+    /// `weight`: `new` takes `old`'s place (its queue, its position, its state) and `old` is
     /// forgotten, without an admission, an eviction or a ghost record: a replaced value is
     /// the same key, as popular as before (the caller carries the access counter over).
     /// Returns false, changing nothing, if `old` is not tracked. The caller then evicts if
     /// the new weight put the total over capacity.
     pub(crate) fn replace(&mut self, old: u32, new: u32, weight: u32) -> bool {
-        let o = old as usize;
-        if o >= self.tag.len() || self.tag[o] & Q_MASK == Q_NONE || old == new {
+        let state = self.state(old);
+        let Some(queue) = state.queue() else {
+            return false;
+        };
+        if old == new {
             return false;
         }
-        debug_assert!(new != NIL, "id u32::MAX is reserved");
-        let n = new as usize;
-        self.make_room_for(n);
-        if self.tag[n] & Q_MASK != Q_NONE {
+        self.make_room_for(new);
+        if self.state(new) != State::Untracked {
             debug_assert!(false, "id {new} replaced in while still tracked");
             self.remove(new);
         }
-        let q = self.tag[o] & Q_MASK;
-        let (next, prev) = (self.next[o], self.prev[o]);
-        if next == old {
-            self.next[n] = new;
-            self.prev[n] = new;
-        } else {
-            self.next[n] = next;
-            self.prev[n] = prev;
-            self.next[prev as usize] = new;
-            self.prev[next as usize] = new;
-        }
-        if *self.head_mut(q) == old {
-            *self.head_mut(q) = new;
-        }
-        self.tag[n] = self.tag[o];
-        self.tag[o] = Q_NONE;
-        self.next[o] = NIL;
-        self.prev[o] = NIL;
+        self.queues.replace(old, new);
+        self.state[new as usize] = state;
+        self.state[old as usize] = State::Untracked;
         if let Some(w) = &mut self.weight {
-            let before = u64::from(w[o]);
-            w[n] = weight;
-            let total = if q == Q_SMALL {
-                &mut self.small_w
-            } else {
-                &mut self.main_w
-            };
+            let before = u64::from(w[old as usize]);
+            w[new as usize] = weight;
+            let total = &mut self.queue_weight[queue as usize];
             *total = *total - before + u64::from(weight);
         }
         true
@@ -370,87 +354,119 @@ impl Policy {
     /// `id` was removed by the cache (explicit removal, expiry, or a victim that
     /// vanished concurrently). Unknown or already removed ids are ignored.
     pub(crate) fn remove(&mut self, id: u32) {
-        let i = id as usize;
-        if i < self.tag.len() && self.tag[i] & Q_MASK != Q_NONE {
+        if self.state(id) != State::Untracked {
             self.unlink(id);
-            self.tag[i] = Q_NONE;
             self.len -= 1;
         }
     }
 
-    /// Choose a victim. The policy has already forgotten it; the caller removes it
-    /// from the cache. `None` only when the policy tracks nothing.
+    /// Chooses a victim. The policy has already forgotten it; the caller removes it from the
+    /// cache. `None` only when the policy tracks nothing.
     pub(crate) fn evict_one<A: EntryAccess + ?Sized>(&mut self, entries: &mut A) -> Option<u32> {
-        // Without concurrent hits a victim is found within 3 laps of the hand; the
-        // budget only guards against readers re-referencing entries faster than the
-        // hand can clear them.
+        // Without concurrent hits a victim is found within 3 laps of the hand; the budget only
+        // guards against readers re-referencing entries faster than the hand can clear them.
         let mut budget = 4 * self.len + 8;
         loop {
             budget = budget.saturating_sub(1);
-            if self.small_head == NIL && self.main_head == NIL {
-                return None;
-            }
-            if self.small_head != NIL
-                && (self.small_w as f64 > self.small_target || self.main_head == NIL)
-            {
-                let id = self.small_head;
-                let i = id as usize;
-                if entries.counter(id) > 0 {
-                    entries.set_counter(id, 0);
-                    self.move_to_main(id);
-                    continue;
-                }
-                let w = self.w(i);
-                if (self.main_w + w) as f64 <= self.capacity as f64 - self.small_target {
-                    self.move_to_main(id);
-                    continue;
-                }
-                if self.tag[i] & F_CANDIDATE != 0 && self.main_head != NIL {
-                    // Duel: the candidate's evidence is 1, or 2 if it already lost a
-                    // duel and came back again. It displaces the weaker of the hand's
-                    // entry and the one after it if that one's counter is below it.
-                    let evidence = if self.tag[i] & F_REPEAT != 0 { 2 } else { 1 };
-                    let hand = self.main_head;
-                    let after = self.next[hand as usize];
-                    let (ch, ca) = (entries.counter(hand), entries.counter(after));
-                    let (v, cv) = if after != hand && ca < ch {
-                        (after, ca)
-                    } else {
-                        (hand, ch)
-                    };
-                    if cv < evidence {
-                        self.evict(v, ORIGIN_MAIN, 0, entries);
-                        self.move_to_main(id);
-                        entries.set_counter(id, ADMIT_COUNTER);
-                        return Some(v);
-                    }
-                    entries.set_counter(hand, ch - 1);
-                    self.main_head = after;
-                    self.evict(id, ORIGIN_SMALL, G_LOSER, entries);
-                    return Some(id);
-                }
-                self.evict(id, ORIGIN_SMALL, 0, entries);
+            let step = if self.small_due() {
+                self.small_step(entries)
+            } else {
+                self.main_step(entries, budget > 0)
+            }?;
+            if let Step::Victim(id) = step {
                 return Some(id);
             }
-            let hand = self.main_head;
-            let c = entries.counter(hand);
-            if c > 0 && budget > 0 {
-                entries.set_counter(hand, c - 1);
-                self.main_head = self.next[hand as usize];
-                continue;
-            }
-            self.evict(hand, ORIGIN_MAIN, 0, entries);
-            return Some(hand);
         }
+    }
+
+    /// Whether the next step looks at SMALL's front: SMALL is over its target, or MAIN is
+    /// empty.
+    fn small_due(&self) -> bool {
+        !self.queues.is_empty(Queue::Small.list())
+            && (self.queue_weight[Queue::Small as usize] as f64 > self.small_target
+                || self.queues.is_empty(Queue::Main.list()))
+    }
+
+    /// SMALL's oldest entry leaves SMALL: to MAIN if it was hit while in SMALL or if MAIN is
+    /// under its target; otherwise a candidate duels MAIN's hand, and any other entry is the
+    /// victim.
+    fn small_step<A: EntryAccess + ?Sized>(&mut self, entries: &mut A) -> Option<Step> {
+        let id = self.queues.front(Queue::Small.list())?;
+        if entries.counter(id) > 0 {
+            entries.set_counter(id, 0);
+            self.move_to_main(id);
+            return Some(Step::Moved);
+        }
+        let main_target = self.capacity as f64 - self.small_target;
+        if (self.queue_weight[Queue::Main as usize] + self.w(id)) as f64 <= main_target {
+            self.move_to_main(id);
+            return Some(Step::Moved);
+        }
+        let evidence = self.state(id).evidence();
+        if evidence > 0 && !self.queues.is_empty(Queue::Main.list()) {
+            return Some(Step::Victim(self.duel(id, evidence, entries)));
+        }
+        self.evict(id, Queue::Small, false, entries);
+        Some(Step::Victim(id))
+    }
+
+    /// A candidate at SMALL's front (back from the ghost with `evidence`) against the weaker
+    /// of MAIN's hand and the entry after it (the hand's on a tie): if that one's counter is
+    /// below the evidence, it is evicted and the candidate joins MAIN with one lap of grace;
+    /// otherwise the hand's counter is decremented, the hand advances, and the candidate is
+    /// evicted as a duel loser (should it come back again, its evidence is 2). Returns the
+    /// victim.
+    fn duel<A: EntryAccess + ?Sized>(
+        &mut self,
+        candidate: u32,
+        evidence: u8,
+        entries: &mut A,
+    ) -> u32 {
+        let main = Queue::Main.list();
+        let hand = self.queues.front(main).expect("MAIN is not empty");
+        let hand_count = entries.counter(hand);
+        let (defender, defence) = match self.queues.next(hand) {
+            Some(after) if entries.counter(after) < hand_count => (after, entries.counter(after)),
+            _ => (hand, hand_count),
+        };
+        if defence < evidence {
+            self.evict(defender, Queue::Main, false, entries);
+            self.move_to_main(candidate);
+            entries.set_counter(candidate, ADMIT_COUNTER);
+            defender
+        } else {
+            entries.set_counter(hand, hand_count - 1);
+            self.queues.rotate(main);
+            self.evict(candidate, Queue::Small, true, entries);
+            candidate
+        }
+    }
+
+    /// MAIN's CLOCK: the hand's entry, if referenced (and the budget lasts), loses one count
+    /// and the hand advances; otherwise it is the victim.
+    fn main_step<A: EntryAccess + ?Sized>(
+        &mut self,
+        entries: &mut A,
+        budget: bool,
+    ) -> Option<Step> {
+        let main = Queue::Main.list();
+        let hand = self.queues.front(main)?;
+        let count = entries.counter(hand);
+        if count > 0 && budget {
+            entries.set_counter(hand, count - 1);
+            self.queues.rotate(main);
+            return Some(Step::Moved);
+        }
+        self.evict(hand, Queue::Main, false, entries);
+        Some(Step::Victim(hand))
     }
 
     /// A ghost hit on a record that is not a duel loser: one adaptation event if the
     /// key was evicted at most `window` weight ago, measured on its queue's clock.
-    fn observe(&mut self, g: u32) {
-        let origin = (g & 1) as usize;
-        let epoch = ((g >> G_EPOCH_SHIFT) & 0xFF) as u64;
+    fn observe(&mut self, r: Record) {
+        let origin = r.from as usize;
         let now = (self.evicted_w[origin] / self.epoch_unit) & 0xFF;
-        let distance = ((now + 256 - epoch) & 0xFF) * self.epoch_unit;
+        let distance = ((now + 256 - u64::from(r.epoch)) & 0xFF) * self.epoch_unit;
         if distance > self.window {
             return;
         }
@@ -458,8 +474,8 @@ impl Policy {
         let total = self.events[0] + self.events[1];
         if total >= ADAPT_PERIOD {
             let (s, m) = (
-                self.events[ORIGIN_SMALL] as f64,
-                self.events[ORIGIN_MAIN] as f64,
+                self.events[Queue::Small as usize] as f64,
+                self.events[Queue::Main as usize] as f64,
             );
             let step = frac_f(self.capacity, ADAPT_STEP_BP) * (s - m) / (s + m);
             self.small_target = (self.small_target + step).clamp(
@@ -470,126 +486,66 @@ impl Policy {
         }
     }
 
-    /// Forget `id` and record it in the ghost.
-    fn evict<A: EntryAccess + ?Sized>(&mut self, id: u32, origin: usize, flags: u32, entries: &A) {
+    /// Forgets `id`, evicted from `from`, and records it in the ghost.
+    fn evict<A: EntryAccess + ?Sized>(&mut self, id: u32, from: Queue, loser: bool, entries: &A) {
         self.unlink(id);
-        self.tag[id as usize] = Q_NONE;
         self.len -= 1;
-        self.evicted_w[origin] += self.w(id as usize);
-        let epoch = ((self.evicted_w[origin] / self.epoch_unit) & 0xFF) as u32;
+        self.evicted_w[from as usize] += self.w(id);
+        let epoch = ((self.evicted_w[from as usize] / self.epoch_unit) & 0xFF) as u8;
         let depth = self.ghost.depth(self.len.max(1));
-        self.ghost.add(
-            entries.hash(id),
-            origin as u32 | flags | (epoch << G_EPOCH_SHIFT),
-            depth,
-        );
+        let record = Record { from, loser, epoch };
+        self.ghost.add(entries.hash(id), record.pack(), depth);
     }
 
     fn move_to_main(&mut self, id: u32) {
         self.unlink(id);
-        self.push_tail(Q_MAIN, id);
+        self.link(id, State::Main);
     }
 
-    fn head_mut(&mut self, q: u8) -> &mut u32 {
-        if q == Q_SMALL {
-            &mut self.small_head
-        } else {
-            &mut self.main_head
-        }
+    /// Links untracked `id` at the back of its state's queue.
+    fn link(&mut self, id: u32, state: State) {
+        let queue = state.queue().expect("a tracked state");
+        self.queues.push_back(queue.list(), id);
+        self.state[id as usize] = state;
+        self.queue_weight[queue as usize] += self.w(id);
     }
 
-    /// Append `id` behind the queue's head (for MAIN: just behind the hand).
-    fn push_tail(&mut self, q: u8, id: u32) {
-        let i = id as usize;
-        let head = *self.head_mut(q);
-        if head == NIL {
-            self.next[i] = id;
-            self.prev[i] = id;
-            *self.head_mut(q) = id;
-        } else {
-            let tail = self.prev[head as usize];
-            self.next[tail as usize] = id;
-            self.prev[i] = tail;
-            self.next[i] = head;
-            self.prev[head as usize] = id;
-        }
-        // The candidate flag only lives in SMALL (set by `insert`).
-        self.tag[i] = if q == Q_MAIN {
-            Q_MAIN
-        } else {
-            (self.tag[i] & F_FLAGS) | Q_SMALL
-        };
-        let w = self.w(i);
-        if q == Q_SMALL {
-            self.small_w += w
-        } else {
-            self.main_w += w
-        }
-    }
-
+    /// Unlinks tracked `id` from its queue; it is untracked afterwards.
     fn unlink(&mut self, id: u32) {
-        let i = id as usize;
-        let q = self.tag[i] & Q_MASK;
-        let (n, p) = (self.next[i], self.prev[i]);
-        if n == id {
-            *self.head_mut(q) = NIL;
-        } else {
-            if *self.head_mut(q) == id {
-                *self.head_mut(q) = n;
-            }
-            self.next[p as usize] = n;
-            self.prev[n as usize] = p;
-        }
-        self.next[i] = NIL;
-        self.prev[i] = NIL;
-        let w = self.w(i);
-        if q == Q_SMALL {
-            self.small_w -= w
-        } else {
-            self.main_w -= w
-        }
+        let queue = self.state(id).queue().expect("a tracked id");
+        self.queues.unlink(id);
+        self.state[id as usize] = State::Untracked;
+        self.queue_weight[queue as usize] -= self.w(id);
     }
 
-    /// Check every internal invariant; panics with a description on violation.
-    #[cfg_attr(any(not(any(test, fuzzing)), loom), allow(dead_code))]
+    /// Checks every internal invariant; panics with a description on violation.
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn validate(&self) {
-        let mut seen = vec![false; self.tag.len()];
-        let mut total = 0usize;
-        for (q, head, w) in [
-            (Q_SMALL, self.small_head, self.small_w),
-            (Q_MAIN, self.main_head, self.main_w),
-        ] {
+        let lengths = self.queues.validate();
+        let mut total = 0;
+        for queue in [Queue::Small, Queue::Main] {
             let mut sum = 0u64;
-            if head != NIL {
-                let mut id = head;
-                loop {
-                    let i = id as usize;
-                    assert!(i < self.tag.len(), "link to unknown id {id}");
-                    assert!(!seen[i], "id {id} reached twice");
-                    seen[i] = true;
-                    assert_eq!(self.tag[i] & Q_MASK, q, "id {id} in the wrong queue");
-                    assert_eq!(self.prev[self.next[i] as usize], id, "broken link at {id}");
-                    if q == Q_MAIN {
-                        assert_eq!(self.tag[i] & F_FLAGS, 0, "candidate flag in MAIN at {id}");
-                    }
-                    sum += self.w(i);
-                    total += 1;
-                    id = self.next[i];
-                    if id == head {
-                        break;
-                    }
-                }
+            for id in self.queues.iter(queue.list()) {
+                assert_eq!(
+                    self.state(id).queue(),
+                    Some(queue),
+                    "id {id} in the wrong queue"
+                );
+                sum += self.w(id);
             }
-            assert_eq!(sum, w, "queue weight mismatch");
+            assert_eq!(
+                sum, self.queue_weight[queue as usize],
+                "queue weight mismatch"
+            );
+            total += lengths[queue.list()];
         }
         assert_eq!(total, self.len, "entry count mismatch");
-        for (i, &t) in self.tag.iter().enumerate() {
-            if t & Q_MASK == Q_NONE {
-                assert!(!seen[i]);
-                assert_eq!(self.next[i], NIL, "untracked id {i} still linked");
-            } else {
-                assert!(seen[i], "tracked id {i} not reachable");
-            }
+        for (id, &s) in self.state.iter().enumerate() {
+            assert_eq!(
+                s != State::Untracked,
+                self.queues.is_linked(id as u32),
+                "id {id}: state {s:?} disagrees with the lists"
+            );
         }
         let lo = frac_f(self.capacity, SMALL_MIN_BP);
         let hi = frac_f(self.capacity, SMALL_MAX_BP);
@@ -599,25 +555,17 @@ impl Policy {
         );
         assert!(self.events[0] + self.events[1] < ADAPT_PERIOD);
         assert!(
-            self.len <= self.ghost.slots.len(),
+            self.len <= self.ghost.slots(),
             "ghost smaller than the resident count"
         );
-        assert_eq!(
-            self.ghost.slots.len() as u64,
-            self.ghost.buckets * BUCKET as u64
-        );
-        for &v in &self.ghost.slots {
-            assert!(
-                v == 0 || v & (1 << G_FP_SHIFT) != 0,
-                "malformed ghost record"
-            );
-        }
+        self.ghost.validate();
     }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::raw::node::FREQ_MAX as COUNTER_MAX;
     use std::collections::HashMap;
 
     fn mix(mut x: u64) -> u64 {
@@ -864,7 +812,7 @@ mod tests {
         let in_main = |c: &TestCache, k: u64| {
             c.map
                 .get(&k)
-                .is_some_and(|&id| c.policy.tag[id as usize] & Q_MASK == Q_MAIN)
+                .is_some_and(|&id| c.policy.state(id) == State::Main)
         };
         let hot: Vec<u64> = (0..50).filter(|&k| in_main(&c, k)).collect();
         assert!(!hot.is_empty());
@@ -1012,23 +960,5 @@ mod tests {
         }
         p.validate();
         assert_eq!(p.len(), 100);
-    }
-
-    #[test]
-    fn ghost_forgets_old_history() {
-        let mut g = Ghost::with_slots(256);
-        let depth = g.depth(256);
-        for k in 0..10_000u64 {
-            g.add(mix(k), 0, depth);
-        }
-        // recent keys are found, old ones are gone
-        let recent = (9_900..10_000u64)
-            .filter(|&k| g.take(mix(k), depth).is_some())
-            .count();
-        let old = (0..1_000u64)
-            .filter(|&k| g.take(mix(k), depth).is_some())
-            .count();
-        assert!(recent >= 95, "recent {recent}");
-        assert!(old <= 2, "old {old}");
     }
 }
