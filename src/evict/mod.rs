@@ -2,6 +2,7 @@
 //! shard's maintainer; its ghost history of evicted keys ([`ghost`]); and the index-linked
 //! lists it keeps its queues in ([`list`], shared with the timer wheel).
 
+pub(crate) mod contest;
 mod ghost;
 pub(crate) mod list;
 pub(crate) mod policy;
@@ -20,6 +21,7 @@ mod exact_model {
 
     use proptest::prelude::*;
 
+    use super::contest::Contest;
     use super::policy::{EntryAccess, Policy};
     use crate::Cache;
     use crate::raw::node::FREQ_MAX;
@@ -66,7 +68,7 @@ mod exact_model {
         fn new(capacity: u64) -> Self {
             Model {
                 capacity,
-                policy: Policy::new(capacity, false),
+                policy: Policy::new(capacity, false, Contest::new(capacity)),
                 map: HashMap::new(),
                 key_of: Vec::new(),
                 counter: Vec::new(),

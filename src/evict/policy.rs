@@ -1,69 +1,88 @@
-//! The eviction policy: an adaptive two-queue CLOCK with duel admission.
+//! The eviction policy: a two-queue CLOCK with duel admission, adapting at two scales.
 //!
-//! Designed and measured in a separate policy lab on the real traces of `../shared/traces`
-//! (see the README's hit-ratio table and `examples/hit_ratio.rs`), then brought here.
-//!
-//! Single-owner (`&mut self`), index-based; the queues are lists of a [`Lists`]. The cache owns the entries; each entry
-//! carries a 2-bit saturating access counter that readers bump lock-free on a hit
-//! (`if c < 3 { c += 1 }`) and that this policy reads and writes during eviction.
-//! Nothing else is recorded on a hit.
+//! Single-owner (`&mut self`), index-based: the cache owns the entries; each entry carries a
+//! 2-bit saturating access counter that readers bump lock-free on a hit (`if c < 3 { c += 1 }`)
+//! and that this policy reads and writes during eviction. Nothing else is recorded on a hit:
+//! every signal the policy adapts on comes from inserts (misses), evictions and counters.
 //!
 //! # Structure
-//! * SMALL: a FIFO of newly inserted entries (the probation window). Its target
-//!   weight adapts between 1% and 25% of the capacity (starting at 1%).
-//! * MAIN: a CLOCK ring; the ring head is the hand, new entries go just behind it.
-//! * ghost ([`super::ghost`]): a bounded table of 32-bit records of recently evicted keys (22-bit
-//!   fingerprint, where the key was evicted from, an 8-bit eviction timestamp, and
-//!   whether it was a duel loser), about one record per resident entry.
+//! The capacity is split into partitions by key hash ([`Part`]): the *bulk*, and, in a cache
+//! of at least 2048 entries whose shard holds at least 256, two *samples* of a sixteenth of the
+//! keys and of the capacity each (see [`super::contest`]). Each partition has two queues, lists
+//! of one [`Lists`]:
+//! * SMALL: a FIFO of newly inserted entries (the probation window);
+//! * MAIN: a CLOCK ring; its front is the hand, new entries join at the back (just behind it).
 //!
-//! # Algorithm
-//! * `insert`: the entry goes to SMALL's tail. If its hash is in the ghost (the
-//!   record is removed) the entry becomes a *candidate*, with evidence 1, or 2 if
-//!   the record says it already lost a duel. A record that is not a loser's also
-//!   feeds the adaptation (below).
-//! * `evict_one`: while SMALL is over its target (or MAIN is empty), look at SMALL's
-//!   head:
-//!   1. counter > 0 (hit while in SMALL): move it to MAIN, counter := 0;
-//!   2. MAIN is under its target (capacity - SMALL target): move it to MAIN;
-//!   3. candidate: *duel*. Of the hand's entry and the one after it, take the one with
-//!      the lower counter (the hand's on a tie). If that counter < evidence, it is
-//!      the victim (ghost: evicted from MAIN) and the candidate moves to MAIN with
-//!      counter 1. Otherwise the hand's counter is decremented, the hand advances,
-//!      and the candidate is the victim (ghost: duel loser);
-//!   4. otherwise it is the victim (ghost: evicted from SMALL).
+//! The ghost ([`super::ghost`]), shared by the partitions, is a bounded table of 32-bit
+//! records of recently evicted keys (a fingerprint, the queue the key left, an 8-bit eviction
+//! timestamp, and whether it lost a duel), about one record per resident entry.
 //!
-//!   Otherwise, run MAIN's CLOCK: counter > 0: decrement, advance; counter 0: victim
-//!   (ghost: evicted from MAIN).
-//! * adaptation (ARC-like, windowed): each queue has an eviction clock (weight
-//!   evicted from it so far). A ghost hit on a key evicted from SMALL at most
-//!   W = 5% of capacity ago on SMALL's clock is a hit that a SMALL bigger by W would
-//!   have had; likewise for MAIN on MAIN's clock. Loser records are ignored (MAIN's
-//!   admission, not a queue's size, kept them out). After every 32 such events
-//!   (s from SMALL, m from MAIN), SMALL's target += 2% of capacity × (s - m)/(s + m).
+//! # Eviction
+//! A victim comes from the partition that holds the most weight beyond its share. There,
+//! while SMALL is over its target (or MAIN is empty), look at SMALL's front:
+//! 1. counter > 0 (hit while in SMALL): move it to MAIN, counter := 0;
+//! 2. MAIN is under its target (the partition's capacity minus SMALL's target): move it to
+//!    MAIN;
+//! 3. a *candidate* (its key was in the ghost at insert: evidence 1, or 2 if it had lost a
+//!    duel): *duel*. Of the hand's entry and the one after it, take the one with the lower
+//!    counter (the hand's on a tie). If that counter < evidence, it is the victim and the
+//!    candidate moves to MAIN with counter 1. Otherwise the hand's counter is decremented, the
+//!    hand advances, and the candidate is the victim (recorded as a duel loser);
+//! 4. otherwise it is the victim.
 //!
-//! Scans: scan keys enter SMALL, are never hit and never come back, so they leave
-//! through SMALL's head without touching MAIN or the adaptation.
-//! Loops larger than the cache: a returning key only displaces a MAIN entry that
-//! went unreferenced for a whole hand lap; loop keys in MAIN are referenced every
-//! lap, so MAIN keeps a stable set (near-optimal) instead of churning like LRU.
+//! Otherwise, run MAIN's CLOCK: counter > 0: decrement, advance; counter 0: victim.
+//!
+//! # Adaptation, fine: SMALL's size from ghost hits
+//! In [`Mode::Adaptive`] SMALL's target is a fraction of the partition between 1% and 25%,
+//! moved ARC-style: each queue has an eviction clock (weight evicted from it so far); a ghost
+//! hit on a key evicted from SMALL at most W = 5% of capacity ago on SMALL's clock is a hit that
+//! a SMALL bigger by W would have had, likewise for MAIN on MAIN's clock (loser records are
+//! ignored: MAIN's admission, not a queue's size, kept them out). After every 32 such events
+//! (s from SMALL, m from MAIN), the fraction moves by 2% x (s - m) / (s + m).
+//!
+//! This local gradient is right where the hit ratio is concave in SMALL's size (frequency-biased
+//! workloads: Zipf, loops, scans over a hot set), and blind where it is not: on back-and-forth
+//! sweeps or a sliding window, MAIN's protected entries are stale, the marginal gains of the two
+//! queues look equal at any small size, and only a cache that gives everything to recency (a
+//! FIFO of the whole capacity, which is what LRU amounts to there) does well.
+//!
+//! # Adaptation, coarse: a contest between two modes
+//! The policy runs in one of two modes ([`Mode`]): `Adaptive` (above), or `Recency`, where
+//! SMALL's target is the whole partition, so every key goes through one FIFO. The samples try
+//! the mode the bulk does not run against the one it does, with misses as the only signal, and
+//! every shard switches when the other mode wins clearly ([`super::contest`] has the rules).
+//! The samples of all shards count together, so the decision is the cache's, and a small shard
+//! gets it as soon as a large one.
+//!
+//! Scans: scan keys enter SMALL, are never hit and never come back, so in `Adaptive` mode they
+//! leave through SMALL's head without touching MAIN or the adaptation. Loops larger than the
+//! cache: a returning key only displaces a MAIN entry that went unreferenced for a whole hand
+//! lap; loop keys in MAIN are referenced every lap, so MAIN keeps a stable set (near-optimal)
+//! instead of churning like LRU.
 
+use super::contest::{Contest, Mode, Tally, View};
 use super::ghost::{self, Ghost};
 use super::list::Lists;
+use crate::sync::Arc;
 
-/// SMALL's target weight bounds and start value, in 1/10000 of capacity.
-const SMALL_MIN_BP: u64 = 100; // 1%
-const SMALL_MAX_BP: u64 = 2500; // 25%
-const SMALL_INIT_BP: u64 = 100; // 1%
-/// Ghost-hit window W, in 1/10000 of capacity.
-const WINDOW_BP: u64 = 500; // 5%
-/// Adaptation: events per decision, and step at full imbalance (1/10000 of capacity).
+/// SMALL's share of a partition in [`Mode::Adaptive`]: bounds and start value.
+const SMALL_MIN: f64 = 0.01;
+const SMALL_MAX: f64 = 0.25;
+/// Ghost-hit window W, as a fraction of the capacity.
+const WINDOW: f64 = 0.05;
+/// Adaptation: events per decision, and step at full imbalance (fraction of the capacity).
 const ADAPT_PERIOD: u32 = 32;
-const ADAPT_STEP_BP: u64 = 200; // 2%
-/// Eviction clocks are kept in epochs of capacity/EPOCHS_PER_CAPACITY weight; the
-/// ghost stores 8-bit epochs, so distances up to 4× capacity are measurable.
-const EPOCHS_PER_CAPACITY: u64 = 64;
+const ADAPT_STEP: f64 = 0.02;
+/// Sample misses a policy gathers before it reports them to the contest.
+const REPORT_EVERY: u64 = 16;
+
 /// Counter given to a candidate that wins its duel (one lap of grace).
 const ADMIT_COUNTER: u8 = 1;
+/// Smallest capacity of one sample partition: below it the policy has no samples.
+const MIN_SAMPLE: f64 = 16.0;
+/// Eviction clocks are kept in epochs of capacity/EPOCHS_PER_CAPACITY weight; the ghost stores
+/// 8-bit epochs, so distances up to 4x capacity are measurable.
+const EPOCHS_PER_CAPACITY: u64 = 64;
 
 /// What the policy needs from the cache's entries during eviction.
 pub(crate) trait EntryAccess {
@@ -75,7 +94,7 @@ pub(crate) trait EntryAccess {
     fn hash(&self, id: u32) -> u64;
 }
 
-/// The two queues; each is one list of the policy's [`Lists`].
+/// The two queues of a partition.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Queue {
     /// The probation FIFO: new entries, oldest at the front.
@@ -84,15 +103,26 @@ enum Queue {
     Main = 1,
 }
 
-impl Queue {
-    fn list(self) -> usize {
-        self as usize
+/// The partitions of the capacity: the bulk of the keys, and two small samples of the key
+/// space (by hash) that try out settings against each other.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Part {
+    Bulk = 0,
+    SampleA = 1,
+    SampleB = 2,
+}
+
+const PARTS: [Part; 3] = [Part::Bulk, Part::SampleA, Part::SampleB];
+
+impl Part {
+    /// The list of `queue` in this partition.
+    fn list(self, queue: Queue) -> usize {
+        2 * self as usize + queue as usize
     }
 }
 
 /// Where a tracked id is, and what SMALL knows about its past.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[repr(u8)]
 enum State {
     /// Not tracked by the policy.
     Untracked,
@@ -122,6 +152,36 @@ impl State {
             State::Returned => 1,
             State::Repeat => 2,
             _ => 0,
+        }
+    }
+}
+
+/// An id's [`State`] and [`Part`] in one byte.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Tag(u8);
+
+impl Tag {
+    const UNTRACKED: Tag = Tag(0);
+
+    fn new(state: State, part: Part) -> Tag {
+        Tag(state as u8 | (part as u8) << 3)
+    }
+
+    fn state(self) -> State {
+        match self.0 & 7 {
+            0 => State::Untracked,
+            1 => State::New,
+            2 => State::Returned,
+            3 => State::Repeat,
+            _ => State::Main,
+        }
+    }
+
+    fn part(self) -> Part {
+        match self.0 >> 3 {
+            0 => Part::Bulk,
+            1 => Part::SampleA,
+            _ => Part::SampleB,
         }
     }
 }
@@ -161,22 +221,41 @@ enum Step {
     Victim(u32),
 }
 
+/// A partition's share of the capacity and its queues' weights.
+#[derive(Clone, Copy, Default)]
+struct Share {
+    /// The weight this partition may hold (a fraction of the capacity: its fraction of the
+    /// key space).
+    capacity: f64,
+    /// SMALL's target weight.
+    small_target: f64,
+    /// Weight held, per queue.
+    weight: [u64; 2],
+}
+
 /// The eviction policy. See the module documentation.
 pub(crate) struct Policy {
     capacity: u64,
-    /// SMALL and MAIN, as lists 0 and 1 ([`Queue::list`]).
+    /// Fraction of the key space (and the capacity) of each sample, in 1/16: 0 (no samples,
+    /// for a capacity below 256) or 1.
+    sample_16ths: u64,
+    /// SMALL and MAIN of each partition ([`Part::list`]).
     queues: Lists,
     /// Per id.
-    state: Vec<State>,
+    tags: Vec<Tag>,
     /// Weight per id; `None` for a cache without a weigher, where every entry weighs 1
     /// (saving four bytes per entry).
     weight: Option<Vec<u32>>,
-    /// Total weight per queue.
-    queue_weight: [u64; 2],
+    shares: [Share; 3],
     len: usize,
-    // adaptation (the target is fractional so that small caches can move by less
-    // than one unit of weight per decision)
-    small_target: f64,
+    contest: Arc<Contest>,
+    /// What this policy last learnt of the contest.
+    view: View,
+    /// Sample misses not reported yet.
+    tally: Tally,
+    /// SMALL's share of a partition in [`Mode::Adaptive`] (the ghost adaptation's output).
+    small_frac: f64,
+    /// Weight evicted so far from SMALL and MAIN of the partitions in [`Mode::Adaptive`].
     evicted_w: [u64; 2],
     epoch_unit: u64,
     window: u64,
@@ -184,38 +263,113 @@ pub(crate) struct Policy {
     ghost: Ghost,
 }
 
-fn frac(capacity: u64, bp: u64) -> u64 {
-    ((capacity as u128 * bp as u128) / 10_000) as u64
-}
-
-fn frac_f(capacity: u64, bp: u64) -> f64 {
-    capacity as f64 * bp as f64 / 10_000.0
-}
-
 impl Policy {
-    /// A policy for a cache whose total weight must stay <= `capacity`; `weighted` says
-    /// whether entries carry weights (otherwise each weighs 1).
-    pub(crate) fn new(capacity: u64, weighted: bool) -> Self {
+    /// A policy for a cache (or a shard of one) whose total weight must stay <= `capacity`;
+    /// `weighted` says whether entries carry weights (otherwise each weighs 1); `contest` is
+    /// shared by every shard of the cache.
+    pub(crate) fn new(capacity: u64, weighted: bool, contest: Arc<Contest>) -> Self {
         let capacity = capacity.max(1);
-        Policy {
+        let view = contest.try_view().unwrap_or(View::INITIAL);
+        let mut policy = Policy {
             capacity,
-            queues: Lists::new(2),
-            state: Vec::new(),
+            sample_16ths: u64::from(contest.enabled() && capacity as f64 / 16.0 >= MIN_SAMPLE),
+            queues: Lists::new(2 * PARTS.len()),
+            tags: Vec::new(),
             weight: weighted.then(Vec::new),
-            queue_weight: [0; 2],
+            shares: [Share::default(); 3],
             len: 0,
-            small_target: frac_f(capacity, SMALL_INIT_BP),
+            contest,
+            view,
+            tally: Tally::default(),
+            small_frac: SMALL_MIN,
             evicted_w: [0; 2],
             epoch_unit: (capacity / EPOCHS_PER_CAPACITY).max(1),
-            window: frac(capacity, WINDOW_BP),
+            window: (capacity as f64 * WINDOW) as u64,
             events: [0; 2],
             ghost: Ghost::with_slots(ghost::MIN_SLOTS),
+        };
+        policy.apportion();
+        policy
+    }
+
+    /// Sets each partition's capacity and SMALL target from the capacity, the contest's view
+    /// and the adaptation.
+    fn apportion(&mut self) {
+        let c = self.capacity as f64;
+        let sample = c * self.sample_16ths as f64 / 16.0;
+        for (part, capacity) in [
+            (Part::Bulk, c - 2.0 * sample),
+            (Part::SampleA, sample),
+            (Part::SampleB, sample),
+        ] {
+            let small_target = match self.mode_of(part) {
+                Mode::Adaptive => capacity * self.small_frac,
+                Mode::Recency => capacity,
+            };
+            let share = &mut self.shares[part as usize];
+            share.capacity = capacity;
+            share.small_target = small_target;
+        }
+    }
+
+    /// The mode partition `part` runs.
+    fn mode_of(&self, part: Part) -> Mode {
+        match part {
+            Part::Bulk => self.view.incumbent,
+            Part::SampleA => self.view.samples[0],
+            Part::SampleB => self.view.samples[1],
+        }
+    }
+
+    /// A miss (an insert) in a sample: counted for the contest, reported in batches.
+    fn sample_miss(&mut self, part: Part) {
+        let sample = usize::from(part == Part::SampleB);
+        self.tally.miss(sample, self.view.measuring);
+        if self.tally.seen() >= REPORT_EVERY
+            && let Some(view) = self.contest.report(self.view, &mut self.tally)
+            && view != self.view
+        {
+            self.view = view;
+            self.apportion();
+        }
+    }
+
+    /// A ghost hit on a record that is not a duel loser, in a partition in
+    /// [`Mode::Adaptive`]: one adaptation event if the key was evicted at most `window`
+    /// weight ago, measured on its queue's clock.
+    fn observe(&mut self, r: Record) {
+        let origin = r.from as usize;
+        let now = (self.evicted_w[origin] / self.epoch_unit) & 0xFF;
+        let distance = ((now + 256 - u64::from(r.epoch)) & 0xFF) * self.epoch_unit;
+        if distance > self.window {
+            return;
+        }
+        self.events[origin] += 1;
+        let total = self.events[0] + self.events[1];
+        if total >= ADAPT_PERIOD {
+            let (s, m) = (self.events[0] as f64, self.events[1] as f64);
+            let step = ADAPT_STEP * (s - m) / (s + m);
+            self.small_frac = (self.small_frac + step).clamp(SMALL_MIN, SMALL_MAX);
+            self.events = [0; 2];
+            self.apportion();
+        }
+    }
+
+    /// The partition of a key with `hash`.
+    fn part_of(&self, hash: u64) -> Part {
+        let slot = (hash >> 32) & 15;
+        if slot < self.sample_16ths {
+            Part::SampleA
+        } else if slot < 2 * self.sample_16ths {
+            Part::SampleB
+        } else {
+            Part::Bulk
         }
     }
 
     /// Total weight of the entries the policy tracks.
     pub(crate) fn weighted_size(&self) -> u64 {
-        self.queue_weight[0] + self.queue_weight[1]
+        self.shares.iter().map(|s| s.weight[0] + s.weight[1]).sum()
     }
 
     /// Number of entries the policy tracks.
@@ -234,28 +388,22 @@ impl Policy {
         self.capacity
     }
 
-    /// Changes the capacity the queue targets are proportioned to (a shard's share of the
-    /// cache's capacity follows the shard's size). Records already in the ghost keep their
-    /// timestamps, which only shifts their measured distance a little.
+    /// Changes the capacity the partitions and queue targets are proportioned to (a shard's
+    /// share of the cache's capacity follows the shard's size).
     pub(crate) fn set_capacity(&mut self, capacity: u64) {
         let capacity = capacity.max(1);
-        if capacity == self.capacity {
-            return;
+        if capacity != self.capacity {
+            self.capacity = capacity;
+            self.epoch_unit = (capacity / EPOCHS_PER_CAPACITY).max(1);
+            self.window = (capacity as f64 * WINDOW) as u64;
+            self.apportion();
         }
-        let scale = capacity as f64 / self.capacity as f64;
-        self.capacity = capacity;
-        self.epoch_unit = (capacity / EPOCHS_PER_CAPACITY).max(1);
-        self.window = frac(capacity, WINDOW_BP);
-        self.small_target = (self.small_target * scale).clamp(
-            frac_f(capacity, SMALL_MIN_BP),
-            frac_f(capacity, SMALL_MAX_BP),
-        );
     }
 
-    /// Current target weight of the SMALL queue.
+    /// Current target weight of the bulk's SMALL queue.
     #[cfg(any(test, fuzzing))]
     pub(crate) fn small_target(&self) -> u64 {
-        self.small_target as u64
+        self.shares[Part::Bulk as usize].small_target as u64
     }
 
     /// Weight of id `id`.
@@ -267,11 +415,15 @@ impl Policy {
         }
     }
 
-    fn state(&self, id: u32) -> State {
-        self.state
+    fn tag(&self, id: u32) -> Tag {
+        self.tags
             .get(id as usize)
             .copied()
-            .unwrap_or(State::Untracked)
+            .unwrap_or(Tag::UNTRACKED)
+    }
+
+    fn state(&self, id: u32) -> State {
+        self.tag(id).state()
     }
 
     /// A new key `id` (not currently tracked) with `hash` and `weight` was inserted.
@@ -296,24 +448,30 @@ impl Policy {
             self.ghost = Ghost::with_slots(n);
         }
         let depth = self.ghost.depth(self.len);
+        let part = self.part_of(hash);
         let state = match self.ghost.take(hash, depth).map(Record::unpack) {
             None => State::New,
             Some(r) if r.loser => State::Repeat,
             Some(r) => {
-                self.observe(r);
+                if self.mode_of(part) == Mode::Adaptive {
+                    self.observe(r);
+                }
                 State::Returned
             }
         };
-        self.link(id, state);
+        self.link(id, Tag::new(state, part));
+        if part != Part::Bulk {
+            self.sample_miss(part);
+        }
     }
 
     /// Grows the per-id tables to hold id `id`.
     fn make_room_for(&mut self, id: u32) {
         self.queues.reserve(id);
         let i = id as usize;
-        if self.state.len() <= i {
+        if self.tags.len() <= i {
             let len = (i + 1).next_power_of_two();
-            self.state.resize(len, State::Untracked);
+            self.tags.resize(len, Tag::UNTRACKED);
             if let Some(w) = &mut self.weight {
                 w.resize(len, 0);
             }
@@ -327,8 +485,8 @@ impl Policy {
     /// Returns false, changing nothing, if `old` is not tracked. The caller then evicts if
     /// the new weight put the total over capacity.
     pub(crate) fn replace(&mut self, old: u32, new: u32, weight: u32) -> bool {
-        let state = self.state(old);
-        let Some(queue) = state.queue() else {
+        let tag = self.tag(old);
+        let Some(queue) = tag.state().queue() else {
             return false;
         };
         if old == new {
@@ -340,12 +498,12 @@ impl Policy {
             self.remove(new);
         }
         self.queues.replace(old, new);
-        self.state[new as usize] = state;
-        self.state[old as usize] = State::Untracked;
+        self.tags[new as usize] = tag;
+        self.tags[old as usize] = Tag::UNTRACKED;
         if let Some(w) = &mut self.weight {
             let before = u64::from(w[old as usize]);
             w[new as usize] = weight;
-            let total = &mut self.queue_weight[queue as usize];
+            let total = &mut self.shares[tag.part() as usize].weight[queue as usize];
             *total = *total - before + u64::from(weight);
         }
         true
@@ -363,15 +521,16 @@ impl Policy {
     /// Chooses a victim. The policy has already forgotten it; the caller removes it from the
     /// cache. `None` only when the policy tracks nothing.
     pub(crate) fn evict_one<A: EntryAccess + ?Sized>(&mut self, entries: &mut A) -> Option<u32> {
+        let part = self.fullest()?;
         // Without concurrent hits a victim is found within 3 laps of the hand; the budget only
         // guards against readers re-referencing entries faster than the hand can clear them.
         let mut budget = 4 * self.len + 8;
         loop {
             budget = budget.saturating_sub(1);
-            let step = if self.small_due() {
-                self.small_step(entries)
+            let step = if self.small_due(part) {
+                self.small_step(part, entries)
             } else {
-                self.main_step(entries, budget > 0)
+                self.main_step(part, entries, budget > 0)
             }?;
             if let Step::Victim(id) = step {
                 return Some(id);
@@ -379,32 +538,52 @@ impl Policy {
         }
     }
 
+    /// The non-empty partition that holds the most weight beyond its share.
+    fn fullest(&self) -> Option<Part> {
+        PARTS
+            .into_iter()
+            .filter(|&p| {
+                let w = self.shares[p as usize].weight;
+                w[0] + w[1] > 0
+            })
+            .max_by(|&a, &b| {
+                let excess = |p: Part| {
+                    let s = &self.shares[p as usize];
+                    (s.weight[0] + s.weight[1]) as f64 - s.capacity
+                };
+                excess(a).total_cmp(&excess(b))
+            })
+    }
+
     /// Whether the next step looks at SMALL's front: SMALL is over its target, or MAIN is
     /// empty.
-    fn small_due(&self) -> bool {
-        !self.queues.is_empty(Queue::Small.list())
-            && (self.queue_weight[Queue::Small as usize] as f64 > self.small_target
-                || self.queues.is_empty(Queue::Main.list()))
+    fn small_due(&self, part: Part) -> bool {
+        let share = &self.shares[part as usize];
+        !self.queues.is_empty(part.list(Queue::Small))
+            && (share.weight[Queue::Small as usize] as f64 > share.small_target
+                || self.queues.is_empty(part.list(Queue::Main)))
     }
 
     /// SMALL's oldest entry leaves SMALL: to MAIN if it was hit while in SMALL or if MAIN is
     /// under its target; otherwise a candidate duels MAIN's hand, and any other entry is the
     /// victim.
-    fn small_step<A: EntryAccess + ?Sized>(&mut self, entries: &mut A) -> Option<Step> {
-        let id = self.queues.front(Queue::Small.list())?;
-        if entries.counter(id) > 0 {
+    fn small_step<A: EntryAccess + ?Sized>(&mut self, part: Part, entries: &mut A) -> Option<Step> {
+        let id = self.queues.front(part.list(Queue::Small))?;
+        let count = entries.counter(id);
+        if count > 0 {
             entries.set_counter(id, 0);
             self.move_to_main(id);
             return Some(Step::Moved);
         }
-        let main_target = self.capacity as f64 - self.small_target;
-        if (self.queue_weight[Queue::Main as usize] + self.w(id)) as f64 <= main_target {
+        let share = &self.shares[part as usize];
+        let main_target = share.capacity - share.small_target;
+        if (share.weight[Queue::Main as usize] + self.w(id)) as f64 <= main_target {
             self.move_to_main(id);
             return Some(Step::Moved);
         }
         let evidence = self.state(id).evidence();
-        if evidence > 0 && !self.queues.is_empty(Queue::Main.list()) {
-            return Some(Step::Victim(self.duel(id, evidence, entries)));
+        if evidence > 0 && !self.queues.is_empty(part.list(Queue::Main)) {
+            return Some(Step::Victim(self.duel(part, id, evidence, entries)));
         }
         self.evict(id, Queue::Small, false, entries);
         Some(Step::Victim(id))
@@ -418,11 +597,12 @@ impl Policy {
     /// victim.
     fn duel<A: EntryAccess + ?Sized>(
         &mut self,
+        part: Part,
         candidate: u32,
         evidence: u8,
         entries: &mut A,
     ) -> u32 {
-        let main = Queue::Main.list();
+        let main = part.list(Queue::Main);
         let hand = self.queues.front(main).expect("MAIN is not empty");
         let hand_count = entries.counter(hand);
         let (defender, defence) = match self.queues.next(hand) {
@@ -446,10 +626,11 @@ impl Policy {
     /// and the hand advances; otherwise it is the victim.
     fn main_step<A: EntryAccess + ?Sized>(
         &mut self,
+        part: Part,
         entries: &mut A,
         budget: bool,
     ) -> Option<Step> {
-        let main = Queue::Main.list();
+        let main = part.list(Queue::Main);
         let hand = self.queues.front(main)?;
         let count = entries.counter(hand);
         if count > 0 && budget {
@@ -461,36 +642,14 @@ impl Policy {
         Some(Step::Victim(hand))
     }
 
-    /// A ghost hit on a record that is not a duel loser: one adaptation event if the
-    /// key was evicted at most `window` weight ago, measured on its queue's clock.
-    fn observe(&mut self, r: Record) {
-        let origin = r.from as usize;
-        let now = (self.evicted_w[origin] / self.epoch_unit) & 0xFF;
-        let distance = ((now + 256 - u64::from(r.epoch)) & 0xFF) * self.epoch_unit;
-        if distance > self.window {
-            return;
-        }
-        self.events[origin] += 1;
-        let total = self.events[0] + self.events[1];
-        if total >= ADAPT_PERIOD {
-            let (s, m) = (
-                self.events[Queue::Small as usize] as f64,
-                self.events[Queue::Main as usize] as f64,
-            );
-            let step = frac_f(self.capacity, ADAPT_STEP_BP) * (s - m) / (s + m);
-            self.small_target = (self.small_target + step).clamp(
-                frac_f(self.capacity, SMALL_MIN_BP),
-                frac_f(self.capacity, SMALL_MAX_BP),
-            );
-            self.events = [0; 2];
-        }
-    }
-
     /// Forgets `id`, evicted from `from`, and records it in the ghost.
     fn evict<A: EntryAccess + ?Sized>(&mut self, id: u32, from: Queue, loser: bool, entries: &A) {
+        let part = self.tag(id).part();
         self.unlink(id);
         self.len -= 1;
-        self.evicted_w[from as usize] += self.w(id);
+        if self.mode_of(part) == Mode::Adaptive {
+            self.evicted_w[from as usize] += self.w(id);
+        }
         let epoch = ((self.evicted_w[from as usize] / self.epoch_unit) & 0xFF) as u8;
         let depth = self.ghost.depth(self.len.max(1));
         let record = Record { from, loser, epoch };
@@ -498,24 +657,27 @@ impl Policy {
     }
 
     fn move_to_main(&mut self, id: u32) {
+        let part = self.tag(id).part();
         self.unlink(id);
-        self.link(id, State::Main);
+        self.link(id, Tag::new(State::Main, part));
     }
 
-    /// Links untracked `id` at the back of its state's queue.
-    fn link(&mut self, id: u32, state: State) {
-        let queue = state.queue().expect("a tracked state");
-        self.queues.push_back(queue.list(), id);
-        self.state[id as usize] = state;
-        self.queue_weight[queue as usize] += self.w(id);
+    /// Links untracked `id` at the back of its queue.
+    fn link(&mut self, id: u32, tag: Tag) {
+        let queue = tag.state().queue().expect("a tracked state");
+        let part = tag.part();
+        self.queues.push_back(part.list(queue), id);
+        self.tags[id as usize] = tag;
+        self.shares[part as usize].weight[queue as usize] += self.w(id);
     }
 
     /// Unlinks tracked `id` from its queue; it is untracked afterwards.
     fn unlink(&mut self, id: u32) {
-        let queue = self.state(id).queue().expect("a tracked id");
+        let tag = self.tag(id);
+        let queue = tag.state().queue().expect("a tracked id");
         self.queues.unlink(id);
-        self.state[id as usize] = State::Untracked;
-        self.queue_weight[queue as usize] -= self.w(id);
+        self.tags[id as usize] = Tag::UNTRACKED;
+        self.shares[tag.part() as usize].weight[queue as usize] -= self.w(id);
     }
 
     /// Checks every internal invariant; panics with a description on violation.
@@ -523,37 +685,35 @@ impl Policy {
     pub(crate) fn validate(&self) {
         let lengths = self.queues.validate();
         let mut total = 0;
-        for queue in [Queue::Small, Queue::Main] {
-            let mut sum = 0u64;
-            for id in self.queues.iter(queue.list()) {
+        for part in PARTS {
+            for queue in [Queue::Small, Queue::Main] {
+                let mut sum = 0u64;
+                for id in self.queues.iter(part.list(queue)) {
+                    let tag = self.tag(id);
+                    assert_eq!(
+                        tag.state().queue(),
+                        Some(queue),
+                        "id {id} in the wrong queue"
+                    );
+                    assert_eq!(tag.part(), part, "id {id} in the wrong partition");
+                    sum += self.w(id);
+                }
                 assert_eq!(
-                    self.state(id).queue(),
-                    Some(queue),
-                    "id {id} in the wrong queue"
+                    sum, self.shares[part as usize].weight[queue as usize],
+                    "queue weight mismatch"
                 );
-                sum += self.w(id);
+                total += lengths[part.list(queue)];
             }
-            assert_eq!(
-                sum, self.queue_weight[queue as usize],
-                "queue weight mismatch"
-            );
-            total += lengths[queue.list()];
         }
         assert_eq!(total, self.len, "entry count mismatch");
-        for (id, &s) in self.state.iter().enumerate() {
+        for (id, &t) in self.tags.iter().enumerate() {
             assert_eq!(
-                s != State::Untracked,
+                t.state() != State::Untracked,
                 self.queues.is_linked(id as u32),
-                "id {id}: state {s:?} disagrees with the lists"
+                "id {id}: state {:?} disagrees with the lists",
+                t.state()
             );
         }
-        let lo = frac_f(self.capacity, SMALL_MIN_BP);
-        let hi = frac_f(self.capacity, SMALL_MAX_BP);
-        assert!(
-            self.small_target >= lo && self.small_target <= hi,
-            "small target out of range"
-        );
-        assert!(self.events[0] + self.events[1] < ADAPT_PERIOD);
         assert!(
             self.len <= self.ghost.slots(),
             "ghost smaller than the resident count"
@@ -607,7 +767,7 @@ mod tests {
     impl TestCache {
         fn new(capacity: u64) -> Self {
             TestCache {
-                policy: Policy::new(capacity, true),
+                policy: Policy::new(capacity, true, Contest::new(capacity)),
                 map: HashMap::new(),
                 key: vec![],
                 counter: vec![],
@@ -709,7 +869,7 @@ mod tests {
 
     #[test]
     fn empty_policy_has_no_victim() {
-        let mut p = Policy::new(10, true);
+        let mut p = Policy::new(10, true, Contest::new(10));
         let mut counter = vec![0u8; 4];
         let hash = vec![0u64; 4];
         assert_eq!(
@@ -742,7 +902,7 @@ mod tests {
 
     #[test]
     fn remove_is_idempotent_and_handles_vanished_victims() {
-        let mut p = Policy::new(4, true);
+        let mut p = Policy::new(4, true, Contest::new(4));
         let mut counter = vec![0u8; 8];
         let hash: Vec<u64> = (0..8).map(mix).collect();
         for id in 0..6 {
@@ -950,7 +1110,7 @@ mod tests {
                 mix(id as u64)
             }
         }
-        let mut p = Policy::new(100, true);
+        let mut p = Policy::new(100, true, Contest::new(100));
         for id in 0..150 {
             p.insert(id, mix(id as u64), 1);
             while p.weighted_size() > p.capacity() {

@@ -444,7 +444,9 @@ where
         self.add_size(i64::from(weight));
         if let Some(bound) = &cfg.bound {
             m.policy
-                .get_or_insert_with(|| Policy::new(bound.share, cfg.weigher.is_some()))
+                .get_or_insert_with(|| {
+                    Policy::new(bound.share, cfg.weigher.is_some(), bound.contest.clone())
+                })
                 .insert(idx, hash, weight);
         }
     }

@@ -98,6 +98,8 @@ pub(crate) struct Bound {
     /// to leave the cache over it).
     pub(crate) floor_share: u64,
     pub(crate) reserved: crossbeam_utils::CachePadded<crate::sync::AtomicU64>,
+    /// The eviction policies' contest between their modes, shared by every shard.
+    pub(crate) contest: crate::sync::Arc<crate::evict::contest::Contest>,
 }
 
 impl Bound {
@@ -108,6 +110,7 @@ impl Bound {
             share: (capacity / shards as u64).max(1),
             floor_share: capacity / shards as u64,
             reserved: crossbeam_utils::CachePadded::new(crate::sync::AtomicU64::new(0)),
+            contest: crate::evict::contest::Contest::new(capacity),
         }
     }
 
