@@ -11,8 +11,9 @@
 //! If the challenger missed less over the two rounds by more than two standard deviations of
 //! the difference, it becomes the incumbent, and every shard switches. A challenger that
 //! trails by that much after the first round is dropped at once. A contest the incumbent wins
-//! is followed by a rest of 1, 3, then 7 rounds (reset when the incumbent changes), so a
-//! settled cache spends little of its samples on the losing mode.
+//! is followed by a rest of 1, 3, then 7 rounds (at most 3 while the recency mode holds; reset
+//! when the incumbent changes), so a settled cache spends little of its samples on the losing
+//! mode.
 //!
 //! Misses are the only signal, and the maintainer sees every one (an insert), so nothing is
 //! recorded on a hit. The samples of all shards count together: a round ends after
@@ -119,6 +120,9 @@ struct State {
 const MIN_CAPACITY: u64 = 2048;
 /// Longest rest between two contests, in rounds.
 const MAX_REST: u64 = 7;
+/// Longest rest while the recency mode holds: it is the mode that fails badly when the
+/// workload turns (a loop or a scan over a hot set), so it is challenged more often.
+const MAX_REST_RECENCY: u64 = 3;
 /// Standard deviations by which a challenger must win (and by which it loses early).
 const Z: f64 = 2.0;
 
@@ -228,7 +232,11 @@ impl State {
         // The incumbent stays: rest before the next contest.
         self.round = 0;
         self.first = [0; 2];
-        self.backoff = (2 * self.backoff + 1).min(MAX_REST);
+        let longest = match self.incumbent {
+            Mode::Adaptive => MAX_REST,
+            Mode::Recency => MAX_REST_RECENCY,
+        };
+        self.backoff = (2 * self.backoff + 1).min(longest);
         self.rest = self.backoff;
     }
 }
@@ -300,6 +308,25 @@ mod tests {
             }
         }
         assert_eq!(rests, [1, 3, 7, 7, 7]);
+    }
+
+    #[test]
+    fn the_recency_mode_is_challenged_more_often() {
+        let contest = Contest::new(100_000);
+        round(&contest, 1000, 700);
+        assert_eq!(round(&contest, 700, 1000).incumbent, Mode::Recency);
+        let mut rests = Vec::new();
+        for _ in 0..4 {
+            round(&contest, 1000, 1000);
+            round(&contest, 1000, 1000);
+            let rest = contest.state.lock().unwrap().rest;
+            rests.push(rest);
+            for _ in 0..rest {
+                assert_eq!(contest.try_view().unwrap().samples, [Mode::Recency; 2]);
+                round(&contest, 0, 0);
+            }
+        }
+        assert_eq!(rests, [1, 3, 3, 3]);
     }
 
     #[test]
