@@ -127,7 +127,6 @@ const MAX_REST_RECENCY: u64 = 3;
 const Z: f64 = 2.0;
 
 /// The contest shared by the policies of one cache (see the module documentation).
-#[derive(Debug)]
 pub(crate) struct Contest {
     /// Whether the cache is large enough for samples (see [`MIN_CAPACITY`]).
     enabled: bool,

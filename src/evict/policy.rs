@@ -269,7 +269,12 @@ impl Policy {
     /// shared by every shard of the cache.
     pub(crate) fn new(capacity: u64, weighted: bool, contest: Arc<Contest>) -> Self {
         let capacity = capacity.max(1);
-        let view = contest.try_view().unwrap_or(View::INITIAL);
+        // A cache too small for samples never touches the contest's lock.
+        let view = if contest.enabled() {
+            contest.try_view().unwrap_or(View::INITIAL)
+        } else {
+            View::INITIAL
+        };
         let mut policy = Policy {
             capacity,
             sample_16ths: u64::from(contest.enabled() && capacity as f64 / 16.0 >= MIN_SAMPLE),
