@@ -67,7 +67,7 @@ impl Lists {
     }
 
     /// Size of the node table: one more than the largest id reserved so far.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn ids(&self) -> usize {
         self.links.len()
     }
@@ -95,7 +95,7 @@ impl Lists {
     }
 
     /// The ids of list `list`, front to back.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn iter(&self, list: usize) -> impl Iterator<Item = u32> + '_ {
         std::iter::successors(self.front(list), |&id| self.next(id))
     }
@@ -189,7 +189,7 @@ impl Lists {
     ///   the node before it, the sentinel's `prev` is the last node) holding only entry ids;
     /// * every linked id is in exactly one list, and every other id has both links
     ///   [`UNLINKED`].
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn validate(&self) -> Vec<usize> {
         let mut seen = vec![false; self.links.len()];
         let mut lengths = Vec::with_capacity(self.heads.len());

@@ -378,17 +378,17 @@ impl Policy {
     }
 
     /// Number of entries the policy tracks.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn capacity(&self) -> u64 {
         self.capacity
     }
@@ -406,7 +406,7 @@ impl Policy {
     }
 
     /// Current target weight of the bulk's SMALL queue.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn small_target(&self) -> u64 {
         self.shares[Part::Bulk as usize].small_target as u64
     }
@@ -686,7 +686,7 @@ impl Policy {
     }
 
     /// Checks every internal invariant; panics with a description on violation.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn validate(&self) {
         let lengths = self.queues.validate();
         let mut total = 0;

@@ -293,7 +293,7 @@ impl Wheel {
     ///   is occupied, at a level `L >= 1` no slot up to and including the current tick's digit
     ///   at `L` is (so slots never wrap around);
     /// * the overflow list is empty if the current epoch is the last one the tick range has.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn validate(&self) {
         assert!(
             self.tick_shift < u64::BITS,
@@ -343,7 +343,7 @@ impl Wheel {
     /// deadline, so the slot comes due no later than the entry does. (Entries whose deadline
     /// moved later sit in an earlier slot than their deadline's, which is allowed: they are
     /// re-filed when it comes due.) The due list may hold any deadline.
-    #[cfg(any(test, fuzzing))]
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn validate_deadlines(&self, mut deadline_of: impl FnMut(u32) -> u64) {
         self.validate();
         for list in 0..DUE {
