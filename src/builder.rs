@@ -9,8 +9,7 @@ use crate::cache::Cache;
 use crate::clock::TimeSource;
 use crate::expiry::{Expiry, ExpiryFn};
 use crate::listener::{ListenerFn, RemovalCause};
-use crate::raw::table::NEVER;
-use crate::raw::{Bound, Config, Layout, RawCache, WeigherFn};
+use crate::raw::{Bound, Config, Layout, NEVER, RawCache, WeigherFn};
 use crate::stats::StatsCounters;
 
 /// Shortest [`check_period`](CacheBuilder::check_period): a sweeper that runs more often
@@ -365,7 +364,7 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         let table_bytes = (shards as u64)
             .saturating_mul(buckets_per_shard as u64)
             .saturating_mul(std::mem::size_of::<u32>() as u64);
-        if crate::raw::table::pages::physical_memory().is_some_and(|ram| table_bytes > ram / 2) {
+        if crate::raw::physical_memory().is_some_and(|ram| table_bytes > ram / 2) {
             return Err(BuildError::CapacityTooLarge(expected));
         }
         let nodes_per_shard = bounded_by_count(ARENA_PRESIZE_MAX).div_ceil(shards);
@@ -393,7 +392,14 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             ring,
             huge_pages: self.huge_pages,
         };
-        let load_shift = u32::from(self.max_capacity.is_some() && self.weigher.is_none());
+        let half_load_below = match (self.max_capacity, &self.weigher) {
+            (Some(c), None) => c
+                .div_ceil(shards as u64)
+                .saturating_mul(BUCKETS_PER_ENTRY as u64)
+                .checked_next_power_of_two()
+                .unwrap_or(u64::MAX),
+            _ => 0,
+        };
         let cfg = Config {
             hasher: self.hasher,
             listener: self.listener,
@@ -406,8 +412,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             weigher: self.weigher,
             #[cfg(not(loom))]
             growing: Default::default(),
-            owner: crate::raw::reclaim::retire::owner(),
-            load_shift,
+            owner: crate::raw::new_owner(),
+            half_load_below,
         };
         let mut raw = RawCache::new(layout, cfg).ok_or(BuildError::OutOfMemory)?;
         if let Some(expiry) = self.expiry {

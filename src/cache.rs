@@ -11,8 +11,7 @@ use crate::entry::{CompResult, Entry, EntrySelector, Op};
 use crate::listener::RemovalCause;
 use crate::loader::{Joined, Lead, Loaded, Outcome, Registry, Wait};
 use crate::policy::{CapacityError, Policy};
-use crate::raw::table::NEVER;
-use crate::raw::{Inserted, RawCache, Write};
+use crate::raw::{Inserted, NEVER, RawCache, Write};
 use crate::stats::Stats;
 use crate::sync::{Arc, Mutex, lock};
 
@@ -30,11 +29,11 @@ struct Inner<K, V, S> {
     loaders: Registry<K, V>,
     /// The background sweeper, if one runs (see `set_check_period`).
     #[cfg(not(loom))]
-    sweeper: Mutex<Option<crate::sweeper::Sweeper>>,
+    sweeper: Mutex<Option<crate::periodic::Periodic>>,
 }
 
 #[cfg(not(loom))]
-impl<K, V, S> crate::raw::reclaim::Chore for Inner<K, V, S>
+impl<K, V, S> crate::raw::Chore for Inner<K, V, S>
 where
     K: Eq + Hash + Send + Sync + 'static,
     V: Send + Sync + 'static,
@@ -306,9 +305,9 @@ where
     where
         S: Send + Sync + 'static,
     {
-        let weak: crate::sync::Weak<dyn crate::raw::reclaim::Chore> =
+        let weak: crate::sync::Weak<dyn crate::raw::Chore> =
             Arc::downgrade(&self.inner) as crate::sync::Weak<Inner<K, V, S>>;
-        crate::raw::reclaim::retire::register(self.inner.raw.cfg.growing.clone(), weak);
+        crate::raw::register_chore(self.inner.raw.cfg.growing.clone(), weak);
     }
 
     /// Starts, restarts with a new period, or (with `None`) stops the background sweeper
@@ -339,7 +338,8 @@ where
         *sweeper = None;
         if let Some(period) = period.filter(|p| !p.is_zero()) {
             let weak = Arc::downgrade(&self.inner);
-            *sweeper = Some(crate::sweeper::Sweeper::spawn(
+            *sweeper = Some(crate::periodic::Periodic::spawn(
+                "evanesce-sweep",
                 period,
                 move || match weak.upgrade() {
                     Some(inner) => {

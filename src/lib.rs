@@ -65,14 +65,14 @@ mod expiry;
 pub mod integrations;
 mod listener;
 mod loader;
+#[cfg(not(loom))]
+mod periodic;
 mod policy;
 #[allow(unsafe_code)]
 mod raw;
 #[cfg(all(feature = "session", not(loom)))]
 pub mod session;
 mod stats;
-#[cfg(not(loom))]
-mod sweeper;
 mod sync;
 
 pub use builder::{BuildError, CacheBuilder, MAX_SHARDS, MIN_CHECK_PERIOD};

@@ -59,6 +59,14 @@ impl SessionData for State {
     fn touch_from(&mut self, newer: &Self) {
         self.expires_ms = newer.expires_ms;
     }
+
+    /// The `expires_ms` field.
+    fn touch_json(&self) -> Option<(&'static str, Option<Vec<u8>>)> {
+        Some((
+            "expires_ms",
+            Some(serde_json::to_vec(&self.expires_ms).ok()?),
+        ))
+    }
 }
 
 /// A store of actix-web session states.
@@ -131,9 +139,12 @@ where
         })
     }
 
-    /// Rewrites the session's state; a session that has expired or was removed meanwhile is
-    /// saved under a new key instead (as actix-session's Redis store does), so an update
-    /// never brings back a key that is gone.
+    /// Rewrites the session's state if the session is still live. A session that expired or
+    /// was removed (a logout) while the request held it stays gone: nothing is stored, and
+    /// the key returned is the old, dead one, so the client's next request starts a fresh
+    /// session. (actix-session's Redis store saves the state under a new key instead; that
+    /// would hand whoever had a request in flight at the logout, a thief with a stolen cookie
+    /// included, a new key with the logged-out state.)
     async fn update(
         &self,
         session_key: SessionKey,
@@ -145,14 +156,10 @@ where
             e @ Error::Encode(_) => UpdateError::Serialization(other(e)),
             e => UpdateError::Other(other(e)),
         };
-        if self
-            .set_if_present(session_key.as_ref(), &state)
-            .map_err(to_update)?
-        {
-            Ok(session_key)
-        } else {
-            self.save_new(&state).map_err(to_update)
-        }
+        // Stored or not, the key stays: a dead key loads nothing.
+        self.set_if_present(session_key.as_ref(), &state)
+            .map_err(to_update)?;
+        Ok(session_key)
     }
 
     async fn update_ttl(
@@ -168,5 +175,35 @@ where
     async fn delete(&self, session_key: &SessionKey) -> Result<(), anyhow::Error> {
         self.destroy(session_key.as_ref());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::Serializer;
+
+    /// A touch splices the new `expires_ms` into the stored state (no decode of the state),
+    /// and gives what decode, `touch_from` and encode give.
+    #[test]
+    fn a_spliced_touch_equals_a_decoded_one() {
+        let mut state = HashMap::new();
+        state.insert("user".to_string(), "\"ada\"".to_string());
+        let stored = State {
+            state,
+            expires_ms: 1_800_000_000_000,
+        };
+        let newer = State {
+            expires_ms: 1_800_003_600_000,
+            ..stored.clone()
+        };
+        let z = JsonSerializer::<State>::new();
+        let bytes = z.encode(&stored).unwrap();
+        let spliced = z
+            .decode(&z.touch(&bytes, &newer).unwrap().unwrap())
+            .unwrap();
+        let mut slow = z.decode(&bytes).unwrap();
+        slow.touch_from(&newer);
+        assert_eq!(spliced, slow);
     }
 }

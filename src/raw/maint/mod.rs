@@ -520,7 +520,7 @@ where
             let weighted = self.cfg.weigher.is_some();
             self.m
                 .policy
-                .get_or_insert_with(|| Policy::new(bound.share(), weighted))
+                .get_or_insert_with(|| Policy::new(bound.share(), weighted, bound.contest.clone()))
                 .insert(idx, hash, weight);
         }
     }
@@ -574,7 +574,11 @@ where
         }
         self.add_live(-1);
         self.m.counts[Counter::of(cause) as usize] += 1;
-        self.m.notify.push((idx, cause));
+        // Without a listener there is no one to tell: no note (a note is a push here and a
+        // buffer the pass hands out and someone frees).
+        if self.cfg.listener.is_some() {
+            self.m.notify.push((idx, cause));
+        }
         self.add_flags(idx, SEEN_REMOVE);
         self.dismiss(idx);
         self.m.unlink_queue.push((idx, NIL));
@@ -602,51 +606,69 @@ where
         }
     }
 
+    /// Unlinks the queued nodes, oldest first: a replaced node's hint is the node that replaced
+    /// it, which sits just in front of it only until that one is unlinked in turn, so taking
+    /// a chain of replacements of one key newest first sent every unlink but the first down
+    /// the slow path (a walk from the bucket past every marked node; a hot key replaced from
+    /// one thread cost twice the instructions).
     fn process_unlinks(&mut self) {
-        while let Some((idx, hint)) = self.m.unlink_queue.pop() {
-            // During a growth, a node of an old chain may be reachable through several links
-            // (zipped chains share nodes, and an unzipping round leaves old links in place
-            // until readers are past them), so its unlink waits for the growth to end. Once
-            // every old chain is recorded, any other node was inserted in front of a split
-            // bucket: reachable only through that bucket (its head or the nodes inserted in
-            // front of it, all of its class), it is unlinked as usual, so that replaced
-            // entries do not pile up in the chains while a growth runs.
-            if let Some(growth) = &self.m.growth
-                && (growth.is_splitting() || self.has(idx, ZIPPED))
-            {
-                self.m.postponed.push(idx);
-                continue;
+        let mut queue = mem::take(&mut self.m.unlink_queue);
+        while !queue.is_empty() {
+            // Unlinking marks superseded nodes, which queues them: a new round for those.
+            for (idx, hint) in queue.drain(..) {
+                self.unlink_one(idx, hint);
             }
-            let table = self.table;
-            // `hint` is in a chain if it was inserted (`SEEN_INSERT`: published) and this
-            // maintainer has not unlinked it (`UNLINKED`; a retired node has neither flag, and
-            // a slot retired during this pin is not reused before it ends; a hint kept across
-            // passes may name a slot reused since, which then reads as not inserted, or as a
-            // linked node, and either way `unlink_after` looks at that node as it is now):
-            // only the maintainer unlinks, so a node inserted and not unlinked is reachable.
-            let after = hint != NIL
-                && table.node(hint).flags() & (SEEN_INSERT | UNLINKED) == SEEN_INSERT
-                && table.unlink_after(hint, idx, |older| {
+            mem::swap(&mut queue, &mut self.m.unlink_queue);
+        }
+        // Keep the larger buffer for the next pass.
+        if queue.capacity() > self.m.unlink_queue.capacity() {
+            self.m.unlink_queue = queue;
+        }
+    }
+
+    fn unlink_one(&mut self, idx: Idx, hint: Idx) {
+        // During a growth, a node of an old chain may be reachable through several links
+        // (zipped chains share nodes, and an unzipping round leaves old links in place
+        // until readers are past them), so its unlink waits for the growth to end. Once
+        // every old chain is recorded, any other node was inserted in front of a split
+        // bucket: reachable only through that bucket (its head or the nodes inserted in
+        // front of it, all of its class), it is unlinked as usual, so that replaced
+        // entries do not pile up in the chains while a growth runs.
+        if let Some(growth) = &self.m.growth
+            && (growth.is_splitting() || self.has(idx, ZIPPED))
+        {
+            self.m.postponed.push(idx);
+            return;
+        }
+        let table = self.table;
+        // `hint` is in a chain if it was inserted (`SEEN_INSERT`: published) and this
+        // maintainer has not unlinked it (`UNLINKED`; a retired node has neither flag, and
+        // a slot retired during this pin is not reused before it ends; a hint kept across
+        // passes may name a slot reused since, which then reads as not inserted, or as a
+        // linked node, and either way `unlink_after` looks at that node as it is now):
+        // only the maintainer unlinks, so a node inserted and not unlinked is reachable.
+        let after = hint != NIL
+            && table.node(hint).flags() & (SEEN_INSERT | UNLINKED) == SEEN_INSERT
+            && table.unlink_after(hint, idx, |older| {
+                self.mark(older, RemovalCause::Replaced);
+            });
+        if !after {
+            let guard = self.guard;
+            let cfg = self.cfg;
+            table.unlink(
+                |k| cfg.hash(k),
+                idx,
+                |older| {
                     self.mark(older, RemovalCause::Replaced);
-                });
-            if !after {
-                let guard = self.guard;
-                let cfg = self.cfg;
-                table.unlink(
-                    |k| cfg.hash(k),
-                    idx,
-                    |older| {
-                        self.mark(older, RemovalCause::Replaced);
-                    },
-                    guard,
-                );
-            }
-            let node = table.node(idx);
-            let flags = node.flags() | UNLINKED;
-            node.set_flags(flags);
-            if flags & DONE == DONE {
-                self.retire(idx, flags);
-            }
+                },
+                guard,
+            );
+        }
+        let node = table.node(idx);
+        let flags = node.flags() | UNLINKED;
+        node.set_flags(flags);
+        if flags & DONE == DONE {
+            self.retire(idx, flags);
         }
     }
 
@@ -785,16 +807,22 @@ where
             pages::trim();
         }
         let buckets = table.current(self.guard);
-        // Relaxed: a trigger (only the maintainer writes `live`). `load_shift` is 1 for a cache
-        // bounded by count (a load of at most one half, as a table pre-sized for the capacity
-        // has), 0 otherwise (at most one).
-        let live = self.up.live.load(Ordering::Relaxed).max(0) << cfg.load_shift;
-        if live > buckets.len() as i64 && buckets.len() < MAX_BUCKETS {
+        // Relaxed: a trigger (only the maintainer writes `live`).
+        let live = self.up.live.load(Ordering::Relaxed).max(0);
+        // A shard grows past a load of one; a shard of a cache bounded by count grows past a
+        // load of one half while its array is smaller than a pre-sized one would be
+        // (`half_load_below`), so that a full cache is laid out as if pre-sized.
+        let wanted = if (buckets.len() as u64) < cfg.half_load_below {
+            live.saturating_mul(2)
+        } else {
+            live
+        };
+        if wanted > buckets.len() as i64 && buckets.len() < MAX_BUCKETS {
             // The power of two that brings the load back to at most its limit (at least twice
             // the array): a shard that filled faster than it could grow catches up in one
             // growth, and its chains are then spread over as many classes as they have nodes,
             // which the unzipping separates in a few rounds (see `unzip_chain`).
-            let len = usize::try_from(live)
+            let len = usize::try_from(wanted)
                 .unwrap_or(MAX_BUCKETS)
                 .next_power_of_two()
                 .clamp(buckets.len() * 2, MAX_BUCKETS);
@@ -992,7 +1020,7 @@ mod tests {
             weigher: None,
             growing: Default::default(),
             owner: crate::raw::reclaim::retire::owner(),
-            load_shift: 0,
+            half_load_below: 0,
         };
         let layout = Layout {
             shards: 1,

@@ -58,7 +58,7 @@ pub(crate) struct Table<K, V> {
     pub(crate) weights: Column,
     /// The node a compute of this shard is replacing, from before it checks that the node is
     /// its key's live value until it has marked it ([`NIL`] otherwise); written only by the
-    /// holder of the shard's maintenance lock. See `raw/shard/compute.rs`.
+    /// holder of the shard's maintenance lock. See `raw/shard/conditional.rs`.
     pub(crate) computing: AtomicU32,
     /// Per node: 1 when a compute published the node's successor, computed from the node's
     /// value, and found the node marked by a lookup-based remover that had raced it (see
@@ -136,7 +136,7 @@ impl<K, V> Table<K, V> {
     /// node, with a value computed from it, while the mark was being made. Then the removal
     /// is that compute's replacement (the caller reports it as `Replaced` and looks again).
     ///
-    /// The handshake with `raw/shard/compute.rs`: the compute stores the node's index in
+    /// The handshake with `raw/shard/conditional.rs`: the compute stores the node's index in
     /// [`computing`](Self::computing), fences, and only then checks that the node is unmarked;
     /// this writer has marked it and fences before loading `computing`. Of two SeqCst fences
     /// one comes first: either the compute sees the mark (and does not publish), or this load
