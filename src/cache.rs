@@ -13,7 +13,9 @@ use crate::loader::{Joined, Lead, Loaded, Outcome, Registry, Wait};
 use crate::policy::{CapacityError, Policy};
 use crate::raw::{Inserted, NEVER, RawCache, Write};
 use crate::stats::Stats;
-use crate::sync::{Arc, Mutex, lock};
+use crate::sync::Arc;
+#[cfg(not(loom))]
+use crate::sync::{Mutex, lock};
 
 /// A concurrent cache. See the [crate documentation](crate) for the guarantees.
 ///

@@ -19,7 +19,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use evanesce::{Cache, RemovalCause};
+use evanesce::{Cache, CompResult, Op, RemovalCause};
 use loom::sync::Arc;
 use loom::thread;
 
@@ -39,6 +39,18 @@ fn model_with(mut builder: loom::model::Builder, f: impl Fn() + Sync + Send + 's
     if std::env::var_os("LOOM_COUNT").is_some() {
         eprintln!("explored {} executions", runs.load(Ordering::Relaxed));
     }
+}
+
+/// Runs `f` on a loom thread with a 1 MiB stack, and waits for it: a model's own thread has
+/// loom's default of 32 KiB, which a compute and a pass in one call can overflow.
+fn on_big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    // In words (loom passes the size to its coroutines, which count in `usize`s).
+    thread::Builder::new()
+        .stack_size((1 << 20) / std::mem::size_of::<usize>())
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
 }
 
 /// loom replays schedules, so every run of a model must hash the same way: a fixed-key hasher
@@ -367,5 +379,276 @@ fn remove_vs_expiry_reports_once() {
         cache.run_pending_tasks();
         assert_eq!(*log.lock().unwrap(), vec![(1, 10, RemovalCause::Expired)]);
         assert_eq!(cache.get(&2), Some(20));
+    });
+}
+
+/// A compute racing a lookup-based remove of the same key (the Dekker handshake of
+/// `raw/shard/conditional.rs`: `Table::computing` and `Table::overtaken`). Linearizable either
+/// way round, with no lost update and each value that leaves heard once: remove first (it
+/// returns 10, the compute inserts 1 into the empty key) or compute first (it replaces 10 by
+/// 11, the remove returns 11 and the key ends empty). The state this excludes is the compute
+/// missing the remover's mark and publishing 11 while the remove reports 10 as removed: then
+/// the remove returned a value the compute had already replaced.
+///
+/// Fails with the handshake broken: with `Table::overtaken` returning false (a remover never
+/// learns it was overtaken), or with either of its SeqCst fences removed (the compute's in
+/// `Announce::new`, the remover's in `Table::overtaken`), loom finds
+/// `(ReplacedWith(11), Some(10))`.
+#[test]
+fn compute_vs_remove_is_linearizable() {
+    model(|| {
+        let (cache, _mock, log) = timed();
+        cache.insert(1, 10);
+        let remover = {
+            let cache = cache.clone();
+            thread::spawn(move || cache.remove(&1))
+        };
+        let computed = cache
+            .entry(1)
+            .and_compute_with(|v| Op::Put(v.map_or(1, |v| v + 1)));
+        let removed = remover.join().unwrap();
+        cache.run_pending_tasks();
+        let mut heard = log.lock().unwrap().clone();
+        heard.sort_by_key(|&(k, v, _)| (k, v));
+        match (&computed, removed) {
+            // The compute, then the remove.
+            (CompResult::ReplacedWith(11), Some(11)) => {
+                assert_eq!(cache.get(&1), None);
+                assert_eq!(
+                    heard,
+                    vec![
+                        (1, 10, RemovalCause::Replaced),
+                        (1, 11, RemovalCause::Explicit)
+                    ]
+                );
+            }
+            // The remove, then the compute.
+            (CompResult::Inserted(1), Some(10)) => {
+                assert_eq!(cache.get(&1), Some(1));
+                assert_eq!(heard, vec![(1, 10, RemovalCause::Explicit)]);
+            }
+            other => panic!("not linearizable: {other:?}, heard {heard:?}"),
+        }
+    });
+}
+
+/// Two computes incrementing one key: neither increment is lost (each publishes only if the
+/// value it was given is still the key's first live node, and otherwise runs again on the
+/// newer value), and each replaced value is heard once, as `Replaced`.
+///
+/// Fails with the check broken: with `Shard::publish` accepting a value that is no longer
+/// first (its `f == o` test dropped), loom finds the key at 1 instead of 2.
+#[test]
+fn two_computes_lose_no_increment() {
+    model(|| {
+        let (cache, _mock, log) = timed();
+        cache.insert(1, 0);
+        let incr = |cache: &Cache<u64, u64, Fixed>| {
+            cache
+                .entry(1)
+                .and_upsert_with(|v| v.map_or(100, |v| v + 1))
+                .into_value()
+        };
+        let other = {
+            let cache = cache.clone();
+            thread::spawn(move || incr(&cache))
+        };
+        let mine = incr(&cache);
+        let theirs = other.join().unwrap();
+        let mut seen = [mine, theirs];
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            [1, 2],
+            "each compute saw the other's value or none of it"
+        );
+        assert_eq!(cache.get(&1), Some(2), "an increment was lost");
+        cache.run_pending_tasks();
+        let mut heard = log.lock().unwrap().clone();
+        heard.sort_by_key(|&(k, v, _)| (k, v));
+        assert_eq!(
+            heard,
+            vec![
+                (1, 0, RemovalCause::Replaced),
+                (1, 1, RemovalCause::Replaced)
+            ]
+        );
+    });
+}
+
+/// A compute racing an insert of the same key: the insert either comes first (the compute
+/// runs on its value: 20 becomes 21) or replaces the compute's value (11 is replaced by 20);
+/// never a compute that publishes 11, computed from 10, over the insert's 20.
+///
+/// Fails with the check broken: with `Shard::publish` accepting a value that is no longer
+/// first (its `f == o` test dropped), loom finds the key at 11 with 20 heard as replaced.
+#[test]
+fn compute_vs_insert_is_linearizable() {
+    model(|| {
+        on_big_stack(|| {
+            let (cache, _mock, log) = timed();
+            cache.insert(1, 10);
+            let writer = {
+                let cache = cache.clone();
+                thread::spawn(move || cache.insert(1, 20))
+            };
+            let computed = cache
+                .entry(1)
+                .and_compute_with(|v| Op::Put(v.map_or(1, |v| v + 1)));
+            writer.join().unwrap();
+            cache.run_pending_tasks();
+            let mut heard = log.lock().unwrap().clone();
+            heard.sort_by_key(|&(k, v, _)| (k, v));
+            let final_value = cache.get(&1);
+            match computed {
+                // The compute, then the insert.
+                CompResult::ReplacedWith(11) => {
+                    assert_eq!(final_value, Some(20));
+                    assert_eq!(
+                        heard,
+                        vec![
+                            (1, 10, RemovalCause::Replaced),
+                            (1, 11, RemovalCause::Replaced)
+                        ]
+                    );
+                }
+                // The insert, then the compute.
+                CompResult::ReplacedWith(21) => {
+                    assert_eq!(final_value, Some(21));
+                    assert_eq!(
+                        heard,
+                        vec![
+                            (1, 10, RemovalCause::Replaced),
+                            (1, 20, RemovalCause::Replaced)
+                        ]
+                    );
+                }
+                other => panic!("not linearizable: {other:?}, {final_value:?}, heard {heard:?}"),
+            }
+        })
+    });
+}
+
+/// `retain` (a lookup-based remover too: it tests a value, then marks it) racing a compute
+/// that replaces the value it tests. Either retain removes 10 (counted, heard as `Explicit`)
+/// and the compute inserts into the empty key, or the compute's 11 survives (retain keeps
+/// it: its test was of 10, and a value replaced since is left alone) and 10 is heard as
+/// `Replaced`, once.
+///
+/// Fails with the handshake broken (`Table::overtaken` returning false): loom finds 10
+/// heard as `Explicit` and counted while the compute replaced it with 11.
+#[test]
+fn retain_vs_compute_hears_each_value_once() {
+    model(|| {
+        on_big_stack(|| {
+            let (cache, _mock, log) = timed();
+            cache.insert(1, 10);
+            let remover = {
+                let cache = cache.clone();
+                thread::spawn(move || cache.invalidate_entries_if(|_, &v| v == 10))
+            };
+            let computed = cache
+                .entry(1)
+                .and_compute_with(|v| Op::Put(v.map_or(1, |v| v + 1)));
+            let removed = remover.join().unwrap();
+            cache.run_pending_tasks();
+            let heard = log.lock().unwrap().clone();
+            match (&computed, removed) {
+                (CompResult::Inserted(1), 1) => {
+                    assert_eq!(cache.get(&1), Some(1));
+                    assert_eq!(heard, vec![(1, 10, RemovalCause::Explicit)]);
+                }
+                (CompResult::ReplacedWith(11), 0) => {
+                    assert_eq!(cache.get(&1), Some(11));
+                    assert_eq!(heard, vec![(1, 10, RemovalCause::Replaced)]);
+                }
+                other => panic!("not linearizable: {other:?}, heard {heard:?}"),
+            }
+        })
+    });
+}
+
+/// Two threads ask for one missing key at once: the load runs once, and both get its value.
+/// A caller that finds no flight looks in the cache again, holding the registry's stripe,
+/// before it registers its own; a leader leaves the registry only after storing its value.
+/// So a second load can only start once the first value is gone, which nothing here does.
+///
+/// Fails with that second look dropped (`Registry::join` not calling `hit`): loom finds the
+/// second caller loading again after the first left.
+#[test]
+fn two_loaders_load_once() {
+    model(|| {
+        let loads = std::sync::Arc::new(AtomicUsize::new(0));
+        let cache = cache::<u64>();
+        let load = {
+            let loads = loads.clone();
+            move |cache: &Cache<u64, u64, Fixed>| {
+                cache.get_or_insert_with(1, || 10 + loads.fetch_add(1, Ordering::SeqCst) as u64)
+            }
+        };
+        let other = {
+            let (cache, load) = (cache.clone(), load.clone());
+            thread::spawn(move || load(&cache))
+        };
+        let mine = load(&cache);
+        assert_eq!(other.join().unwrap(), mine);
+        assert_eq!(mine, 10);
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "the load ran twice");
+        assert_eq!(cache.get(&1), Some(10));
+    });
+}
+
+/// Polls `f` once with a waker that does nothing; returns its output if it was ready.
+fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// The single-flight handover: an async load whose future is dropped mid-load (a cancelled
+/// task) while a thread waits for it. The thread is woken, starts over, loads itself, and the
+/// key ends with its value; or it led first, and the dropped future's caller was the waiter
+/// (its waker withdrawn), or it found the value. A key left with a flight that nobody runs
+/// would leave the thread waiting forever, which loom reports as a deadlock.
+///
+/// Fails with the handover broken: with `Lead`'s `Drop` not ending the flight (no
+/// `Outcome::Abandoned`), loom reports the waiting thread deadlocked.
+#[test]
+fn a_dropped_loader_hands_over_to_its_waiter() {
+    model(|| {
+        let cache = cache::<u64>();
+        let waiter = {
+            let cache = cache.clone();
+            thread::spawn(move || cache.get_or_insert_with(1, || 2))
+        };
+        // A load that never finishes, dropped after one poll (leading or waiting by then).
+        let polled = poll_once(cache.get_or_insert_async(1, std::future::pending()));
+        assert!(polled.is_none() || polled == Some(2));
+        assert_eq!(waiter.join().unwrap(), 2);
+        assert_eq!(cache.get(&1), Some(2));
+    });
+}
+
+/// The handover to a task: the waiter is a task on `loom::future::block_on`, which parks
+/// its thread until its waker is woken, so a waiting task that the handover does not wake
+/// is a deadlock too. (A load that panics hands over the same way, through the same `Drop`,
+/// but a panic ends a loom execution, so only the dropped future is modelled.)
+///
+/// Fails with the handover broken, as above (loom reports the parked task deadlocked).
+#[test]
+fn a_dropped_loader_wakes_a_waiting_task() {
+    model(|| {
+        let cache = cache::<u64>();
+        let waiter = {
+            let cache = cache.clone();
+            thread::spawn(move || loom::future::block_on(cache.get_or_insert_async(1, async { 2 })))
+        };
+        let polled = poll_once(cache.get_or_insert_async(1, std::future::pending()));
+        assert!(polled.is_none() || polled == Some(2));
+        assert_eq!(waiter.join().unwrap(), 2);
+        assert_eq!(cache.get(&1), Some(2));
     });
 }
