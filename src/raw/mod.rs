@@ -40,7 +40,7 @@ use reclaim::{light, retire};
 pub(crate) use shard::Inserted;
 use shard::{InsertMode, Removed, Shard, Staged, Stale};
 pub(crate) use table::NEVER;
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 pub(crate) use table::node::FREQ_MAX;
 pub(crate) use table::pages::physical_memory;
 

@@ -161,7 +161,7 @@ impl Growth {
 
     /// Whether the growth is unzipping, with a chain of at least `len` nodes still zipped
     /// (for tests).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn unzipping_a_chain_of(&self, len: u32) -> bool {
         matches!(self.phase, Phase::Unzipping) && self.zipped.iter().any(|&(_, l)| l >= len)
     }
