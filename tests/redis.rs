@@ -829,13 +829,13 @@ async fn a_store_over_a_connection_manager_of_your_own() {
     let store = RedisStore::builder(manager.clone()).build().await.unwrap();
     assert_eq!(store.url(), "(a ConnectionManager given to the builder)");
     // Its errors are bounded by the store's deadline all the same.
-    server.signal("STOP");
     let store = RedisStore::builder(manager)
         .response_timeout(Duration::from_millis(300))
         .connection_timeout(Duration::from_millis(300))
         .build()
         .await
         .unwrap();
+    server.signal("STOP");
     let started = Instant::now();
     assert!(matches!(store.get("a").await, Err(Error::Backend(_))));
     assert!(started.elapsed() < Duration::from_secs(2));

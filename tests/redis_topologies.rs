@@ -216,10 +216,7 @@ fn acl_a_user_restricted_to_the_prefix_passes_the_suite() {
             .set("a", &expiring(Duration::from_secs(60)))
             .await
             .unwrap_err();
-        assert!(
-            redis_error(&e).to_string().contains("NOPERM") || error_text(&e).contains("No permissions"),
-            "{e}"
-        );
+        assert_eq!(redis_error(&e).code(), Some("NOPERM"), "{e}");
         assert!(!error_text(&e).contains(APP_PASSWORD));
     });
 }
@@ -421,6 +418,27 @@ fn sentinel_the_suite_passes_and_a_failover_is_followed() {
             assert!(started.elapsed() < Duration::from_secs(20), "no failover");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Sentinel names the new master before it has turned the old one into a replica;
+        // a client that writes to the old master in between loses the write when it
+        // resyncs (Sentinel's asynchronous failover; see the module documentation). Wait
+        // for the demotion, as the next requests of a real app would come after it.
+        let old = redis::Client::open(format!("redis://127.0.0.1:{old_master}/")).unwrap();
+        let started = Instant::now();
+        loop {
+            // (A fresh connection each time: the demotion closes the old master's clients.)
+            let role: Option<Vec<redis::Value>> = match old.get_multiplexed_async_connection().await
+            {
+                Ok(mut conn) => redis::cmd("ROLE").query_async(&mut conn).await.ok(),
+                Err(_) => None,
+            };
+            if matches!(role.as_deref().and_then(<[_]>::first),
+                Some(redis::Value::BulkString(r)) if r == b"slave")
+            {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "the old master stays one");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         // The same store reaches the new master: reads find what was written before, and
         // writes succeed (on a replica they would be refused with READONLY). An error or
         // two while the roles change is allowed; a hang is not.
@@ -506,10 +524,10 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
+        let ports = redis_support::free_ports(6);
         let nodes: Vec<Server> = (0..3)
-            .map(|_| {
-                let port = free_port();
-                let bus = free_port();
+            .map(|i| {
+                let (port, bus) = (ports[2 * i], ports[2 * i + 1]);
                 let dir = redis_support::temp_dir("cluster");
                 Server::spawn(
                     port,

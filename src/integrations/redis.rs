@@ -586,7 +586,7 @@ impl<Z: Serializer> RedisStoreBuilder<Z> {
         };
         let renewals = Renewals::new(self.renewal)?;
         let pattern = format!("{}*", escape_glob(&self.prefix));
-        Ok(RedisStore {
+        let store = RedisStore {
             inner: Arc::new(Inner {
                 conn,
                 shown,
@@ -601,7 +601,12 @@ impl<Z: Serializer> RedisStoreBuilder<Z> {
                 renewal: self.renewal,
                 renewals,
             }),
-        })
+        };
+        // One round trip now, so that refused credentials (which a connection does not
+        // always show until its first command) or an unusable connection of your own fail
+        // the build rather than the first request.
+        store.query::<()>(&redis::cmd("PING")).await?;
+        Ok(store)
     }
 }
 

@@ -59,11 +59,21 @@ pub fn available(cli: bool) -> bool {
     false
 }
 
-/// A free loopback port (and, if `bus`, the port 10000 above it, which a cluster node's bus
-/// takes by default, is not asked for: cluster nodes get `--cluster-port` explicitly).
+/// A free loopback port.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free port");
-    listener.local_addr().unwrap().port()
+    free_ports(1)[0]
+}
+
+/// `n` distinct free loopback ports (all held until all are chosen, so that the system does
+/// not hand out one twice).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// A fresh temporary directory of the test's own.
@@ -122,15 +132,16 @@ impl Server {
 
     fn start(&mut self) {
         let mut command = Command::new("redis-server");
-        // A Sentinel reads its configuration file (the first argument).
-        if let Some(first) = self.args.first().filter(|a| a.ends_with(".conf")) {
-            command.arg(first);
+        // A Sentinel reads its configuration file, which must come first.
+        let config = self.args.first().filter(|a| a.ends_with(".conf"));
+        if let Some(config) = config {
+            command.arg(config);
         }
         command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
-            .args(self.args.iter().filter(|a| !a.ends_with(".conf")))
+            .args(&self.args[usize::from(config.is_some())..])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = command.spawn().unwrap_or_else(|e| {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{
     Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError,
     RedisFuture, Value,
@@ -313,7 +313,9 @@ impl Conn {
     }
 
     /// The first step of a `SCAN` over every primary that holds keys: each node's next cursor
-    /// (0 when that node is done) and the keys it returned. One server has one node.
+    /// (0 when that node is done) and the keys it returned. One server has one node; a
+    /// cluster's primaries are those that `CLUSTER SLOTS` names, so that a primary that cannot
+    /// be reached fails the scan instead of being left out of it.
     pub(crate) async fn scan_start(
         &self,
         scan: &Cmd,
@@ -321,17 +323,17 @@ impl Conn {
         match self {
             Conn::Cluster(conn) => {
                 let mut conn = conn.clone();
-                let replies = conn
+                let slots = conn
                     .route_command(
-                        scan.clone(),
-                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                        redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
                     )
                     .await?;
                 let mut steps = Vec::new();
-                for (address, reply) in node_replies(replies)? {
-                    let (host, port) = split_address(&address)?;
-                    let (cursor, keys): (u64, Vec<Vec<u8>>) = redis::from_redis_value(reply)?;
-                    steps.push((Node::Address { host, port }, cursor, keys));
+                for (host, port) in primaries(slots)? {
+                    let node = Node::Address { host, port };
+                    let (cursor, keys) = self.scan_on(&node, scan).await?;
+                    steps.push((node, cursor, keys));
                 }
                 Ok(steps)
             }
@@ -380,38 +382,33 @@ pub(crate) enum Node {
     Address { host: String, port: u16 },
 }
 
-/// A multi-node reply (a map, or a list of pairs) as (address, reply) pairs.
-fn node_replies(value: Value) -> Result<Vec<(String, Value)>, RedisError> {
-    let pairs: Vec<(Value, Value)> = match value {
-        Value::Map(pairs) => pairs,
-        Value::Array(items) => items
-            .into_iter()
-            .map(|item| match item {
-                Value::Array(mut pair) if pair.len() == 2 => {
-                    let reply = pair.pop().unwrap_or(Value::Nil);
-                    let address = pair.pop().unwrap_or(Value::Nil);
-                    Ok((address, reply))
-                }
-                other => Err(unexpected(format!("a node's reply: {other:?}"))),
-            })
-            .collect::<Result<_, _>>()?,
-        other => return Err(unexpected(format!("replies by node: {other:?}"))),
+/// The distinct primaries (host, port) of a `CLUSTER SLOTS` reply: a list of
+/// `[start, end, [host, port, id, ...], replicas...]`.
+fn primaries(slots: Value) -> Result<Vec<(String, u16)>, RedisError> {
+    let Value::Array(ranges) = slots else {
+        return Err(unexpected(format!("CLUSTER SLOTS: {slots:?}")));
     };
-    pairs
-        .into_iter()
-        .map(|(address, reply)| Ok((redis::from_redis_value(address)?, reply)))
-        .collect()
-}
-
-/// `host:port` (the host may be an IPv6 address, with colons).
-fn split_address(address: &str) -> Result<(String, u16), RedisError> {
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| unexpected(format!("a node address without a port: {address}")))?;
-    let port = port
-        .parse()
-        .map_err(|_| unexpected(format!("a node address with a bad port: {address}")))?;
-    Ok((host.trim_matches(['[', ']']).to_string(), port))
+    let mut found = Vec::new();
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            return Err(unexpected(format!("a slot range: {range:?}")));
+        };
+        let Some(Value::Array(primary)) = fields.get(2) else {
+            return Err(unexpected(format!("a slot range's primary: {fields:?}")));
+        };
+        let (Some(host), Some(port)) = (primary.first(), primary.get(1)) else {
+            return Err(unexpected(format!("a primary: {primary:?}")));
+        };
+        let host: String = redis::from_redis_value(host.clone())?;
+        let port: u16 = redis::from_redis_value(port.clone())?;
+        if !found.contains(&(host.clone(), port)) {
+            found.push((host, port));
+        }
+    }
+    if found.is_empty() {
+        return Err(unexpected("CLUSTER SLOTS names no primary".to_string()));
+    }
+    Ok(found)
 }
 
 fn unexpected(what: String) -> RedisError {
@@ -460,37 +457,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn node_addresses_split_at_the_last_colon() {
-        assert_eq!(
-            split_address("127.0.0.1:7000").unwrap(),
-            ("127.0.0.1".to_string(), 7000)
-        );
-        assert_eq!(
-            split_address("[::1]:7001").unwrap(),
-            ("::1".to_string(), 7001)
-        );
-        assert!(split_address("nohost").is_err());
-        assert!(split_address("h:notaport").is_err());
-    }
-
-    #[test]
-    fn multi_node_replies_come_as_maps_or_pairs() {
-        let reply = |addr: &str| {
-            (
-                Value::BulkString(addr.as_bytes().to_vec()),
-                Value::Array(vec![
-                    Value::BulkString(b"0".to_vec()),
-                    Value::Array(vec![]),
-                ]),
-            )
+    fn the_primaries_of_cluster_slots() {
+        let node = |port: i64| {
+            Value::Array(vec![
+                Value::BulkString(b"127.0.0.1".to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
         };
-        let map = Value::Map(vec![reply("a:1"), reply("b:2")]);
-        let got = node_replies(map).unwrap();
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[1].0, "b:2");
-        let (a, r) = reply("c:3");
-        let pairs = Value::Array(vec![Value::Array(vec![a, r])]);
-        assert_eq!(node_replies(pairs).unwrap()[0].0, "c:3");
-        assert!(node_replies(Value::Int(1)).is_err());
+        let range = |start, end, primary: i64, replica: i64| {
+            Value::Array(vec![
+                Value::Int(start),
+                Value::Int(end),
+                node(primary),
+                node(replica),
+            ])
+        };
+        let slots = Value::Array(vec![
+            range(0, 5460, 7000, 7003),
+            range(5461, 10922, 7001, 7004),
+            range(10923, 16383, 7000, 7005),
+        ]);
+        assert_eq!(
+            primaries(slots).unwrap(),
+            vec![("127.0.0.1".to_string(), 7000), ("127.0.0.1".to_string(), 7001)]
+        );
+        assert!(primaries(Value::Array(vec![])).is_err());
+        assert!(primaries(Value::Int(1)).is_err());
+        assert!(primaries(Value::Array(vec![Value::Int(1)])).is_err());
     }
 }
