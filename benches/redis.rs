@@ -250,7 +250,12 @@ async fn command_calls(admin: &mut redis::aio::MultiplexedConnection) -> Vec<(St
     info.lines()
         .filter_map(|line| {
             let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
             (name != "info" && name != "config").then(|| (name.to_string(), calls))
         })
         .collect()
@@ -269,9 +274,8 @@ fn requests(c: &mut Criterion) {
     let tls_dir = redis_support::temp_dir("bench-tls");
     let certs = redis_support::Certs::make(&tls_dir);
     let tls_port = redis_support::free_port();
-    let tls =
-        redis_support::Server::spawn(tls_port, &tls_dir, &certs.server_args(tls_port, false))
-            .owning_dir();
+    let tls = redis_support::Server::spawn(tls_port, &tls_dir, &certs.server_args(tls_port, false))
+        .owning_dir();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -346,7 +350,7 @@ fn requests(c: &mut Criterion) {
             reset_stats(&mut admin).await;
             variant.clone().run(0, counted).await;
             let mut calls = command_calls(&mut admin).await;
-            calls.sort_by(|a, b| b.1.cmp(&a.1));
+            calls.sort_by_key(|c| std::cmp::Reverse(c.1));
             let total: u64 = calls.iter().map(|(_, n)| n).sum();
             let detail: Vec<String> = calls
                 .iter()

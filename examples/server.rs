@@ -117,7 +117,10 @@ struct RedisSettings {
 /// `REDIS_CLUSTER`.
 enum RedisTarget {
     Url(String),
-    Sentinel { sentinels: Vec<String>, service: String },
+    Sentinel {
+        sentinels: Vec<String>,
+        service: String,
+    },
     Cluster(Vec<String>),
 }
 
@@ -144,7 +147,10 @@ impl RedisTarget {
         match self {
             RedisTarget::Url(url) => format!("Redis at {}", redact_url(url)),
             RedisTarget::Sentinel { sentinels, service } => {
-                format!("Redis master {service:?} of the Sentinels {}", list(sentinels))
+                format!(
+                    "Redis master {service:?} of the Sentinels {}",
+                    list(sentinels)
+                )
             }
             RedisTarget::Cluster(nodes) => format!("Redis Cluster of {}", list(nodes)),
         }
@@ -180,13 +186,11 @@ impl RedisSettings {
         let sentinel = text("REDIS_SENTINEL")?;
         let cluster = text("REDIS_CLUSTER")?;
         let service = text("REDIS_SERVICE")?;
+        if service.is_some() && sentinel.is_none() {
+            return Err("REDIS_SERVICE is set but REDIS_SENTINEL is not".into());
+        }
         let target = match (url, sentinel, cluster) {
-            (None, None, None) => {
-                if service.is_some() {
-                    return Err("REDIS_SERVICE is set but REDIS_SENTINEL is not".into());
-                }
-                return Ok(None);
-            }
+            (None, None, None) => return Ok(None),
             (Some(url), None, None) => RedisTarget::Url(url),
             (None, Some(sentinels), None) => RedisTarget::Sentinel {
                 sentinels: redis_list("REDIS_SENTINEL", &sentinels)?,
@@ -196,14 +200,9 @@ impl RedisSettings {
             },
             (None, None, Some(nodes)) => RedisTarget::Cluster(redis_list("REDIS_CLUSTER", &nodes)?),
             _ => {
-                return Err(
-                    "set only one of REDIS_URL, REDIS_SENTINEL and REDIS_CLUSTER".into(),
-                );
+                return Err("set only one of REDIS_URL, REDIS_SENTINEL and REDIS_CLUSTER".into());
             }
         };
-        if service.is_some() && !matches!(target, RedisTarget::Sentinel { .. }) {
-            return Err("REDIS_SERVICE is set but REDIS_SENTINEL is not".into());
-        }
         let client_cert = match (
             std::env::var_os("REDIS_CLIENT_CERT_FILE"),
             std::env::var_os("REDIS_CLIENT_KEY_FILE"),
@@ -211,9 +210,7 @@ impl RedisSettings {
             (None, None) => None,
             (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
             _ => {
-                return Err(
-                    "REDIS_CLIENT_CERT_FILE and REDIS_CLIENT_KEY_FILE go together".into(),
-                );
+                return Err("REDIS_CLIENT_CERT_FILE and REDIS_CLIENT_KEY_FILE go together".into());
             }
         };
         Ok(Some(Self {
@@ -642,7 +639,10 @@ async fn serve(settings: Settings) -> Result<u8, String> {
             if redis.stale.is_zero() {
                 String::new()
             } else {
-                format!(", stale reads for {} s while Redis is unreachable", redis.stale.as_secs())
+                format!(
+                    ", stale reads for {} s while Redis is unreachable",
+                    redis.stale.as_secs()
+                )
             },
             if redis.touch_after.is_zero() {
                 String::new()

@@ -851,7 +851,12 @@ fn calls(server: &Server) -> std::collections::HashMap<String, u64> {
     info.lines()
         .filter_map(|line| {
             let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
             Some((name.to_string(), calls))
         })
         .collect()
@@ -883,8 +888,18 @@ async fn touch_after_renews_at_most_once_per_period() {
     // Written just now: touches within the period send nothing, and say the session is
     // there.
     for _ in 0..5 {
-        assert!(store.touch("sid", &expiring(Duration::from_secs(600))).await.unwrap());
-        assert!(store.renew("sid", &expiring(Duration::from_secs(600))).await.unwrap());
+        assert!(
+            store
+                .touch("sid", &expiring(Duration::from_secs(600)))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .renew("sid", &expiring(Duration::from_secs(600)))
+                .await
+                .unwrap()
+        );
     }
     let after = calls(&server);
     assert_eq!(more(&before, &after, "get"), 0);
@@ -893,12 +908,22 @@ async fn touch_after_renews_at_most_once_per_period() {
     assert_near(store.expires_in("sid").await.unwrap(), minute);
     // After the period, one touch renews (and the next ones, within the period, do not).
     tokio::time::sleep(period + Duration::from_millis(50)).await;
-    assert!(store.touch("sid", &expiring(Duration::from_secs(600))).await.unwrap());
+    assert!(
+        store
+            .touch("sid", &expiring(Duration::from_secs(600)))
+            .await
+            .unwrap()
+    );
     assert_near(
         store.expires_in("sid").await.unwrap(),
         Duration::from_secs(600),
     );
-    assert!(store.touch("sid", &expiring(Duration::from_secs(900))).await.unwrap());
+    assert!(
+        store
+            .touch("sid", &expiring(Duration::from_secs(900)))
+            .await
+            .unwrap()
+    );
     assert_near(
         store.expires_in("sid").await.unwrap(),
         Duration::from_secs(600),
@@ -931,8 +956,18 @@ async fn disable_touch_and_disable_ttl() {
         .unwrap();
     no_touch.set("sid", &expiring(minute)).await.unwrap();
     let before = calls(&server);
-    assert!(no_touch.touch("sid", &expiring(Duration::from_secs(600))).await.unwrap());
-    assert!(no_touch.renew("sid", &expiring(Duration::from_secs(600))).await.unwrap());
+    assert!(
+        no_touch
+            .touch("sid", &expiring(Duration::from_secs(600)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        no_touch
+            .renew("sid", &expiring(Duration::from_secs(600)))
+            .await
+            .unwrap()
+    );
     assert_eq!(calls(&server).get("evalsha"), before.get("evalsha"));
     assert_near(no_touch.expires_in("sid").await.unwrap(), minute);
 
@@ -950,7 +985,12 @@ async fn disable_touch_and_disable_ttl() {
     );
     assert!(no_ttl.touch("sid", &expiring(minute)).await.unwrap());
     assert_eq!(no_ttl.expires_in("sid").await.unwrap(), Some(Duration::MAX));
-    assert!(no_ttl.set_if_present("sid", &expiring(minute)).await.unwrap());
+    assert!(
+        no_ttl
+            .set_if_present("sid", &expiring(minute))
+            .await
+            .unwrap()
+    );
     assert_eq!(no_ttl.expires_in("sid").await.unwrap(), Some(Duration::MAX));
     // A lifetime of zero still deletes.
     let past = Session::with_cookie(Cookie::new().with_expires(SystemTime::UNIX_EPOCH));
@@ -969,7 +1009,12 @@ async fn renew_moves_only_the_expiry_and_never_resurrects() {
     store.set("sid", &s).await.unwrap();
     let bytes = redis_get(&server, "sess:sid");
     let before = calls(&server);
-    assert!(store.renew("sid", &expiring(Duration::from_secs(600))).await.unwrap());
+    assert!(
+        store
+            .renew("sid", &expiring(Duration::from_secs(600)))
+            .await
+            .unwrap()
+    );
     let after = calls(&server);
     assert_eq!(more(&before, &after, "pexpire"), 1, "one PEXPIRE");
     assert_eq!(more(&before, &after, "get"), 0, "nothing read");
@@ -992,12 +1037,15 @@ fn always_save_app<S>(store: S) -> Router
 where
     S: tower_sessions::SessionStore + Clone,
 {
-    Router::new().route("/", get(count)).route("/peek", get(peek)).layer(
-        SessionManagerLayer::new(store)
-            .with_secure(false)
-            .with_always_save(true)
-            .with_expiry(Expiry::OnInactivity(time::Duration::seconds(600))),
-    )
+    Router::new()
+        .route("/", get(count))
+        .route("/peek", get(peek))
+        .layer(
+            SessionManagerLayer::new(store)
+                .with_secure(false)
+                .with_always_save(true)
+                .with_expiry(Expiry::OnInactivity(time::Duration::seconds(600))),
+        )
 }
 
 /// Reads the session without changing it.
@@ -1079,7 +1127,10 @@ async fn the_near_cache_honours_touch_after() {
         .filter(|(name, _)| name.as_str() != "info")
         .map(|(name, n)| n - before.get(name).copied().unwrap_or(0))
         .sum();
-    assert_eq!(total, 0, "read-mostly requests send nothing to Redis: {after:?}");
+    assert_eq!(
+        total, 0,
+        "read-mostly requests send nothing to Redis: {after:?}"
+    );
     // A touch skipped by touch_after keeps the near copy.
     let id: Id = cookie.parse().unwrap();
     let record = tiered.near().get(&id.to_string()).unwrap().unwrap();
@@ -1138,7 +1189,10 @@ async fn stale_reads_while_redis_is_unreachable_only_when_asked_for() {
     server.restart();
     let started = Instant::now();
     while stale.set("sid", &s).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "no reconnection");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no reconnection"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     server.kill();
@@ -1243,7 +1297,10 @@ mod actix {
                 assert_eq!($far.length().await.unwrap(), 1);
                 let old = $far.ids().await.unwrap();
                 assert_eq!(old[0].len(), 64, "a 64-character random key");
-                assert_near($far.expires_in(&old[0]).await.unwrap(), Duration::from_secs(60));
+                assert_near(
+                    $far.expires_in(&old[0]).await.unwrap(),
+                    Duration::from_secs(60),
+                );
                 assert_eq!(call!(app, "/me", Some(&cookie)).0, "alice");
                 let (_, renewed) = call!(app, "/renew", Some(&cookie));
                 let renewed = renewed.expect("renew sets a new cookie");
@@ -1280,14 +1337,20 @@ mod actix {
         let long = actix_web::cookie::time::Duration::seconds(100);
         store.update_ttl(&key, &long).await.unwrap();
         assert_eq!(more(&before, &calls(&server), "pexpire"), 0);
-        assert_near(store.expires_in(key.as_ref()).await.unwrap(), Duration::from_secs(10));
+        assert_near(
+            store.expires_in(key.as_ref()).await.unwrap(),
+            Duration::from_secs(10),
+        );
         // After it: one PEXPIRE.
         tokio::time::sleep(Duration::from_millis(350)).await;
         let before = calls(&server);
         store.update_ttl(&key, &long).await.unwrap();
         store.update_ttl(&key, &long).await.unwrap();
         assert_eq!(more(&before, &calls(&server), "pexpire"), 1);
-        assert_near(store.expires_in(key.as_ref()).await.unwrap(), Duration::from_secs(100));
+        assert_near(
+            store.expires_in(key.as_ref()).await.unwrap(),
+            Duration::from_secs(100),
+        );
         assert_eq!(store.load(&key).await.unwrap(), Some(state.clone()));
         // update of a live key keeps it; of a gone one, saves under a new key.
         state.insert("k".into(), "\"w\"".into());
@@ -1302,7 +1365,11 @@ mod actix {
             .update(old.clone().try_into().unwrap(), state.clone(), &ttl)
             .await
             .unwrap();
-        assert_ne!(AsRef::<str>::as_ref(&moved), old, "a gone key is never brought back");
+        assert_ne!(
+            AsRef::<str>::as_ref(&moved),
+            old,
+            "a gone key is never brought back"
+        );
         assert_eq!(store.load(&moved).await.unwrap(), Some(state));
         let unknown = "x".repeat(64).try_into().unwrap();
         assert_eq!(store.load(&unknown).await.unwrap(), None);

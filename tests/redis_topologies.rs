@@ -58,8 +58,10 @@ fn tls_the_behaviour_suite_passes_over_rediss() {
     run(LIMIT, move || async move {
         for host in ["127.0.0.1", "localhost"] {
             let url = format!("rediss://{host}:{port}/");
-            behaviour_suite(host, || RedisStore::builder(url.as_str()).tls_ca_pem(ca.clone()))
-                .await;
+            behaviour_suite(host, || {
+                RedisStore::builder(url.as_str()).tls_ca_pem(ca.clone())
+            })
+            .await;
         }
     });
 }
@@ -81,13 +83,20 @@ fn tls_a_wrong_ca_or_no_ca_is_a_prompt_typed_error() {
         ] {
             let started = Instant::now();
             let e = builder.build().await.unwrap_err();
-            assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "took {:?}",
+                started.elapsed()
+            );
             let redis = redis_error(&e);
             assert!(
                 error_text(&e).to_lowercase().contains("certificate"),
                 "the error says what failed: {e}"
             );
-            assert!(!redis.is_timeout(), "a handshake failure, not a timeout: {redis}");
+            assert!(
+                !redis.is_timeout(),
+                "a handshake failure, not a timeout: {redis}"
+            );
         }
         // A PEM that is not a certificate is a configuration error.
         let e = RedisStore::builder(url.as_str())
@@ -114,7 +123,10 @@ fn tls_verification_is_off_only_when_asked_for_loudly() {
             .build()
             .await
             .unwrap_err();
-        assert!(matches!(&e, Error::Config(why) if why.contains("danger_accept_invalid_certs")), "{e:?}");
+        assert!(
+            matches!(&e, Error::Config(why) if why.contains("danger_accept_invalid_certs")),
+            "{e:?}"
+        );
         // The loudly named option turns it off (here with a CA that would not verify).
         let store = RedisStore::builder(insecure.as_str())
             .tls_ca_pem(other_ca.clone())
@@ -122,7 +134,10 @@ fn tls_verification_is_off_only_when_asked_for_loudly() {
             .build()
             .await
             .unwrap();
-        store.set("a", &expiring(Duration::from_secs(60))).await.unwrap();
+        store
+            .set("a", &expiring(Duration::from_secs(60)))
+            .await
+            .unwrap();
         assert!(store.get("a").await.unwrap().is_some());
         // TLS options on a plain URL are a mistake, said as such.
         let e = RedisStore::builder("redis://127.0.0.1:1/")
@@ -130,7 +145,10 @@ fn tls_verification_is_off_only_when_asked_for_loudly() {
             .build()
             .await
             .unwrap_err();
-        assert!(matches!(&e, Error::Config(why) if why.contains("rediss://")), "{e:?}");
+        assert!(
+            matches!(&e, Error::Config(why) if why.contains("rediss://")),
+            "{e:?}"
+        );
     });
 }
 
@@ -160,7 +178,10 @@ fn tls_client_certificates_when_the_server_requires_them() {
             .build()
             .await
             .unwrap();
-        store.set("a", &expiring(Duration::from_secs(60))).await.unwrap();
+        store
+            .set("a", &expiring(Duration::from_secs(60)))
+            .await
+            .unwrap();
         assert!(store.get("a").await.unwrap().is_some());
     });
 }
@@ -314,9 +335,9 @@ impl SentinelSetup {
             info.contains("master_link_status:up")
         });
         setup.wait_for("the Sentinel to see the replica", |s| {
-            let replicas: Vec<redis::Value> = s.sentinel.query(
-                redis::cmd("SENTINEL").arg("REPLICAS").arg("mymaster"),
-            );
+            let replicas: Vec<redis::Value> = s
+                .sentinel
+                .query(redis::cmd("SENTINEL").arg("REPLICAS").arg("mymaster"));
             !replicas.is_empty()
         });
         setup
@@ -359,7 +380,11 @@ fn sentinel_the_suite_passes_and_a_failover_is_followed() {
             .build()
             .await
             .unwrap();
-        assert!(store.url().starts_with("sentinel:mymaster@redis://127.0.0.1:"));
+        assert!(
+            store
+                .url()
+                .starts_with("sentinel:mymaster@redis://127.0.0.1:")
+        );
         let mut written = Vec::new();
         for i in 0..50 {
             let mut s = expiring(Duration::from_secs(600));
@@ -375,11 +400,17 @@ fn sentinel_the_suite_passes_and_a_failover_is_followed() {
             .unwrap();
         let started = Instant::now();
         loop {
-            let n: usize = redis::cmd("DBSIZE").query_async(&mut replica).await.unwrap();
+            let n: usize = redis::cmd("DBSIZE")
+                .query_async(&mut replica)
+                .await
+                .unwrap();
             if n >= 50 {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(10), "replication lags");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "replication lags"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let mut sentinel = redis::Client::open(format!("redis://127.0.0.1:{sentinel_port}/"))
@@ -436,7 +467,10 @@ fn sentinel_the_suite_passes_and_a_failover_is_followed() {
             {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(20), "the old master stays one");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the old master stays one"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // The same store reaches the new master: reads find what was written before, and
@@ -449,7 +483,9 @@ fn sentinel_the_suite_passes_and_a_failover_is_followed() {
                 for (i, s) in written.iter().enumerate() {
                     assert_eq!(store.get(&format!("s{i}")).await?.as_ref(), Some(s));
                 }
-                store.set("after", &expiring(Duration::from_secs(600))).await
+                store
+                    .set("after", &expiring(Duration::from_secs(600)))
+                    .await
             };
             match step.await {
                 Ok(()) => break,
@@ -474,7 +510,10 @@ fn sentinel_the_suite_passes_and_a_failover_is_followed() {
             .query_async(&mut master)
             .await
             .unwrap();
-        assert!(after.is_some(), "written to the new master ({new_master}, was {old_master})");
+        assert!(
+            after.is_some(),
+            "written to the new master ({new_master}, was {old_master})"
+        );
     });
     drop(setup);
 }
@@ -489,11 +528,15 @@ fn sentinel_dead_sentinels_and_unknown_services_are_prompt_errors() {
     run(LIMIT, move || async move {
         let dead = format!("redis://127.0.0.1:{}/", free_port());
         // A dead Sentinel first: the next one answers.
-        let store = RedisStore::builder(Target::sentinel([dead.as_str(), live.as_str()], "mymaster"))
-            .build()
+        let store =
+            RedisStore::builder(Target::sentinel([dead.as_str(), live.as_str()], "mymaster"))
+                .build()
+                .await
+                .unwrap();
+        store
+            .set("a", &expiring(Duration::from_secs(60)))
             .await
             .unwrap();
-        store.set("a", &expiring(Duration::from_secs(60))).await.unwrap();
         assert!(store.get("a").await.unwrap().is_some());
         // Only dead Sentinels, or a service nobody monitors: a prompt backend error.
         for target in [
@@ -567,7 +610,7 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(20);
         for node in &cluster.nodes {
             loop {
-                let info: String = node.query(&mut redis::cmd("CLUSTER").arg("INFO"));
+                let info: String = node.query(redis::cmd("CLUSTER").arg("INFO"));
                 if info.contains("cluster_state:ok") {
                     break;
                 }
@@ -676,7 +719,10 @@ fn cluster_a_node_down_gives_prompt_errors_never_a_hang() {
                 .await
                 .unwrap();
             for id in &ids {
-                store.set(id, &expiring(Duration::from_secs(600))).await.unwrap();
+                store
+                    .set(id, &expiring(Duration::from_secs(600)))
+                    .await
+                    .unwrap();
             }
         });
     }
@@ -699,11 +745,18 @@ fn cluster_a_node_down_gives_prompt_errors_never_a_hang() {
                     failed += 1;
                 }
             }
-            assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "took {:?}",
+                started.elapsed()
+            );
         }
         assert!(failed > 0, "the sessions on the dead node cannot be read");
         let started = Instant::now();
-        assert!(store.length().await.is_err(), "SCAN cannot cover the dead node");
+        assert!(
+            store.length().await.is_err(),
+            "SCAN cannot cover the dead node"
+        );
         assert!(started.elapsed() < Duration::from_secs(3));
     });
     drop(cluster);

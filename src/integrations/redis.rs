@@ -125,7 +125,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -260,9 +259,7 @@ impl Target {
             }
             Kind::Cluster(nodes) => format!("cluster:{}", list(nodes)),
             Kind::Manager(_) => "(a ConnectionManager given to the builder)".to_string(),
-            Kind::ClusterConnection(_) => {
-                "(a ClusterConnection given to the builder)".to_string()
-            }
+            Kind::ClusterConnection(_) => "(a ClusterConnection given to the builder)".to_string(),
         }
     }
 
@@ -271,7 +268,10 @@ impl Target {
         let mut secrets = Secrets::default();
         match &self.0 {
             Kind::Url(url) => secrets.extend(Secrets::of(url)),
-            Kind::Sentinel { sentinels: urls, .. } | Kind::Cluster(urls) => {
+            Kind::Sentinel {
+                sentinels: urls, ..
+            }
+            | Kind::Cluster(urls) => {
                 for url in urls {
                     secrets.extend(Secrets::of(url));
                 }
@@ -555,7 +555,9 @@ impl<Z: Serializer> RedisStoreBuilder<Z> {
             }
             Kind::Sentinel { sentinels, service } => {
                 if sentinels.is_empty() {
-                    return Err(Error::Config("Sentinel needs at least one Sentinel URL".into()));
+                    return Err(Error::Config(
+                        "Sentinel needs at least one Sentinel URL".into(),
+                    ));
                 }
                 let infos = sentinels
                     .iter()
@@ -573,8 +575,7 @@ impl<Z: Serializer> RedisStoreBuilder<Z> {
                         .client(info.clone())
                         .map_err(|e| secrets.config(e))?;
                 }
-                let connecting =
-                    sentinel::SentinelConn::connect(infos, service, settings.clone());
+                let connecting = sentinel::SentinelConn::connect(infos, service, settings.clone());
                 match tokio::time::timeout(deadline, connecting).await {
                     Ok(conn) => Conn::Sentinel(Arc::new(conn.map_err(|e| secrets.backend(e))?)),
                     Err(_) => return Err(timed_out(deadline)),
@@ -615,6 +616,7 @@ impl<Z: Serializer> RedisStoreBuilder<Z> {
 struct Renewals {
     cache: Cache<String, Renewal>,
     /// Keys for the digests (random per store: a digest cannot be steered to collide).
+    #[cfg(feature = "tower-sessions")]
     keys: [std::collections::hash_map::RandomState; 2],
 }
 
@@ -634,11 +636,14 @@ impl Renewals {
             .map_err(|e| Error::Config(format!("renewal memory: {e}")))?;
         Ok(Some(Self {
             cache,
+            #[cfg(feature = "tower-sessions")]
             keys: Default::default(),
         }))
     }
 
+    #[cfg(feature = "tower-sessions")]
     fn digest(&self, bytes: &[u8]) -> u128 {
+        use std::hash::{BuildHasher, Hasher};
         let half = |key: &std::collections::hash_map::RandomState| {
             let mut hasher = key.build_hasher();
             hasher.write(bytes);
@@ -1057,6 +1062,7 @@ impl<Z: Serializer> RedisStore<Z> {
 
     /// A digest of `bytes` (a session's data, encoded by an integration), if the store
     /// remembers renewals.
+    #[cfg(feature = "tower-sessions")]
     pub(crate) fn digest(&self, bytes: &[u8]) -> Option<u128> {
         self.inner
             .renewals
@@ -1066,6 +1072,7 @@ impl<Z: Serializer> RedisStore<Z> {
 
     /// Whether this store wrote `id` with data of `digest` recently enough that writing the
     /// same data again only to renew its lifetime can be skipped.
+    #[cfg(feature = "tower-sessions")]
     pub(crate) fn unchanged_recently(&self, id: &str, digest: Option<u128>) -> bool {
         let Some(digest) = digest else { return false };
         self.inner.renewals.as_ref().is_some_and(|renewals| {
@@ -1109,9 +1116,7 @@ impl<Z: Serializer> RedisStore<Z> {
     fn memory_ttl(&self, lifetime: Duration) -> Duration {
         let options = self.inner.renewal;
         match options.touch_after {
-            Some(period) if !options.disable_touch && !options.disable_ttl => {
-                period.min(lifetime)
-            }
+            Some(period) if !options.disable_touch && !options.disable_ttl => period.min(lifetime),
             _ => lifetime,
         }
     }

@@ -153,11 +153,12 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.listening() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!(
-                    "redis-server {:?} exited at start: {status}",
-                    self.args
-                );
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("redis-server {:?} exited at start: {status}", self.args);
             }
             assert!(
                 Instant::now() < deadline,

@@ -77,8 +77,12 @@ fn to_load_error(e: Error) -> LoadError {
 /// The operations the two stores share, so that the trait is implemented once for both.
 trait Backend {
     async fn get_state(&self, key: &str) -> Result<Option<State>, Error>;
-    async fn write_state(&self, key: &str, state: &State, condition: Condition)
-    -> Result<bool, Error>;
+    async fn write_state(
+        &self,
+        key: &str,
+        state: &State,
+        condition: Condition,
+    ) -> Result<bool, Error>;
     async fn renew_state(&self, key: &str, state: &State) -> Result<bool, Error>;
     async fn destroy_key(&self, key: &str) -> Result<usize, Error>;
 }
@@ -190,7 +194,11 @@ async fn update_ttl(
 }
 
 async fn delete(store: &impl Backend, key: &SessionKey) -> Result<(), anyhow::Error> {
-    store.destroy_key(key.as_ref()).await.map(drop).map_err(other)
+    store
+        .destroy_key(key.as_ref())
+        .await
+        .map(drop)
+        .map_err(other)
 }
 
 impl<Z: Serializer<Session = State>> SessionStore for RedisStore<Z> {

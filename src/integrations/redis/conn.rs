@@ -248,12 +248,12 @@ impl Conn {
         secrets: &Secrets,
     ) -> Result<Self, Error> {
         if nodes.is_empty() {
-            return Err(Error::Config("a Redis Cluster needs at least one node URL".into()));
+            return Err(Error::Config(
+                "a Redis Cluster needs at least one node URL".into(),
+            ));
         }
         if settings.db.is_some_and(|db| db != 0) {
-            return Err(Error::Config(
-                "a Redis Cluster has only database 0".into(),
-            ));
+            return Err(Error::Config("a Redis Cluster has only database 0".into()));
         }
         let mut infos = Vec::with_capacity(nodes.len());
         for url in nodes {
@@ -287,6 +287,7 @@ impl Conn {
                     .into(),
             ));
         }
+        #[cfg_attr(not(feature = "redis-tls"), allow(unused_mut))]
         let mut builder = ClusterClientBuilder::new(infos)
             .connection_timeout(settings.connection_timeout)
             .response_timeout(settings.response_timeout)
@@ -480,7 +481,10 @@ mod tests {
         ]);
         assert_eq!(
             primaries(slots).unwrap(),
-            vec![("127.0.0.1".to_string(), 7000), ("127.0.0.1".to_string(), 7001)]
+            vec![
+                ("127.0.0.1".to_string(), 7000),
+                ("127.0.0.1".to_string(), 7001)
+            ]
         );
         assert!(primaries(Value::Array(vec![])).is_err());
         assert!(primaries(Value::Int(1)).is_err());

@@ -153,7 +153,10 @@ impl SentinelConn {
     }
 
     /// The master as `sentinel` names it, if that server is a master now.
-    async fn ask(&self, sentinel: &ConnectionInfo) -> Result<Option<MultiplexedConnection>, RedisError> {
+    async fn ask(
+        &self,
+        sentinel: &ConnectionInfo,
+    ) -> Result<Option<MultiplexedConnection>, RedisError> {
         let client = self.client(sentinel.clone())?;
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&self.settings.async_config())

@@ -31,9 +31,7 @@ pub type TieredStore = Tiered<JsonSerializer<Record>>;
 /// let layer = SessionManagerLayer::new(store);
 /// # Ok(()) }
 /// ```
-pub fn redis_record_store(
-    target: impl Into<Target>,
-) -> RedisStoreBuilder<JsonSerializer<Record>> {
+pub fn redis_record_store(target: impl Into<Target>) -> RedisStoreBuilder<JsonSerializer<Record>> {
     RedisStore::with_serializer(target, JsonSerializer::new())
 }
 
