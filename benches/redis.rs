@@ -256,7 +256,8 @@ async fn command_calls(admin: &mut redis::aio::MultiplexedConnection) -> Vec<(St
                 .next()?
                 .parse()
                 .ok()?;
-            (name != "info" && name != "config").then(|| (name.to_string(), calls))
+            (!name.starts_with("info") && !name.starts_with("config"))
+                .then(|| (name.to_string(), calls))
         })
         .collect()
 }

@@ -518,6 +518,83 @@ fn sentinel_the_suite_passes_and_a_failover_is_followed() {
     drop(setup);
 }
 
+/// The old master frozen (SIGSTOP: it can neither answer nor be demoted), the Sentinel fails
+/// over on its own. The store hears `+switch-master` and drops its connection to the frozen
+/// master, so its next command goes to the new master at once, instead of waiting out a
+/// response timeout on the old one.
+#[test]
+fn sentinel_a_switch_master_announcement_moves_the_store_at_once() {
+    if !available(false) {
+        return;
+    }
+    let setup = SentinelSetup::start();
+    let sentinel_url = setup.sentinel.url();
+    let (master_pid, new_master) = (setup.master.pid(), setup.replica.port);
+    run(LIMIT, move || async move {
+        let store = RedisStore::builder(Target::sentinel([sentinel_url.as_str()], "mymaster"))
+            .response_timeout(Duration::from_secs(2))
+            .build()
+            .await
+            .unwrap();
+        store
+            .set("before", &expiring(Duration::from_secs(600)))
+            .await
+            .unwrap();
+        let mut replica = redis::Client::open(format!("redis://127.0.0.1:{new_master}/"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let started = Instant::now();
+        loop {
+            let n: usize = redis::cmd("DBSIZE")
+                .query_async(&mut replica)
+                .await
+                .unwrap();
+            if n >= 1 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "replication lags"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        redis_support::signal_pid(master_pid, "STOP");
+        let mut sentinel = redis::Client::open(sentinel_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let started = Instant::now();
+        loop {
+            let (_, port): (String, u16) = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg("mymaster")
+                .query_async(&mut sentinel)
+                .await
+                .unwrap();
+            if port == new_master {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "no failover");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The announcement reaches the store's listener within a moment.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        let result = store.get("before").await;
+        let took = started.elapsed();
+        redis_support::signal_pid(master_pid, "CONT");
+        assert!(result.unwrap().is_some(), "read from the new master");
+        assert!(
+            took < Duration::from_millis(1500),
+            "waited on the frozen master: {took:?}"
+        );
+    });
+    drop(setup);
+}
+
 #[test]
 fn sentinel_dead_sentinels_and_unknown_services_are_prompt_errors() {
     if !available(false) {

@@ -577,7 +577,7 @@ impl<Z: Serializer> RedisStoreBuilder<Z> {
                 }
                 let connecting = sentinel::SentinelConn::connect(infos, service, settings.clone());
                 match tokio::time::timeout(deadline, connecting).await {
-                    Ok(conn) => Conn::Sentinel(Arc::new(conn.map_err(|e| secrets.backend(e))?)),
+                    Ok(conn) => Conn::Sentinel(conn.map_err(|e| secrets.backend(e))?),
                     Err(_) => return Err(timed_out(deadline)),
                 }
             }

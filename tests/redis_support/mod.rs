@@ -203,15 +203,14 @@ impl Server {
         self.start();
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Sends the server a signal (`STOP`, `CONT`).
     pub fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} {pid}");
+        signal_pid(self.pid(), signal);
     }
 
     /// A plain client, for looking behind the store's back (not for TLS or password servers).
@@ -226,6 +225,16 @@ impl Server {
     pub fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
         cmd.query(&mut self.client()).unwrap()
     }
+}
+
+/// Sends process `pid` a signal (`STOP`, `CONT`).
+pub fn signal_pid(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
 }
 
 impl Drop for Server {

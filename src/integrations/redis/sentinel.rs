@@ -6,20 +6,35 @@
 //! `ROLE` that the server really is a master (a Sentinel that has not yet seen a failover names
 //! the old one). Every step is bounded by the connection and response timeouts.
 //!
-//! The master connection is kept until a command fails in a way that says it may no longer be
-//! the master: a lost or refused connection, a timeout, or a `READONLY` / `MASTERDOWN` /
-//! `LOADING` reply. Then it is dropped, and the next command discovers the master again. A
-//! command refused with `READONLY` (the server had become a replica, so it did nothing) is
+//! The master connection is dropped, and the next command discovers the master again:
+//! - when a Sentinel announces a failover of the service (`+switch-master`; a background task
+//!   listens to one Sentinel at a time, and moves to the next when it loses it);
+//! - when a command fails in a way that says the server may no longer be the master: a lost
+//!   or refused connection, a timeout, or a `READONLY` / `MASTERDOWN` / `LOADING` reply.
+//!
+//! A command refused with `READONLY` (the server had become a replica, so it did nothing) is
 //! sent once more to the newly discovered master; any other failed command returns its error
 //! (whether it took effect is unknown).
 //!
+//! Sentinel's failover is asynchronous: between the promotion of a replica and the moment a
+//! client hears of it (or the old master is turned into a replica), writes that reach the old
+//! master are lost when it resyncs from the new one. The `+switch-master` listener keeps that
+//! window to a Sentinel round trip for this store.
+//!
 //! [Sentinel client protocol]: https://redis.io/docs/latest/develop/reference/sentinel-clients/
 
+use std::time::Duration;
+
+use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{Client, Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisError, Value};
 
 use super::conn::Settings;
-use crate::sync::Mutex;
+use crate::sync::{Arc, Mutex, Weak};
+
+/// How often the `+switch-master` listener checks that its store still exists (it ends when
+/// the store is dropped), and waits before it tries the Sentinels again after losing them all.
+const WATCH_TICK: Duration = Duration::from_secs(1);
 
 /// The master connection, and a generation number that tells a connection dropped after a
 /// failure from the one discovered since.
@@ -41,13 +56,14 @@ pub(crate) struct SentinelConn {
 
 impl SentinelConn {
     /// A connection to the master of `service`, discovered at once (so that a wrong service
-    /// name or unreachable Sentinels fail the build).
+    /// name or unreachable Sentinels fail the build), with its `+switch-master` listener
+    /// started on the current tokio runtime.
     pub(crate) async fn connect(
         sentinels: Vec<ConnectionInfo>,
         service: String,
         settings: Settings,
-    ) -> Result<Self, RedisError> {
-        let conn = Self {
+    ) -> Result<Arc<Self>, RedisError> {
+        let conn = Arc::new(Self {
             sentinels,
             service,
             settings,
@@ -56,9 +72,16 @@ impl SentinelConn {
                 conn: None,
             }),
             discovering: tokio::sync::Mutex::new(()),
-        };
+        });
         conn.master().await?;
+        tokio::spawn(watch(Arc::downgrade(&conn)));
         Ok(conn)
+    }
+
+    /// Drops the master connection, whatever its generation (a failover was announced).
+    fn forget_any(&self) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.conn = None;
     }
 
     /// The database commands go to.
@@ -216,4 +239,50 @@ fn stale(e: &RedisError) -> bool {
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
+}
+
+/// Listens to the Sentinels' `+switch-master` announcements (one Sentinel at a time, the next
+/// when it is lost) and drops the store's master connection when the service fails over. Ends
+/// when the store is dropped.
+async fn watch(store: Weak<SentinelConn>) {
+    let mut next = 0;
+    loop {
+        let (client, deadline) = {
+            let Some(conn) = store.upgrade() else { return };
+            let sentinel = conn.sentinels[next % conn.sentinels.len()].clone();
+            next += 1;
+            (conn.client(sentinel), conn.settings.deadline())
+        };
+        if let Ok(client) = client
+            && let Ok(Ok(mut pubsub)) =
+                tokio::time::timeout(deadline, client.get_async_pubsub()).await
+            && let Ok(Ok(())) =
+                tokio::time::timeout(deadline, pubsub.subscribe("+switch-master")).await
+        {
+            let mut messages = pubsub.into_on_message();
+            loop {
+                match tokio::time::timeout(WATCH_TICK, messages.next()).await {
+                    Ok(Some(message)) => {
+                        let Some(conn) = store.upgrade() else { return };
+                        // "<service> <old ip> <old port> <new ip> <new port>"
+                        let payload: String = message.get_payload().unwrap_or_default();
+                        if payload.split(' ').next() == Some(conn.service.as_str()) {
+                            conn.forget_any();
+                        }
+                    }
+                    // The Sentinel is gone: listen to the next one.
+                    Ok(None) => break,
+                    Err(_) => {
+                        if store.strong_count() == 0 {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if store.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(WATCH_TICK).await;
+    }
 }
