@@ -28,7 +28,9 @@
 //! alone), `two-tier` (near cache, bound 1 s), and `redis-tls` (Redis alone over
 //! `rediss://`, to set against `redis` for the cost of TLS on loopback). Before the timed
 //! runs, each is counted: the Redis commands per request (`INFO commandstats` after
-//! `CONFIG RESETSTAT`, over 4,000 requests), printed as a table.
+//! `CONFIG RESETSTAT`, over 4,000 requests), and measured: requests per second over 7
+//! rounds in which the variants take turns (medians; the machine is shared and noisy, and
+//! interleaving spreads a slow minute over every variant), both printed as tables.
 
 mod common;
 #[path = "../tests/redis_support/mod.rs"]
@@ -178,6 +180,10 @@ const REQUEST_SESSIONS: usize = 1_000;
 const ITER_REQUESTS: u64 = 1 << 6;
 /// Requests of the counting pass.
 const COUNTED_REQUESTS: u64 = 4_000;
+/// Interleaved rounds of the requests-per-second table.
+const ROUNDS: usize = 7;
+/// Requests per task in one round.
+const ROUND_REQUESTS: u64 = 2_000;
 /// One request in this many changes its session.
 const WRITE_EVERY: u64 = 20;
 
@@ -365,6 +371,42 @@ fn requests(c: &mut Criterion) {
             );
         }
     });
+
+    // Requests per second, the variants interleaved round by round (this machine is shared
+    // and noisy: a slow minute hits every variant alike), medians printed.
+    let rounds = if quick { 1 } else { ROUNDS };
+    let per_round = if quick { 100 } else { ROUND_REQUESTS };
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    rt.block_on(async {
+        for _ in 0..rounds {
+            for (i, (variant, _)) in variants.iter().enumerate() {
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..TASKS)
+                    .map(|t| tokio::spawn(variant.clone().run(t + 10, per_round)))
+                    .collect();
+                for task in tasks {
+                    task.await.expect("a bench task");
+                }
+                rates[i].push((TASKS as u64 * per_round) as f64 / start.elapsed().as_secs_f64());
+            }
+        }
+    });
+    println!(
+        "\nRequests per second ({TASKS} tasks, {rounds} interleaved rounds of {per_round} \
+         requests per task; median, min-max):"
+    );
+    println!("| store/renewal | requests/s | min-max |");
+    println!("|---|--:|--:|");
+    for ((variant, _), rates) in variants.iter().zip(&mut rates) {
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "| {} | {:.0} | {:.0}-{:.0} |",
+            variant.name,
+            rates[rates.len() / 2],
+            rates[0],
+            rates[rates.len() - 1]
+        );
+    }
 
     let mut group = c.benchmark_group("redis-requests");
     group.throughput(Throughput::Elements(TASKS as u64 * ITER_REQUESTS));

@@ -713,6 +713,13 @@ fn cluster_the_suite_passes_and_two_apps_share_a_session() {
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
     run(LIMIT, move || async move {
         behaviour_suite("", || RedisStore::builder(Target::cluster(urls.clone()))).await;
+        // A cluster connection of your own.
+        let own = redis::cluster::ClusterClient::new(urls.clone())
+            .unwrap()
+            .get_async_connection()
+            .await
+            .unwrap();
+        behaviour_suite("own:", || RedisStore::builder(own.clone())).await;
 
         // The suite's 700 sessions were spread over every primary (SCAN visited them all).
         let store = RedisStore::builder(Target::cluster(urls.clone()))

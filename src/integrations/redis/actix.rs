@@ -6,9 +6,9 @@
 //! - `save` (a new session) is `SET NX` under a fresh key;
 //! - `update` (changed state) is `SET XX`; a session that expired or was destroyed meanwhile
 //!   is saved under a new key instead, so an update never brings back a key that is gone;
-//! - `update_ttl` (unchanged state, renewed on every request by actix-session's default
-//!   `TtlExtensionPolicy::OnStateChanges`... or `OnEveryRequest`) is one `PEXPIRE`
-//!   ([`RedisStore::renew`]), skipped under the store's
+//! - `update_ttl` (unchanged state: actix-session calls it on every request under
+//!   `TtlExtensionPolicy::OnEveryRequest`) is one `PEXPIRE` ([`RedisStore::renew`]),
+//!   skipped under the store's
 //!   [`touch_after`](super::RedisStoreBuilder::touch_after), `disable_touch` and
 //!   `disable_ttl`. The stored `expires_ms` keeps the value of the last write (Redis's own
 //!   expiry is what ends the session).
