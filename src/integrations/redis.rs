@@ -73,11 +73,11 @@
 //!
 //! `rediss://` URLs connect with TLS (feature `redis-tls`: rustls with the `ring` provider).
 //! Certificates are verified (chain and host name) against the system's roots, or against
-//! the CAs given with [`tls_ca_pem`](RedisStoreBuilder::tls_ca_pem); a client certificate
-//! is presented with [`tls_client_cert_pem`](RedisStoreBuilder::tls_client_cert_pem). A
+//! the CAs given with `tls_ca_pem`; a client certificate
+//! is presented with `tls_client_cert_pem`. A
 //! certificate that does not verify fails the handshake: [`Error::Backend`], promptly.
 //! Turning verification off takes
-//! [`danger_accept_invalid_certs`](RedisStoreBuilder::danger_accept_invalid_certs)`(true)`;
+//! `danger_accept_invalid_certs(true)`;
 //! a URL's `#insecure` alone is refused.
 //!
 //! Passwords and ACL users come from the URL (`redis://user:password@host/`) or from the
@@ -118,9 +118,9 @@
 //! two-tier store honours the options the same way.
 //!
 //! With the `tower-sessions` feature, a store of tower-sessions records is a `SessionStore`
-//! ([`redis_record_store`]), and [`TieredStore`] puts an in-memory near cache in front of it
+//! (`redis_record_store`), and `TieredStore` puts an in-memory near cache in front of it
 //! (see [`Tiered`] for the staleness bound and the optional stale reads while Redis is
-//! unreachable); with `actix-session`, [`redis_state_store`] and [`TieredStateStore`] are
+//! unreachable); with `actix-session`, `redis_state_store` and `TieredStateStore` are
 //! actix-session stores.
 
 use std::collections::{HashMap, HashSet};

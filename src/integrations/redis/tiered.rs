@@ -171,7 +171,7 @@ impl<Z: Serializer + Clone> Tiered<Z> {
 
 impl<Z: Serializer> Tiered<Z> {
     /// `far` with the given near cache, whose entries' lifetimes are the staleness bound
-    /// (build it with a `ttl_fn` that caps them, as [`near_cache`](super::near_cache) does;
+    /// (build it with a `ttl_fn` that caps them, as `near_cache` (tower-sessions) does;
     /// any other store keeps copies up to their sessions' expiry). No stale reads.
     pub fn with_near_cache(near: MemoryStore<Z>, far: RedisStore<Z>) -> Self {
         Self {
