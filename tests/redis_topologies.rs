@@ -637,58 +637,75 @@ fn sentinel_dead_sentinels_and_unknown_services_are_prompt_errors() {
 
 // ---- Cluster ----
 
-/// Three primaries (no replicas), their slots assigned by `redis-cli --cluster create`.
+/// Three primaries (no replicas), their slots assigned by `redis-cli --cluster create`; over
+/// TLS only (`--port 0`, `--tls-cluster yes`) with `certs`.
 struct Cluster {
     nodes: Vec<Server>,
+    tls: bool,
 }
 
 impl Cluster {
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    fn start_with(certs: Option<&Certs>) -> Self {
         let ports = redis_support::free_ports(6);
         let nodes: Vec<Server> = (0..3)
             .map(|i| {
                 let (port, bus) = (ports[2 * i], ports[2 * i + 1]);
                 let dir = redis_support::temp_dir("cluster");
-                Server::spawn(
-                    port,
-                    &dir,
-                    &[
-                        "--port".into(),
-                        port.to_string(),
-                        "--cluster-enabled".into(),
-                        "yes".into(),
-                        "--cluster-config-file".into(),
-                        "nodes.conf".into(),
-                        "--cluster-node-timeout".into(),
-                        "2000".into(),
-                        "--cluster-port".into(),
-                        bus.to_string(),
-                    ],
-                )
-                .owning_dir()
+                let mut args: Vec<String> = match certs {
+                    None => vec!["--port".into(), port.to_string()],
+                    Some(certs) => {
+                        let mut args = certs.server_args(port, false);
+                        args.extend(["--tls-cluster".into(), "yes".into()]);
+                        args
+                    }
+                };
+                args.extend([
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    "nodes.conf".into(),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                    "--cluster-port".into(),
+                    bus.to_string(),
+                ]);
+                Server::spawn(port, &dir, &args).owning_dir()
             })
             .collect();
-        let addresses: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let output = std::process::Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("redis-cli");
+        let cli = |args: &[String]| {
+            let mut command = std::process::Command::new("redis-cli");
+            if let Some(certs) = certs {
+                command.arg("--tls").arg("--cacert").arg(&certs.ca_file);
+            }
+            command.args(args).output().expect("redis-cli")
+        };
+        let mut create: Vec<String> = vec!["--cluster".into(), "create".into()];
+        create.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        create.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+        let output = cli(&create);
         assert!(
             output.status.success(),
             "redis-cli --cluster create: {}",
             String::from_utf8_lossy(&output.stdout)
         );
-        let cluster = Self { nodes };
+        let cluster = Self {
+            nodes,
+            tls: certs.is_some(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         for node in &cluster.nodes {
             loop {
-                let info: String = node.query(redis::cmd("CLUSTER").arg("INFO"));
-                if info.contains("cluster_state:ok") {
+                let info = cli(&[
+                    "-p".into(),
+                    node.port.to_string(),
+                    "CLUSTER".into(),
+                    "INFO".into(),
+                ]);
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
                     break;
                 }
                 assert!(Instant::now() < deadline, "the cluster did not come up");
@@ -699,8 +716,38 @@ impl Cluster {
     }
 
     fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(Server::url).collect()
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        self.nodes
+            .iter()
+            .map(|n| format!("{scheme}://127.0.0.1:{}/", n.port))
+            .collect()
     }
+}
+
+#[test]
+fn cluster_over_tls_passes_the_suite() {
+    if !available(true) {
+        return;
+    }
+    let dir = redis_support::temp_dir("cluster-tls");
+    let certs = Certs::make(&dir);
+    let cluster = Cluster::start_with(Some(&certs));
+    let urls = cluster.urls();
+    let (ca, other_ca) = (certs.ca_pem.clone(), certs.other_ca_pem.clone());
+    run(LIMIT, move || async move {
+        behaviour_suite("", || {
+            RedisStore::builder(Target::cluster(urls.clone())).tls_ca_pem(ca.clone())
+        })
+        .await;
+        let e = RedisStore::builder(Target::cluster(urls.clone()))
+            .tls_ca_pem(other_ca)
+            .build()
+            .await
+            .unwrap_err();
+        redis_error(&e);
+    });
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
