@@ -595,6 +595,68 @@ fn sentinel_a_switch_master_announcement_moves_the_store_at_once() {
     drop(setup);
 }
 
+/// Sentinel over TLS: a TLS-only master and Sentinel (`--port 0`); the store reaches the
+/// Sentinel with `rediss://` and the master with TLS too, checking both certificates.
+#[test]
+fn sentinel_over_tls_passes_the_suite() {
+    if !available(false) {
+        return;
+    }
+    let dir = redis_support::temp_dir("sentinel-tls");
+    let certs = Certs::make(&dir);
+    let [master_port, sentinel_port] = redis_support::free_ports(2)[..] else {
+        unreachable!()
+    };
+    let master_dir = dir.join("master");
+    std::fs::create_dir_all(&master_dir).unwrap();
+    let mut args = certs.server_args(master_port, false);
+    args.extend(["--tls-replication".into(), "yes".into()]);
+    let master = Server::spawn(master_port, &master_dir, &args);
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+             sentinel down-after-milliseconds mymaster 1000\n"
+        ),
+    )
+    .unwrap();
+    let mut args = vec![conf.display().to_string(), "--sentinel".to_string()];
+    args.extend(certs.server_args(sentinel_port, false));
+    args.extend(["--tls-replication".into(), "yes".into()]);
+    let sentinel = Server::spawn(sentinel_port, &dir, &args);
+    let (ca, other_ca) = (certs.ca_pem.clone(), certs.other_ca_pem.clone());
+    run(LIMIT, move || async move {
+        let url = format!("rediss://127.0.0.1:{sentinel_port}/");
+        let target = || Target::sentinel([url.as_str()], "mymaster");
+        // The Sentinel learns of the master at once (it connects at start).
+        let started = Instant::now();
+        let store = loop {
+            match RedisStore::builder(target())
+                .tls_ca_pem(ca.clone())
+                .build()
+                .await
+            {
+                Ok(store) => break store,
+                Err(e) => {
+                    assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        drop(store);
+        behaviour_suite("", || RedisStore::builder(target()).tls_ca_pem(ca.clone())).await;
+        let e = RedisStore::builder(target())
+            .tls_ca_pem(other_ca)
+            .build()
+            .await
+            .unwrap_err();
+        redis_error(&e);
+    });
+    drop((sentinel, master));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn sentinel_dead_sentinels_and_unknown_services_are_prompt_errors() {
     if !available(false) {
