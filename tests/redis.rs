@@ -1352,7 +1352,8 @@ mod actix {
             Duration::from_secs(100),
         );
         assert_eq!(store.load(&key).await.unwrap(), Some(state.clone()));
-        // update of a live key keeps it; of a gone one, saves under a new key.
+        // update of a live key keeps it; a gone one (a logout while a request held the
+        // session) stays gone: nothing stored, under the old key or a new one.
         state.insert("k".into(), "\"w\"".into());
         let same = store
             .update(String::from(key).try_into().unwrap(), state.clone(), &ttl)
@@ -1361,16 +1362,21 @@ mod actix {
         assert_eq!(store.load(&same).await.unwrap(), Some(state.clone()));
         store.delete(&same).await.unwrap();
         let old: String = same.into();
-        let moved = store
-            .update(old.clone().try_into().unwrap(), state.clone(), &ttl)
+        let after = store
+            .update(old.clone().try_into().unwrap(), state, &ttl)
             .await
             .unwrap();
-        assert_ne!(
-            AsRef::<str>::as_ref(&moved),
+        assert_eq!(
+            AsRef::<str>::as_ref(&after),
             old,
-            "a gone key is never brought back"
+            "the dead key is returned"
         );
-        assert_eq!(store.load(&moved).await.unwrap(), Some(state));
+        assert_eq!(store.load(&after).await.unwrap(), None, "not brought back");
+        assert_eq!(
+            store.length().await.unwrap(),
+            0,
+            "nor saved under a new key"
+        );
         let unknown = "x".repeat(64).try_into().unwrap();
         assert_eq!(store.load(&unknown).await.unwrap(), None);
     }

@@ -4,8 +4,12 @@
 //! stored under the store's prefix. The time to live actix-session passes is the session's
 //! lifetime in Redis (unless the store's `ttl` or `ttl_fn` option says otherwise):
 //! - `save` (a new session) is `SET NX` under a fresh key;
-//! - `update` (changed state) is `SET XX`; a session that expired or was destroyed meanwhile
-//!   is saved under a new key instead, so an update never brings back a key that is gone;
+//! - `update` (changed state) is `SET XX`: a session that expired or was destroyed meanwhile
+//!   (a logout that ran while this request held it) stays gone. Nothing is stored and the
+//!   old, dead key is returned, so the client's next request starts a fresh session (as the
+//!   in-memory store does; actix-session's own Redis store saves the state under a new key
+//!   instead, which would hand a request in flight at the logout, a thief's included, a new
+//!   key with the logged-out state);
 //! - `update_ttl` (unchanged state: actix-session calls it on every request under
 //!   `TtlExtensionPolicy::OnEveryRequest`) is one `PEXPIRE` ([`RedisStore::renew`]),
 //!   skipped under the store's
@@ -169,15 +173,12 @@ async fn update(
     ttl: &time::Duration,
 ) -> Result<SessionKey, UpdateError> {
     let state = State::new(state, std::time::SystemTime::now(), std_ttl(ttl));
-    if store
+    // Stored or not, the key stays: a dead key loads nothing.
+    store
         .write_state(key.as_ref(), &state, Condition::Present)
         .await
-        .map_err(to_update_error)?
-    {
-        Ok(key)
-    } else {
-        save_new(store, &state).await.map_err(to_update_error)
-    }
+        .map_err(to_update_error)?;
+    Ok(key)
 }
 
 async fn update_ttl(
