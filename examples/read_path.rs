@@ -21,7 +21,7 @@
 //!
 //! All variants read the same pre-generated stream of Zipf(0.99) hits on one thread; rounds
 //! rotate the order; the table prints medians of Mops/s and of per-round ratios to
-//! quick_cache. ARCHITECTURE.md ("Where the read path stands") reads the result.
+//! quick_cache. docs/perf-log.md ("Where the read path stands") reads the result.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,10 +6,12 @@
 //! cargo run --release --example server        # http://127.0.0.1:3000 (PORT overrides)
 //! ```
 //!
-//! - `GET /` counts your views in your session and shows the count and the session id;
+//! - `GET /` counts your views in your session and shows the count (never the session id:
+//!   it is a login, and a page can end up in a cache, a screenshot or a log);
 //! - `GET /logout` destroys your session;
 //! - `GET /stats` shows the live sessions, the store's hit and miss counters, and the
-//!   process's resident memory (JSON).
+//!   process's resident memory (JSON; with Redis, the count of its sessions is at most 5 s
+//!   old: counting scans the whole prefix).
 //!
 //! Settings from the environment (each one is checked: a bad value stops the server with a
 //! message that names the variable and what it accepts, exit status 2):
@@ -21,11 +23,24 @@
 //! | `SESSION_IDLE_SECS` | `1800` | a session ends after this long without a visit (1 to 34560000, 400 days: browsers cap a cookie's lifetime there) |
 //! | `SESSION_MAX_SECS` | `86400` | and this long after it began, however active (1 to 34560000) |
 //! | `MAX_SESSIONS` | `1000000` | the store's bound (1 to 1000000000) |
-//! | `COOKIE_SECURE` | on, unless `HOST` is a loopback address | `true`/`false`: the cookie's `Secure` attribute |
-//! | `SESSIONS_FILE` | unset | sessions survive a restart: loaded at start, saved every 10 s and at shutdown |
+//! | `COOKIE_SECURE` | on, unless `HOST` is a loopback address | `true`/`false`: the cookie's `Secure` attribute (and then its name is `__Host-id`); see below |
+//! | `SESSIONS_FILE` | unset | sessions survive a restart: loaded at start, saved every `SESSIONS_SAVE_SECS` and at shutdown (a file in a directory of the server's user only) |
+//! | `SESSIONS_SAVE_SECS` | `10` | how often `SESSIONS_FILE` is saved while the server runs (1 to 86400); a failed save is logged |
 //! | `SESSIONS_KEY` | unset | 64 hex digits: seals `SESSIONS_FILE` (XChaCha20-Poly1305); make one with `openssl rand -hex 32` |
 //! | `HEADER_TIMEOUT_SECS` | `10` | a connection that has not sent a request's headers within this long (a new one, or an idle kept-alive one) is closed (1 to 3600) |
-//! | `SHUTDOWN_DRAIN_SECS` | `10` | at SIGINT or SIGTERM, open connections get this long to finish, then are cut (0 to 3600) |
+//! | `WRITE_TIMEOUT_SECS` | `10` | a connection whose response makes no progress for this long (a client that does not read) is closed (1 to 3600) |
+//! | `CONNECTION_MAX_SECS` | `600` | a connection is closed this long after it was accepted, whatever it does (1 to 86400) |
+//! | `MAX_CONNECTIONS` | `10000` | connections served at once (1 to 1000000); beyond it, new ones wait in the listen queue |
+//! | `SHUTDOWN_DRAIN_SECS` | `10` | at SIGINT or SIGTERM, open connections get this long to finish, then are cut (0 to 3600); a second signal cuts them at once |
+//!
+//! **Cookies and TLS.** Run it behind a proxy that terminates TLS. The session cookie is then
+//! `Secure` (browsers send it back over HTTPS only, so it cannot be read on the wire) and
+//! named `__Host-id` (browsers accept such a cookie only if it is `Secure`, for `/`, without a
+//! `Domain`: a sibling subdomain or a plain-HTTP page cannot plant or overwrite it). The
+//! default follows `HOST`: on for any address but loopback. **Behind a TLS-terminating proxy
+//! on the same host, the server listens on loopback: set `COOKIE_SECURE=true`**, or the
+//! cookie goes out without `Secure`. Off is for development over plain HTTP on
+//! `http://127.0.0.1` only.
 //!
 //! With Redis, sessions live in Redis and are shared by every server pointed at it: the server
 //! uses the two-tier store (evanesce's in-memory near cache, bounded by `MAX_SESSIONS`, in
@@ -53,11 +68,19 @@
 //!
 //! The server stops on SIGINT (ctrl-c) and SIGTERM (`docker stop`, systemd) alike: it stops
 //! accepting, gives open connections `SHUTDOWN_DRAIN_SECS` to finish, then saves the sessions
-//! file and says whether it could (exit status 1 if not).
+//! file and says whether it could (exit status 1 if not). A second signal during the drain
+//! cuts the open connections at once (the sessions are still saved); one during the save
+//! exits at once, saying the file may not be saved (exit status 1).
+//!
+//! Errors are logged to the standard error, at most one line a second for failed requests and
+//! one a minute for failed background saves (with the number of those left out).
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -95,7 +118,11 @@ struct Settings {
     cookie_secure: bool,
     sessions_file: Option<PathBuf>,
     sessions_key: Option<SealingKey>,
+    save_every: Duration,
     header_timeout: Duration,
+    write_timeout: Duration,
+    connection_max: Duration,
+    max_connections: usize,
     drain: Duration,
     redis: Option<RedisSettings>,
 }
@@ -323,7 +350,26 @@ impl Settings {
         // the server listens on loopback only, where `cargo run --example server` must work
         // in a browser at http://127.0.0.1:3000.
         let cookie_secure = flag("COOKIE_SECURE")?.unwrap_or(!host.is_loopback());
-        let sessions_file = std::env::var_os("SESSIONS_FILE").map(PathBuf::from);
+        let sessions_file = match std::env::var_os("SESSIONS_FILE") {
+            None => None,
+            Some(path) if path.is_empty() => {
+                return Err(
+                    "SESSIONS_FILE=\"\": expected the path of a file (unset it to \
+                     keep the sessions in memory only)"
+                        .into(),
+                );
+            }
+            Some(path) => {
+                let path = PathBuf::from(path);
+                if path.file_name().is_none() || path.as_os_str().to_string_lossy().ends_with('/') {
+                    return Err(format!(
+                        "SESSIONS_FILE={:?}: expected the path of a file, not of a directory",
+                        path.display().to_string()
+                    ));
+                }
+                Some(path)
+            }
+        };
         let sessions_key = match text("SESSIONS_KEY")? {
             None => None,
             // The message never repeats the value: it is a secret.
@@ -336,7 +382,12 @@ impl Settings {
                 "SESSIONS_KEY is set but SESSIONS_FILE is not: the key seals that file".into(),
             );
         }
+        let save_every = Duration::from_secs(number("SESSIONS_SAVE_SECS", 10, 1..=86_400)?);
         let header_timeout = Duration::from_secs(number("HEADER_TIMEOUT_SECS", 10, 1..=3600)?);
+        let write_timeout = Duration::from_secs(number("WRITE_TIMEOUT_SECS", 10, 1..=3600)?);
+        let connection_max = Duration::from_secs(number("CONNECTION_MAX_SECS", 600, 1..=86_400)?);
+        let max_connections =
+            usize::try_from(number("MAX_CONNECTIONS", 10_000, 1..=1_000_000)?).unwrap_or(1);
         let drain = Duration::from_secs(number("SHUTDOWN_DRAIN_SECS", 10, 0..=3600)?);
         let redis = RedisSettings::from_env()?;
         Ok(Self {
@@ -348,7 +399,11 @@ impl Settings {
             cookie_secure,
             sessions_file,
             sessions_key,
+            save_every,
             header_timeout,
+            write_timeout,
+            connection_max,
+            max_connections,
             drain,
             redis,
         })
@@ -361,10 +416,56 @@ struct App {
     store: RecordStore,
     /// Redis, when it is configured.
     redis: Option<RedisRecordStore>,
+    /// The last count of the sessions in Redis and when it was made: counting SCANs the whole
+    /// prefix, so anyone's `GET /stats` must not start one each time (one at a time, reused
+    /// for `STATS_REUSE`).
+    redis_length: std::sync::Arc<tokio::sync::Mutex<Option<(Instant, usize)>>>,
     started: Instant,
 }
 
-/// A handler error: logged, answered with a 500.
+/// How long a count of the sessions in Redis is reused by `/stats`.
+const STATS_REUSE: Duration = Duration::from_secs(5);
+
+/// Error lines to the standard error, at most one per `every`; the lines left out meanwhile
+/// are counted and the count is given with the next one. (A client that makes every request
+/// fail must not be able to fill the disk with logs or slow the server down writing them.)
+struct Throttled {
+    every: Duration,
+    state: std::sync::Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttled {
+    const fn new(every: Duration) -> Self {
+        Self {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    fn log(&self, line: std::fmt::Arguments<'_>) {
+        let mut state = match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let (last, left_out) = &mut *state;
+        if last.is_some_and(|at| at.elapsed() < self.every) {
+            *left_out += 1;
+            return;
+        }
+        *last = Some(Instant::now());
+        if *left_out > 0 {
+            eprintln!("{line} ({left_out} similar lines left out)");
+            *left_out = 0;
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// Failed requests: one line a second at most.
+static REQUEST_ERRORS: Throttled = Throttled::new(Duration::from_secs(1));
+
+/// A handler error: logged (throttled), answered with a 500.
 struct Failure(String);
 
 impl<E: std::fmt::Display> From<E> for Failure {
@@ -375,7 +476,7 @@ impl<E: std::fmt::Display> From<E> for Failure {
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        eprintln!("request failed: {}", self.0);
+        REQUEST_ERRORS.log(format_args!("request failed: {}", self.0));
         (StatusCode::INTERNAL_SERVER_ERROR, "session store error").into_response()
     }
 }
@@ -383,17 +484,13 @@ impl IntoResponse for Failure {
 async fn index(session: Session) -> Result<Html<String>, Failure> {
     let views: u64 = session.get("views").await?.unwrap_or(0) + 1;
     session.insert("views", views).await?;
-    if session.id().is_none() {
-        // A new session gets its id when it is first saved; save now to show it.
-        session.save().await?;
-    }
-    let id = session.id().map(|id| id.to_string()).unwrap_or_default();
     let times = if views == 1 { "time" } else { "times" };
+    // Never the session id: it is a login, and a page can end up in a cache, a screenshot,
+    // a log or a bug report.
     Ok(Html(format!(
         "<!doctype html><title>evanesce</title>\
          <h1>Hello from evanesce</h1>\
          <p>You have viewed this page <b>{views}</b> {times} in this session.</p>\
-         <p>Session id: <code>{id}</code></p>\
          <p><a href=\"/logout\">log out</a> &middot; <a href=\"/stats\">stats</a></p>"
     )))
 }
@@ -408,8 +505,19 @@ async fn logout(session: Session) -> Result<Html<&'static str>, Failure> {
 async fn stats(State(app): State<App>) -> Result<Json<serde_json::Value>, Failure> {
     let counters = app.store.stats();
     let (store, live) = match &app.redis {
-        // SCAN over the prefix: fine for a demo, not for a hot path.
-        Some(redis) => ("redis with a near cache", redis.length().await?),
+        Some(redis) => {
+            // SCAN over the prefix: at most one at a time, and once per STATS_REUSE.
+            let mut last = app.redis_length.lock().await;
+            let live = match *last {
+                Some((at, live)) if at.elapsed() < STATS_REUSE => live,
+                _ => {
+                    let live = redis.length().await?;
+                    *last = Some((Instant::now(), live));
+                    live
+                }
+            };
+            ("redis with a near cache", live)
+        }
         None => ("memory", app.store.length()),
     };
     Ok(Json(json!({
@@ -485,8 +593,9 @@ fn resident_bytes() -> u64 {
 }
 
 /// Raises the soft limit on open files to the hard one: each connection is a file, and a
-/// server that runs out of them stops accepting.
-fn raise_open_files_limit() {
+/// server that runs out of them stops accepting. Returns the limit now in force (`None`:
+/// unlimited).
+fn raise_open_files_limit() -> Option<u64> {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     if limit.current < limit.maximum {
@@ -494,13 +603,15 @@ fn raise_open_files_limit() {
             current: limit.maximum,
             maximum: limit.maximum,
         };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            eprintln!(
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return limit.maximum,
+            Err(e) => eprintln!(
                 "warning: the open-files limit stays at {:?}: {e}",
                 limit.current
-            );
+            ),
         }
     }
+    limit.current
 }
 
 /// SIGINT and SIGTERM, handled from the moment this is made (so that a signal that comes
@@ -585,8 +696,18 @@ pub fn run_from_env() -> u8 {
 }
 
 async fn serve(settings: Settings) -> Result<u8, String> {
-    let signals = Signals::register()?;
-    raise_open_files_limit();
+    let mut signals = Signals::register()?;
+    let files_limit = raise_open_files_limit();
+    if let Some(limit) = files_limit
+        && limit < settings.max_connections as u64 + 64
+    {
+        eprintln!(
+            "warning: the open-files limit ({limit}) is below MAX_CONNECTIONS ({}) + 64: \
+             connections beyond it will fail to be accepted (lower MAX_CONNECTIONS or raise \
+             the limit)",
+            settings.max_connections
+        );
+    }
     let started = Instant::now();
     let lifetimes_layer = middleware::from_fn_with_state(
         Lifetimes {
@@ -603,9 +724,18 @@ async fn serve(settings: Settings) -> Result<u8, String> {
     let expiry = Expiry::OnInactivity(time::Duration::seconds(
         i64::try_from(settings.idle).unwrap_or(i64::MAX),
     ));
+    // `__Host-` needs `Secure` (and `Path=/`, no `Domain`, which are tower-sessions'
+    // defaults): a browser then takes the cookie only from an HTTPS response of this very
+    // host, so neither a sibling subdomain nor a plain-HTTP page can plant one.
+    let cookie_name = if settings.cookie_secure {
+        "__Host-id"
+    } else {
+        "id"
+    };
     let max = settings.max_sessions;
-    // The store to close at shutdown (the in-memory one with a sessions file).
-    let mut persistent: Option<(RecordStore, PathBuf)> = None;
+    // The store to close at shutdown (the in-memory one with a sessions file), and the task
+    // that reports its failed background saves.
+    let mut persistent: Option<(RecordStore, PathBuf, tokio::task::JoinHandle<()>)> = None;
     let (app, which) = if let Some(redis) = &settings.redis {
         if settings.sessions_file.is_some() {
             eprintln!(
@@ -622,12 +752,14 @@ async fn serve(settings: Settings) -> Result<u8, String> {
             .map_err(|e| e.to_string())?;
         let near = tiered.near().clone();
         let sessions = SessionManagerLayer::new(tiered)
+            .with_name(cookie_name)
             .with_secure(settings.cookie_secure)
             .with_expiry(expiry);
         let app = routes
             .with_state(App {
                 store: near,
                 redis: Some(far),
+                redis_length: Default::default(),
                 started,
             })
             .layer(sessions);
@@ -658,7 +790,7 @@ async fn serve(settings: Settings) -> Result<u8, String> {
         if let Some(path) = &settings.sessions_file {
             builder = builder
                 .snapshot_file(path)
-                .snapshot_every(Duration::from_secs(10));
+                .snapshot_every(settings.save_every);
             if let Some(key) = &settings.sessions_key {
                 builder = builder.snapshot_key(key.clone());
             }
@@ -678,15 +810,18 @@ async fn serve(settings: Settings) -> Result<u8, String> {
                 },
                 store.length()
             );
-            persistent = Some((store.clone(), path.clone()));
+            let reporter = tokio::spawn(report_failed_saves(store.clone(), path.clone()));
+            persistent = Some((store.clone(), path.clone(), reporter));
         }
         let sessions = SessionManagerLayer::new(store.clone())
+            .with_name(cookie_name)
             .with_secure(settings.cookie_secure)
             .with_expiry(expiry);
         let app = routes
             .with_state(App {
                 store,
                 redis: None,
+                redis_length: Default::default(),
                 started,
             })
             .layer(sessions);
@@ -704,96 +839,254 @@ async fn serve(settings: Settings) -> Result<u8, String> {
         settings.idle,
         settings.max_age,
         if settings.cookie_secure {
-            "Secure (HTTPS only)"
+            "Secure (HTTPS only), named __Host-id"
         } else {
-            "not Secure (plain HTTP, loopback)"
+            "not Secure (plain HTTP: set COOKIE_SECURE=true behind a TLS proxy)"
         }
     );
 
-    let signal = accept_until_signal(listener, app, &settings, signals).await;
+    let signal = accept_until_signal(listener, app, &settings, &mut signals).await;
 
     // Save the sessions last, once no connection can change them.
-    let Some((store, path)) = persistent else {
+    let Some((store, path, reporter)) = persistent else {
         println!("stopped ({signal})");
         return Ok(0);
     };
-    match store.close() {
-        Ok(n) => {
-            println!("sessions saved to {}: {n} sessions", path.display());
-            Ok(0)
-        }
-        Err(e) => {
-            eprintln!("sessions NOT saved to {}: {e}", path.display());
+    reporter.abort();
+    // On a blocking thread, so that a signal can still stop the server if the disk hangs.
+    let closing = tokio::task::spawn_blocking(move || store.close());
+    tokio::select! {
+        closed = closing => match closed {
+            Ok(Ok(n)) => {
+                println!("sessions saved to {}: {n} sessions", path.display());
+                Ok(0)
+            }
+            Ok(Err(e)) => {
+                eprintln!("sessions NOT saved to {}: {e}", path.display());
+                Ok(1)
+            }
+            Err(e) => {
+                eprintln!("sessions NOT saved to {}: the save failed: {e}", path.display());
+                Ok(1)
+            }
+        },
+        name = signals.next() => {
+            // The save may have renamed its file in place or not: the file holds this
+            // snapshot or the previous one, never a mix.
+            eprintln!(
+                "{name} received during the save: stopping now; sessions may NOT be saved to {}",
+                path.display()
+            );
             Ok(1)
         }
     }
 }
 
+/// Logs the failures of the background saves of `store` as they happen (they are looked for
+/// every second), at most one line a minute.
+async fn report_failed_saves(store: RecordStore, path: PathBuf) {
+    let throttled = Throttled::new(Duration::from_secs(60));
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Some(e) = store.take_snapshot_error() {
+            throttled.log(format_args!(
+                "background save of the sessions file {} failed: {e}",
+                path.display()
+            ));
+        }
+    }
+}
+
+/// A connection's socket with a write timeout: a write (or flush) that makes no progress for
+/// `timeout` fails with `TimedOut`, which ends the connection. hyper has a timeout for reading
+/// a request's headers but none for writing a response: without this, a client that sends
+/// requests and never reads the responses would hold its connection (and the responses queued
+/// for it) for ever.
+struct WriteTimeout {
+    stream: tokio::net::TcpStream,
+    timeout: Duration,
+    /// Running while a write is stalled.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteTimeout {
+    fn new(stream: tokio::net::TcpStream, timeout: Duration) -> Self {
+        Self {
+            stream,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// After a write returned `Pending`: the timeout's verdict (it starts now unless it runs
+    /// already; it wakes the task when it ends).
+    fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        let timeout = self.timeout;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing for the write timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// What a write-side call returned, with the timeout applied: progress (or an error)
+    /// resets it, `Pending` runs it.
+    fn progress<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Ready(done) => {
+                self.stalled = None;
+                Poll::Ready(done)
+            }
+            Poll::Pending => self.stall(cx),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for WriteTimeout {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for WriteTimeout {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.progress(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.progress(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        self.progress(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_shutdown(cx);
+        self.progress(cx, polled)
+    }
+}
+
 /// Serves connections until SIGINT or SIGTERM, then drains them for at most the drain bound
-/// and cuts the rest. Returns the signal's name.
+/// (or until a second signal) and cuts the rest. Returns the first signal's name.
 async fn accept_until_signal(
     listener: tokio::net::TcpListener,
     app: Router,
     settings: &Settings,
-    mut signals: Signals,
+    signals: &mut Signals,
 ) -> &'static str {
     // HTTP/1 only, so that the header-read timeout covers a connection from its first byte
     // (hyper-util's auto builder first reads the HTTP/2 preface with no timeout) and every
     // kept-alive connection waiting for its next request: an idle connection is closed after
     // `header_timeout`, so idle sockets cannot pile up until the server runs out of files.
+    // Writes have their own timeout (`WriteTimeout`), and every connection a lifetime.
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
-    let signal = signals.next();
-    tokio::pin!(signal);
-    let mut last_complaint: Option<Instant> = None;
+    // At most `max_connections` at once: beyond it, new connections wait in the kernel's
+    // listen queue (and past that, the kernel refuses them) until one ends.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    let full = Throttled::new(Duration::from_secs(10));
+    let accept_errors = Throttled::new(Duration::from_secs(1));
+    let (write_timeout, connection_max) = (settings.write_timeout, settings.connection_max);
     let name = loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                full.log(format_args!(
+                    "{} connections open, the most MAX_CONNECTIONS allows: new ones wait",
+                    settings.max_connections
+                ));
+                tokio::select! {
+                    name = signals.next() => break name,
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                }
+            }
+        };
         tokio::select! {
-            name = &mut signal => break name,
+            name = signals.next() => break name,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let service = TowerToHyperService::new(app.clone());
-                    let connection = http.serve_connection(TokioIo::new(stream), service);
+                    let io = TokioIo::new(WriteTimeout::new(stream, write_timeout));
+                    let connection = http.serve_connection(io, service);
                     let watched = graceful.watch(connection);
                     connections.spawn(async move {
-                        // A connection's errors (a client that hung up, a header timeout)
-                        // are the client's business.
-                        let _ = watched.await;
+                        // A connection's errors (a client that hung up, a timeout) are the
+                        // client's business. At the end of its lifetime it is cut.
+                        let _ = tokio::time::timeout(connection_max, watched).await;
+                        drop(slot);
                     });
                     // Reap what finished, so the set stays as large as the open connections.
                     while connections.try_join_next().is_some() {}
                 }
                 Err(e) => {
                     // Out of files (EMFILE) or memory: wait a little for connections to close
-                    // (the header timeout closes idle ones) instead of spinning, and say so
-                    // at most once a second.
-                    if last_complaint.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                        eprintln!("accept failed: {e} (retrying)");
-                        last_complaint = Some(Instant::now());
-                    }
+                    // (the timeouts close idle ones) instead of spinning, and say so at most
+                    // once a second.
+                    accept_errors.log(format_args!("accept failed: {e} (retrying)"));
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
         }
     };
     drop(listener);
-    let open = graceful.count();
+    // Each open connection holds a slot until its task ends.
+    let open = || settings.max_connections - slots.available_permits();
+    let open_at_signal = open();
     println!(
-        "{name} received: stopping; {open} open connections get up to {} s to finish",
+        "{name} received: stopping; {open_at_signal} open connections get up to {} s to finish (a second signal cuts them now)",
         settings.drain.as_secs()
     );
-    match tokio::time::timeout(settings.drain, graceful.shutdown()).await {
-        Ok(()) => println!("all connections closed"),
-        Err(_) => {
-            let left = connections.len();
+    tokio::select! {
+        drained = tokio::time::timeout(settings.drain, graceful.shutdown()) => match drained {
+            Ok(()) => println!("all connections closed"),
+            Err(_) => {
+                let left = open();
+                connections.abort_all();
+                println!(
+                    "drain bound of {} s reached: {left} connections cut",
+                    settings.drain.as_secs()
+                );
+            }
+        },
+        again = signals.next() => {
+            let left = open();
             connections.abort_all();
-            println!(
-                "drain bound of {} s reached: {left} connections cut",
-                settings.drain.as_secs()
-            );
+            println!("{again} received during the drain: {left} connections cut");
         }
     }
     // Wait for the cut tasks to be dropped, so no handle to the store is left in them.

@@ -8,8 +8,7 @@ use std::time::Duration;
 use crate::cache::Cache;
 use crate::clock::TimeSource;
 use crate::listener::{ListenerFn, RemovalCause};
-use crate::raw::node::NEVER;
-use crate::raw::{Bound, Config, Layout, RawCache, WeigherFn};
+use crate::raw::{Bound, Config, Layout, NEVER, RawCache, WeigherFn};
 use crate::stats::StatsCounters;
 
 /// Shortest [`check_period`](CacheBuilder::check_period): a sweeper that runs more often
@@ -31,7 +30,8 @@ pub enum BuildError {
     ShardsNotPowerOfTwo(usize),
     /// More than [`MAX_SHARDS`] shards.
     TooManyShards(usize),
-    /// An initial capacity so large that no shard could address it.
+    /// An initial capacity so large that no shard could address it, or whose tables alone
+    /// would take half of the machine's memory.
     CapacityTooLarge(usize),
     /// A duration setting of zero (named): a zero time to live or idle would make every entry
     /// expire at once, and a zero check period would make the sweeper spin.
@@ -331,6 +331,16 @@ impl<K, V, S> CacheBuilder<K, V, S> {
         let buckets_per_shard = (per_shard * BUCKETS_PER_ENTRY)
             .max(MIN_BUCKETS)
             .next_power_of_two();
+        // Buckets are written when a table is made, so their memory is committed at once: an
+        // initial capacity whose tables alone would take half the machine's memory is refused
+        // here, rather than exhausting it (each shard's allocation would succeed on its own
+        // under overcommit).
+        let table_bytes = (shards as u64)
+            .saturating_mul(buckets_per_shard as u64)
+            .saturating_mul(std::mem::size_of::<u32>() as u64);
+        if crate::raw::physical_memory().is_some_and(|ram| table_bytes > ram / 2) {
+            return Err(BuildError::CapacityTooLarge(expected));
+        }
         let nodes_per_shard = bounded_by_count(ARENA_PRESIZE_MAX).div_ceil(shards);
         let nanos = |what: &'static str, d: Option<Duration>| match d {
             None => Ok(NEVER),
@@ -353,13 +363,19 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             ring,
             huge_pages: self.huge_pages,
         };
-        let load_shift = u32::from(self.max_capacity.is_some() && self.weigher.is_none());
+        let half_load_below = match (self.max_capacity, &self.weigher) {
+            (Some(c), None) => c
+                .div_ceil(shards as u64)
+                .saturating_mul(BUCKETS_PER_ENTRY as u64)
+                .checked_next_power_of_two()
+                .unwrap_or(u64::MAX),
+            _ => 0,
+        };
         let cfg = Config {
             hasher: self.hasher,
             listener: self.listener,
             time: TimeSource::new(self.clock.unwrap_or_default()),
             stats: StatsCounters::new(self.record_stats, parallelism * 2),
-            hit_work: self.record_stats || self.max_capacity.is_some(),
             drain_threshold: DRAIN_THRESHOLD,
             ttl,
             tti,
@@ -367,8 +383,8 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             weigher: self.weigher,
             #[cfg(not(loom))]
             growing: Default::default(),
-            owner: crate::raw::retire::owner(),
-            load_shift,
+            owner: crate::raw::new_owner(),
+            half_load_below,
         };
         let raw = RawCache::new(layout, cfg).ok_or(BuildError::OutOfMemory)?;
         let cache = Cache::from_raw(raw);

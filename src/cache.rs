@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use crate::builder::{CacheBuilder, duration_to_ns};
 use crate::listener::RemovalCause;
-use crate::raw::RawCache;
-use crate::raw::node::NEVER;
-use crate::raw::shard::Inserted;
+use crate::raw::{Inserted, NEVER, RawCache, Write};
 use crate::stats::Stats;
 use crate::sync::{Arc, Condvar, Mutex, lock};
 
@@ -30,18 +28,18 @@ struct Inner<K, V, S> {
     pending: Box<[PendingList]>,
     /// The background sweeper, if one runs (see `set_check_period`).
     #[cfg(not(loom))]
-    sweeper: Mutex<Option<crate::sweeper::Sweeper>>,
+    sweeper: Mutex<Option<crate::periodic::Periodic>>,
 }
 
 #[cfg(not(loom))]
-impl<K, V, S> crate::raw::retire::Help for Inner<K, V, S>
+impl<K, V, S> crate::raw::Chore for Inner<K, V, S>
 where
     K: Eq + Hash + Send + Sync + 'static,
     V: Send + Sync + 'static,
     S: BuildHasher + Send + Sync,
 {
-    fn help(&self) -> bool {
-        self.raw.help_growths()
+    fn run(&self) -> bool {
+        self.raw.finish_growths()
     }
 }
 
@@ -49,6 +47,9 @@ where
 struct Pending {
     done: Mutex<bool>,
     cv: Condvar,
+    /// The thread running the initialisation: an `init` that asks for another key whose
+    /// hash is the same (a colliding hasher) must not wait for itself.
+    owner: std::thread::ThreadId,
 }
 
 impl Pending {
@@ -211,7 +212,7 @@ where
     /// [`time_to_live`](CacheBuilder::time_to_live) / [`time_to_idle`](CacheBuilder::time_to_idle),
     /// if any.
     pub fn insert(&self, key: K, value: V) {
-        if let Err((key, value)) = self.store(key, value, None, false) {
+        if let Err((key, value)) = self.store(key, value, None, Write::Upsert) {
             self.refused(&key, &value);
         }
     }
@@ -225,7 +226,7 @@ where
         key: K,
         value: V,
         ttl: Option<u64>,
-        only_if_absent: bool,
+        write: Write,
     ) -> Result<Inserted<V>, (K, V)> {
         let cfg = &self.inner.raw.cfg;
         // A zero weight counts as one: otherwise such entries would escape the bound (any
@@ -239,14 +240,12 @@ where
             .as_ref()
             .is_some_and(|b| u64::from(weight) > b.capacity)
         {
-            if !only_if_absent {
+            if write == Write::Upsert {
                 self.inner.raw.remove(&key, RemovalCause::Replaced);
             }
             return Err((key, value));
         }
-        self.inner
-            .raw
-            .insert(key, value, ttl, weight, only_if_absent)
+        self.inner.raw.insert(key, value, ttl, weight, write)
     }
 
     /// Stores `value` for `key` with its own time to live (which [`touch`](Self::touch)
@@ -262,7 +261,7 @@ where
             return;
         }
         let ttl = duration_to_ns(ttl);
-        if let Err((key, value)) = self.store(key, value, Some(ttl), false) {
+        if let Err((key, value)) = self.store(key, value, Some(ttl), Write::Upsert) {
             self.refused(&key, &value);
         }
     }
@@ -330,7 +329,7 @@ where
     /// [`get_stale`](Self::get_stale), also saying whether the value was expired (and this
     /// call removed it; only one caller gets an expired value).
     // Its caller is the session store, which is not built without its feature or under loom.
-    #[cfg_attr(any(loom, not(feature = "session")), allow(dead_code))]
+    #[cfg(all(feature = "session", not(loom)))]
     pub(crate) fn get_stale_flagged<Q>(&self, key: &Q) -> Option<(V, bool)>
     where
         K: Borrow<Q>,
@@ -340,15 +339,15 @@ where
     }
 
     /// Lets the crate's reclaimer thread finish growths that writes leave half-way (see
-    /// `raw/retire.rs`).
+    /// `raw/reclaim/retire.rs`).
     #[cfg(not(loom))]
     pub(crate) fn register_for_help(&self)
     where
         S: Send + Sync + 'static,
     {
-        let weak: crate::sync::Weak<dyn crate::raw::retire::Help> =
+        let weak: crate::sync::Weak<dyn crate::raw::Chore> =
             Arc::downgrade(&self.inner) as crate::sync::Weak<Inner<K, V, S>>;
-        crate::raw::retire::register(self.inner.raw.cfg.growing.clone(), weak);
+        crate::raw::register_chore(self.inner.raw.cfg.growing.clone(), weak);
     }
 
     /// Starts, restarts with a new period, or (with `None`) stops the background sweeper
@@ -379,7 +378,8 @@ where
         *sweeper = None;
         if let Some(period) = period.filter(|p| !p.is_zero()) {
             let weak = Arc::downgrade(&self.inner);
-            *sweeper = Some(crate::sweeper::Sweeper::spawn(
+            *sweeper = Some(crate::periodic::Periodic::spawn(
+                "evanesce-sweep",
                 period,
                 move || match weak.upgrade() {
                     Some(inner) => {
@@ -398,7 +398,9 @@ where
     /// Concurrent calls for the same key run `init` once: the others wait for it and return
     /// its value. If `init` panics, one of the waiters runs its own `init` instead. (A
     /// concurrent plain [`insert`](Self::insert) of the key is not waited for; whichever
-    /// value is stored first wins and is returned.)
+    /// value is stored first wins and is returned.) Calls are matched by the key's hash: two
+    /// keys whose hashes collide wait for each other, except that an `init` may call this
+    /// for another key of the same hash (that call then computes on its own).
     pub fn get_or_insert_with(&self, key: K, init: impl FnOnce() -> V) -> V {
         let raw = &self.inner.raw;
         let hash = raw.cfg.hash(&key);
@@ -408,7 +410,14 @@ where
                 return v;
             }
             let mut pending = lock(list);
+            let current = std::thread::current().id();
             if let Some((_, other)) = pending.iter().find(|(h, _)| *h == hash) {
+                if other.owner == current {
+                    // This thread's own `init` (for a key of the same hash) asks: waiting
+                    // would wait for itself. Compute without the single-flight guarantee.
+                    drop(pending);
+                    return self.init_and_store(key, init);
+                }
                 let other = other.clone();
                 drop(pending);
                 other.wait();
@@ -417,6 +426,7 @@ where
             let me = Arc::new(Pending {
                 done: Mutex::new(false),
                 cv: Condvar::new(),
+                owner: current,
             });
             pending.push((hash, me.clone()));
             break me;
@@ -426,8 +436,14 @@ where
         if let Some(v) = self.get(&key) {
             return v;
         }
+        self.init_and_store(key, init)
+    }
+
+    /// Runs `init` and stores its value unless `key` has a live value by then (which is
+    /// returned instead).
+    fn init_and_store(&self, key: K, init: impl FnOnce() -> V) -> V {
         let value = init();
-        match self.store(key, value.clone(), None, true) {
+        match self.store(key, value.clone(), None, Write::IfAbsent) {
             Ok(Inserted::Stored) => value,
             Ok(Inserted::Present(existing)) => existing,
             Err((key, refused)) => {

@@ -1,7 +1,7 @@
 //! Time: a `quanta::Clock` (mockable), read coarsely on hot paths.
 //!
 //! Internally every time is a `u64` of nanoseconds since the cache was built, and
-//! [`NEVER`](crate::raw::node::NEVER) (`u64::MAX`) is "no deadline".
+//! `NEVER` (`raw/table/node.rs`) (`u64::MAX`) is "no deadline".
 //!
 //! Reading the TSC costs about 11 ns on the machines this crate was measured on, a large
 //! fraction of a cache hit, so reads do not: they use `quanta::Clock::recent()`, one atomic

@@ -43,6 +43,8 @@
 //!   period: memory is freed once every thread that could hold a reference has moved on.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+// `unsafe` lives under `raw/` only (its `mod` below allows it); everything else is safe code.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod builder;
@@ -60,13 +62,13 @@ mod expire;
 ))]
 pub mod integrations;
 mod listener;
-mod prefetch;
+#[cfg(not(loom))]
+mod periodic;
+#[allow(unsafe_code)]
 mod raw;
 #[cfg(all(feature = "session", not(loom)))]
 pub mod session;
 mod stats;
-#[cfg(not(loom))]
-mod sweeper;
 mod sync;
 
 pub use builder::{BuildError, CacheBuilder, MAX_SHARDS, MIN_CHECK_PERIOD};

@@ -2,8 +2,9 @@
 //!
 //! Normally these are std's types. Under `--cfg loom` (with `--cfg crossbeam_loom`, so that
 //! crossbeam-epoch is built on loom too) they are loom's, so the loom models in
-//! `tests/loom.rs` see every shared access the crate makes. `clippy.toml` forbids naming the
-//! std types anywhere else.
+//! `tests/loom.rs` see every shared access the crate makes. Naming the std types anywhere else
+//! in `src/` fails CI (a grep in `.ci/run`; clippy's `disallowed-types` cannot be used, as it
+//! also flags the re-exports below wherever they are used).
 //!
 //! [`UnsafeCell`] exposes loom's closure API (`with` / `with_mut`) in both builds: loom can
 //! only check an access that happens inside such a closure.

@@ -134,7 +134,8 @@ async fn the_store_trait_directly() {
     mock.increment(Duration::from_secs(8));
     assert_eq!(store.load(&key).await.unwrap(), Some(state.clone()));
 
-    // update of a live key keeps the key; of an expired one, saves under a new key.
+    // update of a live key keeps the key; of an expired one, stores nothing (the state is
+    // not brought back, under that key or another).
     state.insert("k".into(), "\"w\"".into());
     let same = store
         .update(String::from(key).try_into().unwrap(), state.clone(), &ttl)
@@ -143,20 +144,90 @@ async fn the_store_trait_directly() {
     assert_eq!(store.load(&same).await.unwrap(), Some(state.clone()));
     mock.increment(Duration::from_secs(11));
     let old: String = same.into();
-    let moved = store
+    let dead = store
         .update(old.clone().try_into().unwrap(), state.clone(), &ttl)
         .await
         .unwrap();
-    assert_ne!(
-        AsRef::<str>::as_ref(&moved),
-        old,
-        "an expired key is never brought back"
-    );
-    assert_eq!(store.load(&moved).await.unwrap(), Some(state));
+    assert_eq!(AsRef::<str>::as_ref(&dead), old);
+    assert_eq!(store.load(&dead).await.unwrap(), None, "never brought back");
+    assert_eq!(store.length(), 0, "nor saved under another key");
 
-    store.delete(&moved).await.unwrap();
-    assert_eq!(store.load(&moved).await.unwrap(), None);
+    let live = store.save(state.clone(), &ttl).await.unwrap();
+    store.delete(&live).await.unwrap();
+    assert_eq!(store.load(&live).await.unwrap(), None);
     // A key nobody issued loads nothing.
     let unknown = "x".repeat(64).try_into().unwrap();
     assert_eq!(store.load(&unknown).await.unwrap(), None);
+}
+
+/// Found while fixing the review of a334a6e (its finding 1, for actix-web): `update` of a key
+/// that was gone (a logout that ran while the request held the session) saved the request's
+/// state under a new key and handed that key to the request's client, so logout did not end
+/// the login for whoever had a request in flight (a thief polling with a stolen cookie kept it
+/// for good). Now the update stores nothing and the client keeps a dead key.
+#[actix_web::test]
+async fn a_request_racing_logout_cannot_keep_the_login() {
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+
+    #[derive(Clone)]
+    struct Gates {
+        loaded: Arc<Notify>,
+        go: Arc<Notify>,
+    }
+    async fn slow(gates: web::Data<Gates>, session: Session) -> HttpResponse {
+        let user: Option<String> = session.get("user").unwrap();
+        gates.loaded.notify_one();
+        gates.go.notified().await;
+        session.insert("seen", true).unwrap();
+        HttpResponse::Ok().body(user.unwrap_or_default())
+    }
+    let gates = Gates {
+        loaded: Arc::new(Notify::new()),
+        go: Arc::new(Notify::new()),
+    };
+    let (store, _) = mock_store();
+    let key = Key::generate();
+    let app = test::init_service(
+        App::new()
+            .app_data(web::Data::new(gates.clone()))
+            .wrap(
+                SessionMiddleware::builder(store.clone(), key.clone())
+                    .cookie_secure(false)
+                    .build(),
+            )
+            .route("/login", web::get().to(login))
+            .route("/me", web::get().to(me))
+            .route("/logout", web::get().to(logout))
+            .route("/slow", web::get().to(slow)),
+    )
+    .await;
+    for round in 0..10 {
+        let (_, cookie) = call!(app, "/login", None::<&Cookie>);
+        let cookie = cookie.unwrap();
+        let (racing, _) = tokio::join!(async { call!(app, "/slow", Some(&cookie)) }, async {
+            gates.loaded.notified().await;
+            let out = call!(app, "/logout", Some(&cookie));
+            gates.go.notify_one();
+            out
+        });
+        let (body, kept) = racing;
+        assert_eq!(
+            body, "alice",
+            "round {round}: the racing request was logged in"
+        );
+        assert_eq!(
+            store.length(),
+            0,
+            "round {round}: a session outlived the logout"
+        );
+        if let Some(kept) = kept {
+            assert_eq!(
+                call!(app, "/me", Some(&kept)).0,
+                "anonymous",
+                "round {round}: the racing request's cookie kept the login"
+            );
+        }
+        assert_eq!(call!(app, "/me", Some(&cookie)).0, "anonymous");
+    }
 }

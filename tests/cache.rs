@@ -478,3 +478,85 @@ fn a_pinned_handle_holds_back_reclamation_until_dropped() {
     settle(&live);
     assert_eq!(live.load(Ordering::SeqCst), 0);
 }
+
+/// Issue 12's review: with a hasher whose hashes collide, an `init` that asks for another key
+/// waited for its own computation (calls in flight are matched by hash) and hung.
+#[test]
+fn an_init_may_ask_for_a_colliding_key() {
+    #[derive(Clone, Default)]
+    struct Constant;
+    impl std::hash::BuildHasher for Constant {
+        type Hasher = ConstantHasher;
+        fn build_hasher(&self) -> ConstantHasher {
+            ConstantHasher
+        }
+    }
+    struct ConstantHasher;
+    impl std::hash::Hasher for ConstantHasher {
+        fn finish(&self) -> u64 {
+            42
+        }
+        fn write(&mut self, _: &[u8]) {}
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let cache: Cache<u64, u64, Constant> = Cache::builder().hasher(Constant).build().unwrap();
+        let v = cache.get_or_insert_with(1, || cache.get_or_insert_with(2, || 20) + 1);
+        let _ = tx.send((v, cache.get(&1), cache.get(&2)));
+    });
+    let got = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("a nested get_or_insert_with hung (watchdog: 30 s)");
+    assert_eq!(got, (21, Some(21), Some(20)));
+}
+
+/// Issue 12's review: a key whose `Eq` panics in the insert of `get_or_insert_with` on a
+/// bounded cache kept the weight it had reserved, so 60 panics left a capacity of 64 usable
+/// for a handful of entries.
+#[test]
+fn a_panicking_eq_gives_its_reservation_back() {
+    use std::cell::Cell;
+    thread_local! {
+        /// `Eq` calls left before one panics (negative: never).
+        static COUNTDOWN: Cell<i64> = const { Cell::new(-1) };
+    }
+    #[derive(Clone, Debug)]
+    struct Touchy(u64);
+    impl std::hash::Hash for Touchy {
+        fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+            // Every key collides: each lookup compares keys (`Eq`) along one chain.
+            0u64.hash(h);
+        }
+    }
+    impl PartialEq for Touchy {
+        fn eq(&self, other: &Self) -> bool {
+            COUNTDOWN.with(|c| match c.get() {
+                0 => {
+                    c.set(-1);
+                    panic!("the user's Eq panics");
+                }
+                n if n > 0 => c.set(n - 1),
+                _ => {}
+            });
+            self.0 == other.0
+        }
+    }
+    impl Eq for Touchy {}
+    let cache: Cache<Touchy, u64> = Cache::builder().max_capacity(64).shards(1).build().unwrap();
+    cache.insert(Touchy(0), 0);
+    for k in 1..=60 {
+        // Two lookups (before and after registering the call) pass; the insert's walk of the
+        // chain, after the reservation, panics.
+        COUNTDOWN.with(|c| c.set(2));
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cache.get_or_insert_with(Touchy(k), || k)
+        }));
+        assert!(caught.is_err(), "key {k}: no panic");
+    }
+    COUNTDOWN.with(|c| c.set(-1));
+    assert_eq!(cache.weighted_size(), 1, "weight still reserved");
+    for k in 100..163 {
+        cache.insert(Touchy(k), k);
+    }
+    assert_eq!(cache.len(), 64, "the capacity shrank");
+}

@@ -1,8 +1,11 @@
 //! The example server (`examples/server.rs`) as people deploy it, driven over real sockets
 //! in a child process: SIGTERM saves the sessions and a restart continues them, idle and
-//! half-sent connections are closed and cannot hold a shutdown, settings are checked with
+//! half-sent connections are closed and cannot hold a shutdown, a client that never reads is
+//! cut, connections have a lifetime and a cap, a second signal cuts the drain, failed
+//! background saves and failed requests are logged (throttled), settings are checked with
 //! the variable named, the absolute lifetime ends a session however active, the `Secure`
-//! cookie setting, and a Redis password that is never printed.
+//! (`__Host-`) cookie setting, a page that never shows the session id, and a Redis password
+//! that is never printed.
 //!
 //! The example is compiled into this test binary (`#[path]` below), and the binary runs it
 //! in a child process of itself (`server_child`, selected by an environment variable), so
@@ -17,7 +20,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Set in the child: run the server instead of the test.
 const CHILD: &str = "EVANESCE_SERVER_CHILD";
@@ -56,7 +59,8 @@ impl Private {
 struct Server {
     child: Child,
     addr: SocketAddr,
-    /// Every line of its standard output so far (collected by a thread).
+    /// Every line of its standard output and standard error so far (collected by two
+    /// threads; the order between the two is not kept).
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
@@ -72,7 +76,11 @@ const SETTINGS: &[&str] = &[
     "COOKIE_SECURE",
     "SESSIONS_FILE",
     "SESSIONS_KEY",
+    "SESSIONS_SAVE_SECS",
     "HEADER_TIMEOUT_SECS",
+    "WRITE_TIMEOUT_SECS",
+    "CONNECTION_MAX_SECS",
+    "MAX_CONNECTIONS",
     "SHUTDOWN_DRAIN_SECS",
     "REDIS_URL",
     "REDIS_PREFIX",
@@ -105,19 +113,26 @@ impl Server {
     fn start(env: &[(&str, &str)]) -> Self {
         let mut child = command(env)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
+        fn forward(from: impl Read + Send + 'static, to: mpsc::Sender<String>, echo: bool) {
+            std::thread::spawn(move || {
+                for line in BufReader::new(from).lines() {
+                    let Ok(line) = line else { break };
+                    if echo {
+                        eprintln!("server: {line}");
+                    }
+                    if to.send(line).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+        }
+        forward(child.stdout.take().unwrap(), tx.clone(), false);
+        // (Echoed too, so that a failing test shows what the server complained about.)
+        forward(child.stderr.take().unwrap(), tx, true);
         let mut server = Server {
             child,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -199,6 +214,8 @@ impl Drop for Server {
 struct Response {
     status: u16,
     set_cookie: Option<String>,
+    /// The session cookie's name (`id`, or `__Host-id` when `Secure`) and value.
+    cookie_name: Option<String>,
     id: Option<String>,
     body: String,
 }
@@ -239,16 +256,16 @@ fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Response {
         name.eq_ignore_ascii_case("set-cookie")
             .then(|| value.trim().to_string())
     });
-    let id = set_cookie
+    let pair = set_cookie
         .as_deref()
         .and_then(|c| c.split(';').next())
-        .and_then(|c| c.trim().strip_prefix("id="))
-        .filter(|id| !id.is_empty())
-        .map(str::to_string);
+        .and_then(|c| c.trim().split_once('='))
+        .filter(|(name, id)| ["id", "__Host-id"].contains(name) && !id.is_empty());
     Response {
         status,
-        set_cookie,
-        id,
+        set_cookie: set_cookie.clone(),
+        cookie_name: pair.map(|(name, _)| name.to_string()),
+        id: pair.map(|(_, id)| id.to_string()),
         body: body.to_string(),
     }
 }
@@ -293,6 +310,8 @@ fn sigterm_saves_the_sessions_and_a_restart_continues_the_count() {
     let first = server.get("/", None);
     assert_eq!((first.status, first.views()), (200, 1));
     let id = first.id.expect("a session cookie");
+    // The page never shows the session id (it is a login).
+    assert!(!first.body.contains(&id), "{}", first.body);
     assert_eq!(server.get("/", Some(&id)).views(), 2);
     assert_eq!(server.get("/", Some(&id)).views(), 3);
 
@@ -439,6 +458,12 @@ fn bad_settings_are_refused_with_the_variable_named() {
         ("NEAR_CACHE_MS", "-5", "from 0 to 86400000"),
         ("COOKIE_SECURE", "maybe", "true or false"),
         ("HOST", "localhost:80", "an IP address"),
+        ("SESSIONS_FILE", "", "the path of a file"),
+        ("SESSIONS_FILE", "/tmp/", "the path of a file"),
+        ("SESSIONS_SAVE_SECS", "0", "from 1 to 86400"),
+        ("WRITE_TIMEOUT_SECS", "0", "from 1 to 3600"),
+        ("CONNECTION_MAX_SECS", "86401", "from 1 to 86400"),
+        ("MAX_CONNECTIONS", "0", "from 1 to 1000000"),
     ];
     for (name, value, accepted) in cases {
         let mut env = vec![(*name, *value)];
@@ -487,10 +512,28 @@ fn a_session_ends_at_its_absolute_lifetime_however_active() {
 fn cookies_are_secure_unless_on_loopback_or_told_otherwise() {
     let secure = |env: &[(&str, &str)]| {
         let server = Server::start(env);
-        let cookie = server.get("/", None).set_cookie.unwrap();
-        cookie
+        let response = server.get("/", None);
+        let cookie = response.set_cookie.unwrap();
+        let attributes: Vec<String> = cookie
             .split(';')
-            .any(|a| a.trim().eq_ignore_ascii_case("secure"))
+            .skip(1)
+            .map(|a| a.trim().to_ascii_lowercase())
+            .collect();
+        let secure = attributes.iter().any(|a| a == "secure");
+        // Secure cookies are `__Host-` cookies: Secure, Path=/, no Domain (a sibling
+        // subdomain or a plain-HTTP page cannot plant one).
+        let name = response.cookie_name.unwrap();
+        if secure {
+            assert_eq!(name, "__Host-id", "{cookie}");
+            assert!(attributes.iter().any(|a| a == "path=/"), "{cookie}");
+            assert!(
+                !attributes.iter().any(|a| a.starts_with("domain")),
+                "{cookie}"
+            );
+        } else {
+            assert_eq!(name, "id", "{cookie}");
+        }
+        secure
     };
     assert!(
         !secure(&[]),
@@ -579,4 +622,341 @@ fn the_redis_password_is_never_printed() {
     );
     let _ = redis.kill();
     let _ = redis.wait();
+}
+
+/// A connection whose receive buffer is small (set before connecting, so the window it
+/// offers stays small): a client that does not read fills it, and the server's writes stall
+/// after a few responses instead of megabytes of them.
+fn connect_with_small_receive_buffer(addr: SocketAddr) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap().into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    })
+}
+
+/// Review of a334a6e: hyper's header-read timeout covers reading only; a client that sent
+/// pipelined requests and never read a response kept its connection (and the responses queued
+/// for it) for as long as it liked (84 s ESTABLISHED with 3.8 MB queued in the review).
+#[test]
+fn a_client_that_never_reads_is_cut_at_the_write_timeout() {
+    let server = Server::start(&[("WRITE_TIMEOUT_SECS", "1"), ("HEADER_TIMEOUT_SECS", "3600")]);
+    let mut stream = connect_with_small_receive_buffer(server.addr);
+    let requests = format!("GET /stats HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr).repeat(100);
+    let (tx, cut) = mpsc::channel();
+    let started = Instant::now();
+    // Sends requests and never reads: the writes block once every buffer on the way is full,
+    // and fail once the server has closed the connection (a reset: it had unread requests).
+    std::thread::spawn(move || {
+        let mut sent = 0u64;
+        loop {
+            if let Err(e) = stream.write_all(requests.as_bytes()) {
+                let _ = tx.send((sent, e));
+                return;
+            }
+            sent += 100;
+        }
+    });
+    match cut.recv_timeout(WATCHDOG) {
+        Ok((sent, e)) => eprintln!(
+            "cut after {:?} and {sent} requests sent: {e}",
+            started.elapsed()
+        ),
+        Err(_) => panic!("a client that never reads kept its connection for {WATCHDOG:?}"),
+    }
+    // Others are served meanwhile and after.
+    assert_eq!(server.get("/stats", None).status, 200);
+}
+
+/// Review of a334a6e: a connection that keeps busy (here one request every 200 ms, each
+/// answered and read) is closed at `CONNECTION_MAX_SECS` all the same.
+#[test]
+fn a_connection_is_closed_at_its_maximum_lifetime() {
+    let server = Server::start(&[
+        ("CONNECTION_MAX_SECS", "2"),
+        ("HEADER_TIMEOUT_SECS", "3600"),
+    ]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(WATCHDOG)).unwrap();
+    let request = format!("GET /stats HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    let started = Instant::now();
+    let mut buf = [0u8; 64 * 1024];
+    let mut answered = 0;
+    loop {
+        assert!(
+            started.elapsed() < WATCHDOG,
+            "a busy connection lived {WATCHDOG:?} ({answered} requests answered)"
+        );
+        if stream.write_all(request.as_bytes()).is_err() {
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => answered += 1,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let lived = started.elapsed();
+    assert!(answered >= 3, "{answered} requests answered in {lived:?}");
+    assert!(
+        lived >= Duration::from_millis(1500),
+        "closed after {lived:?}"
+    );
+}
+
+/// Review of a334a6e: nothing capped the number of connections served at once. Beyond
+/// `MAX_CONNECTIONS`, a new connection waits (in the listen queue) until one ends.
+#[test]
+fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let mut server = Server::start(&[("MAX_CONNECTIONS", "2"), ("HEADER_TIMEOUT_SECS", "3600")]);
+    // Two connections take both slots (one idle, one half-way through its headers).
+    let first = TcpStream::connect(server.addr).unwrap();
+    let mut second = TcpStream::connect(server.addr).unwrap();
+    second.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut third = TcpStream::connect(server.addr).unwrap();
+    third
+        .write_all(
+            format!(
+                "GET /stats HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                server.addr
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    match third.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the third connection was served beyond the cap: {other:?}"),
+    }
+    server.wait_for("MAX_CONNECTIONS allows");
+    // One ends: the waiting one is served.
+    drop(first);
+    third.set_read_timeout(Some(WATCHDOG)).unwrap();
+    let mut answer = String::new();
+    third.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(second);
+}
+
+/// Review of a334a6e: the drain can be set up to an hour; a second SIGINT or SIGTERM during
+/// it must stop the server at once (still saving the sessions).
+#[test]
+fn a_second_signal_cuts_the_drain() {
+    let dir = Private::new();
+    let file = dir.file("sessions.snap");
+    let mut server = Server::start(&[
+        ("SHUTDOWN_DRAIN_SECS", "3600"),
+        ("HEADER_TIMEOUT_SECS", "3600"),
+        ("SESSIONS_FILE", path_str(&file)),
+    ]);
+    assert_eq!(server.get("/", None).views(), 1);
+    // A half-sent request holds the drain.
+    let mut half = TcpStream::connect(server.addr).unwrap();
+    half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    assert_eq!(server.get("/stats", None).status, 200);
+    server.signal(rustix::process::Signal::TERM);
+    server.wait_for("received: stopping");
+    std::thread::sleep(Duration::from_millis(200));
+    server.signal(rustix::process::Signal::INT);
+    let (code, printed) = server.wait();
+    assert_eq!(code, Some(0), "{printed:#?}");
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains("SIGINT received during the drain: ")
+                && l.ends_with("connections cut")),
+        "{printed:#?}"
+    );
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.starts_with("sessions saved to") && l.ends_with(": 1 sessions")),
+        "{printed:#?}"
+    );
+    assert!(closed_by_server(&mut half));
+}
+
+/// Review of a334a6e: the server never reported its failed background saves (nobody called
+/// `take_snapshot_error`); they are logged as they happen, one line a minute at most.
+#[test]
+fn failed_background_saves_are_logged_throttled() {
+    let dir = Private::new();
+    let sub = dir.file("state");
+    std::fs::create_dir(&sub).unwrap();
+    let file = sub.join("sessions.snap");
+    let mut server = Server::start(&[
+        ("SESSIONS_FILE", path_str(&file)),
+        ("SESSIONS_SAVE_SECS", "1"),
+    ]);
+    assert_eq!(server.get("/", None).views(), 1);
+    std::fs::remove_dir_all(&sub).unwrap();
+    let line = server.wait_for("background save of the sessions file");
+    assert!(line.contains("failed"), "{line}");
+    // More failures (one a second) within the minute: not logged again.
+    std::thread::sleep(Duration::from_millis(3500));
+    server.signal(rustix::process::Signal::TERM);
+    let (code, printed) = server.wait();
+    assert_eq!(code, Some(1), "{printed:#?}");
+    let logged = printed
+        .iter()
+        .filter(|l| l.contains("background save of the sessions file"))
+        .count();
+    assert_eq!(logged, 1, "{printed:#?}");
+}
+
+/// Review of a334a6e: every failed request wrote a line to the standard error, so a client
+/// that makes requests fail could flood the logs. One line a second at most, with a count.
+#[test]
+fn failed_requests_are_logged_throttled() {
+    let Some(redis) = RedisServer::start() else {
+        eprintln!("SKIPPED: no redis-server on PATH");
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    let server = Server::start(&[("REDIS_URL", &url), ("NEAR_CACHE_MS", "0")]);
+    let id = server.get("/", None).id.unwrap();
+    // Redis goes away: every request that loads its session fails in the handler (a 500 and
+    // a log line, throttled).
+    drop(redis);
+    let addr = server.addr;
+    let failing: Vec<_> = (0..20)
+        .map(|_| {
+            let id = id.clone();
+            std::thread::spawn(move || get(addr, "/", Some(&id)).status)
+        })
+        .collect();
+    for request in failing {
+        assert_eq!(request.join().unwrap(), 500);
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(server.get("/", Some(&id)).status, 500);
+    server.signal(rustix::process::Signal::TERM);
+    let (code, printed) = server.wait();
+    assert_eq!(code, Some(0), "{printed:#?}");
+    let logged: Vec<&String> = printed
+        .iter()
+        .filter(|l| l.starts_with("request failed"))
+        .collect();
+    assert!(
+        (1..=8).contains(&logged.len()),
+        "21 failed requests gave {} lines: {logged:#?}",
+        logged.len()
+    );
+    assert!(
+        logged.iter().any(|l| l.contains("similar lines left out")),
+        "{logged:#?}"
+    );
+}
+
+/// A throwaway redis-server on a free port, killed on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: Private,
+}
+
+impl RedisServer {
+    fn start() -> Option<Self> {
+        Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .ok()?;
+        let dir = Private::new();
+        let port = {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.0.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return Some(Self {
+                    child,
+                    port,
+                    _dir: dir,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("redis-server did not listen within 5 s");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How many times Redis has run `command` (INFO commandstats), over a raw connection.
+fn redis_calls(port: u16, command: &str) -> u64 {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    stream.set_read_timeout(Some(WATCHDOG)).unwrap();
+    stream
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    // A bulk string: `$len\r\n` then len bytes and `\r\n`.
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "redis closed the connection");
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some((len, rest)) = text.strip_prefix('$').and_then(|t| t.split_once("\r\n"))
+            && rest.len() >= len.parse::<usize>().unwrap()
+        {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&reply);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+/// Found while fixing the review of a334a6e: with Redis, every `GET /stats` (anyone's, no
+/// login) counted the sessions with a SCAN of the whole prefix, thousands of round trips
+/// with a million sessions. The count is now reused for 5 s and made once at a time.
+#[test]
+fn stats_does_not_scan_redis_on_every_request() {
+    let Some(redis) = RedisServer::start() else {
+        eprintln!("SKIPPED: no redis-server on PATH");
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    let server = Server::start(&[("REDIS_URL", &url)]);
+    assert_eq!(server.get("/", None).views(), 1);
+    let before = redis_calls(redis.port, "scan");
+    for _ in 0..30 {
+        let stats = server.get("/stats", None);
+        assert_eq!(stats.status, 200);
+        assert!(stats.body.contains("\"live_sessions\":1"), "{}", stats.body);
+    }
+    let scans = redis_calls(redis.port, "scan") - before;
+    assert!(scans <= 2, "30 requests to /stats ran {scans} SCANs");
 }

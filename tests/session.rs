@@ -1051,3 +1051,88 @@ fn concurrent_set_touch_destroy_of_one_id_stay_consistent() {
         drop(final_session);
     }
 }
+
+/// Review of a334a6e: session ids (which work like passwords) appeared in error text
+/// (`Error::Decode`, `SnapshotError::{Decode, TooLarge}`), which ends up in logs. Display and
+/// Debug now show a tag (a keyed hash prefix and the length); the `id` field keeps the id.
+#[test]
+fn errors_never_show_a_session_id() {
+    use evanesce::session::{SnapshotError, id_tag};
+    let secret = "Zm9yZ2V0LW1lLW5vdC1zZXNzaW9uLWlk";
+    let shows_no_id = |what: &str, text: String| {
+        assert!(!text.contains(secret), "{what}: {text}");
+        // Not even a good part of it.
+        for part in secret.as_bytes().windows(8) {
+            let part = std::str::from_utf8(part).unwrap();
+            assert!(!text.contains(part), "{what} shows {part:?}: {text}");
+        }
+        assert!(text.contains(&id_tag(secret).to_string()), "{what}: {text}");
+    };
+    let check = |what: &str, e: &Error| {
+        shows_no_id(&format!("{what} Display"), e.to_string());
+        shows_no_id(&format!("{what} Debug"), format!("{e:?}"));
+        shows_no_id(&format!("{what} Debug (pretty)"), format!("{e:#?}"));
+    };
+
+    // A session whose stored bytes do not decode: get, all, touch.
+    let store = MemoryStore::with_serializer(Fragile).build().unwrap();
+    for op in ["get", "all", "touch"] {
+        store
+            .set(secret, &session(json!({"corrupt": true})))
+            .unwrap();
+        let e = match op {
+            "get" => store.get(secret).map(drop),
+            "all" => store.all().map(drop),
+            _ => store.touch(secret, &Session::new()).map(drop),
+        }
+        .unwrap_err();
+        match &e {
+            // The id is still there for a program.
+            Error::Decode { id, .. } => assert_eq!(id, secret),
+            other => panic!("{op}: {other:?}"),
+        }
+        check(op, &e);
+    }
+
+    // A snapshot holding a session the loading store cannot decode, or hold.
+    let writer = MemoryStore::new();
+    let mut big = Session::new();
+    big.insert("blob", "x".repeat(500));
+    writer.set(secret, &big).unwrap();
+    let snapshot = writer.snapshot_to_vec().unwrap();
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Other {
+        n: u64,
+    }
+    impl evanesce::session::SessionData for Other {
+        fn cookie_ttl(&self, _: std::time::SystemTime) -> Option<Duration> {
+            None
+        }
+        fn touch_from(&mut self, _: &Self) {}
+    }
+    let other = MemoryStore::with_serializer(evanesce::session::JsonSerializer::<Other>::new())
+        .build()
+        .unwrap();
+    let e = other.load_snapshot_from_slice(&snapshot).unwrap_err();
+    match &e {
+        Error::Snapshot(SnapshotError::Decode { id, .. }) => assert_eq!(id, secret),
+        other => panic!("{other:?}"),
+    }
+    check("snapshot Decode", &e);
+    let small = MemoryStore::builder().max_bytes(200).build().unwrap();
+    let e = small.load_snapshot_from_slice(&snapshot).unwrap_err();
+    match &e {
+        Error::Snapshot(SnapshotError::TooLarge { id, .. }) => assert_eq!(id, secret),
+        other => panic!("{other:?}"),
+    }
+    check("snapshot TooLarge", &e);
+
+    // The tag is stable for one id, differs between ids, and says the length.
+    assert_eq!(id_tag(secret).to_string(), id_tag(secret).to_string());
+    assert_ne!(
+        id_tag(secret).to_string(),
+        id_tag("another-session-id-0000000").to_string()
+    );
+    assert!(id_tag(secret).to_string().contains("32 bytes"));
+}

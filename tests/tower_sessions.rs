@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use evanesce::integrations::tower_sessions::{RecordStore, record_store};
+use evanesce::integrations::tower_sessions::{RecordCache, RecordStore, record_store};
 use quanta::Clock;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{ExpiredDeletion, SessionStore};
@@ -210,7 +210,7 @@ async fn expired_records_are_not_loaded_and_delete_expired_prunes() {
 async fn as_the_cache_half_of_a_caching_session_store() {
     let cache = record_store().max(100).build().unwrap();
     let backend = tower_sessions::MemoryStore::default();
-    let caching = CachingSessionStore::new(cache.clone(), backend.clone());
+    let caching = CachingSessionStore::new(RecordCache::new(cache.clone()), backend.clone());
     let mut r = record(60);
     r.data.insert("k".into(), "v".into());
     caching.create(&mut r).await.unwrap();
@@ -247,4 +247,103 @@ async fn sessions_survive_a_restart_through_the_snapshot_file() {
     assert_eq!(call(&second, "/", Some(&cookie)).await.0, "3");
     drop(second);
     let _ = std::fs::remove_file(&path);
+}
+
+/// Review of a334a6e: `save` was create-or-replace, so a request that loaded the session
+/// before `/logout` deleted it saved it again afterwards and the logged-out session came back.
+#[tokio::test]
+async fn save_never_brings_back_a_deleted_session() {
+    let store = record_store().build().unwrap();
+    let mut r = record(60);
+    r.data.insert("user".into(), "ada".into());
+    store.create(&mut r).await.unwrap();
+    // A request loads the session ...
+    let mut loaded = store.load(&r.id).await.unwrap().unwrap();
+    // ... another one logs out ...
+    store.delete(&r.id).await.unwrap();
+    // ... and the first saves what it loaded.
+    loaded.data.insert("views".into(), 2.into());
+    store.save(&loaded).await.unwrap();
+    assert!(store.load(&r.id).await.unwrap().is_none(), "resurrected");
+    assert_eq!(store.length(), 0);
+    // Nor an expired one (the mock clock moves past its expiry between load and save).
+    let (store, mock) = mock_store();
+    let mut short = record(5);
+    store.create(&mut short).await.unwrap();
+    let loaded = store.load(&short.id).await.unwrap().unwrap();
+    mock.increment(Duration::from_secs(6));
+    let mut renewed = loaded.clone();
+    renewed.expiry_date = time::OffsetDateTime::now_utc() + time::Duration::seconds(600);
+    store.save(&renewed).await.unwrap();
+    assert!(store.load(&short.id).await.unwrap().is_none(), "revived");
+    // A live session is still updated by `save`.
+    let mut live = record(60);
+    store.create(&mut live).await.unwrap();
+    live.data.insert("k".into(), "v".into());
+    store.save(&live).await.unwrap();
+    assert_eq!(store.load(&live.id).await.unwrap().unwrap().data["k"], "v");
+}
+
+/// The same race over HTTP, made deterministic: a slow request loads the session and waits;
+/// `/logout` (a `flush`) runs to completion; then the slow request changes the session and
+/// the session layer saves it. The logged-out id must stay gone.
+#[tokio::test]
+async fn a_request_racing_logout_cannot_resurrect_the_session() {
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+
+    #[derive(Clone)]
+    struct Gates {
+        loaded: Arc<Notify>,
+        go: Arc<Notify>,
+    }
+    async fn slow(
+        axum::extract::State(gates): axum::extract::State<Gates>,
+        session: Session,
+    ) -> &'static str {
+        let n: u64 = session.get("n").await.unwrap().unwrap_or(0);
+        gates.loaded.notify_one();
+        gates.go.notified().await;
+        session.insert("n", n + 1).await.unwrap();
+        "slow"
+    }
+    let gates = Gates {
+        loaded: Arc::new(Notify::new()),
+        go: Arc::new(Notify::new()),
+    };
+    let store = record_store().build().unwrap();
+    let app = Router::new()
+        .route("/", get(count))
+        .route("/logout", get(flush))
+        .route("/slow", get(slow))
+        .with_state(gates.clone())
+        .layer(
+            SessionManagerLayer::new(store.clone())
+                .with_secure(false)
+                .with_expiry(Expiry::OnInactivity(time::Duration::seconds(INACTIVITY))),
+        );
+    for round in 0..30 {
+        let (_, cookie) = call(&app, "/", None).await;
+        let cookie = cookie.unwrap();
+        let id: Id = cookie.parse().unwrap();
+        let racing = {
+            let app = app.clone();
+            let cookie = cookie.clone();
+            tokio::spawn(async move { call(&app, "/slow", Some(&cookie)).await })
+        };
+        gates.loaded.notified().await;
+        assert_eq!(call(&app, "/logout", Some(&cookie)).await.0, "flushed");
+        gates.go.notify_one();
+        racing.await.unwrap();
+        assert!(
+            store.get(&id.to_string()).unwrap().is_none(),
+            "round {round}: the logged-out session came back"
+        );
+        assert_eq!(
+            call(&app, "/", Some(&cookie)).await.0,
+            "1",
+            "round {round}: a fresh session"
+        );
+        store.clear();
+    }
 }

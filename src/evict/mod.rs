@@ -19,7 +19,7 @@ mod exact_model {
 
     use super::policy::{EntryAccess, Policy};
     use crate::Cache;
-    use crate::raw::node::FREQ_MAX;
+    use crate::raw::FREQ_MAX;
 
     type Fixed = BuildHasherDefault<DefaultHasher>;
 

@@ -51,7 +51,7 @@
 pub(crate) const NIL: u32 = u32::MAX;
 /// Saturation value of the per-entry access counter.
 #[cfg(all(test, not(loom)))]
-pub(crate) const COUNTER_MAX: u8 = crate::raw::node::FREQ_MAX;
+pub(crate) const COUNTER_MAX: u8 = crate::raw::FREQ_MAX;
 
 /// SMALL's target weight bounds and start value, in 1/10000 of capacity.
 const SMALL_MIN_BP: u64 = 100; // 1%

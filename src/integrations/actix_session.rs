@@ -136,9 +136,12 @@ where
         })
     }
 
-    /// Rewrites the session's state; a session that has expired or was removed meanwhile is
-    /// saved under a new key instead (as actix-session's Redis store does), so an update
-    /// never brings back a key that is gone.
+    /// Rewrites the session's state if the session is still live. A session that expired or
+    /// was removed (a logout) while the request held it stays gone: nothing is stored, and
+    /// the key returned is the old, dead one, so the client's next request starts a fresh
+    /// session. (actix-session's Redis store saves the state under a new key instead; that
+    /// would hand whoever had a request in flight at the logout, a thief with a stolen cookie
+    /// included, a new key with the logged-out state.)
     async fn update(
         &self,
         session_key: SessionKey,
@@ -150,14 +153,10 @@ where
             e @ Error::Encode(_) => UpdateError::Serialization(other(e)),
             e => UpdateError::Other(other(e)),
         };
-        if self
-            .set_if_present(session_key.as_ref(), &state)
-            .map_err(to_update)?
-        {
-            Ok(session_key)
-        } else {
-            self.save_new(&state).map_err(to_update)
-        }
+        // Stored or not, the key stays: a dead key loads nothing.
+        self.set_if_present(session_key.as_ref(), &state)
+            .map_err(to_update)?;
+        Ok(session_key)
     }
 
     async fn update_ttl(

@@ -17,8 +17,13 @@
 //! # Ok::<(), evanesce::session::Error>(())
 //! ```
 //!
+//! As the primary store, `save` only updates a live record: a request that loaded the
+//! session before another one logged out (deleted it) cannot bring it back by saving
+//! afterwards (tower-sessions creates sessions through `create`, never through `save`).
+//!
 //! As the cache half of tower-sessions' `CachingSessionStore`, in front of a database
-//! store: `CachingSessionStore::new(record_store().max(10_000).build()?, database_store)`.
+//! store, wrap it in a [`RecordCache`], whose `save` fills the cache:
+//! `CachingSessionStore::new(RecordCache::new(record_store().max(10_000).build()?), database_store)`.
 //! Loads are then served from memory while the session is held, and the bound keeps the
 //! cache's footprint fixed.
 //!
@@ -30,7 +35,9 @@ use async_trait::async_trait;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::session_store::{self, ExpiredDeletion, SessionStore};
 
-use crate::session::{Error, JsonSerializer, MemoryStore, MemoryStoreBuilder, SessionData};
+use crate::session::{
+    Error, JsonSerializer, MemoryStore, MemoryStoreBuilder, Serializer, SessionData,
+};
 
 /// A store of tower-sessions records.
 pub type RecordStore = MemoryStore<JsonSerializer<Record>>;
@@ -65,7 +72,7 @@ fn backend(e: Error) -> session_store::Error {
 #[async_trait]
 impl<Z> SessionStore for MemoryStore<Z>
 where
-    Z: crate::session::Serializer<Session = Record>,
+    Z: Serializer<Session = Record>,
 {
     /// Stores a new record; on an id collision with a live session, the record gets a fresh
     /// id instead (so a session can never be taken over by a colliding id).
@@ -81,8 +88,14 @@ where
         }
     }
 
+    /// Rewrites a live record; a record that has expired or was deleted meanwhile (a
+    /// `/logout` that ran while this request held the session) stays gone: `save` is an
+    /// update only ([`set_if_present`](MemoryStore::set_if_present), Redis's `SET XX`), never
+    /// a create. tower-sessions creates through [`create`](SessionStore::create).
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        self.set(&record.id.to_string(), record).map_err(backend)
+        self.set_if_present(&record.id.to_string(), record)
+            .map(drop)
+            .map_err(backend)
     }
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
@@ -98,12 +111,96 @@ where
 #[async_trait]
 impl<Z> ExpiredDeletion for MemoryStore<Z>
 where
-    Z: crate::session::Serializer<Session = Record>,
+    Z: Serializer<Session = Record>,
 {
     /// Removes expired records now (the engine does so on its own as writes happen, so
     /// running `continuously_delete_expired` is optional).
     async fn delete_expired(&self) -> session_store::Result<()> {
         self.prune();
+        Ok(())
+    }
+}
+
+/// A [`MemoryStore`] of records in the cache role of tower-sessions' `CachingSessionStore`
+/// (`CachingSessionStore::new(RecordCache::new(store), database_store)`).
+///
+/// The database store is the authority there, and `CachingSessionStore` fills its cache with
+/// `save` (after a load from the database, and on every save): so here `save` and `create`
+/// store the record whatever the cache holds (create or replace, under the id the database
+/// gave), where the [`MemoryStore`] itself, as a primary store, only updates a live record.
+///
+/// **Staleness.** `CachingSessionStore` loads a record from the database and then fills the
+/// cache; a delete (a logout) that runs between the two leaves the deleted record in the
+/// cache, where later loads find it, until it expires or the bound evicts it. That is
+/// `CachingSessionStore`'s design, not this cache's; bound the window with a `ttl_fn` that caps
+/// each record's life in the cache (as the Redis integration's `near_cache` does), or use the
+/// [`MemoryStore`] alone.
+pub struct RecordCache<Z: Serializer<Session = Record> = JsonSerializer<Record>> {
+    store: MemoryStore<Z>,
+}
+
+impl<Z: Serializer<Session = Record>> RecordCache<Z> {
+    /// `store` in the cache role.
+    pub fn new(store: MemoryStore<Z>) -> Self {
+        Self { store }
+    }
+
+    /// The store (for its counters, `length`, `clear`, ...).
+    pub fn store(&self) -> &MemoryStore<Z> {
+        &self.store
+    }
+}
+
+impl<Z: Serializer<Session = Record>> Clone for RecordCache<Z> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+        }
+    }
+}
+
+impl<Z: Serializer<Session = Record>> std::fmt::Debug for RecordCache<Z> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RecordCache").field(&self.store).finish()
+    }
+}
+
+#[async_trait]
+impl<Z> SessionStore for RecordCache<Z>
+where
+    Z: Serializer<Session = Record>,
+{
+    /// Caches the record the database store just created, under its id.
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        self.store
+            .set(&record.id.to_string(), record)
+            .map_err(backend)
+    }
+
+    /// Caches the record (create or replace).
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        self.store
+            .set(&record.id.to_string(), record)
+            .map_err(backend)
+    }
+
+    async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
+        self.store.get(&session_id.to_string()).map_err(backend)
+    }
+
+    async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
+        self.store.destroy(session_id.to_string());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<Z> ExpiredDeletion for RecordCache<Z>
+where
+    Z: Serializer<Session = Record>,
+{
+    async fn delete_expired(&self) -> session_store::Result<()> {
+        self.store.prune();
         Ok(())
     }
 }

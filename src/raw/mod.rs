@@ -1,27 +1,28 @@
-//! The unsafe core: a sharded table of epoch-reclaimed nodes, and its maintenance.
+//! The unsafe core: a sharded table of reclaimed nodes, and its maintenance.
 //!
 //! Everything `unsafe` in the crate lives under this module; [`RawCache`] exposes a safe
-//! interface to the facade in `cache.rs`.
+//! interface to the facade in `cache.rs`, and is the only part that talks to the listener and
+//! to the read counters. The submodules depend on each other one way:
 //!
-//! - [`node`]: the entry layout and its state machine (the ground rules every other file
-//!   refers to).
-//! - [`arena`]: node memory of a shard, `u32`-indexed, recycled through the epoch.
-//! - [`table`]: a shard's bucket array.
-//! - [`shard`]: reads, inserts, removals, growth.
-//! - [`maint`]: the maintainer (single owner of a shard's bookkeeping).
-//! - [`ring`]: the bounded buffer of events from writers to the maintainer.
-//! - [`lock`]: the maintenance try-lock.
+//! ```text
+//! reclaim  <-  table  <-  maint  <-  shard  <-  RawCache (this file)
+//!                           |
+//!                           +-> evict (the policy), expire (the timer wheel)
+//! ```
+//!
+//! - [`reclaim`]: when memory readers may still hold can be freed (light reads,
+//!   crossbeam-epoch, the retirement queue and its reclaimer thread); knows nothing of keys,
+//!   values, tables or growth.
+//! - [`table`]: a shard's nodes (arena, node layout and state machine), bucket arrays,
+//!   chains, and growth.
+//! - [`maint`]: the maintainer (single owner of a shard's bookkeeping), its event ring and
+//!   lock; drives expiry, eviction, unlinks, growth and retirement.
+//! - [`shard`]: a table and its upkeep; the keyed operations.
 
-pub(crate) mod arena;
-pub(crate) mod light;
-pub(crate) mod lock;
-pub(crate) mod maint;
-pub(crate) mod node;
-pub(crate) mod pages;
-pub(crate) mod retire;
-pub(crate) mod ring;
-pub(crate) mod shard;
-pub(crate) mod table;
+mod maint;
+mod reclaim;
+mod shard;
+mod table;
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
@@ -29,8 +30,32 @@ use std::hash::{BuildHasher, Hash};
 use crate::clock::TimeSource;
 use crate::listener::{ListenerFn, RemovalCause};
 use crate::stats::StatsCounters;
-use crate::sync::epoch::Guard;
-use shard::{Inserted, Shard};
+use crate::sync::epoch::{self, Guard};
+use maint::Notes;
+#[cfg(not(loom))]
+pub(crate) use reclaim::Chore;
+use reclaim::{light, retire};
+pub(crate) use shard::Inserted;
+use shard::{InsertMode, Removed, Shard};
+pub(crate) use table::NEVER;
+#[cfg(test)]
+pub(crate) use table::node::FREQ_MAX;
+pub(crate) use table::pages::physical_memory;
+
+/// A new name for a cache in the retirement queue (its [`Config::owner`]).
+pub(crate) fn new_owner() -> u64 {
+    retire::owner()
+}
+
+/// Registers `chore`, with its count of pending work, for the reclaimer thread to run while
+/// that count is not zero (see `reclaim/retire.rs`).
+#[cfg(not(loom))]
+pub(crate) fn register_chore(
+    pending: crate::sync::Arc<crate::sync::AtomicUsize>,
+    chore: crate::sync::Weak<dyn Chore>,
+) {
+    retire::register(pending, chore);
+}
 
 /// Longest an explicit pass waits for reads in progress (see `retire::settle`).
 const LIGHT_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
@@ -52,21 +77,18 @@ pub(crate) struct Config<K, V, S> {
     pub(crate) bound: Option<Bound>,
     /// Weighs an entry (`None`: every entry weighs 1).
     pub(crate) weigher: Option<Box<WeigherFn<K, V>>>,
-    /// Whether a read has anything to record besides finding the entry: hits and misses
-    /// counted (`record_stats`) or a CLOCK counter to bump (a bound). One flag, so that the
-    /// common read of an unbounded cache tests one byte instead of two fields.
-    pub(crate) hit_work: bool,
-    /// Shards of this cache with a growth in progress (the reclaimer thread finishes growths
-    /// that writes left half-way while this is not zero, see retire.rs).
+    /// Shards of this cache with a growth in progress: the pending work of the cache's chore
+    /// (`RawCache::finish_growths`), which the reclaimer thread runs while this is not zero.
     #[cfg(not(loom))]
     pub(crate) growing: crate::sync::Arc<crate::sync::AtomicUsize>,
     /// This cache's name in the retirement queue ([`retire::owner`]): what it retired and is
     /// not freed yet can be freed at once when it is dropped.
     pub(crate) owner: u64,
-    /// A shard grows when its entries, shifted left by this, pass its buckets: 1 (a load of
-    /// at most one half, what a table pre-sized for the capacity has) for a cache bounded by
-    /// count, 0 (at most one) otherwise.
-    pub(crate) load_shift: u32,
+    /// A shard whose array has fewer buckets than this grows at a load of one half (else at a
+    /// load of one): for a cache bounded by count, the buckets a shard pre-sized for its share
+    /// of the capacity would have (two per entry), so that a full cache is laid out as if
+    /// pre-sized; 0 otherwise.
+    pub(crate) half_load_below: u64,
 }
 
 /// The weigher as stored by the cache.
@@ -97,6 +119,12 @@ pub(crate) struct Bound {
     /// and the shares never add up to more than the capacity (a shard at its share never has
     /// to leave the cache over it).
     pub(crate) floor_share: u64,
+    /// How far over the capacity the weight held may go before a writer offers a pass for it:
+    /// half the slack for a capacity of 4096 or more (eviction in batches: an evicting insert
+    /// of a bounded cache cost about 3,000 instructions with a pass per insert, 2,100 with
+    /// batches), none below (each insert over the bound is evicted for at once, which the exact
+    /// model of `src/evict/mod.rs` follows step by step).
+    pub(crate) batch: u64,
     pub(crate) reserved: crossbeam_utils::CachePadded<crate::sync::AtomicU64>,
 }
 
@@ -105,6 +133,11 @@ impl Bound {
         Self {
             capacity,
             slack: (capacity / 64).max(1),
+            batch: if capacity >= 1 << 12 {
+                capacity / 128
+            } else {
+                0
+            },
             share: (capacity / shards as u64).max(1),
             floor_share: capacity / shards as u64,
             reserved: crossbeam_utils::CachePadded::new(crate::sync::AtomicU64::new(0)),
@@ -118,9 +151,14 @@ impl Bound {
         self.reserved.load(crate::sync::Ordering::Relaxed)
     }
 
+    /// Whether a writer should offer a maintenance pass for the bound: the weight held is
+    /// over the capacity by more than `batch`. Passes offered every few events evict what is
+    /// over the capacity in between, so a large cache evicts in batches instead of running a
+    /// pass per insert, and the weight held never passes `capacity + slack` (writers make
+    /// room themselves before that).
     #[inline]
     pub(crate) fn over(&self) -> bool {
-        self.reserved() > self.capacity
+        self.reserved() > self.capacity + self.batch
     }
 
     /// Releases `weight` (called by whoever marks an entry removed, exactly once).
@@ -154,6 +192,31 @@ pub(crate) struct RawCache<K, V, S> {
     shards: Box<[Shard<K, V>]>,
     shard_bits: u32,
     pub(crate) cfg: Config<K, V, S>,
+}
+
+/// A share of the bound reserved for an insert: given back when dropped unless `kept` (the
+/// insert published its node, which holds the share from then on).
+struct Reservation<'a> {
+    bound: &'a Bound,
+    weight: u64,
+    kept: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.bound.release(self.weight);
+        }
+    }
+}
+
+/// Whether an insert replaces a live value of its key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// Replace it (an upsert).
+    Upsert,
+    /// Store only if the key has no live value.
+    IfAbsent,
 }
 
 impl<K, V, S> RawCache<K, V, S>
@@ -193,6 +256,30 @@ where
         &self.shards[i]
     }
 
+    /// Reports to the listener what `shard` removed under `guard`: a pass's removals, then an
+    /// operation's own (a panic in the listener goes to the caller once all are delivered).
+    fn deliver(&self, shard: &Shard<K, V>, notes: Notes, guard: &Guard) {
+        let Some(listener) = &self.cfg.listener else {
+            return;
+        };
+        if !notes.is_empty() {
+            crate::listener::deliver_all(notes, |(idx, cause)| {
+                shard.with_removed(idx, guard, |k, v| listener(k, v, cause))
+            });
+        }
+    }
+
+    /// [`deliver`](Self::deliver) for what an operation removed.
+    fn report(&self, shard: &Shard<K, V>, removed: Removed, guard: &Guard) {
+        let Some(listener) = &self.cfg.listener else {
+            return;
+        };
+        self.deliver(shard, removed.pass, guard);
+        if let Some((idx, cause)) = removed.own {
+            shard.with_removed(idx, guard, |k, v| listener(k, v, cause));
+        }
+    }
+
     #[inline]
     pub(crate) fn read<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
     where
@@ -200,7 +287,9 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.cfg.hash(key);
-        self.shard(hash).read(&self.cfg, hash, key, f)
+        let found = self.shard(hash).read(&self.cfg, hash, key, f);
+        self.cfg.stats.read(found.is_some());
+        found
     }
 
     pub(crate) fn contains<Q>(&self, key: &Q) -> bool
@@ -220,7 +309,9 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.cfg.hash(key);
-        self.shard(hash).read_in(&self.cfg, hash, key, f, guard)
+        let found = self.shard(hash).read_in(&self.cfg, hash, key, f, guard);
+        self.cfg.stats.read(found.is_some());
+        found
     }
 
     /// [`contains`](Self::contains) under a guard the caller holds.
@@ -243,47 +334,78 @@ where
         value: V,
         ttl: Option<u64>,
         weight: u32,
-        only_if_absent: bool,
+        write: Write,
     ) -> Result<Inserted<V>, (K, V)>
     where
         V: Clone,
     {
         let hash = self.cfg.hash(&key);
         let shard = self.shard(hash);
-        let Some(bound) = &self.cfg.bound else {
-            return shard.insert(
-                &self.cfg,
+        let guard = shard.pin_for(hash);
+        let cfg = &self.cfg;
+        let result = match (&cfg.bound, write) {
+            (None, Write::Upsert) => shard.insert(
+                cfg,
                 hash,
                 key,
                 value,
                 ttl,
                 weight,
-                only_if_absent,
-                None,
-            );
-        };
-        if !only_if_absent {
+                InsertMode::Upsert,
+                &guard,
+            ),
+            (None, Write::IfAbsent) => shard.insert(
+                cfg,
+                hash,
+                key,
+                value,
+                ttl,
+                weight,
+                InsertMode::IfAbsent,
+                &guard,
+            ),
             // The shard reserves when it needs to (not when it replaces a node of the same
             // weight, whose share it takes over).
-            let reserve = |w: u64| self.reserve(bound, w);
-            return shard.insert(
-                &self.cfg,
-                hash,
-                key,
-                value,
-                ttl,
-                weight,
-                false,
-                Some(&reserve),
-            );
-        }
-        self.reserve(bound, u64::from(weight));
-        let result = shard.insert(&self.cfg, hash, key, value, ttl, weight, true, None);
-        if !matches!(result, Ok(Inserted::Stored)) {
-            // Not published: give the reservation back.
-            bound.release(u64::from(weight));
-        }
-        result
+            (Some(bound), Write::Upsert) => {
+                let reserve = |w: u64| self.reserve(bound, w);
+                shard.insert(
+                    cfg,
+                    hash,
+                    key,
+                    value,
+                    ttl,
+                    weight,
+                    InsertMode::UpsertBounded(&reserve),
+                    &guard,
+                )
+            }
+            (Some(bound), Write::IfAbsent) => {
+                self.reserve(bound, u64::from(weight));
+                // Given back unless the node is published, also if a user's `Eq` or `Clone`
+                // unwinds out of the insert.
+                let mut reserved = Reservation {
+                    bound,
+                    weight: u64::from(weight),
+                    kept: false,
+                };
+                let result = shard.insert(
+                    cfg,
+                    hash,
+                    key,
+                    value,
+                    ttl,
+                    weight,
+                    InsertMode::IfAbsent,
+                    &guard,
+                );
+                reserved.kept = matches!(result, Ok((Inserted::Stored, _)));
+                result
+            }
+        };
+        result.map(|(inserted, removed)| {
+            self.report(shard, removed, &guard);
+            inserted
+        })
     }
 
     /// Reserves `weight` against the bound, making room first if the total would pass
@@ -325,8 +447,11 @@ where
         let target = bound.capacity.saturating_sub(weight);
         let mut order: Vec<usize> = (0..self.shards.len()).collect();
         order.sort_unstable_by_key(|&i| std::cmp::Reverse(self.shards[i].size()));
+        let guard = epoch::pin();
         for i in order {
-            self.shards[i].evict_to(&self.cfg, target);
+            let shard = &self.shards[i];
+            let notes = shard.evict_to(&self.cfg, target, &guard);
+            self.deliver(shard, notes, &guard);
             if bound.reserved() <= target {
                 return;
             }
@@ -354,7 +479,11 @@ where
         V: Clone,
     {
         let hash = self.cfg.hash(key);
-        self.shard(hash).remove(&self.cfg, hash, key, cause)
+        let shard = self.shard(hash);
+        let guard = shard.pin_for(hash);
+        let (value, removed) = shard.remove(&self.cfg, hash, key, cause, &guard);
+        self.report(shard, removed, &guard);
+        value
     }
 
     /// Restarts `key`'s expiry: with `ttl` (ns, which becomes the entry's own), or with the
@@ -365,10 +494,14 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.cfg.hash(key);
-        self.shard(hash).retime(&self.cfg, hash, key, ttl)
+        let shard = self.shard(hash);
+        let guard = shard.pin_for(hash);
+        let (live, removed) = shard.retime(&self.cfg, hash, key, ttl, &guard);
+        self.report(shard, removed, &guard);
+        live
     }
 
-    /// Remaining lifetime of `key` in ns ([`NEVER`](node::NEVER) if it does not expire).
+    /// Remaining lifetime of `key` in ns ([`NEVER`](table::NEVER) if it does not expire).
     pub(crate) fn remaining<Q>(&self, key: &Q) -> Option<u64>
     where
         K: Borrow<Q>,
@@ -387,17 +520,24 @@ where
         V: Clone,
     {
         let hash = self.cfg.hash(key);
-        self.shard(hash).read_stale(&self.cfg, hash, key)
+        let shard = self.shard(hash);
+        let guard = shard.pin_for(hash);
+        let (found, removed) = shard.read_stale(&self.cfg, hash, key, &guard);
+        self.cfg.stats.read(found.is_some());
+        self.report(shard, removed, &guard);
+        found
     }
 
     /// Applies every shard's pending events and expires what is due, then sums the live
     /// counts.
     pub(crate) fn len(&self) -> usize {
+        let guard = epoch::pin();
         self.shards
             .iter()
             .map(|shard| {
                 // No wait for reads in progress here: `len` only needs the count.
-                shard.maintain(&self.cfg);
+                let notes = shard.maintain(&self.cfg, &guard);
+                self.deliver(shard, notes, &guard);
                 shard.len()
             })
             .sum()
@@ -407,8 +547,11 @@ where
     /// exact when no write is in flight).
     pub(crate) fn stats(&self) -> crate::stats::Stats {
         let mut writes = [0u64; 4];
+        let guard = epoch::pin();
         for shard in self.shards.iter() {
-            for (total, n) in writes.iter_mut().zip(shard.counts(&self.cfg)) {
+            let (counts, notes) = shard.counts(&self.cfg, &guard);
+            self.deliver(shard, notes, &guard);
+            for (total, n) in writes.iter_mut().zip(counts) {
                 *total += n;
             }
         }
@@ -416,8 +559,12 @@ where
     }
 
     pub(crate) fn clear(&self) {
-        for shard in self.shards.iter() {
-            shard.clear(&self.cfg);
+        {
+            let guard = epoch::pin();
+            for shard in self.shards.iter() {
+                let notes = shard.clear(&self.cfg, &guard);
+                self.deliver(shard, notes, &guard);
+            }
         }
         retire::settle(LIGHT_WAIT);
     }
@@ -426,27 +573,33 @@ where
     /// light grace period for them all), so that what the passes retired goes on to be freed
     /// now (see `retire::settle`).
     pub(crate) fn run_pending_tasks(&self) {
-        for shard in self.shards.iter() {
-            shard.maintain(&self.cfg);
+        {
+            let guard = epoch::pin();
+            for shard in self.shards.iter() {
+                let notes = shard.maintain(&self.cfg, &guard);
+                self.deliver(shard, notes, &guard);
+            }
         }
         retire::settle(LIGHT_WAIT);
     }
 
-    /// Runs a maintenance pass (if its lock is free) on every shard that is growing; returns
-    /// whether one still is (see `retire::Help`).
+    /// The cache's chore for the reclaimer thread (`reclaim::Chore`): runs a maintenance pass
+    /// (if its lock is free) on every shard that is growing, so that a growth writes left
+    /// half-way finishes; returns whether one still is.
     #[cfg(not(loom))]
-    pub(crate) fn help_growths(&self) -> bool {
+    pub(crate) fn finish_growths(&self) -> bool {
         // SeqCst: see `retire::retire` (the reclaimer's exit check comes through here); passes
         // re-check everything under the shard's lock.
         if self.cfg.growing.load(crate::sync::Ordering::SeqCst) == 0 {
             return false;
         }
+        let guard = epoch::pin();
         for shard in self.shards.iter() {
-            if shard.is_growing() {
-                shard.try_maintain(&self.cfg, &crate::sync::epoch::pin());
+            if shard.table.is_growing() {
+                let notes = shard.try_maintain(&self.cfg, &guard);
+                self.deliver(shard, notes, &guard);
             }
         }
-        // SeqCst: as above.
         self.cfg.growing.load(crate::sync::Ordering::SeqCst) != 0
     }
 
@@ -502,14 +655,13 @@ mod tests {
             time: TimeSource::new(quanta::Clock::mock().0),
             stats: StatsCounters::new(false, 1),
             drain_threshold: 32,
-            ttl: node::NEVER,
-            tti: node::NEVER,
+            ttl: table::NEVER,
+            tti: table::NEVER,
             bound: None,
             weigher: None,
-            hit_work: false,
             growing: Default::default(),
             owner: retire::owner(),
-            load_shift: 0,
+            half_load_below: 0,
         };
         RawCache::new(layout, cfg).unwrap()
     }
@@ -526,13 +678,13 @@ mod tests {
         let cache = std::sync::Arc::new(cache);
         let bound = || cache.cfg.bound.as_ref().unwrap();
         for k in 0..16u64 {
-            cache.insert(k, k, None, 1, false).ok().unwrap();
+            cache.insert(k, k, None, 1, Write::Upsert).ok().unwrap();
         }
         let before = bound().reserved();
         let (rounds, ops) = if cfg!(miri) { (3, 200) } else { (100, 20_000) };
         for round in 0..rounds {
             for k in 0..16u64 {
-                cache.insert(k, round, None, 1, false).ok().unwrap();
+                cache.insert(k, round, None, 1, Write::Upsert).ok().unwrap();
             }
         }
         // Replacements alone: not one unit reserved or released.
@@ -546,7 +698,7 @@ mod tests {
                         let k = (i * 7 + t) % 24;
                         match (i + t) % 5 {
                             0 => drop(cache.remove(&k, RemovalCause::Explicit)),
-                            _ => drop(cache.insert(k, i, None, 1, false)),
+                            _ => drop(cache.insert(k, i, None, 1, Write::Upsert)),
                         }
                         assert!(bound.reserved() <= bound.capacity + bound.slack);
                     }
@@ -565,13 +717,13 @@ mod tests {
     #[test]
     fn an_unbounded_hit_writes_nothing() {
         let cache = raw(1, 8);
-        cache.insert(7, 70, None, 1, false).ok().unwrap();
+        cache.insert(7, 70, None, 1, Write::Upsert).ok().unwrap();
         for _ in 0..5 {
             assert_eq!(cache.read(&7, |v| *v), Some(70));
         }
         let hash = cache.cfg.hash(&7u64);
         let guard = epoch::pin();
-        let (_, node, _) = cache.shards[0].lookup(hash, &7u64, &guard).unwrap();
+        let (_, node, _) = cache.shards[0].table.lookup(hash, &7u64, &guard).unwrap();
         // Relaxed: single-threaded test.
         assert_eq!(node.freq.load(Ordering::Relaxed), 0);
     }
@@ -584,7 +736,7 @@ mod tests {
         let n: u64 = if cfg!(miri) { 300 } else { 10_000 };
         let grown = (n as usize).next_power_of_two() / 2;
         for k in 0..n {
-            cache.insert(k, k, None, 1, false).ok().unwrap();
+            cache.insert(k, k, None, 1, Write::Upsert).ok().unwrap();
         }
         let shard = &cache.shards[0];
         // Grace periods are process-wide: other tests' threads holding a pin or a light read
@@ -594,19 +746,19 @@ mod tests {
             cache.run_pending_tasks();
             epoch::pin().flush();
             let guard = epoch::pin();
-            if shard.old_table(&guard).is_none() && shard.current(&guard).len() >= grown {
+            if shard.table.old(&guard).is_none() && shard.table.current(&guard).len() >= grown {
                 break;
             }
         }
         let guard = epoch::pin();
         assert!(
-            shard.old_table(&guard).is_none(),
+            shard.table.old(&guard).is_none(),
             "growth still in progress"
         );
         assert!(
-            shard.current(&guard).len() >= grown,
+            shard.table.current(&guard).len() >= grown,
             "{}",
-            shard.current(&guard).len()
+            shard.table.current(&guard).len()
         );
         drop(guard);
         for k in 0..n {

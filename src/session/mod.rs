@@ -20,11 +20,12 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use evanesce::session::{Cookie, MemoryStore, Session};
+//! use evanesce::session::{Cookie, MemoryStore, Session, id_tag};
 //!
 //! let store = MemoryStore::builder()
 //!     .max(10_000)
-//!     .dispose(|id: &str, _session: Option<Session>, cause| println!("{id} left: {cause:?}"))
+//!     // An id is a login: logs get its tag, never the id.
+//!     .dispose(|id: &str, _session: Option<Session>, cause| println!("{} left: {cause:?}", id_tag(id)))
 //!     .build()?;
 //!
 //! let mut session = Session::with_cookie(Cookie::expiring_in(Duration::from_secs(3600), store.now()));
@@ -63,7 +64,7 @@ use std::fmt;
 pub use data::{Cookie, Session, SessionData};
 pub use seal::{KeyError, SealError, Sealed, SealingKey};
 pub use serializer::{JsonSerializer, Serializer};
-pub use snapshot::{MAX_SNAPSHOT_LEN, SNAPSHOT_VERSION, SnapshotError};
+pub use snapshot::{MAX_SNAPSHOT_LEN, SNAPSHOT_VERSION, STALE_TEMP_AGE, SnapshotError};
 pub use store::{
     DisposeFn, Ids, MIN_CHECK_PERIOD, MemoryStore, MemoryStoreBuilder, Options, TtlFn,
 };
@@ -91,11 +92,43 @@ pub(crate) fn lifetime<T: SessionData>(
     session.cookie_ttl(now).unwrap_or(ONE_DAY)
 }
 
+/// A session id as errors and logs may show it: a tag, never the id (ids work like
+/// passwords: whoever reads one in a log can log in with it). See [`id_tag`].
+#[derive(Clone, Copy)]
+pub struct IdTag<'a>(&'a str);
+
+/// The tag of the session id `id`, for logs and messages: `#` and 8 hex digits of a keyed hash
+/// of the id (SipHash with a key drawn at random once per process), then its length, as in
+/// `#3f09a1c2 (22 bytes)`. The same id gives the same tag within a process, so log lines about
+/// one session can be matched; the tag does not give the id back, and means nothing to
+/// another process. Errors of this crate ([`Error::Decode`], [`SnapshotError::Decode`],
+/// [`SnapshotError::TooLarge`]) show ids this way; their `id` field keeps the id.
+pub fn id_tag(id: &str) -> IdTag<'_> {
+    IdTag(id)
+}
+
+impl fmt::Display for IdTag<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use std::hash::BuildHasher;
+        static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        let hash = KEY.get_or_init(Default::default).hash_one(self.0);
+        write!(f, "#{:08x} ({} bytes)", hash >> 32, self.0.len())
+    }
+}
+
+impl fmt::Debug for IdTag<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 /// A boxed error from a [`Serializer`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What can go wrong in the session store.
-#[derive(Debug)]
+///
+/// `Display` and `Debug` never show a session id (see [`id_tag`]).
 #[non_exhaustive]
 pub enum Error {
     /// The serializer could not encode the session; nothing was stored or changed.
@@ -103,7 +136,7 @@ pub enum Error {
     /// The bytes stored for `id` did not decode. The session has been removed (its dispose
     /// hook, if any, heard about it with no session), so this is reported once.
     Decode {
-        /// The session's id.
+        /// The session's id (shown as its [`id_tag`] by `Display` and `Debug`).
         id: String,
         /// The serializer's error.
         source: BoxError,
@@ -134,12 +167,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Encode(e) => write!(f, "the session could not be encoded: {e}"),
-            Error::Decode { id, source } => {
-                write!(
-                    f,
-                    "the stored session {id:?} could not be decoded: {source}"
-                )
-            }
+            Error::Decode { id, source } => write!(
+                f,
+                "the stored session {} could not be decoded: {source}",
+                id_tag(id)
+            ),
             Error::TooLarge { size, max } => write!(
                 f,
                 "the session weighs {size} bytes, more than the store's max_bytes of {max}"
@@ -148,6 +180,28 @@ impl fmt::Display for Error {
             Error::Sweeper(e) => write!(f, "the sweeper thread could not be started: {e}"),
             Error::Snapshot(e) => write!(f, "{e}"),
             Error::Backend(e) => write!(f, "the session backend failed: {e}"),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Encode(e) => f.debug_tuple("Encode").field(e).finish(),
+            Error::Decode { id, source } => f
+                .debug_struct("Decode")
+                .field("id", &id_tag(id))
+                .field("source", source)
+                .finish(),
+            Error::TooLarge { size, max } => f
+                .debug_struct("TooLarge")
+                .field("size", size)
+                .field("max", max)
+                .finish(),
+            Error::Config(why) => f.debug_tuple("Config").field(why).finish(),
+            Error::Sweeper(e) => f.debug_tuple("Sweeper").field(e).finish(),
+            Error::Snapshot(e) => f.debug_tuple("Snapshot").field(e).finish(),
+            Error::Backend(e) => f.debug_tuple("Backend").field(e).finish(),
         }
     }
 }

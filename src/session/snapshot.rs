@@ -34,6 +34,15 @@
 //!
 //! # Trust
 //!
+//! - **The directory** of the snapshot, and every directory above it, is checked at build,
+//!   at every load and at every save, as OpenSSH's `StrictModes` checks the directories of a
+//!   key: each must belong to the effective user or to root, and must not be writable by
+//!   group or others unless it has the sticky bit (as `/tmp` does: there, others can add
+//!   names but cannot remove or replace ours). Otherwise another user could rename a file
+//!   over the snapshot, or the directory itself, between two of our operations
+//!   ([`SnapshotError::DirectoryWritableByOthers`], [`SnapshotError::DirectoryForeignOwner`]).
+//!   The path is resolved first (symbolic links and all), and the resolved path is what is
+//!   checked and then used, so a link on the way cannot be changed after the check.
 //! - **Loading** opens the path without following a symbolic link and without blocking (a
 //!   FIFO cannot stall it), then checks through the opened file: it must be a regular file,
 //!   not writable by group or others, and owned by the effective user (as OpenSSH's
@@ -51,7 +60,21 @@
 //!   existing file's owner bits if they are stricter), flushed to disk (`fsync`), renamed over
 //!   the target (which replaces a symbolic link there rather than writing through it), and
 //!   the directory is flushed too: a crash at any moment leaves either the previous snapshot
-//!   or the new one, never a mix.
+//!   or the new one, never a mix. A crash mid-save (SIGKILL, a power cut) can leave that
+//!   temporary file behind (private, but as large as a snapshot and, unsealed, in clear
+//!   text): every build and every save removes the temporary files of the snapshot's name
+//!   (`.NAME.XXXXXX.tmp`, regular files of this user) that have not changed for
+//!   [`STALE_TEMP_AGE`] (a save in progress, of this store or another process, is left
+//!   alone).
+//! - **No rollback protection.** A seal (or a checksum) says who wrote a snapshot, not when:
+//!   an older snapshot of the same store, sealed with the same key, loads as well as the
+//!   latest. Whoever can write the snapshot's directory (after the checks above: this user
+//!   and root), or restores a backup, can put an older snapshot back, and the sessions it
+//!   holds come back too, those that logged out since included, each until the expiry it
+//!   had then. Keep the directory private to the server's user, and change the key
+//!   ([`snapshot_key`](super::MemoryStoreBuilder::snapshot_key)) to make every earlier
+//!   snapshot unloadable (a snapshot sealed with another key is refused, the sessions it
+//!   holds are lost).
 
 use std::fmt;
 use std::fs::{self, File};
@@ -59,8 +82,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::BoxError;
 use super::seal::{NONCE_LEN, SealingKey, TAG_LEN};
+use super::{BoxError, id_tag};
 
 const MAGIC: &[u8; 8] = b"EVSNAP\r\n";
 /// The format version this build writes (it also reads version 1).
@@ -78,7 +101,8 @@ const NEVER_MS: u64 = u64::MAX;
 pub const MAX_SNAPSHOT_LEN: u64 = 2 << 30;
 
 /// Why a snapshot could not be saved or loaded.
-#[derive(Debug)]
+///
+/// `Display` and `Debug` never show a session id (see [`id_tag`](super::id_tag)).
 #[non_exhaustive]
 pub enum SnapshotError {
     /// Reading or writing the file failed.
@@ -102,14 +126,14 @@ pub enum SnapshotError {
     Malformed(&'static str),
     /// A session in the file does not decode with the store's serializer.
     Decode {
-        /// The session's id.
+        /// The session's id (shown as its [`id_tag`](super::id_tag) by `Display` and `Debug`).
         id: String,
         /// The serializer's error.
         source: BoxError,
     },
     /// A session in the file is larger than the store's `max_bytes`.
     TooLarge {
-        /// The session's id.
+        /// The session's id (shown as its [`id_tag`](super::id_tag) by `Display` and `Debug`).
         id: String,
         /// Its weight (id plus serialized bytes).
         size: u64,
@@ -153,6 +177,29 @@ pub enum SnapshotError {
     /// The sealed file does not open with the store's key: it was changed or cut, or sealed
     /// with another key.
     Unauthenticated,
+    /// A directory on the snapshot's path (its own, or one above it) is writable by group or
+    /// others and has no sticky bit: another user could replace the snapshot there, or put
+    /// back an older one (rename a planted file over it, or the directory itself); refused
+    /// when the store is built, and at every load and save. (`chmod go-w` it; a
+    /// world-writable directory with the sticky bit, such as `/tmp`, is accepted: others
+    /// cannot remove or replace what is not theirs there.)
+    DirectoryWritableByOthers {
+        /// The directory.
+        dir: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A directory on the snapshot's path (its own, or one above it) belongs to another user
+    /// than the one running the store, or root: that user could replace the snapshot or put
+    /// back an older one; refused like [`DirectoryWritableByOthers`](Self::DirectoryWritableByOthers).
+    DirectoryForeignOwner {
+        /// The directory.
+        dir: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The effective uid of this process.
+        euid: u32,
+    },
     /// The snapshot's directory does not take a new file (missing, not a directory, or not
     /// writable): found by [`build`](super::MemoryStoreBuilder::build), which creates and
     /// removes a temporary file there, so that a store that could never save does not start.
@@ -176,15 +223,15 @@ impl fmt::Display for SnapshotError {
             SnapshotError::Truncated => write!(f, "the snapshot is truncated"),
             SnapshotError::Checksum => write!(f, "the snapshot's checksum does not match"),
             SnapshotError::Malformed(why) => write!(f, "malformed snapshot: {why}"),
-            SnapshotError::Decode { id, source } => {
-                write!(
-                    f,
-                    "session {id:?} in the snapshot does not decode: {source}"
-                )
-            }
+            SnapshotError::Decode { id, source } => write!(
+                f,
+                "session {} in the snapshot does not decode: {source}",
+                id_tag(id)
+            ),
             SnapshotError::TooLarge { id, size, max } => write!(
                 f,
-                "session {id:?} in the snapshot weighs {size} bytes, more than max_bytes {max}"
+                "session {} in the snapshot weighs {size} bytes, more than max_bytes {max}",
+                id_tag(id)
             ),
             SnapshotError::Oversized { len, max } => write!(
                 f,
@@ -215,11 +262,89 @@ impl fmt::Display for SnapshotError {
                 f,
                 "the sealed snapshot does not open with the store's key (changed, cut, or sealed with another key)"
             ),
+            SnapshotError::DirectoryWritableByOthers { dir, mode } => write!(
+                f,
+                "the snapshot directory {} (mode {mode:04o}) is writable by group or others \
+                 without the sticky bit, so another user could replace the snapshot or put back \
+                 an older one: refused (chmod go-w it)",
+                dir.display()
+            ),
+            SnapshotError::DirectoryForeignOwner { dir, owner, euid } => write!(
+                f,
+                "the snapshot directory {} belongs to uid {owner}, neither this process's uid \
+                 {euid} nor root, so that user could replace the snapshot or put back an older \
+                 one: refused",
+                dir.display()
+            ),
             SnapshotError::DirectoryNotWritable { dir, source } => write!(
                 f,
                 "snapshots cannot be written in {}: {source}",
                 dir.display()
             ),
+        }
+    }
+}
+
+impl fmt::Debug for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotError::Io(e) => f.debug_tuple("Io").field(e).finish(),
+            SnapshotError::NotASnapshot => f.write_str("NotASnapshot"),
+            SnapshotError::UnsupportedVersion { found, supported } => f
+                .debug_struct("UnsupportedVersion")
+                .field("found", found)
+                .field("supported", supported)
+                .finish(),
+            SnapshotError::Truncated => f.write_str("Truncated"),
+            SnapshotError::Checksum => f.write_str("Checksum"),
+            SnapshotError::Malformed(why) => f.debug_tuple("Malformed").field(why).finish(),
+            SnapshotError::Decode { id, source } => f
+                .debug_struct("Decode")
+                .field("id", &id_tag(id))
+                .field("source", source)
+                .finish(),
+            SnapshotError::TooLarge { id, size, max } => f
+                .debug_struct("TooLarge")
+                .field("id", &id_tag(id))
+                .field("size", size)
+                .field("max", max)
+                .finish(),
+            SnapshotError::Oversized { len, max } => f
+                .debug_struct("Oversized")
+                .field("len", len)
+                .field("max", max)
+                .finish(),
+            SnapshotError::NotAFile { kind } => {
+                f.debug_struct("NotAFile").field("kind", kind).finish()
+            }
+            SnapshotError::WritableByOthers { mode } => f
+                .debug_struct("WritableByOthers")
+                .field("mode", &format_args!("{mode:#o}"))
+                .finish(),
+            SnapshotError::ForeignOwner { owner, euid } => f
+                .debug_struct("ForeignOwner")
+                .field("owner", owner)
+                .field("euid", euid)
+                .finish(),
+            SnapshotError::KeyRequired => f.write_str("KeyRequired"),
+            SnapshotError::NotSealed => f.write_str("NotSealed"),
+            SnapshotError::Unauthenticated => f.write_str("Unauthenticated"),
+            SnapshotError::DirectoryWritableByOthers { dir, mode } => f
+                .debug_struct("DirectoryWritableByOthers")
+                .field("dir", dir)
+                .field("mode", &format_args!("{mode:#o}"))
+                .finish(),
+            SnapshotError::DirectoryForeignOwner { dir, owner, euid } => f
+                .debug_struct("DirectoryForeignOwner")
+                .field("dir", dir)
+                .field("owner", owner)
+                .field("euid", euid)
+                .finish(),
+            SnapshotError::DirectoryNotWritable { dir, source } => f
+                .debug_struct("DirectoryNotWritable")
+                .field("dir", dir)
+                .field("source", source)
+                .finish(),
         }
     }
 }
@@ -583,7 +708,8 @@ fn open_trusted(path: &Path) -> Result<(File, u64), SnapshotError> {
 /// Reads the snapshot at `path` after the checks of [`open_trusted`], reading the header
 /// first and then only the length it declares. An empty file gives an empty vector.
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, SnapshotError> {
-    let (file, size) = open_trusted(path)?;
+    let (dir, name) = trusted_split(path)?;
+    let (file, size) = open_trusted(&dir.join(name))?;
     if size == 0 {
         return Ok(Vec::new());
     }
@@ -628,6 +754,71 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, SnapshotError> {
     Ok(bytes)
 }
 
+/// What the directory checks found wrong with a directory.
+enum Untrusted {
+    /// It could not be resolved or is not a directory.
+    Unusable(io::Error),
+    /// It (or one above it) lets another user replace its entries.
+    Refused(SnapshotError),
+}
+
+/// Resolves `dir` (symbolic links and all) and checks it and every directory above it, as
+/// OpenSSH's `StrictModes` checks the directories of a key: each must belong to this
+/// process's effective user or to root, and must not be writable by group or others unless
+/// it has the sticky bit (then others can add names but cannot remove or replace ours).
+/// Then nobody else can swap the snapshot, or any directory on the way to it, between this
+/// check and its use, provided the caller uses the resolved path it returns (a symbolic link
+/// on the way, which its owner could change, is not followed again).
+fn trusted_dir(dir: &Path) -> Result<PathBuf, Untrusted> {
+    let resolved = fs::canonicalize(dir).map_err(Untrusted::Unusable)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let euid = euid();
+        let mut at = Some(resolved.as_path());
+        while let Some(d) = at {
+            let meta = fs::symlink_metadata(d).map_err(Untrusted::Unusable)?;
+            if !meta.is_dir() {
+                // The resolved path has no links: only a change under our feet (or a file
+                // named as the directory) gets here.
+                return Err(Untrusted::Unusable(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is not a directory", d.display()),
+                )));
+            }
+            let (owner, mode) = (meta.uid(), meta.mode() & 0o7777);
+            if owner != euid && owner != 0 {
+                return Err(Untrusted::Refused(SnapshotError::DirectoryForeignOwner {
+                    dir: d.to_path_buf(),
+                    owner,
+                    euid,
+                }));
+            }
+            if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                return Err(Untrusted::Refused(
+                    SnapshotError::DirectoryWritableByOthers {
+                        dir: d.to_path_buf(),
+                        mode,
+                    },
+                ));
+            }
+            at = d.parent();
+        }
+    }
+    Ok(resolved)
+}
+
+/// The snapshot's directory, resolved and checked ([`trusted_dir`]), and its file name. An
+/// unusable directory is an [`SnapshotError::Io`].
+fn trusted_split(path: &Path) -> Result<(PathBuf, &std::ffi::OsStr), SnapshotError> {
+    let (dir, name) = split(path)?;
+    match trusted_dir(&dir) {
+        Ok(resolved) => Ok((resolved, name)),
+        Err(Untrusted::Unusable(e)) => Err(SnapshotError::Io(e)),
+        Err(Untrusted::Refused(e)) => Err(e),
+    }
+}
+
 /// The directory `path` is in, and its file name.
 fn split(path: &Path) -> Result<(PathBuf, &std::ffi::OsStr), SnapshotError> {
     let dir = match path.parent() {
@@ -643,14 +834,25 @@ fn split(path: &Path) -> Result<(PathBuf, &std::ffi::OsStr), SnapshotError> {
     Ok((dir, name))
 }
 
-/// A temporary file in `dir`: created exclusively, under a random name that starts with
-/// `.name.` and ends with `.tmp`, with permission bits `mode`.
+/// Random characters in a temporary file's name.
+const TEMP_RANDOM_LEN: usize = 6;
+
+/// How long a temporary file of ours must have gone unmodified before it counts as left
+/// behind by a save that never finished (the process was killed, or the machine stopped):
+/// a save in progress writes its file continuously, then flushes and renames it at once.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(5 * 60);
+
+/// A temporary file in `dir`: created exclusively, under a random name `.name.XXXXXX.tmp`
+/// (six ASCII letters or digits), with permission bits `mode`.
 fn temp_in(dir: &Path, name: &std::ffi::OsStr, mode: u32) -> io::Result<tempfile::NamedTempFile> {
     let mut prefix = std::ffi::OsString::from(".");
     prefix.push(name);
     prefix.push(".");
     let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".tmp");
+    builder
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .rand_bytes(TEMP_RANDOM_LEN);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -661,19 +863,98 @@ fn temp_in(dir: &Path, name: &std::ffi::OsStr, mode: u32) -> io::Result<tempfile
     builder.tempfile_in(dir)
 }
 
-/// Checks that a snapshot can be written at `path`: creates a temporary file in its
-/// directory, and removes it.
+/// Whether `entry` is named as [`temp_in`] names the temporary files of the snapshot `name`.
+fn is_temp_name(entry: &std::ffi::OsStr, name: &std::ffi::OsStr) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        is_temp_bytes(entry.as_bytes(), name.as_bytes())
+    }
+    #[cfg(not(unix))]
+    match (entry.to_str(), name.to_str()) {
+        (Some(entry), Some(name)) => is_temp_bytes(entry.as_bytes(), name.as_bytes()),
+        _ => false,
+    }
+}
+
+fn is_temp_bytes(entry: &[u8], name: &[u8]) -> bool {
+    let Some(rest) = entry
+        .strip_prefix(b".")
+        .and_then(|r| r.strip_prefix(name))
+        .and_then(|r| r.strip_prefix(b"."))
+        .and_then(|r| r.strip_suffix(b".tmp"))
+    else {
+        return false;
+    };
+    rest.len() == TEMP_RANDOM_LEN && rest.iter().all(u8::is_ascii_alphanumeric)
+}
+
+/// Removes the temporary files of the snapshot `name` that a save which never finished left
+/// in `dir` (a resolved and checked directory): regular files (never a link), named as
+/// [`temp_in`] names them, owned by this user, unmodified for [`STALE_TEMP_AGE`] or more.
+/// Best effort: what cannot be listed or removed stays. Returns how many were removed.
+fn remove_stale_temps(dir: &Path, name: &std::ffi::OsStr) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if !is_temp_name(&entry.file_name(), name) {
+            continue;
+        }
+        let path = entry.path();
+        // Not following a link: a link named as ours is left alone.
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.file_type().is_file() {
+            continue;
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            if meta.uid() != euid() {
+                continue;
+            }
+        }
+        let stale = meta
+            .modified()
+            .ok()
+            .and_then(|at| now.duration_since(at).ok())
+            .is_some_and(|age| age >= STALE_TEMP_AGE);
+        if stale && fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Checks that a snapshot can be written at `path`: checks its directory, creates a
+/// temporary file there, and removes it; and removes stale temporary files of earlier saves
+/// ([`remove_stale_temps`]).
 pub(crate) fn probe(path: &Path) -> Result<(), SnapshotError> {
     let (dir, name) = split(path)?;
+    let dir = match trusted_dir(&dir) {
+        Ok(resolved) => resolved,
+        Err(Untrusted::Unusable(source)) => {
+            return Err(SnapshotError::DirectoryNotWritable { dir, source });
+        }
+        Err(Untrusted::Refused(e)) => return Err(e),
+    };
     match temp_in(&dir, name, 0o600) {
-        Ok(tmp) => tmp.close().map_err(SnapshotError::Io),
-        Err(source) => Err(SnapshotError::DirectoryNotWritable { dir, source }),
+        Ok(tmp) => tmp.close().map_err(SnapshotError::Io)?,
+        Err(source) => return Err(SnapshotError::DirectoryNotWritable { dir, source }),
     }
+    remove_stale_temps(&dir, name);
+    Ok(())
 }
 
 /// Writes `contents` to `path` atomically and privately (see the module documentation).
 pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), SnapshotError> {
-    let (dir, name) = split(path)?;
+    let (dir, name) = trusted_split(path)?;
+    // The resolved path from here on (see `trusted_dir`).
+    let path = &dir.join(name);
     // 0600, or the existing file's owner bits if they are stricter (say 0400).
     #[cfg(unix)]
     let mode = {
@@ -694,6 +975,9 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), Snaps
     // fails and the rename is as durable as the platform makes it).
     #[cfg(unix)]
     File::open(&dir)?.sync_all()?;
+    // A crash during an earlier save left its temporary file behind (as large as a
+    // snapshot, and in clear text when unsealed, though private): remove such leftovers.
+    remove_stale_temps(&dir, name);
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use quanta::Clock;
 
 use super::snapshot::{self, SnapshotError};
 use super::{Error, JsonSerializer, SealingKey, Serializer, SessionData};
-use crate::sweeper::Sweeper;
+use crate::periodic::Periodic;
 use crate::sync::{Arc, AtomicBool, Mutex, MutexGuard, Ordering, Weak, lock};
 use crate::{Cache, RemovalCause, Stats};
 
@@ -200,8 +200,11 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
     }
 
     /// Keeps the sessions in `path` across restarts (not a memorystore option): `build`
-    /// checks that a snapshot can be written in `path`'s directory (it creates and removes a
-    /// temporary file there; [`SnapshotError::DirectoryNotWritable`] if it cannot), loads the
+    /// checks `path`'s directory and those above it (refused if another user could write or
+    /// owns one: [`SnapshotError::DirectoryWritableByOthers`],
+    /// [`SnapshotError::DirectoryForeignOwner`]) and that a snapshot can be written there (it
+    /// creates and removes a temporary file; [`SnapshotError::DirectoryNotWritable`] if it
+    /// cannot), loads the
     /// snapshot at `path` if the file exists (sessions that expired meanwhile are skipped; an
     /// empty file is "no sessions yet"; a damaged, untrusted or wrongly keyed file makes
     /// `build` fail with [`Error::Snapshot`] rather than start empty and overwrite it), and
@@ -229,8 +232,15 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
     /// without a key is [`SnapshotError::KeyRequired`]; and an unsealed file loaded with a key
     /// is [`SnapshotError::NotSealed`], refused rather than trusted (whoever can plant a file
     /// can plant an unsealed one). To move an unsealed snapshot over, load it once with a store
-    /// without a key and save it with one. Applies to [`snapshot_file`](Self::snapshot_file)
-    /// and to every snapshot method of the store. The values themselves, in memory, are not
+    /// without a key and save it with one.
+    ///
+    /// A seal is not a date: an older snapshot sealed with the same key loads as well as the
+    /// latest, and brings back the sessions it holds (logged out since or not). The directory
+    /// checks keep other users from putting one back; this user, root and a backup restore
+    /// can. A new key makes every earlier snapshot unloadable.
+    ///
+    /// Applies to [`snapshot_file`](Self::snapshot_file) and to every snapshot method of the
+    /// store. The values themselves, in memory, are not
     /// sealed (see [`Sealed`](super::Sealed) for a serializer that seals them, for Redis).
     pub fn snapshot_key(mut self, key: SealingKey) -> Self {
         self.options.snapshot_sealed = true;
@@ -263,9 +273,46 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
         }
     }
 
-    /// Builds the store (and starts the sweeper if `check_period` is set).
+    /// Builds the store: checks the options, builds the engine (starting its sweeper if
+    /// `check_period` is set), and with a `snapshot_file` loads it and starts the saver.
     pub fn build(self) -> Result<MemoryStore<Z>, Error> {
+        self.validate()?;
+        let clock = self.clock.clone().unwrap_or_default();
+        let serializer = Arc::new(self.serializer);
+        let cache = engine(&self.options, self.dispose.clone(), &serializer, &clock)?;
         let options = self.options;
+        let snapshot_file = options.snapshot_file.clone();
+        let snapshot_every = options.snapshot_every;
+        let store = MemoryStore {
+            inner: Arc::new(Inner {
+                cache,
+                serializer,
+                ttl_fn: self.ttl_fn,
+                origin: clock.now(),
+                wall_origin: SystemTime::now(),
+                clock,
+                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+                stripe_hasher: ahash::RandomState::new(),
+                max_weight: options.max_bytes.map(|max| max.min(u64::from(u32::MAX))),
+                options,
+                snapshot_task: Mutex::new(None),
+                save_lock: Mutex::new(()),
+                closed: AtomicBool::new(false),
+                snapshot_error: Mutex::new(None),
+                save_on_drop: AtomicBool::new(false),
+                key: self.snapshot_key,
+            }),
+        };
+        if let Some(path) = snapshot_file {
+            store.start_snapshots(path, snapshot_every)?;
+        }
+        Ok(store)
+    }
+
+    /// Refuses options that do not make a store (each error says which and why), and a
+    /// snapshot file that could not be written where it is.
+    fn validate(&self) -> Result<(), Error> {
+        let options = &self.options;
         if !self.discarded.is_empty() {
             return Err(Error::Config(format!(
                 "{} set before serializer(): set them after it (they depend on the session type)",
@@ -309,92 +356,79 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
         if let Some(path) = &options.snapshot_file {
             snapshot::probe(path).map_err(Error::Snapshot)?;
         }
-        let clock = self.clock.unwrap_or_default();
-        let serializer = Arc::new(self.serializer);
+        Ok(())
+    }
+}
 
-        let mut engine = Cache::<String, Stored>::builder()
-            .clock(clock.clone())
-            .record_stats(true);
-        if let Some(max) = options.max {
-            engine = engine.max_capacity(max);
+/// The engine behind a store: bounded by sessions or by bytes, with `dispose` as its
+/// listener (memorystore's `noDisposeOnSet`, and a replacement by `touch`, say nothing), and
+/// its sweeper every `check_period`.
+fn engine<Z: Serializer>(
+    options: &Options,
+    dispose: Option<Arc<DisposeFn<Z::Session>>>,
+    serializer: &Arc<Z>,
+    clock: &Clock,
+) -> Result<Cache<String, Stored>, Error> {
+    let mut engine = Cache::<String, Stored>::builder()
+        .clock(clock.clone())
+        .record_stats(true);
+    if let Some(max) = options.max {
+        engine = engine.max_capacity(max);
+    }
+    if let Some(max_bytes) = options.max_bytes {
+        engine = engine
+            .max_capacity(max_bytes)
+            .weigher(|id: &String, stored: &Stored| {
+                u32::try_from(weight_of(id, &stored.0.bytes)).unwrap_or(u32::MAX)
+            });
+    }
+    if let Some(dispose) = dispose {
+        let serializer = serializer.clone();
+        let no_dispose_on_set = options.no_dispose_on_set;
+        engine =
+            engine.eviction_listener(move |id: &String, stored: &Stored, cause: RemovalCause| {
+                // Acquire: pairs with the Release store in `touch`, which precedes the insert
+                // that superseded this value.
+                if cause == RemovalCause::Replaced
+                    && (no_dispose_on_set || stored.0.touched.load(Ordering::Acquire))
+                {
+                    return;
+                }
+                let session = serializer.decode(&stored.0.bytes).ok();
+                dispose(id, session, cause);
+            });
+    }
+    if let Some(period) = options.check_period {
+        engine = engine.check_period(period);
+    }
+    engine.build().map_err(|e| match e {
+        crate::BuildError::SweeperSpawn(why) => Error::Sweeper(std::io::Error::other(why)),
+        other => Error::Config(other.to_string()),
+    })
+}
+
+impl<Z: Serializer> MemoryStore<Z> {
+    /// With a `snapshot_file`: loads it (a missing file is "no sessions yet"), starts the
+    /// background saver every `every`, and arms the save when the last handle goes.
+    fn start_snapshots(&self, path: PathBuf, every: Option<Duration>) -> Result<(), Error> {
+        match self.load_snapshot(&path) {
+            Ok(_) => {}
+            Err(Error::Snapshot(SnapshotError::Io(e)))
+                if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
-        if let Some(max_bytes) = options.max_bytes {
-            engine = engine
-                .max_capacity(max_bytes)
-                .weigher(|id: &String, stored: &Stored| {
-                    u32::try_from(weight_of(id, &stored.0.bytes)).unwrap_or(u32::MAX)
-                });
+        if let Some(period) = every {
+            let weak: Weak<Inner<Z>> = Arc::downgrade(&self.inner);
+            let task = Periodic::spawn("evanesce-snapshot", period, move || match weak.upgrade() {
+                Some(inner) => inner.background_save(&path),
+                None => false,
+            })
+            .map_err(Error::Sweeper)?;
+            *lock(&self.inner.snapshot_task) = Some(task);
         }
-        if let Some(dispose) = self.dispose.clone() {
-            let serializer = serializer.clone();
-            let no_dispose_on_set = options.no_dispose_on_set;
-            engine = engine.eviction_listener(
-                move |id: &String, stored: &Stored, cause: RemovalCause| {
-                    // Acquire: pairs with the Release store in `touch`, which precedes the
-                    // insert that superseded this value.
-                    if cause == RemovalCause::Replaced
-                        && (no_dispose_on_set || stored.0.touched.load(Ordering::Acquire))
-                    {
-                        return;
-                    }
-                    let session = serializer.decode(&stored.0.bytes).ok();
-                    dispose(id, session, cause);
-                },
-            );
-        }
-        if let Some(period) = options.check_period {
-            engine = engine.check_period(period);
-        }
-        let cache = engine.build().map_err(|e| match e {
-            crate::BuildError::SweeperSpawn(why) => Error::Sweeper(std::io::Error::other(why)),
-            other => Error::Config(other.to_string()),
-        })?;
-        let max_weight = options.max_bytes.map(|max| max.min(u64::from(u32::MAX)));
-        let snapshot_file = options.snapshot_file.clone();
-        let snapshot_every = options.snapshot_every;
-        let store = MemoryStore {
-            inner: Arc::new(Inner {
-                cache,
-                serializer,
-                ttl_fn: self.ttl_fn,
-                origin: clock.now(),
-                wall_origin: SystemTime::now(),
-                clock,
-                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-                stripe_hasher: ahash::RandomState::new(),
-                max_weight,
-                options,
-                snapshot_task: Mutex::new(None),
-                snapshot_error: Mutex::new(None),
-                save_on_drop: AtomicBool::new(false),
-                key: self.snapshot_key,
-            }),
-        };
-        if let Some(path) = snapshot_file {
-            match store.load_snapshot(&path) {
-                Ok(_) => {}
-                Err(Error::Snapshot(SnapshotError::Io(e)))
-                    if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            if let Some(period) = snapshot_every {
-                let weak: Weak<Inner<Z>> = Arc::downgrade(&store.inner);
-                let task = Sweeper::spawn(period, move || match weak.upgrade() {
-                    Some(inner) => {
-                        if let Err(e) = inner.save_snapshot(&path) {
-                            *lock(&inner.snapshot_error) = Some(e);
-                        }
-                        true
-                    }
-                    None => false,
-                })
-                .map_err(Error::Sweeper)?;
-                *lock(&store.inner.snapshot_task) = Some(task);
-            }
-            // Relaxed: read by the drop of the last handle, after every other use.
-            store.inner.save_on_drop.store(true, Ordering::Relaxed);
-        }
-        Ok(store)
+        // Relaxed: read by the drop of the last handle, after every other use.
+        self.inner.save_on_drop.store(true, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -488,8 +522,14 @@ struct Inner<Z: Serializer> {
     stripe_hasher: ahash::RandomState,
     /// The largest weight one session may have (`max_bytes`, at most `u32::MAX`).
     max_weight: Option<u64>,
-    /// The background saver (`snapshot_every`); dropping it stops the thread.
-    snapshot_task: Mutex<Option<Sweeper>>,
+    /// The background saver (`snapshot_every`); dropping it stops the thread (it is not
+    /// joined: a save it is running finishes, under `save_lock`).
+    snapshot_task: Mutex<Option<Periodic>>,
+    /// Held for the whole of every save (the snapshot taken, written and renamed), so that
+    /// saves happen one at a time and the last one to start is the one on disk.
+    save_lock: Mutex<()>,
+    /// Set by `close` (under `save_lock`): no background save starts after it.
+    closed: AtomicBool,
     /// The last error of a background save, until taken.
     snapshot_error: Mutex<Option<SnapshotError>>,
     /// Whether dropping the store saves its snapshot file (set once the file loaded: a store
@@ -502,7 +542,7 @@ struct Inner<Z: Serializer> {
 impl<Z: Serializer> Drop for Inner<Z> {
     fn drop(&mut self) {
         // Stop the background saver first (it holds only a weak reference, so it is not
-        // saving now unless it is the thread dropping us, which is fine: it is not joined).
+        // saving now unless it is the thread dropping us, after its save: it is not joined).
         if let Ok(task) = self.snapshot_task.get_mut() {
             task.take();
         }
@@ -563,10 +603,30 @@ impl<Z: Serializer> Inner<Z> {
         Ok((bytes, count))
     }
 
+    /// Takes a snapshot and writes it to `path`, after any save in progress.
     fn save_snapshot(&self, path: &Path) -> Result<usize, SnapshotError> {
+        let _saving = lock(&self.save_lock);
+        self.save_snapshot_locked(path)
+    }
+
+    /// The same, with `save_lock` held by the caller.
+    fn save_snapshot_locked(&self, path: &Path) -> Result<usize, SnapshotError> {
         let (bytes, count) = self.snapshot_bytes()?;
         snapshot::write_atomically(path, &bytes)?;
         Ok(count)
+    }
+
+    /// One pass of the background saver; returns whether it goes on (not after `close`).
+    fn background_save(&self, path: &Path) -> bool {
+        let _saving = lock(&self.save_lock);
+        // Relaxed: written and read under `save_lock`.
+        if self.closed.load(Ordering::Relaxed) {
+            return false;
+        }
+        if let Err(e) = self.save_snapshot_locked(path) {
+            *lock(&self.snapshot_error) = Some(e);
+        }
+        true
     }
 }
 
@@ -833,7 +893,9 @@ impl<Z: Serializer> MemoryStore<Z> {
     /// Saves every live session, with its absolute expiry (by [`now`](Self::now)), to `path`;
     /// returns how many. Not a memorystore method: it makes sessions survive a restart.
     ///
-    /// The file is private and written atomically: to a temporary file created exclusively
+    /// The file's directory is checked first as [`load_snapshot`](Self::load_snapshot) checks
+    /// it (a directory another user could write is refused). The file is private and written
+    /// atomically: to a temporary file created exclusively
     /// (never through a symbolic link) under a random name in the same directory, mode `0600`
     /// (or the existing file's owner bits if stricter), flushed to disk, renamed over `path`,
     /// and the directory flushed, so a crash at any moment leaves the previous snapshot or
@@ -858,18 +920,28 @@ impl<Z: Serializer> MemoryStore<Z> {
     }
 
     /// Ends the store's persistence, for a graceful shutdown: stops the background saver
-    /// ([`snapshot_every`](MemoryStoreBuilder::snapshot_every)), saves the snapshot to the
-    /// [`snapshot_file`](MemoryStoreBuilder::snapshot_file) one last time, and turns off the
-    /// save on drop; returns the number of sessions saved, or why the save failed (then
-    /// nothing was written: the file holds the previous snapshot). The store goes on working,
-    /// but what changes after `close` is not saved unless asked for
+    /// ([`snapshot_every`](MemoryStoreBuilder::snapshot_every)), waits for a save in progress
+    /// to finish, saves the snapshot to the [`snapshot_file`](MemoryStoreBuilder::snapshot_file)
+    /// one last time (no background save starts after it, so what `close` wrote is what stays
+    /// on disk), and turns off the save on drop; returns the number of sessions saved, or why
+    /// the save failed (then nothing was written: the file holds the previous snapshot). The
+    /// store goes on working, but what changes after `close` is not saved unless asked for
     /// ([`save_now`](Self::save_now)). Call it once the server has stopped taking requests.
+    ///
+    /// Saves of one store happen one at a time (`save_snapshot`, `save_now`, the background
+    /// saver, `close` and the save on drop wait for each other). Two stores (or processes)
+    /// saving to the same file are not coordinated: give each its own file.
     pub fn close(&self) -> Result<usize, Error> {
         let path = self.snapshot_path()?;
         lock(&self.inner.snapshot_task).take();
-        // Relaxed: only the drop of the last handle reads it, after every other use.
+        let _saving = lock(&self.inner.save_lock);
+        // Relaxed: read under `save_lock` (background saves) or by the drop of the last
+        // handle, after every other use.
+        self.inner.closed.store(true, Ordering::Relaxed);
         self.inner.save_on_drop.store(false, Ordering::Relaxed);
-        self.save_snapshot(path)
+        self.inner
+            .save_snapshot_locked(path)
+            .map_err(Error::Snapshot)
     }
 
     fn snapshot_path(&self) -> Result<&Path, Error> {
@@ -893,7 +965,11 @@ impl<Z: Serializer> MemoryStore<Z> {
     /// [`now`](Self::now)), each with its remaining lifetime, replacing sessions with the same
     /// ids (the dispose hook hears about those as `Replaced`); returns how many were loaded.
     ///
-    /// The file must be one nobody else could have written: it is opened without following
+    /// The file must be one nobody else could have written. Its directory and every directory
+    /// above it must belong to this user or root and not be writable by group or others
+    /// without the sticky bit ([`SnapshotError::DirectoryWritableByOthers`],
+    /// [`SnapshotError::DirectoryForeignOwner`]; [`save_snapshot`](Self::save_snapshot) checks
+    /// the same). The file is opened without following
     /// a symbolic link and without blocking, and refused unless it is a regular file
     /// ([`SnapshotError::NotAFile`]), not writable by group or others
     /// ([`SnapshotError::WritableByOthers`]), and owned by this process's effective user

@@ -203,9 +203,11 @@ impl<K, V> Arena<K, V> {
             }
             // The slot's chunk exists before the slot is handed out: an index below `fresh`
             // always has its memory (`drop` and `node` rely on it), even when an allocation
-            // fails.
-            let (chunk, _) = self.locate(fresh);
-            self.ensure_chunk(chunk)?;
+            // fails. (Chunk 0 exists from the start.)
+            if fresh >= self.first_len {
+                let (chunk, _) = self.locate(fresh);
+                self.ensure_chunk(chunk)?;
+            }
             match self.fresh.compare_exchange_weak(
                 fresh,
                 fresh + 1,
@@ -217,15 +219,22 @@ impl<K, V> Arena<K, V> {
             }
         }
         let idx = fresh;
-        let (chunk, offset) = self.locate(idx);
-        // Acquire: pairs with the Release CAS that installed the chunk (ensured above, by us or
-        // by the thread whose chunk won; chunks are never freed before the arena).
-        let base = self.chunks[chunk].load(Ordering::Acquire);
-        debug_assert!(!base.is_null());
-        // SAFETY: `offset` is inside the chunk; slot `idx` was never handed out before (the
+        let slot = if idx < self.first_len {
+            // SAFETY: chunk 0 holds `first_len` slots and lives as long as the arena.
+            unsafe { self.first.add(idx as usize) }
+        } else {
+            let (chunk, offset) = self.locate(idx);
+            // Acquire: pairs with the Release CAS that installed the chunk (ensured above, by
+            // us or by the thread whose chunk won; chunks are never freed before the arena).
+            let base = self.chunks[chunk].load(Ordering::Acquire);
+            debug_assert!(!base.is_null());
+            // SAFETY: `offset` is inside the chunk (by construction of `locate`).
+            unsafe { base.add(offset) }
+        };
+        // SAFETY: `slot` is inside its chunk (above); slot `idx` was never handed out before (the
         // counter is monotonic), so no one else accesses this memory, and it holds no value
         // to drop.
-        unsafe { base.add(offset).write(Node::vacant()) };
+        unsafe { slot.write(Node::vacant()) };
         Some(idx)
     }
 
@@ -700,7 +709,7 @@ mod tests {
         assert_eq!(again[70], lone);
         assert_eq!(arena.allocated(), fresh, "a fresh slot was handed out");
         for &x in &again {
-            assert_eq!(arena.node(x).life(), crate::raw::node::LIFE_FREE);
+            assert_eq!(arena.node(x).life(), crate::raw::table::node::LIFE_FREE);
         }
     }
 }

@@ -20,11 +20,11 @@
 //! crossbeam's epoch; a panic in user code the thread runs is dropped, and it carries on).
 //! Where the thread cannot be spawned, collection happens in maintenance passes only.
 //!
-//! The same thread finishes growths that writes left half-way: a growth moves one step per
-//! maintenance pass, each step after a grace period, so a shard whose writes stopped
-//! mid-growth would keep its old table and the removed nodes that wait for the growth until
-//! its next write. Caches register (weakly) when they are built; while one of their shards is
-//! growing, the thread runs a maintenance pass on it every tick ([`Help`]).
+//! The same thread runs *chores* ([`Chore`]): work that moves along with grace periods and
+//! would otherwise wait for the next write. A chore is registered (weakly) with a counter of
+//! pending work; while the counter is not zero, the thread runs the chore every tick. (The
+//! engine registers one per cache to finish growths that writes left half-way, see
+//! `raw/maint`; this module knows nothing of what a chore does.)
 
 #[cfg(not(loom))]
 use crate::sync::{Arc, Weak};
@@ -53,39 +53,38 @@ struct Queue {
     /// Whether the reclaimer thread is running (or being started).
     #[cfg(not(loom))]
     reclaimer: AtomicBool,
-    /// The caches the reclaimer helps finish growths (see [`Help`]), each with its count of
-    /// shards growing (`Config::growing`), so that only those are looked at.
+    /// The registered chores (see [`Chore`]), each with its count of pending work, so that
+    /// only those with work are run.
     #[cfg(not(loom))]
-    helped: Mutex<Vec<Helped>>,
+    chores: Mutex<Vec<Registered>>,
 }
 
-/// A registered cache: its count of growing shards, and the cache.
+/// A registered chore: its count of pending work, and the chore.
 #[cfg(not(loom))]
-type Helped = (Arc<AtomicUsize>, Weak<dyn Help>);
+type Registered = (Arc<AtomicUsize>, Weak<dyn Chore>);
 
-/// A cache whose growths the reclaimer thread finishes when writes stop (see the module
-/// documentation).
+/// Work the reclaimer thread runs every tick while its count of pending work is not zero (see
+/// the module documentation).
 #[cfg(not(loom))]
-pub(crate) trait Help: Send + Sync {
-    /// Runs a maintenance pass on every shard that is growing (without waiting for a shard's
-    /// lock); returns whether one still is.
-    fn help(&self) -> bool;
+pub(crate) trait Chore: Send + Sync {
+    /// Does a step of the work (without waiting for anyone); returns whether work remains.
+    fn run(&self) -> bool;
 }
 
-/// Registers `cache` (whose count of growing shards is `growing`) for help with its
-/// growths. Dead registrations are dropped on the way.
+/// Registers `chore`, whose count of pending work is `pending` (whoever adds work increments
+/// it with SeqCst and then calls [`wake`]). Dead registrations are dropped on the way.
 #[cfg(not(loom))]
-pub(crate) fn register(growing: Arc<AtomicUsize>, cache: Weak<dyn Help>) {
-    let mut helped = crate::sync::lock(&queue().helped);
-    // Dead registrations are dropped when the list is about to double (amortised: building
-    // many caches stays linear), and by the reclaimer as it goes.
-    if helped.len() == helped.capacity() {
-        helped.retain(|(_, weak)| weak.strong_count() > 0);
+pub(crate) fn register(pending: Arc<AtomicUsize>, chore: Weak<dyn Chore>) {
+    let mut chores = crate::sync::lock(&queue().chores);
+    // Dead registrations are dropped when the list is about to double (amortised: registering
+    // many stays linear), and by the reclaimer as it goes.
+    if chores.len() == chores.capacity() {
+        chores.retain(|(_, weak)| weak.strong_count() > 0);
     }
-    helped.push((growing, cache));
+    chores.push((pending, chore));
 }
 
-/// Makes sure the reclaimer thread runs (a shard started a growth).
+/// Makes sure the reclaimer thread runs (a chore has work).
 #[cfg(not(loom))]
 pub(crate) fn wake() {
     reclaimer::ensure_running();
@@ -98,7 +97,7 @@ fn queue() -> &'static Queue {
         outstanding: AtomicUsize::new(0),
         owners: AtomicU64::new(0),
         reclaimer: AtomicBool::new(false),
-        helped: Mutex::new(Vec::new()),
+        chores: Mutex::new(Vec::new()),
     };
     &QUEUE
 }
@@ -264,7 +263,7 @@ pub(crate) fn settle(limit: std::time::Duration) {
 /// The reclaimer thread (see the module documentation).
 #[cfg(not(loom))]
 mod reclaimer {
-    use super::{Arc, Help, Ordering, collect, outstanding, queue};
+    use super::{Arc, Chore, Ordering, collect, outstanding, queue};
     use std::panic::AssertUnwindSafe;
 
     /// Runs `f`, turning a panic into `None` (the payload is dropped).
@@ -309,7 +308,7 @@ mod reclaimer {
             std::thread::sleep(TICK);
             // User code runs here (a hasher, `Eq`, a weigher, a listener, a key's or value's
             // `Drop`): a panic in it is this tick's loss, never the thread's.
-            let growing = catch_unwind(help_growths).unwrap_or(true);
+            let busy = catch_unwind(run_chores).unwrap_or(true);
             let _ = catch_unwind(|| {
                 let guard = epoch::pin();
                 collect(&guard, false);
@@ -317,7 +316,7 @@ mod reclaimer {
                 // deferred above among them, a few ticks later).
                 guard.flush();
             });
-            if growing || outstanding() {
+            if busy || outstanding() {
                 idle = 0;
                 continue;
             }
@@ -329,7 +328,7 @@ mod reclaimer {
             q.reclaimer.store(false, Ordering::SeqCst);
             // A retirement between the check above and the store saw the thread running and
             // started none: look once more, and go on if there is something.
-            if !(outstanding() || catch_unwind(help_growths).unwrap_or(true))
+            if !(outstanding() || catch_unwind(run_chores).unwrap_or(true))
                 || q.reclaimer
                     .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                     .is_err()
@@ -340,26 +339,26 @@ mod reclaimer {
         }
     }
 
-    /// Helps every registered cache with a growth; returns whether a growth is still going.
-    fn help_growths() -> bool {
-        // Strong references taken under the lock, used after it: a pass may run a listener
-        // that builds a cache (and registers it).
-        let caches: Vec<Arc<dyn Help>> = {
-            let mut helped = crate::sync::lock(&queue().helped);
-            helped.retain(|(_, weak)| weak.strong_count() > 0);
-            helped
+    /// Runs every registered chore with pending work; returns whether work remains.
+    fn run_chores() -> bool {
+        // Strong references taken under the lock, used after it: a chore may run user code
+        // that registers another one.
+        let chores: Vec<Arc<dyn Chore>> = {
+            let mut chores = crate::sync::lock(&queue().chores);
+            chores.retain(|(_, weak)| weak.strong_count() > 0);
+            chores
                 .iter()
-                // SeqCst: with the increment when a growth starts and `ensure_running` (the
-                // Dekker pair of `retire`, for growths).
-                .filter(|(growing, _)| growing.load(Ordering::SeqCst) != 0)
+                // SeqCst: with the increment when work is added and `ensure_running` (the
+                // Dekker pair of `retire`, for chores).
+                .filter(|(pending, _)| pending.load(Ordering::SeqCst) != 0)
                 .filter_map(|(_, weak)| weak.upgrade())
                 .collect()
         };
-        let mut growing = false;
-        for cache in caches {
-            growing |= cache.help();
+        let mut busy = false;
+        for chore in chores {
+            busy |= chore.run();
         }
-        growing
+        busy
     }
 }
 
@@ -368,11 +367,11 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
-    /// A cache stand-in whose growth help panics, the first times it is asked.
+    /// A chore (a cache's growth help, in the engine) that panics the first times it runs.
     struct Panicky(AtomicUsize);
 
-    impl Help for Panicky {
-        fn help(&self) -> bool {
+    impl Chore for Panicky {
+        fn run(&self) -> bool {
             // Relaxed: a test counter.
             if self.0.fetch_add(1, Ordering::Relaxed) < 3 {
                 panic!("a listener panicked during a pass");
@@ -381,11 +380,12 @@ mod tests {
         }
     }
 
-    /// The reclaimer thread runs user code (a growth's pass: listener, hasher); a panic there
-    /// must not stop it, or retired memory would wait for writes forever after.
+    /// The reclaimer thread runs user code (a chore: a growth's pass, with a listener and a
+    /// hasher); a panic there must not stop it, or retired memory would wait for writes
+    /// forever after.
     #[test]
     fn the_reclaimer_survives_a_panic_in_a_pass() {
-        let panicky: Arc<dyn Help> = Arc::new(Panicky(AtomicUsize::new(0)));
+        let panicky: Arc<dyn Chore> = Arc::new(Panicky(AtomicUsize::new(0)));
         let growing = Arc::new(AtomicUsize::new(1));
         register(growing.clone(), Arc::downgrade(&panicky));
         wake();

@@ -98,7 +98,7 @@ const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_micros(200);
 ///
 /// # Safety
 /// Only a type whose live values guarantee that may implement it: the lookups' `// SAFETY:`
-/// arguments (`Shard::current`, `Shard::find`, ...) rely on it.
+/// arguments (`Table::current`, `Table::find`, ...) rely on it.
 pub(crate) unsafe trait Protected {}
 
 // SAFETY: a crossbeam guard pins the thread; retired memory is freed through

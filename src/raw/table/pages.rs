@@ -86,6 +86,25 @@ pub(crate) fn trim() {
     }
 }
 
+/// The machine's physical memory in bytes, where the system says (Linux); `None` otherwise.
+pub(crate) fn physical_memory() -> Option<u64> {
+    #[cfg(all(target_os = "linux", not(loom), not(miri)))]
+    {
+        // SAFETY: `sysconf` reads system configuration values; it takes an integer and touches
+        // no memory of ours.
+        let (pages, size) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        if pages > 0 && size > 0 {
+            return (pages as u64).checked_mul(size as u64);
+        }
+    }
+    None
+}
+
 /// `size` rounded up to whole small pages.
 #[cfg(all(target_os = "linux", not(loom), not(miri)))]
 fn rounded(size: usize) -> usize {

@@ -11,13 +11,13 @@
 //!
 //! A table never changes size; growing a shard publishes a new table a power-of-two multiple
 //! of the size whose buckets start as [`UNINIT`](super::node::UNINIT) and are split lazily off
-//! the old table's chains (see "Growing" in `shard.rs`).
+//! the old table's chains (see grow.rs).
 
 use std::alloc::{Layout, handle_alloc_error};
 use std::marker::PhantomData;
 
 use super::pages;
-use crate::prefetch::prefetch;
+use super::prefetch::prefetch;
 use crate::sync::AtomicU32;
 
 const ALIGN: usize = 64;
@@ -46,7 +46,7 @@ pub(crate) fn prefetch_bucket(word: usize, hash: u64) {
 }
 
 /// The layout of a table of `len` buckets: cache-line aligned, and huge-page aligned when it
-/// spans a huge page (whether or not it was advised, so that `free_table` needs no flag).
+/// spans a huge page (whether or not it was advised, so that `free_buckets` needs no flag).
 fn layout(len: usize) -> Layout {
     match pages::layout(len * std::mem::size_of::<AtomicU32>(), ALIGN, true) {
         Some(layout) => layout,
@@ -58,10 +58,10 @@ fn layout(len: usize) -> Layout {
 /// returns its tagged word; with `huge`, a table of a huge page or more is advised onto huge
 /// pages. The caller owns it until it publishes it. `None` if the allocator refused the memory
 /// (the caller reports it, or does without the larger table): never an abort.
-pub(crate) fn new_table(len: usize, fill: u32, huge: bool) -> Option<usize> {
+pub(crate) fn new_buckets(len: usize, fill: u32, huge: bool) -> Option<usize> {
     debug_assert!(len.is_power_of_two() && len <= 1 << 31);
     let layout = layout(len);
-    // SAFETY: the layout has a non-zero size (len >= 1); freed by `free_table` with it.
+    // SAFETY: the layout has a non-zero size (len >= 1); freed by `free_buckets` with it.
     let base = unsafe { pages::alloc(layout, false) } as *mut AtomicU32;
     if base.is_null() {
         return None;
@@ -76,44 +76,44 @@ pub(crate) fn new_table(len: usize, fill: u32, huge: bool) -> Option<usize> {
     Some(base as usize | len.trailing_zeros() as usize)
 }
 
-/// Frees a table made by [`new_table`].
+/// Frees a table made by [`new_buckets`].
 ///
 /// # Safety
-/// `word` came from `new_table`, is freed once, and no thread can access the table any more
+/// `word` came from `new_buckets`, is freed once, and no thread can access the table any more
 /// (it was retired and its grace periods passed, or the shard is dropped).
-pub(crate) unsafe fn free_table(word: usize) {
-    let table = Table::<'static> {
+pub(crate) unsafe fn free_buckets(word: usize) {
+    let table = Buckets::<'static> {
         word,
         _life: PhantomData,
     };
     let len = table.len();
     let base = (word & !SHIFT_BITS) as *mut AtomicU32;
     for i in 0..len {
-        // SAFETY: initialised by `new_table`, and no one else accesses it (contract above).
+        // SAFETY: initialised by `new_buckets`, and no one else accesses it (contract above).
         unsafe { std::ptr::drop_in_place(base.add(i)) };
     }
-    // SAFETY: allocated by `new_table` with this layout, freed once (contract).
+    // SAFETY: allocated by `new_buckets` with this layout, freed once (contract).
     unsafe { pages::dealloc(base as *mut u8, layout(len)) };
 }
 
 /// A borrowed table, valid for `'g` (the guard under which its word was loaded).
 #[derive(Clone, Copy)]
-pub(crate) struct Table<'g> {
+pub(crate) struct Buckets<'g> {
     word: usize,
     _life: PhantomData<&'g [AtomicU32]>,
 }
 
-impl<'g> Table<'g> {
+impl<'g> Buckets<'g> {
     /// Views a table word.
     ///
     /// # Safety
-    /// `word` came from [`new_table`] and the table is not freed before `'g` ends: it was
+    /// `word` came from [`new_buckets`] and the table is not freed before `'g` ends: it was
     /// loaded under a guard (light.rs, `Protected`) that lives for `'g` and is retired only
     /// through `retire.rs`, or the caller owns it.
     #[inline]
-    pub(crate) unsafe fn from_word(word: usize) -> Table<'g> {
+    pub(crate) unsafe fn from_word(word: usize) -> Buckets<'g> {
         debug_assert!(word & !SHIFT_BITS != 0);
-        Table {
+        Buckets {
             word,
             _life: PhantomData,
         }
@@ -158,14 +158,14 @@ impl<'g> Table<'g> {
 #[cfg(all(test, target_os = "linux", not(loom), not(miri)))]
 mod tests {
     use super::*;
-    use crate::raw::node::NIL;
+    use crate::raw::table::node::NIL;
 
     /// A table of a huge page or more is huge-page aligned, and advised only when asked.
     #[test]
     fn large_tables_are_advised_onto_huge_pages() {
         // 2^20 buckets: 4 MiB.
-        let advised = new_table(1 << 20, NIL, true).unwrap();
-        let plain = new_table(1 << 20, NIL, false).unwrap();
+        let advised = new_buckets(1 << 20, NIL, true).unwrap();
+        let plain = new_buckets(1 << 20, NIL, false).unwrap();
         for word in [advised, plain] {
             assert_eq!((word & !SHIFT_BITS) % pages::HUGE_PAGE, 0);
         }
@@ -173,8 +173,8 @@ mod tests {
         assert!(!pages::tests::advised(plain & !SHIFT_BITS));
         // SAFETY: made above, never shared, freed once.
         unsafe {
-            free_table(advised);
-            free_table(plain);
+            free_buckets(advised);
+            free_buckets(plain);
         }
     }
 }

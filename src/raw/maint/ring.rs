@@ -8,44 +8,45 @@
 //! reads slots in order while their sequence numbers say they are full.
 //!
 //! When the ring is full, [`Ring::push`] fails and the producer applies back-pressure (see
-//! `Shard::record`): it takes the maintenance lock, drains the ring and applies its own event
+//! `Upkeep::record`): it takes the maintenance lock, drains the ring and applies its own event
 //! directly. Reads never touch the ring.
 
 use crossbeam_utils::CachePadded;
 
-use super::node::Idx;
-use crate::stats::Counter;
+use crate::listener::RemovalCause;
+use crate::raw::table::Idx;
 use crate::sync::{AtomicUsize, Ordering, UnsafeCell};
 
-/// What happened to a node.
+/// What happened to a node, as a writer tells the maintainer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum EventKind {
-    /// The node was linked into its chain (carries the entry's weight).
-    Inserted,
-    /// The node was marked removed by a writer (not by the maintainer itself).
-    Removed,
+pub(crate) enum Event {
+    /// The node was linked into its chain.
+    Inserted {
+        idx: Idx,
+        weight: u32,
+        /// The key's hash (for the eviction policy's ghost history).
+        hash: u64,
+    },
+    /// The node was marked removed by a writer (not by the maintainer itself), for `cause`.
+    Removed { idx: Idx, cause: RemovalCause },
     /// The node was linked into its chain and, by the same insert, the live node of its key
-    /// that it superseded (`old`) was marked removed: the new value takes the old one's place
-    /// in the maintainer's bookkeeping (its timer and its eviction-queue position), which
-    /// costs one step instead of an admission and a dismissal.
-    Replaced,
+    /// that it superseded (`old`) was marked removed for `cause` (`Replaced`, or `Expired` if
+    /// its deadline had passed): the new value takes the old one's place in the maintainer's
+    /// bookkeeping (its timer and its eviction-queue position), which costs one step instead
+    /// of an admission and a dismissal.
+    Replaced {
+        idx: Idx,
+        old: Idx,
+        weight: u32,
+        hash: u64,
+        cause: RemovalCause,
+    },
     /// The node's deadline moved earlier: the timer wheel must re-file it.
-    Rescheduled,
+    Rescheduled { idx: Idx },
 }
 
-/// One event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Event {
-    pub(crate) idx: Idx,
-    pub(crate) kind: EventKind,
-    pub(crate) weight: u32,
-    /// The key's hash (for `Inserted`: the eviction policy's ghost history).
-    pub(crate) hash: u64,
-    /// For `Replaced`: the superseded node.
-    pub(crate) old: Idx,
-    /// For `Removed` and `Replaced`: which counter the removal counts in (see `stats.rs`).
-    pub(crate) removal: Counter,
-}
+// An event is copied into and out of a ring slot: keep it small.
+const _: () = assert!(std::mem::size_of::<Event>() <= 24);
 
 struct Slot {
     /// `pos` when free for the producer of position `pos`; `pos + 1` when it holds that
@@ -75,14 +76,7 @@ impl Ring {
         let slots = (0..capacity)
             .map(|i| Slot {
                 seq: AtomicUsize::new(i),
-                event: UnsafeCell::new(Event {
-                    idx: 0,
-                    kind: EventKind::Inserted,
-                    weight: 0,
-                    hash: 0,
-                    old: 0,
-                    removal: Counter::Removal,
-                }),
+                event: UnsafeCell::new(Event::Rescheduled { idx: 0 }),
             })
             .collect();
         Self {
@@ -171,13 +165,16 @@ mod tests {
     use super::*;
 
     fn ev(idx: u32) -> Event {
-        Event {
+        Event::Removed {
             idx,
-            kind: EventKind::Removed,
-            weight: 1,
-            hash: 0,
-            old: 0,
-            removal: Counter::Removal,
+            cause: RemovalCause::Explicit,
+        }
+    }
+
+    fn idx(e: Event) -> u32 {
+        match e {
+            Event::Removed { idx, .. } => idx,
+            other => panic!("unexpected {other:?}"),
         }
     }
 
@@ -223,8 +220,8 @@ mod tests {
         let mut got = 0;
         while got < 4 * per {
             if let Some(e) = ring.pop() {
-                let t = (e.idx / 100_000) as usize;
-                assert_eq!(e.idx % 100_000, seen[t], "per-producer order");
+                let t = (idx(e) / 100_000) as usize;
+                assert_eq!(idx(e) % 100_000, seen[t], "per-producer order");
                 seen[t] += 1;
                 got += 1;
             } else {

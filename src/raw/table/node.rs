@@ -110,7 +110,7 @@ pub(crate) const LIFE_FREE: u8 = 0;
 pub(crate) const LIFE_LIVE: u8 = 1;
 pub(crate) const LIFE_RETIRED: u8 = 2;
 const LIFE_MASK: u8 = 3;
-/// The bits of `state` the maintainer's flags may use (see `maint.rs`).
+/// The bits of `state` the maintainer's flags may use (see `raw/maint` and `table/grow.rs`).
 pub(crate) const FLAG_BITS: u8 = !LIFE_MASK;
 
 /// One entry. See the module documentation for who may touch which field when.

@@ -1,0 +1,120 @@
+//! Where a write's time goes: one kind of write, repeated, for instruction counts under
+//! `valgrind --tool=callgrind` (counts are repeatable whatever else the machine runs; wall
+//! clock on a shared 2-core VM is not) and for `perf`.
+//!
+//! ```sh
+//! cargo build --release --example write_path
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p \
+//!     target/release/examples/write_path insert_new 200000
+//! callgrind_annotate /tmp/cg.<pid> | head -40
+//! ```
+//!
+//! Kinds (`KIND [N]`, N operations measured after a setup that is not counted separately; the
+//! program prints the instructions of the setup phase boundary as a marker only):
+//! - `insert_new`: N inserts of distinct keys into an unbounded cache pre-sized for them;
+//! - `insert_grow`: the same into a cache that starts small and grows;
+//! - `replace`: N replacements cycling over 1,024 resident keys (unbounded);
+//! - `replace_hot`: N replacements of one key;
+//! - `evict`: N inserts of distinct keys into a cache bounded at 2^16 with a time to live
+//!   (every insert evicts once the cache is full);
+//! - `remove`: N inserts then N removals of the same keys (both counted);
+//! - `mixed_90`: N operations, 90% gets and 10% inserts over 2^17 keys, bounded at 2^16 with a
+//!   time to live.
+//!
+//! Divide callgrind's total (minus a run with N = 0 for the setup) by N for instructions per
+//! operation.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use evanesce::Cache;
+
+fn key(i: u64) -> u64 {
+    // A bijective mix, so that keys spread over shards and buckets like hashed data.
+    i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i >> 29)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let kind = args.next().unwrap_or_else(|| "insert_new".into());
+    let n: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(200_000);
+    let started = Instant::now();
+    match kind.as_str() {
+        "insert_new" | "insert_grow" => {
+            let mut b = Cache::builder();
+            if kind == "insert_new" {
+                b = b.initial_capacity(n as usize);
+            }
+            let cache: Cache<u64, u64> = b.build().unwrap();
+            for i in 0..n {
+                cache.insert(key(i), i);
+            }
+            black_box(&cache);
+        }
+        "replace" | "replace_hot" => {
+            let keys = if kind == "replace" { 1024 } else { 1 };
+            let cache: Cache<u64, u64> = Cache::builder().initial_capacity(1024).build().unwrap();
+            for i in 0..keys {
+                cache.insert(key(i), i);
+            }
+            for i in 0..n {
+                cache.insert(key(i % keys), i);
+            }
+            black_box(&cache);
+        }
+        "evict" => {
+            let cache: Cache<u64, u64> = Cache::builder()
+                .max_capacity(1 << 16)
+                .time_to_live(Duration::from_secs(3600))
+                .build()
+                .unwrap();
+            for i in 0..(1 << 16) {
+                cache.insert(key(i), i);
+            }
+            for i in 0..n {
+                cache.insert(key((1 << 16) + i), i);
+            }
+            black_box(&cache);
+        }
+        "remove" => {
+            let cache: Cache<u64, u64> = Cache::builder()
+                .initial_capacity(n as usize)
+                .build()
+                .unwrap();
+            for i in 0..n {
+                cache.insert(key(i), i);
+            }
+            for i in 0..n {
+                black_box(cache.remove(&key(i)));
+            }
+        }
+        "mixed_90" => {
+            let cache: Cache<u64, u64> = Cache::builder()
+                .max_capacity(1 << 16)
+                .time_to_live(Duration::from_secs(3600))
+                .build()
+                .unwrap();
+            let mut x = 1u64;
+            for i in 0..n {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let k = key(x % (1 << 17));
+                if i % 10 == 0 {
+                    cache.insert(k, i);
+                } else {
+                    black_box(cache.get(&k));
+                }
+            }
+        }
+        other => {
+            eprintln!("unknown kind {other:?}");
+            std::process::exit(2);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{kind} {n}: {secs:.3} s, {:.1} ns/op (wall clock, noisy)",
+        secs * 1e9 / n.max(1) as f64
+    );
+}
