@@ -1,8 +1,11 @@
-//! Hit ratio of `evanesce` and its peers on real, third-party cache traces.
+//! Hit ratio of `evanesce` and its peers on real, third-party cache traces and on seeded
+//! synthetic workloads.
 //!
 //! ```text
 //! cargo run --release --example hit_ratio
-//! TRACE=oltp,loop cargo run --release --example hit_ratio
+//! TRACE=oltp,loop SYNTH=none cargo run --release --example hit_ratio
+//! TRACE=none SYNTH=sweep,phases CACHES=evanesce,lru cargo run --release --example hit_ratio
+//! TRACE=none SYNTH=phases TIMELINE=phases:4000 cargo run --release --example hit_ratio
 //! ```
 //!
 //! Every cache is driven the same way, single-threaded: for each request, `get` the key, and on
@@ -17,18 +20,26 @@
 //!   request. moka seeds its hasher randomly, so its figure is the mean of `MOKA_RUNS` runs.
 //! - `quick_cache` (`quick_cache::unsync::Cache::new(size)`) and a plain LRU (`lru::LruCache`).
 //!
-//! The target for evanesce in each cell is `max(moka, quick_cache) - 1` percentage point;
-//! `margin` is evanesce minus that target. OPT (Belady) is copied from the traces' README
-//! where it gives one.
+//! The workloads are the traces of `../shared/traces` and the synthetic shapes of
+//! `tests/shapes` (back-and-forth sweeps, a sliding window, a working set that shifts, regimes
+//! that alternate, a loop, Zipf at four skews, scans over a hot set), each generated from a
+//! fixed seed. The target for evanesce in each cell is `max(LRU, moka, quick_cache) - 1`
+//! percentage point; `margin` is evanesce minus that target. OPT (Belady) is copied from the
+//! traces' README where it gives one.
 //!
 //! Environment variables (all optional):
 //! - `TRACES`: the trace directory (default `../shared/traces` from the crate root).
-//! - `TRACE`: comma-separated subset of `oltp,gli,loop,sprite,multi2,web12,scarab`.
+//! - `TRACE`: comma-separated subset of `oltp,gli,loop,sprite,multi2,web12,scarab`, or `none`.
+//! - `SYNTH`: comma-separated subset of the synthetic shapes (see `tests/shapes/mod.rs`), or
+//!   `none`.
+//! - `CACHES`: comma-separated subset of `evanesce,evanesce1,moka,quick_cache,lru`.
 //! - `MOKA_RUNS` (default 3): runs of moka per cell.
 //! - `JOBS` (default: the available parallelism): cells measured at once. Each cache is still
 //!   driven by one thread; this only runs different (cache, cell) pairs side by side.
+//! - `TIMELINE=workload:size[:windows]`: instead of the table, the hit ratio of every cache
+//!   over successive windows of one workload (how a policy follows a change of regime).
 //!
-//! A full run takes 20 to 40 seconds on 2 cores (moka is most of it).
+//! A full run takes a few minutes on 2 cores (moka is most of it).
 
 use std::collections::HashSet;
 use std::collections::hash_map::DefaultHasher;
@@ -41,6 +52,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
+
+#[path = "../tests/shapes/mod.rs"]
+mod shapes;
 
 /// A hasher with fixed keys, so that evanesce's results repeat from run to run.
 type FixedState = BuildHasherDefault<DefaultHasher>;
@@ -320,10 +334,42 @@ impl Kind {
             Kind::QuickCache | Kind::Lru => 1,
         }
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Evanesce => "evanesce",
+            Kind::Evanesce1 => "evanesce1",
+            Kind::Moka => "moka",
+            Kind::QuickCache => "quick_cache",
+            Kind::Lru => "lru",
+        }
+    }
+
+    /// The hits on `keys` at capacity `size`, and (for the default builder) the shard count.
+    fn run(self, keys: &[u64], size: u64) -> (u64, Option<usize>) {
+        match self {
+            Kind::Evanesce => {
+                let (h, n) = run_evanesce(keys, size, None);
+                (h, Some(n))
+            }
+            Kind::Evanesce1 => (run_evanesce(keys, size, Some(1)).0, None),
+            Kind::Moka => (run_moka(keys, size), None),
+            Kind::QuickCache => (run_quick_cache(keys, size), None),
+            Kind::Lru => (run_lru(keys, size), None),
+        }
+    }
+}
+
+/// A workload: a real trace or a synthetic shape, with the sizes it is measured at.
+struct Workload {
+    name: &'static str,
+    synthetic: bool,
+    sizes: &'static [u64],
+    keys: Vec<u64>,
 }
 
 struct Cell {
-    trace: usize,
+    workload: usize,
     size: u64,
 }
 
@@ -346,6 +392,17 @@ fn env_usize(name: &str, default: usize) -> usize {
     }
 }
 
+/// The names in a comma-separated environment variable, or `None` if it is unset.
+fn env_list(name: &str) -> Option<Vec<String>> {
+    let list = std::env::var(name).ok()?;
+    Some(
+        list.split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    )
+}
+
 fn main() -> AnyResult<()> {
     let started = Instant::now();
     let dir: PathBuf = match std::env::var_os("TRACES") {
@@ -353,18 +410,21 @@ fn main() -> AnyResult<()> {
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/traces"),
     };
     let dir = dir.canonicalize().unwrap_or(dir);
-    let selected: Vec<usize> = match std::env::var("TRACE") {
-        Ok(list) => {
+    let selected_traces: Vec<usize> = match env_list("TRACE") {
+        Some(list) => {
             let mut out = Vec::new();
-            for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let name = if name.eq_ignore_ascii_case("glimpse") {
-                    "gli"
+            for name in list {
+                if name == "none" {
+                    continue;
+                }
+                let name = if name == "glimpse" {
+                    "gli".into()
                 } else {
                     name
                 };
                 let i = TRACES
                     .iter()
-                    .position(|t| t.name.eq_ignore_ascii_case(name))
+                    .position(|t| t.name.eq_ignore_ascii_case(&name))
                     .ok_or_else(|| {
                         let names: Vec<_> = TRACES.iter().map(|t| t.name).collect();
                         format!("TRACE: unknown trace {name:?} (known: {})", names.join(","))
@@ -376,7 +436,49 @@ fn main() -> AnyResult<()> {
             out.sort_unstable();
             out
         }
-        Err(_) => (0..TRACES.len()).collect(),
+        None => (0..TRACES.len()).collect(),
+    };
+    let selected_shapes: Vec<usize> = match env_list("SYNTH") {
+        Some(list) => {
+            let mut out = Vec::new();
+            for name in list {
+                if name == "none" {
+                    continue;
+                }
+                let i = shapes::SHAPES
+                    .iter()
+                    .position(|s| s.name == name)
+                    .ok_or_else(|| {
+                        let names: Vec<_> = shapes::SHAPES.iter().map(|s| s.name).collect();
+                        format!("SYNTH: unknown shape {name:?} (known: {})", names.join(","))
+                    })?;
+                if !out.contains(&i) {
+                    out.push(i);
+                }
+            }
+            out.sort_unstable();
+            out
+        }
+        None => (0..shapes::SHAPES.len()).collect(),
+    };
+    let kinds: Vec<bool> = match env_list("CACHES") {
+        Some(list) => {
+            for name in &list {
+                if !KINDS.iter().any(|k| k.name() == name) {
+                    let names: Vec<_> = KINDS.iter().map(|k| k.name()).collect();
+                    return Err(format!(
+                        "CACHES: unknown cache {name:?} (known: {})",
+                        names.join(",")
+                    )
+                    .into());
+                }
+            }
+            KINDS
+                .iter()
+                .map(|k| list.iter().any(|n| n == k.name()))
+                .collect()
+        }
+        None => vec![true; KINDS.len()],
     };
     let moka_runs = env_usize("MOKA_RUNS", 3).max(1);
     let jobs_threads = env_usize(
@@ -385,10 +487,10 @@ fn main() -> AnyResult<()> {
     )
     .max(1);
 
-    // Load the traces and check them against the README's counts.
-    let mut keys: Vec<Vec<u64>> = vec![Vec::new(); TRACES.len()];
+    // Load the traces and check them against the README's counts; generate the shapes.
+    let mut workloads: Vec<Workload> = Vec::new();
     let mut trace_notes = String::new();
-    for &i in &selected {
+    for &i in &selected_traces {
         let spec = &TRACES[i];
         let path = dir.join(spec.file);
         let k = read_trace(&path, spec.format)?;
@@ -409,28 +511,56 @@ fn main() -> AnyResult<()> {
             k.len(),
             unique
         )?;
-        keys[i] = k;
+        workloads.push(Workload {
+            name: spec.name,
+            synthetic: false,
+            sizes: spec.sizes,
+            keys: k,
+        });
+    }
+    for &i in &selected_shapes {
+        let shape = &shapes::SHAPES[i];
+        let k = (shape.keys)();
+        let unique = k.iter().collect::<HashSet<_>>().len();
+        writeln!(
+            trace_notes,
+            "  - {} (synthetic, `tests/shapes`): {} requests, {} unique keys",
+            shape.name,
+            k.len(),
+            unique
+        )?;
+        workloads.push(Workload {
+            name: shape.name,
+            synthetic: true,
+            sizes: shape.sizes,
+            keys: k,
+        });
     }
     let load_secs = started.elapsed().as_secs_f64();
 
-    let cells: Vec<Cell> = selected
+    if let Some(spec) = std::env::var("TIMELINE").ok().filter(|s| !s.is_empty()) {
+        return timeline(&spec, &workloads);
+    }
+
+    let cells: Vec<Cell> = workloads
         .iter()
-        .flat_map(|&trace| {
-            TRACES[trace]
-                .sizes
-                .iter()
-                .map(move |&size| Cell { trace, size })
-        })
+        .enumerate()
+        .flat_map(|(workload, w)| w.sizes.iter().map(move |&size| Cell { workload, size }))
         .collect();
     // (cell, kind index); moka once per run.
     let mut jobs: Vec<(usize, usize)> = Vec::new();
     for c in 0..cells.len() {
         for (ki, kind) in KINDS.iter().enumerate() {
+            if !kinds[ki] {
+                continue;
+            }
             let runs = if *kind == Kind::Moka { moka_runs } else { 1 };
             jobs.extend(std::iter::repeat_n((c, ki), runs));
         }
     }
-    jobs.sort_by_key(|&(c, ki)| std::cmp::Reverse(keys[cells[c].trace].len() * KINDS[ki].cost()));
+    jobs.sort_by_key(|&(c, ki)| {
+        std::cmp::Reverse(workloads[cells[c].workload].keys.len() * KINDS[ki].cost())
+    });
 
     let progress = std::io::stderr().is_terminal();
     let results = Mutex::new(vec![CellResult::default(); cells.len()]);
@@ -443,20 +573,9 @@ fn main() -> AnyResult<()> {
                     let j = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&(c, ki)) = jobs.get(j) else { break };
                     let cell = &cells[c];
-                    let k = &keys[cell.trace];
+                    let k = &workloads[cell.workload].keys;
                     let t = Instant::now();
-                    let mut shards = None;
-                    let hits = match KINDS[ki] {
-                        Kind::Evanesce => {
-                            let (h, n) = run_evanesce(k, cell.size, None);
-                            shards = Some(n);
-                            h
-                        }
-                        Kind::Evanesce1 => run_evanesce(k, cell.size, Some(1)).0,
-                        Kind::Moka => run_moka(k, cell.size),
-                        Kind::QuickCache => run_quick_cache(k, cell.size),
-                        Kind::Lru => run_lru(k, cell.size),
-                    };
+                    let (hits, shards) = KINDS[ki].run(k, cell.size);
                     let secs = t.elapsed().as_secs_f64();
                     let ratio = 100.0 * hits as f64 / k.len() as f64;
                     let mut r = results.lock().unwrap_or_else(|e| e.into_inner());
@@ -487,7 +606,7 @@ fn main() -> AnyResult<()> {
         "## Hit ratio (%), count-based, single-threaded get, then insert on miss\n"
     )?;
     let mut command = String::new();
-    for var in ["TRACES", "TRACE", "MOKA_RUNS", "JOBS"] {
+    for var in ["TRACES", "TRACE", "SYNTH", "CACHES", "MOKA_RUNS", "JOBS"] {
         if let Ok(v) = std::env::var(var) {
             write!(command, "{var}={v} ")?;
         }
@@ -517,45 +636,82 @@ fn main() -> AnyResult<()> {
     )?;
     writeln!(
         out,
-        "- target = max(moka, quick_cache) - 1; margin = evanesce - target; OPT (Belady) from the traces' README"
+        "- target = max(LRU, moka, quick_cache) - 1; margin = evanesce - target; OPT (Belady) from the traces' README"
     )?;
-    writeln!(out, "- traces, from `{}`:", dir.display())?;
+    writeln!(out, "- workloads:")?;
     out.push_str(&trace_notes);
     writeln!(out)?;
 
     writeln!(
         out,
-        "| trace | size | shards | evanesce | evanesce 1 shard | moka | quick_cache | LRU | OPT | target | margin |"
+        "| workload | size | shards | evanesce | evanesce 1 shard | moka | quick_cache | LRU | OPT | target | margin |"
     )?;
     writeln!(
         out,
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
-    let mut cols: [Vec<f64>; 7] = Default::default(); // 5 kinds, target, margin
+    let fmt = |x: f64| {
+        if x.is_nan() {
+            "–".to_string()
+        } else {
+            format!("{x:.2}")
+        }
+    };
+    // Column means over the traces and over the synthetic rows: 5 kinds, target, margin, best.
+    let mut cols: [[Vec<f64>; 8]; 2] = Default::default();
     let mut misses = Vec::new();
     let mut misses_1 = Vec::new();
     let mut shard_losses = Vec::new();
+    let mut worst: Option<(f64, String)> = None;
     let mut moka_spread: (f64, String) = (0.0, String::new());
     for (cell, r) in cells.iter().zip(&results) {
-        let name = TRACES[cell.trace].name;
-        let v: Vec<f64> = r.ratios.iter().map(|x| mean(x)).collect();
+        let w = &workloads[cell.workload];
+        let name = w.name;
+        let v: Vec<f64> = r
+            .ratios
+            .iter()
+            .map(|x| if x.is_empty() { f64::NAN } else { mean(x) })
+            .collect();
         let (ev, ev1, moka, qc, lru) = (v[0], v[1], v[2], v[3], v[4]);
-        let target = moka.max(qc) - 1.0;
+        let peers: Vec<f64> = [moka, qc, lru]
+            .into_iter()
+            .filter(|x| !x.is_nan())
+            .collect();
+        let best = peers.iter().cloned().fold(f64::NAN, f64::max);
+        let target = best - 1.0;
         let margin = ev - target;
         let opt = OPT
             .iter()
-            .find(|(t, s, _)| *t == name && *s == cell.size)
+            .find(|(t, s, _)| !w.synthetic && *t == name && *s == cell.size)
             .map_or(String::new(), |o| format!("{:.2}", o.2));
+        let shards = if r.shards == 0 {
+            "–".to_string()
+        } else {
+            r.shards.to_string()
+        };
         writeln!(
             out,
-            "| {name} | {} | {} | {ev:.2} | {ev1:.2} | {moka:.2} | {qc:.2} | {lru:.2} | {opt} | {target:.2} | {margin:+.2} |",
-            cell.size, r.shards
+            "| {name} | {} | {shards} | {} | {} | {} | {} | {} | {opt} | {} | {} |",
+            cell.size,
+            fmt(ev),
+            fmt(ev1),
+            fmt(moka),
+            fmt(qc),
+            fmt(lru),
+            fmt(target),
+            if margin.is_nan() {
+                "–".to_string()
+            } else {
+                format!("{margin:+.2}")
+            },
         )?;
+        let group = &mut cols[usize::from(w.synthetic)];
         for (i, x) in v.iter().enumerate() {
-            cols[i].push(*x);
+            group[i].push(*x);
         }
-        cols[5].push(target);
-        cols[6].push(margin);
+        group[5].push(target);
+        group[6].push(margin);
+        group[7].push(best);
         if ev < target {
             misses.push(format!("{name} {} ({margin:+.2})", cell.size));
         }
@@ -568,19 +724,41 @@ fn main() -> AnyResult<()> {
                 cell.size, r.shards
             ));
         }
+        if !margin.is_nan() && worst.as_ref().is_none_or(|w| margin < w.0) {
+            worst = Some((margin, format!("{name} {}", cell.size)));
+        }
         let m = &r.ratios[2];
-        let spread =
-            m.iter().cloned().fold(f64::MIN, f64::max) - m.iter().cloned().fold(f64::MAX, f64::min);
-        if spread >= moka_spread.0 {
-            moka_spread = (spread, format!("{name} {}", cell.size));
+        if m.len() > 1 {
+            let spread = m.iter().cloned().fold(f64::MIN, f64::max)
+                - m.iter().cloned().fold(f64::MAX, f64::min);
+            if spread >= moka_spread.0 {
+                moka_spread = (spread, format!("{name} {}", cell.size));
+            }
         }
     }
-    let m: Vec<f64> = cols.iter().map(|c| mean(c)).collect();
-    writeln!(
-        out,
-        "| **mean** | | | **{:.2}** | {:.2} | {:.2} | {:.2} | {:.2} | | {:.2} | {:+.2} |",
-        m[0], m[1], m[2], m[3], m[4], m[5], m[6]
-    )?;
+    let mut best_means = [f64::NAN; 2];
+    for (g, label) in [(0, "mean, traces"), (1, "mean, synthetic")] {
+        if cols[g][0].is_empty() {
+            continue;
+        }
+        let m: Vec<f64> = cols[g].iter().map(|c| mean(c)).collect();
+        best_means[g] = m[7];
+        writeln!(
+            out,
+            "| **{label}** | | | **{}** | {} | {} | {} | {} | | {} | {} |",
+            fmt(m[0]),
+            fmt(m[1]),
+            fmt(m[2]),
+            fmt(m[3]),
+            fmt(m[4]),
+            fmt(m[5]),
+            if m[6].is_nan() {
+                "–".to_string()
+            } else {
+                format!("{:+.2}", m[6])
+            },
+        )?;
+    }
     writeln!(out)?;
     let list = |v: &[String]| {
         if v.is_empty() {
@@ -589,6 +767,19 @@ fn main() -> AnyResult<()> {
             v.join(", ")
         }
     };
+    for (g, label) in [(0, "traces"), (1, "synthetic workloads")] {
+        if !best_means[g].is_nan() {
+            writeln!(
+                out,
+                "- {label}: mean of the per-cell best of the peers {:.2}, evanesce {:.2}",
+                best_means[g],
+                mean(&cols[g][0])
+            )?;
+        }
+    }
+    if let Some((m, at)) = &worst {
+        writeln!(out, "- worst margin: {m:+.2} ({at})")?;
+    }
     writeln!(
         out,
         "- cells where evanesce (default shards) misses the target: {}",
@@ -604,7 +795,7 @@ fn main() -> AnyResult<()> {
         "- cells where the default shard count loses more than 1 point to 1 shard: {}",
         list(&shard_losses)
     )?;
-    if moka_runs > 1 {
+    if moka_runs > 1 && kinds[2] {
         writeln!(
             out,
             "- moka run-to-run spread (max - min over {moka_runs} runs): largest {:.2} points ({})",
@@ -619,7 +810,7 @@ fn main() -> AnyResult<()> {
     }
     writeln!(
         out,
-        "- time: traces loaded in {load_secs:.1} s; cache time (summed over cells) evanesce {:.1} s, \
+        "- time: workloads loaded in {load_secs:.1} s; cache time (summed over cells) evanesce {:.1} s, \
          evanesce 1 shard {:.1} s, moka {:.1} s, quick_cache {:.1} s, LRU {:.1} s; wall {:.1} s",
         secs[0],
         secs[1],
@@ -636,6 +827,84 @@ fn main() -> AnyResult<()> {
          Caffeine's simulator resources."
     )?;
     print!("{out}");
+    Ok(())
+}
+
+/// `TIMELINE=workload:size[:windows]`: the hit ratio of each cache over successive windows of
+/// the workload (default 30 windows), to show how a policy follows a change of regime.
+fn timeline(spec: &str, workloads: &[Workload]) -> AnyResult<()> {
+    let mut parts = spec.split(':');
+    let name = parts.next().unwrap_or_default();
+    let size: u64 = parts
+        .next()
+        .ok_or("TIMELINE=workload:size[:windows]")?
+        .parse()?;
+    let windows: usize = parts.next().map_or(Ok(30), str::parse)?;
+    let w = workloads
+        .iter()
+        .find(|w| w.name.eq_ignore_ascii_case(name))
+        .ok_or_else(|| format!("TIMELINE: workload {name:?} not loaded (see TRACE, SYNTH)"))?;
+    let keys = &w.keys;
+    let per = keys.len().div_ceil(windows);
+    // Each cache as a closure answering "was this a hit?" (inserting on a miss).
+    let ev = evanesce::Cache::<u64, u64>::builder()
+        .max_capacity(size)
+        .hasher(FixedState::default())
+        .build()?;
+    let ev1 = evanesce::Cache::<u64, u64>::builder()
+        .max_capacity(size)
+        .shards(1)
+        .hasher(FixedState::default())
+        .build()?;
+    let mut qc: quick_cache::unsync::Cache<u64, u64> =
+        quick_cache::unsync::Cache::new(size as usize);
+    let mut lru: lru::LruCache<u64, u64> =
+        lru::LruCache::new(NonZeroUsize::new(size as usize).ok_or("size > 0")?);
+    let moka: moka::sync::Cache<u64, u64> = moka::sync::Cache::builder().max_capacity(size).build();
+    println!("## Hit ratio (%) over time: {name} at {size}, {windows} windows of {per} requests\n");
+    println!("| requests | evanesce | evanesce 1 shard | moka | quick_cache | LRU |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (i, chunk) in keys.chunks(per).enumerate() {
+        let mut hits = [0u64; 5];
+        for &k in chunk {
+            let hit = [
+                ev.get(&k).is_some() || {
+                    ev.insert(k, k);
+                    false
+                },
+                ev1.get(&k).is_some() || {
+                    ev1.insert(k, k);
+                    false
+                },
+                moka.get(&k).is_some() || {
+                    moka.insert(k, k);
+                    moka.run_pending_tasks();
+                    false
+                },
+                qc.get(&k).is_some() || {
+                    qc.insert(k, k);
+                    false
+                },
+                lru.get(&k).is_some() || {
+                    lru.put(k, k);
+                    false
+                },
+            ];
+            for (h, x) in hits.iter_mut().zip(hit) {
+                *h += u64::from(x);
+            }
+        }
+        let pct = |h: u64| 100.0 * h as f64 / chunk.len() as f64;
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            (i + 1) * per.min(keys.len()),
+            pct(hits[0]),
+            pct(hits[1]),
+            pct(hits[2]),
+            pct(hits[3]),
+            pct(hits[4])
+        );
+    }
     Ok(())
 }
 

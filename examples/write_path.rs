@@ -19,7 +19,9 @@
 //!   (every insert evicts once the cache is full);
 //! - `remove`: N inserts then N removals of the same keys (both counted);
 //! - `mixed_90`: N operations, 90% gets and 10% inserts over 2^17 keys, bounded at 2^16 with a
-//!   time to live.
+//!   time to live;
+//! - `session_set`, `session_touch`, `session_get`: the session store's methods on 1,024
+//!   express-session-shaped sessions (about 200 bytes of data each).
 //!
 //! Divide callgrind's total (minus a run with N = 0 for the setup) by N for instructions per
 //! operation.
@@ -104,6 +106,42 @@ fn main() {
                     cache.insert(k, i);
                 } else {
                     black_box(cache.get(&k));
+                }
+            }
+        }
+        "session_set" | "session_touch" | "session_get" => {
+            use evanesce::session::{Cookie, MemoryStore, Session};
+            let store = MemoryStore::builder().build().unwrap();
+            let wall = store.now();
+            let make = |i: u64, secs: u64| {
+                let mut s =
+                    Session::with_cookie(Cookie::expiring_in(Duration::from_secs(secs), wall));
+                s.insert("views", i % 97);
+                s.insert(
+                    "user",
+                    serde_json::json!({"id": i, "name": format!("user-{i}"), "roles": ["reader", "commenter"]}),
+                );
+                s.insert("csrf", format!("{:032x}", i * 7919));
+                s.insert("flash", serde_json::json!([]));
+                s
+            };
+            const IDS: u64 = 1024;
+            let ids: Vec<String> = (0..IDS).map(|i| format!("sid-{:016x}", key(i))).collect();
+            let sessions: Vec<Session> = (0..IDS).map(|i| make(i, 3600)).collect();
+            let renewed: Vec<Session> = (0..IDS).map(|i| make(i, 7200)).collect();
+            for (id, s) in ids.iter().zip(&sessions) {
+                store.set(id, s).unwrap();
+            }
+            for i in 0..n as usize {
+                let j = i % IDS as usize;
+                match kind.as_str() {
+                    "session_set" => store.set(&ids[j], &sessions[j]).unwrap(),
+                    "session_touch" => {
+                        black_box(store.touch(&ids[j], &renewed[j]).unwrap());
+                    }
+                    _ => {
+                        black_box(store.get(&ids[j]).unwrap());
+                    }
                 }
             }
         }

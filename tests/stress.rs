@@ -58,6 +58,19 @@ impl Drop for Tracked {
     }
 }
 
+/// Waits (up to 10 s) for every value to be dropped. Retired values are freed by the
+/// reclaimer and crossbeam-epoch once every thread that could hold them has moved on; a thread
+/// descheduled while pinned (the reclaimer in the middle of a collection, on a loaded 2-core
+/// machine) delays that by milliseconds, so a fixed number of flushes is not a bound. A value
+/// never freed within the deadline is a leak and fails the test.
+fn settle(live: &AtomicU64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while live.load(Ordering::Relaxed) != 0 && std::time::Instant::now() < deadline {
+        crossbeam_epoch::pin().flush();
+        thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
 /// Each thread owns a key range and writes increasing versions of its own keys (never
 /// reading a stale one back), while all threads also fight over a small shared range
 /// (replace / remove / get / get_or_insert_with races, where any value read must be one that
@@ -167,12 +180,7 @@ fn owned_and_shared_keys_under_churn() {
     let stats = cache.stats();
     cache.run_pending_tasks();
     drop(cache);
-    for _ in 0..10_000 {
-        crossbeam_epoch::pin().flush();
-        if live_values.load(Ordering::Relaxed) == 0 {
-            break;
-        }
-    }
+    settle(&live_values);
     assert_eq!(
         live_values.load(Ordering::Relaxed),
         0,
@@ -318,12 +326,7 @@ fn the_bound_holds_under_concurrent_writers() {
         inserted.load(Ordering::Relaxed)
     );
     drop(cache);
-    for _ in 0..10_000 {
-        crossbeam_epoch::pin().flush();
-        if live_values.load(Ordering::Relaxed) == 0 {
-            break;
-        }
-    }
+    settle(&live_values);
     assert_eq!(live_values.load(Ordering::Relaxed), 0);
     eprintln!("{samples} samples, max weight seen {max_seen} (capacity {CAPACITY}, slack {slack})");
 }

@@ -1,6 +1,10 @@
 //! Eviction: the size bound's policy (see [`policy`]), one instance per shard, driven by the
-//! shard's maintainer.
+//! shard's maintainer; its ghost history of evicted keys ([`ghost`]); and the index-linked
+//! lists it keeps its queues in ([`list`], shared with the timer wheel).
 
+pub(crate) mod contest;
+mod ghost;
+pub(crate) mod list;
 pub(crate) mod policy;
 
 #[cfg(all(test, not(loom)))]
@@ -17,6 +21,7 @@ mod exact_model {
 
     use proptest::prelude::*;
 
+    use super::contest::Contest;
     use super::policy::{EntryAccess, Policy};
     use crate::Cache;
     use crate::raw::FREQ_MAX;
@@ -63,7 +68,7 @@ mod exact_model {
         fn new(capacity: u64) -> Self {
             Model {
                 capacity,
-                policy: Policy::new(capacity, false),
+                policy: Policy::new(capacity, false, Contest::new(capacity)),
                 map: HashMap::new(),
                 key_of: Vec::new(),
                 counter: Vec::new(),

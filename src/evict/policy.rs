@@ -1,87 +1,92 @@
-//! The eviction policy: an adaptive two-queue CLOCK with duel admission.
+//! The eviction policy: a two-queue CLOCK with duel admission, adapting at two scales.
 //!
-//! Designed and measured in a separate policy lab on the real traces of `../shared/traces`
-//! (see the README's hit-ratio table and `examples/hit_ratio.rs`), then brought here.
-//!
-//! Single-owner (`&mut self`), index-based. The cache owns the entries; each entry
-//! carries a 2-bit saturating access counter that readers bump lock-free on a hit
-//! (`if c < 3 { c += 1 }`) and that this policy reads and writes during eviction.
-//! Nothing else is recorded on a hit.
+//! Single-owner (`&mut self`), index-based: the cache owns the entries; each entry carries a
+//! 2-bit saturating access counter that readers bump lock-free on a hit (`if c < 3 { c += 1 }`)
+//! and that this policy reads and writes during eviction. Nothing else is recorded on a hit:
+//! every signal the policy adapts on comes from inserts (misses), evictions and counters.
 //!
 //! # Structure
-//! * SMALL: a FIFO of newly inserted entries (the probation window). Its target
-//!   weight adapts between 1% and 25% of the capacity (starting at 1%).
-//! * MAIN: a CLOCK ring; the ring head is the hand, new entries go just behind it.
-//! * ghost: a bounded table of 32-bit records of recently evicted keys (22-bit
-//!   fingerprint, where the key was evicted from, an 8-bit eviction timestamp, and
-//!   whether it was a duel loser), about one record per resident entry.
+//! The capacity is split into partitions by key hash ([`Part`]): the *bulk*, and, in a cache
+//! of at least 2048 entries whose shard holds at least 256, two *samples* of a sixteenth of the
+//! keys and of the capacity each (see [`super::contest`]). Each partition has two queues, lists
+//! of one [`Lists`]:
+//! * SMALL: a FIFO of newly inserted entries (the probation window);
+//! * MAIN: a CLOCK ring; its front is the hand, new entries join at the back (just behind it).
 //!
-//! # Algorithm
-//! * `insert`: the entry goes to SMALL's tail. If its hash is in the ghost (the
-//!   record is removed) the entry becomes a *candidate*, with evidence 1, or 2 if
-//!   the record says it already lost a duel. A record that is not a loser's also
-//!   feeds the adaptation (below).
-//! * `evict_one`: while SMALL is over its target (or MAIN is empty), look at SMALL's
-//!   head:
-//!   1. counter > 0 (hit while in SMALL): move it to MAIN, counter := 0;
-//!   2. MAIN is under its target (capacity - SMALL target): move it to MAIN;
-//!   3. candidate: *duel*. Of the hand's entry and the one after it, take the one with
-//!      the lower counter (the hand's on a tie). If that counter < evidence, it is
-//!      the victim (ghost: evicted from MAIN) and the candidate moves to MAIN with
-//!      counter 1. Otherwise the hand's counter is decremented, the hand advances,
-//!      and the candidate is the victim (ghost: duel loser);
-//!   4. otherwise it is the victim (ghost: evicted from SMALL).
+//! The ghost ([`super::ghost`]), shared by the partitions, is a bounded table of 32-bit
+//! records of recently evicted keys (a fingerprint, the queue the key left, an 8-bit eviction
+//! timestamp, and whether it lost a duel), about one record per resident entry.
 //!
-//!   Otherwise, run MAIN's CLOCK: counter > 0: decrement, advance; counter 0: victim
-//!   (ghost: evicted from MAIN).
-//! * adaptation (ARC-like, windowed): each queue has an eviction clock (weight
-//!   evicted from it so far). A ghost hit on a key evicted from SMALL at most
-//!   W = 5% of capacity ago on SMALL's clock is a hit that a SMALL bigger by W would
-//!   have had; likewise for MAIN on MAIN's clock. Loser records are ignored (MAIN's
-//!   admission, not a queue's size, kept them out). After every 32 such events
-//!   (s from SMALL, m from MAIN), SMALL's target += 2% of capacity × (s - m)/(s + m).
+//! # Eviction
+//! A victim comes from the partition that holds the most weight beyond its share. There,
+//! while SMALL is over its target (or MAIN is empty), look at SMALL's front:
+//! 1. counter > 0 (hit while in SMALL): move it to MAIN, counter := 0;
+//! 2. MAIN is under its target (the partition's capacity minus SMALL's target): move it to
+//!    MAIN;
+//! 3. a *candidate* (its key was in the ghost at insert: evidence 1, or 2 if it had lost a
+//!    duel): *duel*. Of the hand's entry and the one after it, take the one with the lower
+//!    counter (the hand's on a tie). If that counter < evidence, it is the victim and the
+//!    candidate moves to MAIN with counter 1. Otherwise the hand's counter is decremented, the
+//!    hand advances, and the candidate is the victim (recorded as a duel loser);
+//! 4. otherwise it is the victim.
 //!
-//! Scans: scan keys enter SMALL, are never hit and never come back, so they leave
-//! through SMALL's head without touching MAIN or the adaptation.
-//! Loops larger than the cache: a returning key only displaces a MAIN entry that
-//! went unreferenced for a whole hand lap; loop keys in MAIN are referenced every
-//! lap, so MAIN keeps a stable set (near-optimal) instead of churning like LRU.
+//! Otherwise, run MAIN's CLOCK: counter > 0: decrement, advance; counter 0: victim.
+//!
+//! # Adaptation, fine: SMALL's size from ghost hits
+//! In [`Mode::Adaptive`] SMALL's target is a fraction of the partition between 1% and 25%,
+//! moved ARC-style: each queue has an eviction clock (weight evicted from it so far); a ghost
+//! hit on a key evicted from SMALL at most W = 5% of capacity ago on SMALL's clock is a hit that
+//! a SMALL bigger by W would have had, likewise for MAIN on MAIN's clock (loser records are
+//! ignored: MAIN's admission, not a queue's size, kept them out). After every 32 such events
+//! (s from SMALL, m from MAIN), the fraction moves by 2% x (s - m) / (s + m).
+//!
+//! This local gradient is right where the hit ratio is concave in SMALL's size (frequency-biased
+//! workloads: Zipf, loops, scans over a hot set), and blind where it is not: on back-and-forth
+//! sweeps or a sliding window, MAIN's protected entries are stale, the marginal gains of the two
+//! queues look equal at any small size, and only a cache that gives everything to recency (a
+//! FIFO of the whole capacity, which is what LRU amounts to there) does well.
+//!
+//! # Adaptation, coarse: a contest between two modes
+//! The policy runs in one of two modes ([`Mode`]): `Adaptive` (above), or `Recency`, where
+//! SMALL's target is the whole partition, so every key goes through one FIFO. The samples try
+//! the mode the bulk does not run against the one it does, with misses as the only signal, and
+//! every shard switches when the other mode wins clearly ([`super::contest`] has the rules).
+//! The samples of all shards count together, so the decision is the cache's, and a small shard
+//! gets it as soon as a large one.
+//!
+//! Scans: scan keys enter SMALL, are never hit and never come back, so in `Adaptive` mode they
+//! leave through SMALL's head without touching MAIN or the adaptation. Loops larger than the
+//! cache: a returning key only displaces a MAIN entry that went unreferenced for a whole hand
+//! lap; loop keys in MAIN are referenced every lap, so MAIN keeps a stable set (near-optimal)
+//! instead of churning like LRU.
 
-/// Sentinel for "no id".
-pub(crate) const NIL: u32 = u32::MAX;
-/// Saturation value of the per-entry access counter.
-#[cfg(all(test, not(loom)))]
-pub(crate) const COUNTER_MAX: u8 = crate::raw::FREQ_MAX;
+use super::contest::{Contest, Mode, Tally, View};
+use super::ghost::{self, Ghost};
+use super::list::Lists;
+use crate::sync::Arc;
 
-/// SMALL's target weight bounds and start value, in 1/10000 of capacity.
-const SMALL_MIN_BP: u64 = 100; // 1%
-const SMALL_MAX_BP: u64 = 2500; // 25%
-const SMALL_INIT_BP: u64 = 100; // 1%
-/// Ghost-hit window W, in 1/10000 of capacity.
-const WINDOW_BP: u64 = 500; // 5%
-/// Adaptation: events per decision, and step at full imbalance (1/10000 of capacity).
+/// SMALL's share of a partition in [`Mode::Adaptive`]: bounds and start value.
+const SMALL_MIN: f64 = 0.01;
+const SMALL_MAX: f64 = 0.25;
+/// Ghost-hit window W, as a fraction of the capacity.
+const WINDOW: f64 = 0.05;
+/// Adaptation: events per decision, and step at full imbalance (fraction of the capacity).
 const ADAPT_PERIOD: u32 = 32;
-const ADAPT_STEP_BP: u64 = 200; // 2%
-/// Eviction clocks are kept in epochs of capacity/EPOCHS_PER_CAPACITY weight; the
-/// ghost stores 8-bit epochs, so distances up to 4× capacity are measurable.
-const EPOCHS_PER_CAPACITY: u64 = 64;
+const ADAPT_STEP: f64 = 0.02;
+/// Sample misses a policy gathers before it reports them to the contest.
+const REPORT_EVERY: u64 = 16;
+
 /// Counter given to a candidate that wins its duel (one lap of grace).
 const ADMIT_COUNTER: u8 = 1;
-
-const Q_NONE: u8 = 0;
-const Q_SMALL: u8 = 1;
-const Q_MAIN: u8 = 2;
-const Q_MASK: u8 = 3;
-const F_CANDIDATE: u8 = 4;
-const F_REPEAT: u8 = 8;
-const F_FLAGS: u8 = F_CANDIDATE | F_REPEAT;
-
-const ORIGIN_SMALL: usize = 0;
-const ORIGIN_MAIN: usize = 1;
+/// Smallest capacity of one sample partition: below it the policy has no samples.
+const MIN_SAMPLE: f64 = 16.0;
+/// Eviction clocks are kept in epochs of capacity/EPOCHS_PER_CAPACITY weight; the ghost stores
+/// 8-bit epochs, so distances up to 4x capacity are measurable.
+const EPOCHS_PER_CAPACITY: u64 = 64;
 
 /// What the policy needs from the cache's entries during eviction.
 pub(crate) trait EntryAccess {
-    /// The entry's access counter (0..=COUNTER_MAX).
+    /// The entry's access counter (0..=`FREQ_MAX`).
     fn counter(&self, id: u32) -> u8;
     /// Overwrite the entry's access counter.
     fn set_counter(&mut self, id: u32, value: u8);
@@ -89,90 +94,168 @@ pub(crate) trait EntryAccess {
     fn hash(&self, id: u32) -> u64;
 }
 
-/// Ghost record layout (u32): bit 0 origin, bit 1 loser, bits 2..=9 epoch,
-/// bits 10..=31 fingerprint (22 bits, never all zero, so 0 means empty).
-const G_LOSER: u32 = 2;
-const G_EPOCH_SHIFT: u32 = 2;
-const G_FP_SHIFT: u32 = 10;
-const BUCKET: usize = 16; // 16 × u32 = one 64-byte cache line
-const GHOST_MIN_SLOTS: usize = 64;
-
-/// Bounded history of evicted keys. Buckets of 16 fingerprints, each a FIFO
-/// (newest first). The table grows with the number of resident entries; the
-/// number of slots in use per bucket (`depth`) keeps the history at about one
-/// record per resident entry.
-struct Ghost {
-    slots: Vec<u32>,
-    buckets: u64,
+/// The two queues of a partition.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Queue {
+    /// The probation FIFO: new entries, oldest at the front.
+    Small = 0,
+    /// The CLOCK ring: the front is the hand; entries join just behind it (at the back).
+    Main = 1,
 }
 
-impl Ghost {
-    fn with_slots(n: usize) -> Self {
-        let b = n.div_ceil(BUCKET).max(GHOST_MIN_SLOTS / BUCKET);
-        Ghost {
-            slots: vec![0; b * BUCKET],
-            buckets: b as u64,
+/// The partitions of the capacity: the bulk of the keys, and two small samples of the key
+/// space (by hash) that try out settings against each other.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Part {
+    Bulk = 0,
+    SampleA = 1,
+    SampleB = 2,
+}
+
+const PARTS: [Part; 3] = [Part::Bulk, Part::SampleA, Part::SampleB];
+
+impl Part {
+    /// The list of `queue` in this partition.
+    fn list(self, queue: Queue) -> usize {
+        2 * self as usize + queue as usize
+    }
+}
+
+/// Where a tracked id is, and what SMALL knows about its past.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    /// Not tracked by the policy.
+    Untracked,
+    /// In SMALL, with no ghost record: a key seen for the first time (as far as the policy
+    /// remembers).
+    New,
+    /// In SMALL, back after being evicted recently: a *candidate* with evidence 1.
+    Returned,
+    /// In SMALL, back after losing a duel: a candidate with evidence 2.
+    Repeat,
+    /// In MAIN.
+    Main,
+}
+
+impl State {
+    fn queue(self) -> Option<Queue> {
+        match self {
+            State::Untracked => None,
+            State::New | State::Returned | State::Repeat => Some(Queue::Small),
+            State::Main => Some(Queue::Main),
         }
     }
 
-    fn base(&self, hash: u64) -> usize {
-        ((((hash as u32) as u64) * self.buckets) >> 32) as usize * BUCKET
-    }
-
-    fn fingerprint(hash: u64) -> u32 {
-        ((hash >> 42) as u32 & 0x3F_FFFF) | 1
-    }
-
-    /// Slots in use per bucket for `entries` records.
-    fn depth(&self, entries: usize) -> usize {
-        (entries * BUCKET)
-            .div_ceil(self.slots.len())
-            .clamp(1, BUCKET)
-    }
-
-    /// Remove and return the record for `hash`, if any.
-    fn take(&mut self, hash: u64, depth: usize) -> Option<u32> {
-        let base = self.base(hash);
-        let fp = Self::fingerprint(hash);
-        let b = &mut self.slots[base..base + depth];
-        let i = b.iter().position(|&v| v != 0 && v >> G_FP_SHIFT == fp)?;
-        let v = b[i];
-        b.copy_within(i + 1.., i);
-        b[depth - 1] = 0;
-        Some(v)
-    }
-
-    /// Record `hash` as the newest entry of its bucket; the oldest falls out.
-    fn add(&mut self, hash: u64, info: u32, depth: usize) {
-        let base = self.base(hash);
-        let b = &mut self.slots[base..base + BUCKET];
-        b.copy_within(0..depth - 1, 1);
-        b[0] = (Self::fingerprint(hash) << G_FP_SHIFT) | info;
-        for v in &mut b[depth..] {
-            *v = 0;
+    /// The evidence a candidate brings to a duel (0: not a candidate).
+    fn evidence(self) -> u8 {
+        match self {
+            State::Returned => 1,
+            State::Repeat => 2,
+            _ => 0,
         }
     }
+}
+
+/// An id's [`State`] and [`Part`] in one byte.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Tag(u8);
+
+impl Tag {
+    const UNTRACKED: Tag = Tag(0);
+
+    fn new(state: State, part: Part) -> Tag {
+        Tag(state as u8 | (part as u8) << 3)
+    }
+
+    fn state(self) -> State {
+        match self.0 & 7 {
+            0 => State::Untracked,
+            1 => State::New,
+            2 => State::Returned,
+            3 => State::Repeat,
+            _ => State::Main,
+        }
+    }
+
+    fn part(self) -> Part {
+        match self.0 >> 3 {
+            0 => Part::Bulk,
+            1 => Part::SampleA,
+            _ => Part::SampleB,
+        }
+    }
+}
+
+/// What a ghost record says about an evicted key (its 10 info bits: bit 0 the queue it left,
+/// bit 1 whether it lost a duel, bits 2..=9 the 8-bit eviction epoch of that queue).
+#[derive(Clone, Copy, Debug)]
+struct Record {
+    from: Queue,
+    loser: bool,
+    epoch: u8,
+}
+
+impl Record {
+    fn pack(self) -> u32 {
+        self.from as u32 | (u32::from(self.loser) << 1) | (u32::from(self.epoch) << 2)
+    }
+
+    fn unpack(info: u32) -> Self {
+        Record {
+            from: if info & 1 == 0 {
+                Queue::Small
+            } else {
+                Queue::Main
+            },
+            loser: info & 2 != 0,
+            epoch: (info >> 2) as u8,
+        }
+    }
+}
+
+/// One step of [`Policy::evict_one`]'s search.
+enum Step {
+    /// An entry moved (SMALL to MAIN, or the hand advanced); look again.
+    Moved,
+    /// This id is the victim.
+    Victim(u32),
+}
+
+/// A partition's share of the capacity and its queues' weights.
+#[derive(Clone, Copy, Default)]
+struct Share {
+    /// The weight this partition may hold (a fraction of the capacity: its fraction of the
+    /// key space).
+    capacity: f64,
+    /// SMALL's target weight.
+    small_target: f64,
+    /// Weight held, per queue.
+    weight: [u64; 2],
 }
 
 /// The eviction policy. See the module documentation.
 pub(crate) struct Policy {
     capacity: u64,
-    // per-id metadata
-    next: Vec<u32>,
-    prev: Vec<u32>,
-    tag: Vec<u8>,
+    /// Fraction of the key space (and the capacity) of each sample, in 1/16: 0 (no samples,
+    /// for a capacity below 256) or 1.
+    sample_16ths: u64,
+    /// SMALL and MAIN of each partition ([`Part::list`]).
+    queues: Lists,
+    /// Per id.
+    tags: Vec<Tag>,
     /// Weight per id; `None` for a cache without a weigher, where every entry weighs 1
     /// (saving four bytes per entry).
     weight: Option<Vec<u32>>,
-    // queues: SMALL head is its oldest entry; MAIN head is the CLOCK hand
-    small_head: u32,
-    main_head: u32,
-    small_w: u64,
-    main_w: u64,
+    shares: [Share; 3],
     len: usize,
-    // adaptation (the target is fractional so that small caches can move by less
-    // than one unit of weight per decision)
-    small_target: f64,
+    contest: Arc<Contest>,
+    /// What this policy last learnt of the contest.
+    view: View,
+    /// Sample misses not reported yet.
+    tally: Tally,
+    /// SMALL's share of a partition in [`Mode::Adaptive`] (the ghost adaptation's output).
+    small_frac: f64,
+    /// Weight evicted so far from SMALL and MAIN of the partitions in [`Mode::Adaptive`].
     evicted_w: [u64; 2],
     epoch_unit: u64,
     window: u64,
@@ -180,138 +263,220 @@ pub(crate) struct Policy {
     ghost: Ghost,
 }
 
-fn frac(capacity: u64, bp: u64) -> u64 {
-    ((capacity as u128 * bp as u128) / 10_000) as u64
-}
-
-fn frac_f(capacity: u64, bp: u64) -> f64 {
-    capacity as f64 * bp as f64 / 10_000.0
-}
-
 impl Policy {
-    /// A policy for a cache whose total weight must stay <= `capacity`; `weighted` says
-    /// whether entries carry weights (otherwise each weighs 1).
-    pub(crate) fn new(capacity: u64, weighted: bool) -> Self {
+    /// A policy for a cache (or a shard of one) whose total weight must stay <= `capacity`;
+    /// `weighted` says whether entries carry weights (otherwise each weighs 1); `contest` is
+    /// shared by every shard of the cache.
+    pub(crate) fn new(capacity: u64, weighted: bool, contest: Arc<Contest>) -> Self {
         let capacity = capacity.max(1);
-        Policy {
+        // A cache too small for samples never touches the contest's lock.
+        let view = if contest.enabled() {
+            contest.try_view().unwrap_or(View::INITIAL)
+        } else {
+            View::INITIAL
+        };
+        let mut policy = Policy {
             capacity,
-            next: Vec::new(),
-            prev: Vec::new(),
-            tag: Vec::new(),
+            sample_16ths: u64::from(contest.enabled() && capacity as f64 / 16.0 >= MIN_SAMPLE),
+            queues: Lists::new(2 * PARTS.len()),
+            tags: Vec::new(),
             weight: weighted.then(Vec::new),
-            small_head: NIL,
-            main_head: NIL,
-            small_w: 0,
-            main_w: 0,
+            shares: [Share::default(); 3],
             len: 0,
-            small_target: frac_f(capacity, SMALL_INIT_BP),
+            contest,
+            view,
+            tally: Tally::default(),
+            small_frac: SMALL_MIN,
             evicted_w: [0; 2],
             epoch_unit: (capacity / EPOCHS_PER_CAPACITY).max(1),
-            window: frac(capacity, WINDOW_BP),
+            window: (capacity as f64 * WINDOW) as u64,
             events: [0; 2],
-            ghost: Ghost::with_slots(GHOST_MIN_SLOTS),
+            ghost: Ghost::with_slots(ghost::MIN_SLOTS),
+        };
+        policy.apportion();
+        policy
+    }
+
+    /// Sets each partition's capacity and SMALL target from the capacity, the contest's view
+    /// and the adaptation.
+    fn apportion(&mut self) {
+        let c = self.capacity as f64;
+        let sample = c * self.sample_16ths as f64 / 16.0;
+        for (part, capacity) in [
+            (Part::Bulk, c - 2.0 * sample),
+            (Part::SampleA, sample),
+            (Part::SampleB, sample),
+        ] {
+            let small_target = match self.mode_of(part) {
+                Mode::Adaptive => capacity * self.small_frac,
+                Mode::Recency => capacity,
+            };
+            let share = &mut self.shares[part as usize];
+            share.capacity = capacity;
+            share.small_target = small_target;
+        }
+    }
+
+    /// The mode partition `part` runs.
+    fn mode_of(&self, part: Part) -> Mode {
+        match part {
+            Part::Bulk => self.view.incumbent,
+            Part::SampleA => self.view.samples[0],
+            Part::SampleB => self.view.samples[1],
+        }
+    }
+
+    /// A miss (an insert) in a sample: counted for the contest, reported in batches.
+    fn sample_miss(&mut self, part: Part) {
+        let sample = usize::from(part == Part::SampleB);
+        self.tally.miss(sample, self.view.measuring);
+        if self.tally.seen() >= REPORT_EVERY
+            && let Some(view) = self.contest.report(self.view, &mut self.tally)
+            && view != self.view
+        {
+            self.view = view;
+            self.apportion();
+        }
+    }
+
+    /// A ghost hit on a record that is not a duel loser, in a partition in
+    /// [`Mode::Adaptive`]: one adaptation event if the key was evicted at most `window`
+    /// weight ago, measured on its queue's clock.
+    fn observe(&mut self, r: Record) {
+        let origin = r.from as usize;
+        let now = (self.evicted_w[origin] / self.epoch_unit) & 0xFF;
+        let distance = ((now + 256 - u64::from(r.epoch)) & 0xFF) * self.epoch_unit;
+        if distance > self.window {
+            return;
+        }
+        self.events[origin] += 1;
+        let total = self.events[0] + self.events[1];
+        if total >= ADAPT_PERIOD {
+            let (s, m) = (self.events[0] as f64, self.events[1] as f64);
+            let step = ADAPT_STEP * (s - m) / (s + m);
+            self.small_frac = (self.small_frac + step).clamp(SMALL_MIN, SMALL_MAX);
+            self.events = [0; 2];
+            self.apportion();
+        }
+    }
+
+    /// The partition of a key with `hash`.
+    fn part_of(&self, hash: u64) -> Part {
+        let slot = (hash >> 32) & 15;
+        if slot < self.sample_16ths {
+            Part::SampleA
+        } else if slot < 2 * self.sample_16ths {
+            Part::SampleB
+        } else {
+            Part::Bulk
         }
     }
 
     /// Total weight of the entries the policy tracks.
     pub(crate) fn weighted_size(&self) -> u64 {
-        self.small_w + self.main_w
+        self.shares.iter().map(|s| s.weight[0] + s.weight[1]).sum()
     }
 
     /// Number of entries the policy tracks.
-    #[cfg_attr(any(not(test), loom), allow(dead_code))]
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    #[cfg_attr(any(not(test), loom), allow(dead_code))]
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    #[cfg_attr(any(not(test), loom), allow(dead_code))]
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn capacity(&self) -> u64 {
         self.capacity
     }
 
-    /// Changes the capacity the queue targets are proportioned to (a shard's share of the
-    /// cache's capacity follows the shard's size). Records already in the ghost keep their
-    /// timestamps, which only shifts their measured distance a little.
+    /// Changes the capacity the partitions and queue targets are proportioned to (a shard's
+    /// share of the cache's capacity follows the shard's size).
     pub(crate) fn set_capacity(&mut self, capacity: u64) {
         let capacity = capacity.max(1);
-        if capacity == self.capacity {
-            return;
+        if capacity != self.capacity {
+            self.capacity = capacity;
+            self.epoch_unit = (capacity / EPOCHS_PER_CAPACITY).max(1);
+            self.window = (capacity as f64 * WINDOW) as u64;
+            self.apportion();
         }
-        let scale = capacity as f64 / self.capacity as f64;
-        self.capacity = capacity;
-        self.epoch_unit = (capacity / EPOCHS_PER_CAPACITY).max(1);
-        self.window = frac(capacity, WINDOW_BP);
-        self.small_target = (self.small_target * scale).clamp(
-            frac_f(capacity, SMALL_MIN_BP),
-            frac_f(capacity, SMALL_MAX_BP),
-        );
     }
 
-    /// Current target weight of the SMALL queue.
-    #[cfg_attr(any(not(test), loom), allow(dead_code))]
+    /// Current target weight of the bulk's SMALL queue.
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn small_target(&self) -> u64 {
-        self.small_target as u64
+        self.shares[Part::Bulk as usize].small_target as u64
     }
 
-    /// Weight of id `i`.
+    /// Weight of id `id`.
     #[inline]
-    fn w(&self, i: usize) -> u64 {
+    fn w(&self, id: u32) -> u64 {
         match &self.weight {
-            Some(w) => u64::from(w[i]),
+            Some(w) => u64::from(w[id as usize]),
             None => 1,
         }
+    }
+
+    fn tag(&self, id: u32) -> Tag {
+        self.tags
+            .get(id as usize)
+            .copied()
+            .unwrap_or(Tag::UNTRACKED)
+    }
+
+    fn state(&self, id: u32) -> State {
+        self.tag(id).state()
     }
 
     /// A new key `id` (not currently tracked) with `hash` and `weight` was inserted.
     /// The caller sets its counter to 0 and then calls `evict_one` until
     /// `weighted_size() <= capacity()`.
     pub(crate) fn insert(&mut self, id: u32, hash: u64, weight: u32) {
-        debug_assert!(id != NIL, "id u32::MAX is reserved");
-        let i = id as usize;
-        self.make_room_for(i);
-        if self.tag[i] & Q_MASK != Q_NONE {
+        self.make_room_for(id);
+        if self.state(id) != State::Untracked {
             // An id is reinserted only after it was removed; should that ever be broken,
             // forget the stale membership rather than corrupt the queues.
             debug_assert!(false, "id {id} inserted while still tracked");
             self.remove(id);
         }
         if let Some(w) = &mut self.weight {
-            w[i] = weight;
+            w[id as usize] = weight;
         }
-        self.tag[i] = Q_NONE;
         self.len += 1;
-        if self.len > self.ghost.slots.len() {
+        if self.len > self.ghost.slots() {
             // Grow the history with the resident count (records are not rehashable,
             // so the old history is dropped; this happens while the cache fills).
-            let n = self
-                .len
-                .max(self.ghost.slots.len() + self.ghost.slots.len() / 4);
+            let n = self.len.max(self.ghost.slots() + self.ghost.slots() / 4);
             self.ghost = Ghost::with_slots(n);
         }
         let depth = self.ghost.depth(self.len);
-        if let Some(g) = self.ghost.take(hash, depth) {
-            if g & G_LOSER == 0 {
-                self.tag[i] = F_CANDIDATE;
-                self.observe(g);
-            } else {
-                self.tag[i] = F_CANDIDATE | F_REPEAT;
+        let part = self.part_of(hash);
+        let state = match self.ghost.take(hash, depth).map(Record::unpack) {
+            None => State::New,
+            Some(r) if r.loser => State::Repeat,
+            Some(r) => {
+                if self.mode_of(part) == Mode::Adaptive {
+                    self.observe(r);
+                }
+                State::Returned
             }
+        };
+        self.link(id, Tag::new(state, part));
+        if part != Part::Bulk {
+            self.sample_miss(part);
         }
-        self.push_tail(Q_SMALL, id);
     }
 
-    /// Grows the per-id tables to hold id `i`.
-    fn make_room_for(&mut self, i: usize) {
-        if self.next.len() <= i {
+    /// Grows the per-id tables to hold id `id`.
+    fn make_room_for(&mut self, id: u32) {
+        self.queues.reserve(id);
+        let i = id as usize;
+        if self.tags.len() <= i {
             let len = (i + 1).next_power_of_two();
-            self.next.resize(len, NIL);
-            self.prev.resize(len, NIL);
-            self.tag.resize(len, Q_NONE);
+            self.tags.resize(len, Tag::UNTRACKED);
             if let Some(w) = &mut self.weight {
                 w.resize(len, 0);
             }
@@ -319,49 +484,31 @@ impl Policy {
     }
 
     /// The key of tracked entry `old` got a new value, tracked from now on as `new` with
-    /// `weight`: `new` takes `old`'s place (its queue, its position, its flags) and `old` is
+    /// `weight`: `new` takes `old`'s place (its queue, its position, its state) and `old` is
     /// forgotten, without an admission, an eviction or a ghost record: a replaced value is
     /// the same key, as popular as before (the caller carries the access counter over).
     /// Returns false, changing nothing, if `old` is not tracked. The caller then evicts if
     /// the new weight put the total over capacity.
     pub(crate) fn replace(&mut self, old: u32, new: u32, weight: u32) -> bool {
-        let o = old as usize;
-        if o >= self.tag.len() || self.tag[o] & Q_MASK == Q_NONE || old == new {
+        let tag = self.tag(old);
+        let Some(queue) = tag.state().queue() else {
+            return false;
+        };
+        if old == new {
             return false;
         }
-        debug_assert!(new != NIL, "id u32::MAX is reserved");
-        let n = new as usize;
-        self.make_room_for(n);
-        if self.tag[n] & Q_MASK != Q_NONE {
+        self.make_room_for(new);
+        if self.state(new) != State::Untracked {
             debug_assert!(false, "id {new} replaced in while still tracked");
             self.remove(new);
         }
-        let q = self.tag[o] & Q_MASK;
-        let (next, prev) = (self.next[o], self.prev[o]);
-        if next == old {
-            self.next[n] = new;
-            self.prev[n] = new;
-        } else {
-            self.next[n] = next;
-            self.prev[n] = prev;
-            self.next[prev as usize] = new;
-            self.prev[next as usize] = new;
-        }
-        if *self.head_mut(q) == old {
-            *self.head_mut(q) = new;
-        }
-        self.tag[n] = self.tag[o];
-        self.tag[o] = Q_NONE;
-        self.next[o] = NIL;
-        self.prev[o] = NIL;
+        self.queues.replace(old, new);
+        self.tags[new as usize] = tag;
+        self.tags[old as usize] = Tag::UNTRACKED;
         if let Some(w) = &mut self.weight {
-            let before = u64::from(w[o]);
-            w[n] = weight;
-            let total = if q == Q_SMALL {
-                &mut self.small_w
-            } else {
-                &mut self.main_w
-            };
+            let before = u64::from(w[old as usize]);
+            w[new as usize] = weight;
+            let total = &mut self.shares[tag.part() as usize].weight[queue as usize];
             *total = *total - before + u64::from(weight);
         }
         true
@@ -370,254 +517,220 @@ impl Policy {
     /// `id` was removed by the cache (explicit removal, expiry, or a victim that
     /// vanished concurrently). Unknown or already removed ids are ignored.
     pub(crate) fn remove(&mut self, id: u32) {
-        let i = id as usize;
-        if i < self.tag.len() && self.tag[i] & Q_MASK != Q_NONE {
+        if self.state(id) != State::Untracked {
             self.unlink(id);
-            self.tag[i] = Q_NONE;
             self.len -= 1;
         }
     }
 
-    /// Choose a victim. The policy has already forgotten it; the caller removes it
-    /// from the cache. `None` only when the policy tracks nothing.
+    /// Chooses a victim. The policy has already forgotten it; the caller removes it from the
+    /// cache. `None` only when the policy tracks nothing.
     pub(crate) fn evict_one<A: EntryAccess + ?Sized>(&mut self, entries: &mut A) -> Option<u32> {
-        // Without concurrent hits a victim is found within 3 laps of the hand; the
-        // budget only guards against readers re-referencing entries faster than the
-        // hand can clear them.
+        let part = self.fullest()?;
+        // Without concurrent hits a victim is found within 3 laps of the hand; the budget only
+        // guards against readers re-referencing entries faster than the hand can clear them.
         let mut budget = 4 * self.len + 8;
         loop {
             budget = budget.saturating_sub(1);
-            if self.small_head == NIL && self.main_head == NIL {
-                return None;
-            }
-            if self.small_head != NIL
-                && (self.small_w as f64 > self.small_target || self.main_head == NIL)
-            {
-                let id = self.small_head;
-                let i = id as usize;
-                if entries.counter(id) > 0 {
-                    entries.set_counter(id, 0);
-                    self.move_to_main(id);
-                    continue;
-                }
-                let w = self.w(i);
-                if (self.main_w + w) as f64 <= self.capacity as f64 - self.small_target {
-                    self.move_to_main(id);
-                    continue;
-                }
-                if self.tag[i] & F_CANDIDATE != 0 && self.main_head != NIL {
-                    // Duel: the candidate's evidence is 1, or 2 if it already lost a
-                    // duel and came back again. It displaces the weaker of the hand's
-                    // entry and the one after it if that one's counter is below it.
-                    let evidence = if self.tag[i] & F_REPEAT != 0 { 2 } else { 1 };
-                    let hand = self.main_head;
-                    let after = self.next[hand as usize];
-                    let (ch, ca) = (entries.counter(hand), entries.counter(after));
-                    let (v, cv) = if after != hand && ca < ch {
-                        (after, ca)
-                    } else {
-                        (hand, ch)
-                    };
-                    if cv < evidence {
-                        self.evict(v, ORIGIN_MAIN, 0, entries);
-                        self.move_to_main(id);
-                        entries.set_counter(id, ADMIT_COUNTER);
-                        return Some(v);
-                    }
-                    entries.set_counter(hand, ch - 1);
-                    self.main_head = after;
-                    self.evict(id, ORIGIN_SMALL, G_LOSER, entries);
-                    return Some(id);
-                }
-                self.evict(id, ORIGIN_SMALL, 0, entries);
+            let step = if self.small_due(part) {
+                self.small_step(part, entries)
+            } else {
+                self.main_step(part, entries, budget > 0)
+            }?;
+            if let Step::Victim(id) = step {
                 return Some(id);
             }
-            let hand = self.main_head;
-            let c = entries.counter(hand);
-            if c > 0 && budget > 0 {
-                entries.set_counter(hand, c - 1);
-                self.main_head = self.next[hand as usize];
-                continue;
-            }
-            self.evict(hand, ORIGIN_MAIN, 0, entries);
-            return Some(hand);
         }
     }
 
-    /// A ghost hit on a record that is not a duel loser: one adaptation event if the
-    /// key was evicted at most `window` weight ago, measured on its queue's clock.
-    fn observe(&mut self, g: u32) {
-        let origin = (g & 1) as usize;
-        let epoch = ((g >> G_EPOCH_SHIFT) & 0xFF) as u64;
-        let now = (self.evicted_w[origin] / self.epoch_unit) & 0xFF;
-        let distance = ((now + 256 - epoch) & 0xFF) * self.epoch_unit;
-        if distance > self.window {
-            return;
+    /// The non-empty partition that holds the most weight beyond its share.
+    fn fullest(&self) -> Option<Part> {
+        PARTS
+            .into_iter()
+            .filter(|&p| {
+                let w = self.shares[p as usize].weight;
+                w[0] + w[1] > 0
+            })
+            .max_by(|&a, &b| {
+                let excess = |p: Part| {
+                    let s = &self.shares[p as usize];
+                    (s.weight[0] + s.weight[1]) as f64 - s.capacity
+                };
+                excess(a).total_cmp(&excess(b))
+            })
+    }
+
+    /// Whether the next step looks at SMALL's front: SMALL is over its target, or MAIN is
+    /// empty.
+    fn small_due(&self, part: Part) -> bool {
+        let share = &self.shares[part as usize];
+        !self.queues.is_empty(part.list(Queue::Small))
+            && (share.weight[Queue::Small as usize] as f64 > share.small_target
+                || self.queues.is_empty(part.list(Queue::Main)))
+    }
+
+    /// SMALL's oldest entry leaves SMALL: to MAIN if it was hit while in SMALL or if MAIN is
+    /// under its target; otherwise a candidate duels MAIN's hand, and any other entry is the
+    /// victim.
+    fn small_step<A: EntryAccess + ?Sized>(&mut self, part: Part, entries: &mut A) -> Option<Step> {
+        let id = self.queues.front(part.list(Queue::Small))?;
+        let count = entries.counter(id);
+        if count > 0 {
+            entries.set_counter(id, 0);
+            self.move_to_main(id);
+            return Some(Step::Moved);
         }
-        self.events[origin] += 1;
-        let total = self.events[0] + self.events[1];
-        if total >= ADAPT_PERIOD {
-            let (s, m) = (
-                self.events[ORIGIN_SMALL] as f64,
-                self.events[ORIGIN_MAIN] as f64,
-            );
-            let step = frac_f(self.capacity, ADAPT_STEP_BP) * (s - m) / (s + m);
-            self.small_target = (self.small_target + step).clamp(
-                frac_f(self.capacity, SMALL_MIN_BP),
-                frac_f(self.capacity, SMALL_MAX_BP),
-            );
-            self.events = [0; 2];
+        let share = &self.shares[part as usize];
+        let main_target = share.capacity - share.small_target;
+        if (share.weight[Queue::Main as usize] + self.w(id)) as f64 <= main_target {
+            self.move_to_main(id);
+            return Some(Step::Moved);
+        }
+        let evidence = self.state(id).evidence();
+        if evidence > 0 && !self.queues.is_empty(part.list(Queue::Main)) {
+            return Some(Step::Victim(self.duel(part, id, evidence, entries)));
+        }
+        self.evict(id, Queue::Small, false, entries);
+        Some(Step::Victim(id))
+    }
+
+    /// A candidate at SMALL's front (back from the ghost with `evidence`) against the weaker
+    /// of MAIN's hand and the entry after it (the hand's on a tie): if that one's counter is
+    /// below the evidence, it is evicted and the candidate joins MAIN with one lap of grace;
+    /// otherwise the hand's counter is decremented, the hand advances, and the candidate is
+    /// evicted as a duel loser (should it come back again, its evidence is 2). Returns the
+    /// victim.
+    fn duel<A: EntryAccess + ?Sized>(
+        &mut self,
+        part: Part,
+        candidate: u32,
+        evidence: u8,
+        entries: &mut A,
+    ) -> u32 {
+        let main = part.list(Queue::Main);
+        let hand = self.queues.front(main).expect("MAIN is not empty");
+        let hand_count = entries.counter(hand);
+        let (defender, defence) = match self.queues.next(hand) {
+            Some(after) if entries.counter(after) < hand_count => (after, entries.counter(after)),
+            _ => (hand, hand_count),
+        };
+        if defence < evidence {
+            self.evict(defender, Queue::Main, false, entries);
+            self.move_to_main(candidate);
+            entries.set_counter(candidate, ADMIT_COUNTER);
+            defender
+        } else {
+            entries.set_counter(hand, hand_count - 1);
+            self.queues.rotate(main);
+            self.evict(candidate, Queue::Small, true, entries);
+            candidate
         }
     }
 
-    /// Forget `id` and record it in the ghost.
-    fn evict<A: EntryAccess + ?Sized>(&mut self, id: u32, origin: usize, flags: u32, entries: &A) {
+    /// MAIN's CLOCK: the hand's entry, if referenced (and the budget lasts), loses one count
+    /// and the hand advances; otherwise it is the victim.
+    fn main_step<A: EntryAccess + ?Sized>(
+        &mut self,
+        part: Part,
+        entries: &mut A,
+        budget: bool,
+    ) -> Option<Step> {
+        let main = part.list(Queue::Main);
+        let hand = self.queues.front(main)?;
+        let count = entries.counter(hand);
+        if count > 0 && budget {
+            entries.set_counter(hand, count - 1);
+            self.queues.rotate(main);
+            return Some(Step::Moved);
+        }
+        self.evict(hand, Queue::Main, false, entries);
+        Some(Step::Victim(hand))
+    }
+
+    /// Forgets `id`, evicted from `from`, and records it in the ghost.
+    fn evict<A: EntryAccess + ?Sized>(&mut self, id: u32, from: Queue, loser: bool, entries: &A) {
+        let part = self.tag(id).part();
         self.unlink(id);
-        self.tag[id as usize] = Q_NONE;
         self.len -= 1;
-        self.evicted_w[origin] += self.w(id as usize);
-        let epoch = ((self.evicted_w[origin] / self.epoch_unit) & 0xFF) as u32;
+        if self.mode_of(part) == Mode::Adaptive {
+            self.evicted_w[from as usize] += self.w(id);
+        }
+        let epoch = ((self.evicted_w[from as usize] / self.epoch_unit) & 0xFF) as u8;
         let depth = self.ghost.depth(self.len.max(1));
-        self.ghost.add(
-            entries.hash(id),
-            origin as u32 | flags | (epoch << G_EPOCH_SHIFT),
-            depth,
-        );
+        let record = Record { from, loser, epoch };
+        self.ghost.add(entries.hash(id), record.pack(), depth);
     }
 
     fn move_to_main(&mut self, id: u32) {
+        let part = self.tag(id).part();
         self.unlink(id);
-        self.push_tail(Q_MAIN, id);
+        self.link(id, Tag::new(State::Main, part));
     }
 
-    fn head_mut(&mut self, q: u8) -> &mut u32 {
-        if q == Q_SMALL {
-            &mut self.small_head
-        } else {
-            &mut self.main_head
-        }
+    /// Links untracked `id` at the back of its queue.
+    fn link(&mut self, id: u32, tag: Tag) {
+        let queue = tag.state().queue().expect("a tracked state");
+        let part = tag.part();
+        self.queues.push_back(part.list(queue), id);
+        self.tags[id as usize] = tag;
+        self.shares[part as usize].weight[queue as usize] += self.w(id);
     }
 
-    /// Append `id` behind the queue's head (for MAIN: just behind the hand).
-    fn push_tail(&mut self, q: u8, id: u32) {
-        let i = id as usize;
-        let head = *self.head_mut(q);
-        if head == NIL {
-            self.next[i] = id;
-            self.prev[i] = id;
-            *self.head_mut(q) = id;
-        } else {
-            let tail = self.prev[head as usize];
-            self.next[tail as usize] = id;
-            self.prev[i] = tail;
-            self.next[i] = head;
-            self.prev[head as usize] = id;
-        }
-        // The candidate flag only lives in SMALL (set by `insert`).
-        self.tag[i] = if q == Q_MAIN {
-            Q_MAIN
-        } else {
-            (self.tag[i] & F_FLAGS) | Q_SMALL
-        };
-        let w = self.w(i);
-        if q == Q_SMALL {
-            self.small_w += w
-        } else {
-            self.main_w += w
-        }
-    }
-
+    /// Unlinks tracked `id` from its queue; it is untracked afterwards.
     fn unlink(&mut self, id: u32) {
-        let i = id as usize;
-        let q = self.tag[i] & Q_MASK;
-        let (n, p) = (self.next[i], self.prev[i]);
-        if n == id {
-            *self.head_mut(q) = NIL;
-        } else {
-            if *self.head_mut(q) == id {
-                *self.head_mut(q) = n;
-            }
-            self.next[p as usize] = n;
-            self.prev[n as usize] = p;
-        }
-        self.next[i] = NIL;
-        self.prev[i] = NIL;
-        let w = self.w(i);
-        if q == Q_SMALL {
-            self.small_w -= w
-        } else {
-            self.main_w -= w
-        }
+        let tag = self.tag(id);
+        let queue = tag.state().queue().expect("a tracked id");
+        self.queues.unlink(id);
+        self.tags[id as usize] = Tag::UNTRACKED;
+        self.shares[tag.part() as usize].weight[queue as usize] -= self.w(id);
     }
 
-    /// Check every internal invariant; panics with a description on violation.
-    #[cfg_attr(any(not(any(test, fuzzing)), loom), allow(dead_code))]
+    /// Checks every internal invariant; panics with a description on violation.
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn validate(&self) {
-        let mut seen = vec![false; self.tag.len()];
-        let mut total = 0usize;
-        for (q, head, w) in [
-            (Q_SMALL, self.small_head, self.small_w),
-            (Q_MAIN, self.main_head, self.main_w),
-        ] {
-            let mut sum = 0u64;
-            if head != NIL {
-                let mut id = head;
-                loop {
-                    let i = id as usize;
-                    assert!(i < self.tag.len(), "link to unknown id {id}");
-                    assert!(!seen[i], "id {id} reached twice");
-                    seen[i] = true;
-                    assert_eq!(self.tag[i] & Q_MASK, q, "id {id} in the wrong queue");
-                    assert_eq!(self.prev[self.next[i] as usize], id, "broken link at {id}");
-                    if q == Q_MAIN {
-                        assert_eq!(self.tag[i] & F_FLAGS, 0, "candidate flag in MAIN at {id}");
-                    }
-                    sum += self.w(i);
-                    total += 1;
-                    id = self.next[i];
-                    if id == head {
-                        break;
-                    }
+        let lengths = self.queues.validate();
+        let mut total = 0;
+        for part in PARTS {
+            for queue in [Queue::Small, Queue::Main] {
+                let mut sum = 0u64;
+                for id in self.queues.iter(part.list(queue)) {
+                    let tag = self.tag(id);
+                    assert_eq!(
+                        tag.state().queue(),
+                        Some(queue),
+                        "id {id} in the wrong queue"
+                    );
+                    assert_eq!(tag.part(), part, "id {id} in the wrong partition");
+                    sum += self.w(id);
                 }
+                assert_eq!(
+                    sum, self.shares[part as usize].weight[queue as usize],
+                    "queue weight mismatch"
+                );
+                total += lengths[part.list(queue)];
             }
-            assert_eq!(sum, w, "queue weight mismatch");
         }
         assert_eq!(total, self.len, "entry count mismatch");
-        for (i, &t) in self.tag.iter().enumerate() {
-            if t & Q_MASK == Q_NONE {
-                assert!(!seen[i]);
-                assert_eq!(self.next[i], NIL, "untracked id {i} still linked");
-            } else {
-                assert!(seen[i], "tracked id {i} not reachable");
-            }
-        }
-        let lo = frac_f(self.capacity, SMALL_MIN_BP);
-        let hi = frac_f(self.capacity, SMALL_MAX_BP);
-        assert!(
-            self.small_target >= lo && self.small_target <= hi,
-            "small target out of range"
-        );
-        assert!(self.events[0] + self.events[1] < ADAPT_PERIOD);
-        assert!(
-            self.len <= self.ghost.slots.len(),
-            "ghost smaller than the resident count"
-        );
-        assert_eq!(
-            self.ghost.slots.len() as u64,
-            self.ghost.buckets * BUCKET as u64
-        );
-        for &v in &self.ghost.slots {
-            assert!(
-                v == 0 || v & (1 << G_FP_SHIFT) != 0,
-                "malformed ghost record"
+        for (id, &t) in self.tags.iter().enumerate() {
+            assert_eq!(
+                t.state() != State::Untracked,
+                self.queues.is_linked(id as u32),
+                "id {id}: state {:?} disagrees with the lists",
+                t.state()
             );
         }
+        assert!(
+            self.len <= self.ghost.slots(),
+            "ghost smaller than the resident count"
+        );
+        self.ghost.validate();
     }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::raw::FREQ_MAX as COUNTER_MAX;
     use std::collections::HashMap;
 
     fn mix(mut x: u64) -> u64 {
@@ -659,7 +772,7 @@ mod tests {
     impl TestCache {
         fn new(capacity: u64) -> Self {
             TestCache {
-                policy: Policy::new(capacity, true),
+                policy: Policy::new(capacity, true, Contest::new(capacity)),
                 map: HashMap::new(),
                 key: vec![],
                 counter: vec![],
@@ -761,7 +874,7 @@ mod tests {
 
     #[test]
     fn empty_policy_has_no_victim() {
-        let mut p = Policy::new(10, true);
+        let mut p = Policy::new(10, true, Contest::new(10));
         let mut counter = vec![0u8; 4];
         let hash = vec![0u64; 4];
         assert_eq!(
@@ -794,7 +907,7 @@ mod tests {
 
     #[test]
     fn remove_is_idempotent_and_handles_vanished_victims() {
-        let mut p = Policy::new(4, true);
+        let mut p = Policy::new(4, true, Contest::new(4));
         let mut counter = vec![0u8; 8];
         let hash: Vec<u64> = (0..8).map(mix).collect();
         for id in 0..6 {
@@ -864,7 +977,7 @@ mod tests {
         let in_main = |c: &TestCache, k: u64| {
             c.map
                 .get(&k)
-                .is_some_and(|&id| c.policy.tag[id as usize] & Q_MASK == Q_MAIN)
+                .is_some_and(|&id| c.policy.state(id) == State::Main)
         };
         let hot: Vec<u64> = (0..50).filter(|&k| in_main(&c, k)).collect();
         assert!(!hot.is_empty());
@@ -1002,7 +1115,7 @@ mod tests {
                 mix(id as u64)
             }
         }
-        let mut p = Policy::new(100, true);
+        let mut p = Policy::new(100, true, Contest::new(100));
         for id in 0..150 {
             p.insert(id, mix(id as u64), 1);
             while p.weighted_size() > p.capacity() {
@@ -1012,23 +1125,5 @@ mod tests {
         }
         p.validate();
         assert_eq!(p.len(), 100);
-    }
-
-    #[test]
-    fn ghost_forgets_old_history() {
-        let mut g = Ghost::with_slots(256);
-        let depth = g.depth(256);
-        for k in 0..10_000u64 {
-            g.add(mix(k), 0, depth);
-        }
-        // recent keys are found, old ones are gone
-        let recent = (9_900..10_000u64)
-            .filter(|&k| g.take(mix(k), depth).is_some())
-            .count();
-        let old = (0..1_000u64)
-            .filter(|&k| g.take(mix(k), depth).is_some())
-            .count();
-        assert!(recent >= 95, "recent {recent}");
-        assert!(old <= 2, "old {old}");
     }
 }

@@ -30,12 +30,13 @@
 //!   before the latest `now` the wheel has seen); the next [`Wheel::advance`] of either kind
 //!   handles them.
 //!
-//! Every list is an intrusive circular doubly-linked list. Entry `id` owns `links[id] =
-//! [prev, next]` (8 bytes per id, nothing else), and every list has a sentinel node whose id is
-//! `SENTINEL_BASE + list`, above the range of entry ids. When an unlink leaves a list empty, the
-//! entry's two neighbours are both that list's sentinel, which names the list whose occupancy
-//! bit must be cleared; so [`Wheel::cancel`] is O(1) without a per-entry slot field. A node that
-//! is not scheduled has both links set to [`UNLINKED`].
+//! Every list is one of the circular doubly-linked lists of a [`Lists`] (the index-linked
+//! lists the eviction policy uses too): entry `id` owns one `[prev, next]` node (8 bytes per
+//! id, nothing else), and when an unlink leaves a list empty, [`Lists::unlink`] names the list
+//! whose occupancy bit must be cleared; so [`Wheel::cancel`] is O(1) without a per-entry slot
+//! field.
+
+use crate::evict::list::{self, Lists};
 
 /// Bits of a tick number consumed by one level.
 const SLOT_BITS: u32 = 6;
@@ -53,18 +54,10 @@ const EPOCH_MASK: u64 = (1 << EPOCH_BITS) - 1;
 const OVERFLOW: usize = LEVELS * SLOTS;
 /// List index of the due list (entries whose deadline had passed when they were scheduled).
 const DUE: usize = OVERFLOW + 1;
-/// Number of lists, hence of sentinels: the level slots, the overflow list and the due list.
+/// Number of lists: the level slots, the overflow list and the due list.
 const LISTS: usize = DUE + 1;
-/// First sentinel id; entry ids must be below it. List `i` has sentinel `SENTINEL_BASE + i`.
-const SENTINEL_BASE: u32 = 1 << 31;
 /// Largest entry id the wheel accepts.
-pub(crate) const MAX_ID: u32 = SENTINEL_BASE - 1;
-/// Link value of a node that is in no list.
-const UNLINKED: u32 = u32::MAX;
-/// Index of the previous-node link in a `[u32; 2]` node.
-const PREV: usize = 0;
-/// Index of the next-node link in a `[u32; 2]` node.
-const NEXT: usize = 1;
+pub(crate) const MAX_ID: u32 = list::MAX_ID;
 
 /// Level at which an entry due at tick `when` is filed while the wheel's current tick is
 /// `elapsed` (callers guarantee `when >= elapsed`).
@@ -82,11 +75,6 @@ fn level_for(elapsed: u64, when: u64) -> usize {
 /// Slot (0..64) of tick `when` at `level`: its 6-bit digit at that level.
 fn slot_for(when: u64, level: usize) -> usize {
     ((when >> (level as u32 * SLOT_BITS)) & SLOT_MASK) as usize
-}
-
-/// Sentinel node id of list `list`.
-fn sentinel(list: usize) -> u32 {
-    SENTINEL_BASE + list as u32
 }
 
 /// A hierarchical timer wheel over `u32` entry ids (see the module documentation).
@@ -119,10 +107,8 @@ pub(crate) struct Wheel {
     len: usize,
     /// Per level, bit `s` is set iff slot `s` of that level is non-empty.
     occupied: [u64; LEVELS],
-    /// Sentinel nodes, one per list: `heads[list] = [last, first]` (a node is `[prev, next]`).
-    heads: Box<[[u32; 2]]>,
-    /// Entry nodes, indexed by id: `[prev, next]`, or `[UNLINKED; 2]` when not scheduled.
-    links: Vec<[u32; 2]>,
+    /// The level slots (list `level * SLOTS + slot`), the overflow list and the due list.
+    lists: Lists,
 }
 
 impl Wheel {
@@ -140,8 +126,7 @@ impl Wheel {
             now,
             len: 0,
             occupied: [0; LEVELS],
-            heads: (0..LISTS).map(|list| [sentinel(list); 2]).collect(),
-            links: Vec::new(),
+            lists: Lists::new(LISTS),
         }
     }
 
@@ -161,11 +146,8 @@ impl Wheel {
     /// If `id > MAX_ID` (`2^31 - 1`).
     pub(crate) fn schedule(&mut self, id: u32, deadline: u64) {
         assert!(id <= MAX_ID, "wheel ids must be below 2^31");
-        let index = id as usize;
-        if index >= self.links.len() {
-            self.links.resize(index + 1, [UNLINKED; 2]);
-        }
-        let already = self.links[index][NEXT] != UNLINKED;
+        self.lists.reserve(id);
+        let already = self.lists.is_linked(id);
         debug_assert!(!already, "id {id} is already scheduled");
         if already {
             self.unlink(id);
@@ -189,9 +171,7 @@ impl Wheel {
 
     /// Whether `id` is scheduled (filed in some slot or list of the wheel).
     pub(crate) fn is_scheduled(&self, id: u32) -> bool {
-        self.links
-            .get(id as usize)
-            .is_some_and(|node| node[NEXT] != UNLINKED)
+        self.lists.is_linked(id)
     }
 
     /// Advances the wheel to `now` (ns) and expires what has come due.
@@ -302,21 +282,18 @@ impl Wheel {
         self.len == 0
     }
 
-    // Test and fuzz support (the invariant checks of the proptest model and fuzz target).
-    #[cfg_attr(any(not(any(test, fuzzing)), loom), allow(dead_code))]
     /// Checks the structural invariants, panicking with a message on the first violation.
     /// For tests and fuzzing; O(LISTS + size of the link table).
     ///
     /// * outside `advance`, the current tick is the tick of the latest `now`;
-    /// * every list is a well-formed circular list through its sentinel (each node's `prev` is
-    ///   the node before it, the sentinel's `prev` is the last node) holding only entry ids;
-    /// * every scheduled id (links not [`UNLINKED`]) is in exactly one list, every unscheduled
-    ///   id has both links [`UNLINKED`], and the lists hold `len` entries in all;
+    /// * the lists are well formed ([`Lists::validate`]: every scheduled id is in exactly one
+    ///   list) and hold `len` entries in all;
     /// * a level's occupancy bit is set iff its slot is non-empty;
     /// * no occupied slot lies in the past: at level 0 no slot before the current tick's digit
     ///   is occupied, at a level `L >= 1` no slot up to and including the current tick's digit
     ///   at `L` is (so slots never wrap around);
     /// * the overflow list is empty if the current epoch is the last one the tick range has.
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn validate(&self) {
         assert!(
             self.tick_shift < u64::BITS,
@@ -328,55 +305,19 @@ impl Wheel {
             self.now >> self.tick_shift,
             "current tick is not the tick of the latest now"
         );
-        assert_eq!(self.heads.len(), LISTS, "wrong number of sentinels");
-        let mut seen = vec![false; self.links.len()];
-        let mut count = 0usize;
-        for (list, head) in self.heads.iter().enumerate() {
-            let end = sentinel(list);
-            let mut prev = end;
-            let mut cur = head[NEXT];
-            let mut in_list = 0usize;
-            while cur != end {
-                assert!(
-                    cur < SENTINEL_BASE,
-                    "list {list} reaches node {cur:#x}, which is not one of its entries"
-                );
-                let index = cur as usize;
-                assert!(
-                    index < self.links.len(),
-                    "list {list} holds unknown id {cur}"
-                );
-                assert!(!seen[index], "id {cur} is linked twice (list {list})");
-                seen[index] = true;
-                assert_eq!(
-                    self.links[index][PREV], prev,
-                    "id {cur} in list {list} has a wrong prev"
-                );
-                in_list += 1;
-                prev = cur;
-                cur = self.links[index][NEXT];
-            }
-            assert_eq!(head[PREV], prev, "sentinel of list {list} has a wrong prev");
-            count += in_list;
+        let lengths = self.lists.validate();
+        assert_eq!(lengths.len(), LISTS, "wrong number of lists");
+        for (list, &in_list) in lengths.iter().enumerate() {
             if list < OVERFLOW {
                 let bit = (self.occupied[list / SLOTS] >> (list % SLOTS)) & 1 == 1;
                 assert_eq!(bit, in_list > 0, "occupancy bit of list {list} is wrong");
             }
         }
-        assert_eq!(count, self.len, "len does not match the lists");
-        for (index, node) in self.links.iter().enumerate() {
-            if seen[index] {
-                assert!(
-                    node[PREV] != UNLINKED && node[NEXT] != UNLINKED,
-                    "id {index} is linked with an UNLINKED link"
-                );
-            } else {
-                assert_eq!(
-                    *node, [UNLINKED; 2],
-                    "id {index} is in no list but has links"
-                );
-            }
-        }
+        assert_eq!(
+            lengths.iter().sum::<usize>(),
+            self.len,
+            "len does not match the lists"
+        );
         for (level, &bits) in self.occupied.iter().enumerate() {
             let digit = slot_for(self.elapsed, level);
             let first_allowed = if level == 0 { digit } else { digit + 1 };
@@ -397,20 +338,17 @@ impl Wheel {
         }
     }
 
-    // Test and fuzz support (the invariant checks of the proptest model and fuzz target).
-    #[cfg_attr(any(not(any(test, fuzzing)), loom), allow(dead_code))]
     /// [`Wheel::validate`], plus the timing invariant given the current deadlines: every entry
     /// outside the due list sits in a slot that starts no later than the tick of its current
     /// deadline, so the slot comes due no later than the entry does. (Entries whose deadline
     /// moved later sit in an earlier slot than their deadline's, which is allowed: they are
     /// re-filed when it comes due.) The due list may hold any deadline.
+    #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(crate) fn validate_deadlines(&self, mut deadline_of: impl FnMut(u32) -> u64) {
         self.validate();
         for list in 0..DUE {
             let start = self.list_start(list);
-            let end = sentinel(list);
-            let mut cur = self.heads[list][NEXT];
-            while cur != end {
+            for cur in self.lists.iter(list) {
                 let deadline = deadline_of(cur);
                 let tick = deadline >> self.tick_shift;
                 assert!(
@@ -418,7 +356,6 @@ impl Wheel {
                     "id {cur} (deadline {deadline}, tick {tick}) sits in list {list}, which \
                      starts at tick {start}, after its deadline"
                 );
-                cur = self.links[cur as usize][NEXT];
             }
         }
     }
@@ -462,7 +399,7 @@ impl Wheel {
 
     /// Whether list `list` holds no entry.
     fn list_is_empty(&self, list: usize) -> bool {
-        self.heads[list][NEXT] == sentinel(list)
+        self.lists.is_empty(list)
     }
 
     /// Detaches list `list` and processes its entries: expires those whose current deadline is
@@ -474,37 +411,28 @@ impl Wheel {
         deadline_of: &mut impl FnMut(u32) -> u64,
         expired: &mut impl FnMut(u32),
     ) {
-        let end = sentinel(list);
-        let mut cur = self.heads[list][NEXT];
-        if cur == end {
+        if self.lists.is_empty(list) {
             return;
         }
-        self.heads[list] = [end; 2];
+        let mut chain = self.lists.detach(list);
         self.clear_occupied(list);
-        // The detached chain still ends at the sentinel; each node's `next` is read before the
-        // node is re-filed, so re-filing into this same list cannot loop.
-        while cur != end {
-            let next = self.links[cur as usize][NEXT];
-            self.links[cur as usize] = [UNLINKED; 2];
-            let deadline = deadline_of(cur);
+        // Each entry leaves the detached chain before it is re-filed, so re-filing into this
+        // same list (fresh by then) cannot loop.
+        while let Some(id) = self.lists.pop_detached(&mut chain) {
+            let deadline = deadline_of(id);
             if deadline <= now {
                 self.len -= 1;
-                expired(cur);
+                expired(id);
             } else {
                 let to = self.list_for(deadline);
-                self.push_back(to, cur);
+                self.push_back(to, id);
             }
-            cur = next;
         }
     }
 
     /// Links unscheduled entry `id` at the end of list `list` and marks the list occupied.
     fn push_back(&mut self, list: usize, id: u32) {
-        let end = sentinel(list);
-        let last = self.heads[list][PREV];
-        self.links[id as usize] = [last, end];
-        self.node_mut(last)[NEXT] = id;
-        self.heads[list][PREV] = id;
+        self.lists.push_back(list, id);
         if list < OVERFLOW {
             self.occupied[list / SLOTS] |= 1 << (list % SLOTS);
         }
@@ -513,15 +441,8 @@ impl Wheel {
     /// Unlinks scheduled entry `id` from its list (leaving `len` alone), clearing the list's
     /// occupancy bit if it becomes empty.
     fn unlink(&mut self, id: u32) {
-        let [prev, next] = self.links[id as usize];
-        self.node_mut(prev)[NEXT] = next;
-        self.node_mut(next)[PREV] = prev;
-        self.links[id as usize] = [UNLINKED; 2];
-        // In a circular list with a sentinel, both neighbours are the same node only if that
-        // node is the sentinel and `id` was the list's only entry.
-        if prev == next {
-            debug_assert!(prev >= SENTINEL_BASE, "corrupt list around id {id}");
-            self.clear_occupied((prev - SENTINEL_BASE) as usize);
+        if let Some(emptied) = self.lists.unlink(id) {
+            self.clear_occupied(emptied);
         }
     }
 
@@ -529,15 +450,6 @@ impl Wheel {
     fn clear_occupied(&mut self, list: usize) {
         if list < OVERFLOW {
             self.occupied[list / SLOTS] &= !(1 << (list % SLOTS));
-        }
-    }
-
-    /// The `[prev, next]` node of `node`, an entry id or a sentinel id.
-    fn node_mut(&mut self, node: u32) -> &mut [u32; 2] {
-        if node >= SENTINEL_BASE {
-            &mut self.heads[(node - SENTINEL_BASE) as usize]
-        } else {
-            &mut self.links[node as usize]
         }
     }
 }
@@ -642,7 +554,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "below 2^31")]
     fn schedule_rejects_sentinel_ids() {
-        Wheel::new(0, 0).schedule(SENTINEL_BASE, 10);
+        Wheel::new(0, 0).schedule(MAX_ID + 1, 10);
     }
 
     #[test]
@@ -750,8 +662,7 @@ mod tests {
             now: wheel.now,
             len: wheel.len,
             occupied: wheel.occupied,
-            heads: wheel.heads.clone(),
-            links: wheel.links.clone(),
+            lists: wheel.lists.clone(),
         }
     }
 
@@ -839,7 +750,7 @@ mod tests {
             assert!(!wheel.is_scheduled(3));
             wheel.validate();
         }
-        assert_eq!(wheel.links.len(), 4);
+        assert_eq!(wheel.lists.ids(), 4);
     }
 
     #[test]
@@ -988,9 +899,9 @@ mod tests {
     fn links_grow_on_demand() {
         let mut wheel = Wheel::new(20, 0);
         wheel.schedule(100_000, 1 << 30);
-        assert_eq!(wheel.links.len(), 100_001);
+        assert_eq!(wheel.lists.ids(), 100_001);
         wheel.schedule(5, 1 << 30);
-        assert_eq!(wheel.links.len(), 100_001);
+        assert_eq!(wheel.lists.ids(), 100_001);
         assert!(wheel.is_scheduled(100_000) && wheel.is_scheduled(5));
         wheel.validate();
         assert_eq!(std::mem::size_of::<[u32; 2]>(), 8);

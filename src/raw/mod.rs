@@ -126,6 +126,8 @@ pub(crate) struct Bound {
     /// model of `src/evict/mod.rs` follows step by step).
     pub(crate) batch: u64,
     pub(crate) reserved: crossbeam_utils::CachePadded<crate::sync::AtomicU64>,
+    /// The eviction policies' contest between their modes, shared by every shard.
+    pub(crate) contest: crate::sync::Arc<crate::evict::contest::Contest>,
 }
 
 impl Bound {
@@ -141,6 +143,7 @@ impl Bound {
             share: (capacity / shards as u64).max(1),
             floor_share: capacity / shards as u64,
             reserved: crossbeam_utils::CachePadded::new(crate::sync::AtomicU64::new(0)),
+            contest: crate::evict::contest::Contest::new(capacity),
         }
     }
 

@@ -21,6 +21,16 @@ pub trait SessionData {
     /// [`touch`](super::MemoryStore::touch): takes the cookie (whatever carries the expiry)
     /// of `newer`, and nothing else; the stored user data must stay as it is.
     fn touch_from(&mut self, newer: &Self);
+
+    /// For a [`touch`](super::MemoryStore::touch) that need not decode the stored session
+    /// (with [`JsonSerializer`](super::JsonSerializer)): when [`touch_from`](Self::touch_from)
+    /// takes exactly one top-level field of the session's JSON object from `newer` (`self`
+    /// here), that field's name and its JSON in `self` (`None` if `self` has none, and
+    /// `touch_from` then removes it). The default, `None`, makes `touch` decode, call
+    /// `touch_from` and encode.
+    fn touch_json(&self) -> Option<(&'static str, Option<Vec<u8>>)> {
+        None
+    }
 }
 
 /// An express-session-shaped session: a JSON object with a `cookie` object and the user's
@@ -117,6 +127,15 @@ impl SessionData for Session {
                 self.0.remove(COOKIE);
             }
         }
+    }
+
+    /// The `cookie` field.
+    fn touch_json(&self) -> Option<(&'static str, Option<Vec<u8>>)> {
+        let cookie = match self.0.get(COOKIE) {
+            Some(cookie) => Some(serde_json::to_vec(cookie).ok()?),
+            None => None,
+        };
+        Some((COOKIE, cookie))
     }
 }
 

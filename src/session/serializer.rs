@@ -24,6 +24,15 @@ pub trait Serializer: Send + Sync + 'static {
 
     /// Decodes what [`encode`](Self::encode) produced.
     fn decode(&self, bytes: &[u8]) -> Result<Self::Session, BoxError>;
+
+    /// `stored` (bytes this serializer encoded) with [`touch_from`](SessionData::touch_from)
+    /// of `newer` applied, without decoding them, if the serializer knows how; an error if
+    /// `stored` is not something it encoded. The default, `None`, makes
+    /// [`touch`](super::MemoryStore::touch) decode, call `touch_from` and encode.
+    fn touch(&self, stored: &[u8], newer: &Self::Session) -> Option<Result<Vec<u8>, BoxError>> {
+        let _ = (stored, newer);
+        None
+    }
 }
 
 /// JSON with serde_json: the default, for the express-session-shaped [`Session`] or any
@@ -64,10 +73,181 @@ where
     type Session = T;
 
     fn encode(&self, session: &T) -> Result<Vec<u8>, BoxError> {
-        Ok(serde_json::to_vec(session)?)
+        // Sized for a typical session at once (serde_json's own `to_vec` starts at 128 bytes
+        // and grows, a reallocation or three per session).
+        let mut out = Vec::with_capacity(512);
+        serde_json::to_writer(&mut out, session)?;
+        Ok(out)
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<T, BoxError> {
         Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// With a session type that names its touched field ([`SessionData::touch_json`]): the
+    /// stored object's top-level fields are copied as they are (their JSON is checked, never
+    /// decoded into values), with that one field replaced (or removed, or added at the end).
+    /// A `touch` then costs a scan of the stored bytes instead of a decode and an encode of
+    /// the whole session (about a fifth of the instructions for an express-session session).
+    fn touch(&self, stored: &[u8], newer: &T) -> Option<Result<Vec<u8>, BoxError>> {
+        let (field, value) = newer.touch_json()?;
+        Some(splice(stored, field, value.as_deref()))
+    }
+}
+
+/// The JSON object `stored` with its top-level `field` set to `value` (removed if `None`; added
+/// at the end if it was missing), its other fields copied byte for byte, in order.
+fn splice(stored: &[u8], field: &str, value: Option<&[u8]>) -> Result<Vec<u8>, BoxError> {
+    use std::borrow::Cow;
+
+    use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+
+    /// The top-level entries of a JSON object, keys decoded, values as their raw JSON.
+    struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+    impl<'de> Deserialize<'de> for Entries<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Entries<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Entries<'de>, A::Error> {
+                    let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                    while let Some(entry) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                        entries.push(entry);
+                    }
+                    Ok(Entries(entries))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+
+    let Entries(entries) = serde_json::from_slice(stored)?;
+    let mut out = Vec::with_capacity(stored.len() + value.map_or(0, <[u8]>::len) + 16);
+    out.push(b'{');
+    let mut first = true;
+    let mut put = |out: &mut Vec<u8>, key: &str, raw: &[u8]| -> Result<(), BoxError> {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        serde_json::to_writer(&mut *out, key)?;
+        out.push(b':');
+        out.extend_from_slice(raw);
+        Ok(())
+    };
+    let mut placed = false;
+    for (key, raw) in &entries {
+        if key == field {
+            if let Some(value) = value
+                && !placed
+            {
+                put(&mut out, key, value)?;
+            }
+            placed = true;
+        } else {
+            put(&mut out, key, raw.get().as_bytes())?;
+        }
+    }
+    if let Some(value) = value
+        && !placed
+    {
+        put(&mut out, field, value)?;
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::session::Cookie;
+
+    /// What `touch` produces the slow way: decode, `touch_from`, encode.
+    fn slow<T>(stored: &[u8], newer: &T) -> T
+    where
+        T: Serialize + DeserializeOwned + SessionData + Send + 'static,
+    {
+        let z = JsonSerializer::<T>::new();
+        let mut session = z.decode(stored).unwrap();
+        session.touch_from(newer);
+        session
+    }
+
+    fn fast<T>(stored: &[u8], newer: &T) -> T
+    where
+        T: Serialize + DeserializeOwned + SessionData + Send + 'static,
+    {
+        let z = JsonSerializer::<T>::new();
+        let spliced = z.touch(stored, newer).expect("a touched field").unwrap();
+        z.decode(&spliced).unwrap()
+    }
+
+    fn session(value: serde_json::Value) -> Session {
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// The splice gives what decode, `touch_from` and encode give, whatever the fields around
+    /// the cookie (nested data, escaped keys and strings, numbers that must keep every bit),
+    /// with a cookie replaced, removed, or added where the stored session had none.
+    #[test]
+    fn a_spliced_touch_equals_a_decoded_one() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let new_cookie = Session::with_cookie(Cookie::expiring_in(Duration::from_secs(7200), now));
+        let no_cookie = Session::new();
+        let stored_sessions = [
+            json!({"cookie": {"originalMaxAge": 3600000, "expires": "2027-01-15T08:00:00.000Z"}, "views": 3}),
+            json!({"a\"b\\c": "x\ny", "cookie": {"path": "/"}, "user": {"id": 7, "roles": ["r", "w"]}, "n": 0.1}),
+            json!({"views": 1, "flash": [], "nested": {"cookie": "not the top-level one"}}),
+            json!({}),
+            json!({"cookie": null, "big": 12345678901234567890u64, "f": 1.0000000000000002}),
+        ];
+        for stored in &stored_sessions {
+            let bytes = serde_json::to_vec(&session(stored.clone())).unwrap();
+            for newer in [&new_cookie, &no_cookie] {
+                assert_eq!(fast(&bytes, newer), slow(&bytes, newer), "{stored}");
+            }
+            // Bytes written by another encoder (whitespace, another key order) splice too.
+            let pretty = serde_json::to_vec_pretty(stored).unwrap();
+            assert_eq!(
+                fast(&pretty, &new_cookie),
+                slow(&pretty, &new_cookie),
+                "{stored}"
+            );
+        }
+    }
+
+    /// A touch that changes nothing gives the stored bytes back, byte for byte (the store then
+    /// only moves the lifetime, rewriting nothing).
+    #[test]
+    fn an_unchanged_cookie_splices_to_the_same_bytes() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut s = Session::with_cookie(Cookie::expiring_in(Duration::from_secs(3600), now));
+        s.insert("views", 9);
+        s.insert("user", json!({"name": "ada"}));
+        let z = JsonSerializer::<Session>::new();
+        let bytes = z.encode(&s).unwrap();
+        assert_eq!(z.touch(&bytes, &s).unwrap().unwrap(), bytes);
+    }
+
+    /// Bytes that are not a JSON object are an error, as a decode would be.
+    #[test]
+    fn a_corrupt_stored_value_is_an_error() {
+        let z = JsonSerializer::<Session>::new();
+        let newer = Session::new();
+        for bad in [&b"[1,2]"[..], b"{\"a\":", b"not json", b"{\"a\":1}trailing"] {
+            assert!(z.touch(bad, &newer).unwrap().is_err(), "{bad:?}");
+        }
     }
 }

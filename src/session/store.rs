@@ -776,8 +776,18 @@ impl<Z: Serializer> MemoryStore<Z> {
         let Some(current) = inner.cache.get_with(id, Stored::clone) else {
             return Ok(false);
         };
-        let mut stored_session = match inner.serializer.decode(&current.0.bytes) {
-            Ok(session) => session,
+        // The stored bytes with the new cookie: spliced in by the serializer if it can (no
+        // decode of the user data), else decoded, touched and encoded again.
+        let touched = match inner.serializer.touch(&current.0.bytes, session) {
+            Some(Ok(bytes)) => Ok(Ok(bytes)),
+            Some(Err(source)) => Err(source),
+            None => inner.serializer.decode(&current.0.bytes).map(|mut stored| {
+                stored.touch_from(session);
+                inner.serializer.encode(&stored)
+            }),
+        };
+        let encoded = match touched {
+            Ok(encoded) => encoded,
             Err(source) => {
                 // We hold the id's writer lock: nobody else can remove these bytes but
                 // expiry, after which they are not ours to report.
@@ -790,15 +800,11 @@ impl<Z: Serializer> MemoryStore<Z> {
                 return Ok(false);
             }
         };
-        stored_session.touch_from(session);
         if ttl.is_zero() {
             // The new cookie says the session is over: expire it now.
             return Ok(inner.cache.set_ttl(id, Duration::ZERO));
         }
-        let bytes = inner
-            .serializer
-            .encode(&stored_session)
-            .map_err(Error::Encode)?;
+        let bytes = encoded.map_err(Error::Encode)?;
         if *bytes == *current.0.bytes {
             // Same cookie: only the lifetime moves, nothing is rewritten.
             return Ok(inner.cache.set_ttl(id, ttl));

@@ -512,7 +512,7 @@ where
             let weighted = self.cfg.weigher.is_some();
             self.m
                 .policy
-                .get_or_insert_with(|| Policy::new(bound.share, weighted))
+                .get_or_insert_with(|| Policy::new(bound.share, weighted, bound.contest.clone()))
                 .insert(idx, hash, weight);
         }
     }
