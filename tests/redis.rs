@@ -755,6 +755,88 @@ async fn a_destroy_on_one_server_is_seen_by_the_other_within_the_bound() {
     assert_eq!(call(&b, "/", Some(&cookie)).await.0, "1", "B too");
 }
 
+/// A TCP proxy to `port` that holds every reply for `delay` (requests pass at once, replies
+/// keep their order): a Redis that answers slowly.
+async fn slow_replies(port: u16, delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let proxy = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await
+            else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            });
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+            tokio::spawn(async move {
+                let mut buf = vec![0; 64 * 1024];
+                while let Ok(n) = server_read.read(&mut buf).await {
+                    if n == 0
+                        || tx
+                            .send((Instant::now() + delay, buf[..n].to_vec()))
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                while let Some((due, bytes)) = rx.recv().await {
+                    tokio::time::sleep_until(due.into()).await;
+                    if client_write.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    proxy
+}
+
+/// A read that was in flight when the session was destroyed does not put it back in the near
+/// cache: after `destroy` returns, this server never serves it again. With replies 300 ms late,
+/// a read sends its GET, the destroy its DEL 100 ms later; the GET's (pre-destroy) reply comes
+/// back first. Failed before: the destroy dropped the near copy before deleting in Redis, and
+/// the read cached the destroyed session, served from memory for the whole bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_in_flight_during_a_destroy_does_not_bring_the_session_back() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let proxy = slow_replies(server.port, Duration::from_millis(300)).await;
+    let far = RedisStore::builder(format!("redis://127.0.0.1:{proxy}/"))
+        .build()
+        .await
+        .unwrap();
+    let store = evanesce::integrations::redis::Tiered::new(far, Duration::from_secs(60)).unwrap();
+    store
+        .set("sid", &expiring(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    // Not from memory: the read goes to Redis.
+    store.near().destroy("sid");
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move { store.get("sid").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.destroy("sid").await.unwrap(), 1);
+    assert!(
+        reader.await.unwrap().unwrap().is_some(),
+        "the read began before the destroy"
+    );
+    assert!(redis_get(&server, "sess:sid").is_none());
+    assert_eq!(store.near().length(), 0, "the destroyed session is cached");
+    assert_eq!(store.get("sid").await.unwrap(), None);
+}
+
 #[tokio::test]
 async fn the_near_cache_keeps_entries_at_most_the_bound() {
     let Some(server) = RedisServer::start() else {

@@ -1338,7 +1338,10 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
+/// Whether a query parameter carries a secret. The name is compared percent-decoded, as URL
+/// parsers read it (`?pa%73s=` is `pass`).
 fn is_secret_param(name: &str) -> bool {
+    let name = percent_decode(name);
     name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password")
 }
 
@@ -1524,6 +1527,10 @@ mod tests {
                 "redis://h/?PASSWORD=pw#frag",
                 "redis://h/?PASSWORD=***#frag",
             ),
+            (
+                "unix:///s.sock?pa%73s=pw&%70assword=pw2",
+                "unix:///s.sock?pa%73s=***&%70assword=***",
+            ),
             ("not a url @ all", "***@ all"),
             ("", ""),
         ] {
@@ -1537,6 +1544,8 @@ mod tests {
         let masked = secrets.mask("p%40ssword p@ssword other u h");
         assert_eq!(masked, "*** *** *** u h");
         assert!(!format!("{secrets:?}").contains("ssword"));
+        let encoded = Secrets::of("unix:///s.sock?pa%73s=hunter2");
+        assert_eq!(encoded.mask("auth hunter2 failed"), "auth *** failed");
     }
 
     #[test]

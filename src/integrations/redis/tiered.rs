@@ -40,6 +40,10 @@ pub struct Tiered<Z: Serializer> {
     /// How long past the bound a near copy may be served while Redis is unreachable.
     window: Duration,
     stale_reads: Arc<AtomicU64>,
+    /// Removals that Redis has done (destroys, and writes or renewals that found the session
+    /// gone): a read or write that began before one may not keep the copy it brought back
+    /// (see [`keep`](Self::keep)).
+    removals: Arc<AtomicU64>,
 }
 
 impl<Z: Serializer> Clone for Tiered<Z> {
@@ -49,6 +53,7 @@ impl<Z: Serializer> Clone for Tiered<Z> {
             far: self.far.clone(),
             window: self.window,
             stale_reads: Arc::clone(&self.stale_reads),
+            removals: Arc::clone(&self.removals),
         }
     }
 }
@@ -138,6 +143,7 @@ impl<Z: Serializer + Clone> TieredBuilder<Z> {
             far: self.far,
             window: self.window,
             stale_reads: Arc::new(AtomicU64::new(0)),
+            removals: Arc::new(AtomicU64::new(0)),
         })
     }
 }
@@ -179,6 +185,7 @@ impl<Z: Serializer> Tiered<Z> {
             far,
             window: Duration::ZERO,
             stale_reads: Arc::new(AtomicU64::new(0)),
+            removals: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -206,13 +213,14 @@ impl<Z: Serializer> Tiered<Z> {
         if near.is_some() && self.fresh(id) {
             return Ok(near);
         }
+        let since = self.removals_seen();
         match self.far.get(id).await {
             Ok(Some(session)) => {
-                self.cache(id, &session);
+                self.keep(id, &session, since);
                 Ok(Some(session))
             }
             Ok(None) => {
-                self.near.destroy(id);
+                self.forget(id);
                 Ok(None)
             }
             Err(e) if near.is_some() && !self.window.is_zero() && unreachable(&e) => {
@@ -250,34 +258,70 @@ impl<Z: Serializer> Tiered<Z> {
         condition: Condition,
         digest: Option<u128>,
     ) -> Result<bool, Error> {
+        let since = self.removals_seen();
         match self.far.write(id, session, condition, digest).await {
             Ok(true) => {
-                self.cache(id, session);
+                self.keep(id, session, since);
                 Ok(true)
             }
             Ok(false) => {
                 if condition != Condition::Absent {
                     // Destroyed or expired in Redis (or a zero lifetime deleted nothing):
                     // our copy is stale, forget it.
-                    self.near.destroy(id);
+                    self.forget(id);
                 }
                 Ok(false)
             }
             Err(e) => {
                 // Unknown outcome: do not keep serving a copy Redis may not have.
-                self.near.destroy(id);
+                self.forget(id);
                 Err(e)
             }
         }
     }
 
-    /// Removes one session or many, from Redis and the near cache; returns how many Redis
-    /// held.
+    /// Removes one session or many, from Redis and then from the near cache; returns how
+    /// many Redis held.
+    ///
+    /// In that order, and a read or write of this store that began before the removal and
+    /// finishes after it does not keep its copy: once `destroy` returns, this server never
+    /// serves the sessions from memory again (a logout is not undone by a request that was
+    /// in flight). Other servers may serve their copies up to the staleness bound.
     pub async fn destroy(&self, ids: impl crate::session::Ids) -> Result<usize, Error> {
         let mut list = Vec::new();
         ids.for_each_id(&mut |id| list.push(id.to_string()));
-        self.near.destroy(&list);
-        self.far.destroy(&list).await
+        // Even when the outcome is unknown (an error), the near copies go.
+        let destroyed = self.far.destroy(&list).await;
+        self.forget(&list);
+        destroyed
+    }
+
+    /// How many removals Redis has done so far (see [`keep`](Self::keep)).
+    fn removals_seen(&self) -> u64 {
+        // SeqCst: see `keep`.
+        self.removals.load(Ordering::SeqCst)
+    }
+
+    /// Drops the near copies of `ids` after Redis removed them (or may have).
+    fn forget(&self, ids: impl crate::session::Ids) {
+        // SeqCst: with the load in `keep` (a Dekker pair, see there). The count moves before
+        // the copies go.
+        self.removals.fetch_add(1, Ordering::SeqCst);
+        self.near.destroy(ids);
+    }
+
+    /// Keeps `session`, read from or written to Redis by an operation that began when
+    /// [`removals_seen`](Self::removals_seen) was `since`, unless a removal happened since:
+    /// its copy may be older than the removal. The copy is made first, then the count
+    /// checked; `forget` moves the count, then drops copies. Both SeqCst: either this load
+    /// sees the removal's count and drops the copy itself, or the removal's `near.destroy`
+    /// comes after the copy was made and drops it. (A removal of another session costs this
+    /// one its copy too: the next read goes to Redis.)
+    fn keep(&self, id: &str, session: &Z::Session, since: u64) {
+        self.cache(id, session);
+        if self.removals_seen() != since {
+            self.near.destroy(id);
+        }
     }
 
     /// Renews `session`'s lifetime and cookie in Redis ([`RedisStore::touch`]) and drops the
@@ -298,7 +342,7 @@ impl<Z: Serializer> Tiered<Z> {
     pub async fn renew(&self, id: &str, session: &Z::Session) -> Result<bool, Error> {
         let renewed = self.far.renew(id, session).await;
         if !matches!(renewed, Ok(true)) {
-            self.near.destroy(id);
+            self.forget(id);
         }
         renewed
     }

@@ -152,8 +152,15 @@ where
 /// to [`Tiered::with_near_cache`]; [`Tiered::builder`] does all of this, and can serve
 /// stale reads while Redis is unreachable.
 ///
-/// It also works as the cache half of tower-sessions' `CachingSessionStore` (same bound on
-/// reads, but that store's `save` writes back whatever it holds).
+/// It also works as the cache half of tower-sessions' `CachingSessionStore`, wrapped as
+/// `RecordCache::new(near_cache(bound).build()?)` (the built store is a [`MemoryStore`],
+/// which as a primary store only updates live records; [`RecordCache`] stores what the
+/// caching store hands it). The bound caps how long a record deleted elsewhere stays in that
+/// cache; `CachingSessionStore` itself fills the cache after a load without the ordering
+/// [`Tiered`] keeps, so prefer [`Tiered`].
+///
+/// [`MemoryStore`]: crate::session::MemoryStore
+/// [`RecordCache`]: crate::integrations::tower_sessions::RecordCache
 pub fn near_cache(bound: Duration) -> MemoryStoreBuilder<JsonSerializer<Record>> {
     record_store().ttl_fn(move |record: &Record, _id: &str| near_lifetime(record, bound))
 }
