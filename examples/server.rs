@@ -42,13 +42,29 @@
 //! cookie goes out without `Secure`. Off is for development over plain HTTP on
 //! `http://127.0.0.1` only.
 //!
-//! With `REDIS_URL` set (for example `redis://127.0.0.1:6379/`), sessions live in Redis and
-//! are shared by every server pointed at it: the server uses the two-tier store (evanesce's
-//! in-memory near cache, bounded by `MAX_SESSIONS`, in front of Redis). `NEAR_CACHE_MS`
-//! (1000; 0 to 86400000) is the staleness bound: how long this server may go on serving a
-//! session another server changed or destroyed (0: no near cache, every request reads Redis).
-//! `REDIS_PREFIX` (`sess:`) is the key prefix. `SESSIONS_FILE` does not apply then. The URL's
-//! password is never printed ([`redact_url`]).
+//! With Redis, sessions live in Redis and are shared by every server pointed at it: the server
+//! uses the two-tier store (evanesce's in-memory near cache, bounded by `MAX_SESSIONS`, in
+//! front of Redis). Set one of:
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `REDIS_URL` | one server: `redis://[user:password@]host:port/db`, or `rediss://...` for TLS |
+//! | `REDIS_SENTINEL` + `REDIS_SERVICE` | Sentinel: a comma-separated list of Sentinels (`host:port`, or URLs such as `redis://:sentinel-password@host:26379` / `rediss://...`) and the master's service name (`mymaster`); failovers are followed |
+//! | `REDIS_CLUSTER` | Cluster: a comma-separated list of nodes (`host:port`, or `redis://` / `rediss://` URLs); one reachable node is enough |
+//!
+//! and, as needed (each applies to all three):
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `REDIS_USERNAME`, `REDIS_PASSWORD` | the URL's | the ACL user and password of the data nodes (Sentinel: of the master) |
+//! | `REDIS_CA_FILE` | the system's roots | PEM file of the CA that signed the servers' certificates (`rediss://`) |
+//! | `REDIS_CLIENT_CERT_FILE`, `REDIS_CLIENT_KEY_FILE` | unset | PEM client certificate and key, for servers with `tls-auth-clients yes` |
+//! | `REDIS_PREFIX` | `sess:` | the key prefix |
+//! | `NEAR_CACHE_MS` | `1000` | the staleness bound, 0 to 86400000: how long this server may go on serving a session another server changed or destroyed (0: no near cache, every request reads Redis) |
+//! | `REDIS_STALE_SECS` | `0` | while Redis is unreachable, serve reads from the near cache for up to this long past the bound (0 to 86400; 0: fail instead) |
+//! | `REDIS_TOUCH_AFTER_SECS` | `0` | renew an unchanged session's lifetime in Redis at most once per this period (0 to 86400; 0: on every write) |
+//!
+//! `SESSIONS_FILE` does not apply then. Passwords are never printed ([`redact_url`]).
 //!
 //! The server stops on SIGINT (ctrl-c) and SIGTERM (`docker stop`, systemd) alike: it stops
 //! accepting, gives open connections `SHUTDOWN_DRAIN_SECS` to finish, then saves the sessions
@@ -74,7 +90,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use evanesce::integrations::redis::{
-    RedisRecordStore, TieredStore, near_cache, redact_url, redis_record_store,
+    RedisRecordStore, Target, TieredStore, redact_url, redis_record_store,
 };
 use evanesce::integrations::tower_sessions::{RecordStore, record_store};
 use evanesce::session::SealingKey;
@@ -112,9 +128,159 @@ struct Settings {
 }
 
 struct RedisSettings {
-    url: String,
+    /// Where (URLs shown redacted in messages).
+    target: RedisTarget,
+    username: Option<String>,
+    password: Option<String>,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<(PathBuf, PathBuf)>,
     prefix: String,
     near_cache: Duration,
+    stale: Duration,
+    touch_after: Duration,
+}
+
+/// Which Redis topology, from `REDIS_URL`, `REDIS_SENTINEL` + `REDIS_SERVICE` or
+/// `REDIS_CLUSTER`.
+enum RedisTarget {
+    Url(String),
+    Sentinel {
+        sentinels: Vec<String>,
+        service: String,
+    },
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// The target as the store takes it.
+    fn target(&self) -> Target {
+        match self {
+            RedisTarget::Url(url) => Target::url(url.as_str()),
+            RedisTarget::Sentinel { sentinels, service } => {
+                Target::sentinel(sentinels.iter().map(String::as_str), service.as_str())
+            }
+            RedisTarget::Cluster(nodes) => Target::cluster(nodes.iter().map(String::as_str)),
+        }
+    }
+
+    /// What the target is, for messages: passwords masked.
+    fn shown(&self) -> String {
+        let list = |urls: &[String]| {
+            urls.iter()
+                .map(|u| redact_url(u))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            RedisTarget::Url(url) => format!("Redis at {}", redact_url(url)),
+            RedisTarget::Sentinel { sentinels, service } => {
+                format!(
+                    "Redis master {service:?} of the Sentinels {}",
+                    list(sentinels)
+                )
+            }
+            RedisTarget::Cluster(nodes) => format!("Redis Cluster of {}", list(nodes)),
+        }
+    }
+}
+
+/// A comma-separated list of Redis addresses from `name`: `host:port` becomes
+/// `redis://host:port`; URLs are kept. The message never shows a password.
+fn redis_list(name: &str, value: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            if s.contains("://") {
+                s.to_string()
+            } else {
+                format!("redis://{s}")
+            }
+        })
+        .collect();
+    if list.is_empty() {
+        return Err(format!(
+            "{name} is empty: expected a comma-separated list of host:port or redis:// URLs"
+        ));
+    }
+    Ok(list)
+}
+
+impl RedisSettings {
+    fn from_env() -> Result<Option<Self>, String> {
+        let url = text("REDIS_URL")?;
+        let sentinel = text("REDIS_SENTINEL")?;
+        let cluster = text("REDIS_CLUSTER")?;
+        let service = text("REDIS_SERVICE")?;
+        if service.is_some() && sentinel.is_none() {
+            return Err("REDIS_SERVICE is set but REDIS_SENTINEL is not".into());
+        }
+        let target = match (url, sentinel, cluster) {
+            (None, None, None) => return Ok(None),
+            (Some(url), None, None) => RedisTarget::Url(url),
+            (None, Some(sentinels), None) => RedisTarget::Sentinel {
+                sentinels: redis_list("REDIS_SENTINEL", &sentinels)?,
+                service: service.filter(|s| !s.trim().is_empty()).ok_or(
+                    "REDIS_SENTINEL needs REDIS_SERVICE, the master's name (such as mymaster)",
+                )?,
+            },
+            (None, None, Some(nodes)) => RedisTarget::Cluster(redis_list("REDIS_CLUSTER", &nodes)?),
+            _ => {
+                return Err("set only one of REDIS_URL, REDIS_SENTINEL and REDIS_CLUSTER".into());
+            }
+        };
+        let client_cert = match (
+            std::env::var_os("REDIS_CLIENT_CERT_FILE"),
+            std::env::var_os("REDIS_CLIENT_KEY_FILE"),
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+            _ => {
+                return Err("REDIS_CLIENT_CERT_FILE and REDIS_CLIENT_KEY_FILE go together".into());
+            }
+        };
+        Ok(Some(Self {
+            target,
+            username: text("REDIS_USERNAME")?,
+            password: text("REDIS_PASSWORD")?,
+            ca_file: std::env::var_os("REDIS_CA_FILE").map(PathBuf::from),
+            client_cert,
+            prefix: text("REDIS_PREFIX")?.unwrap_or_else(|| "sess:".to_string()),
+            near_cache: Duration::from_millis(number("NEAR_CACHE_MS", 1000, 0..=86_400_000)?),
+            stale: Duration::from_secs(number("REDIS_STALE_SECS", 0, 0..=86_400)?),
+            touch_after: Duration::from_secs(number("REDIS_TOUCH_AFTER_SECS", 0, 0..=86_400)?),
+        }))
+    }
+
+    /// The Redis store these settings describe, connected.
+    async fn connect(&self) -> Result<RedisRecordStore, String> {
+        let read = |name: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| format!("{name}={}: {e}", path.display()))
+        };
+        let mut builder = redis_record_store(self.target.target())
+            .prefix(self.prefix.as_str())
+            .touch_after(self.touch_after);
+        if let Some(username) = &self.username {
+            builder = builder.username(username.as_str());
+        }
+        if let Some(password) = &self.password {
+            builder = builder.password(password.as_str());
+        }
+        if let Some(path) = &self.ca_file {
+            builder = builder.tls_ca_pem(read("REDIS_CA_FILE", path)?);
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            builder = builder.tls_client_cert_pem(
+                read("REDIS_CLIENT_CERT_FILE", cert)?,
+                read("REDIS_CLIENT_KEY_FILE", key)?,
+            );
+        }
+        builder
+            .build()
+            .await
+            .map_err(|e| format!("{}: {e}", self.target.shown()))
+    }
 }
 
 /// A whole number in `range` from the variable `name`, or `default` if it is unset.
@@ -223,14 +389,7 @@ impl Settings {
         let max_connections =
             usize::try_from(number("MAX_CONNECTIONS", 10_000, 1..=1_000_000)?).unwrap_or(1);
         let drain = Duration::from_secs(number("SHUTDOWN_DRAIN_SECS", 10, 0..=3600)?);
-        let redis = match text("REDIS_URL")? {
-            None => None,
-            Some(url) => Some(RedisSettings {
-                url,
-                prefix: text("REDIS_PREFIX")?.unwrap_or_else(|| "sess:".to_string()),
-                near_cache: Duration::from_millis(number("NEAR_CACHE_MS", 1000, 0..=86_400_000)?),
-            }),
-        };
+        let redis = RedisSettings::from_env()?;
         Ok(Self {
             host,
             port,
@@ -255,7 +414,7 @@ impl Settings {
 struct App {
     /// The session store, or with Redis the near cache in front of it.
     store: RecordStore,
-    /// Redis, when `REDIS_URL` is set.
+    /// Redis, when it is configured.
     redis: Option<RedisRecordStore>,
     /// The last count of the sessions in Redis and when it was made: counting SCANs the whole
     /// prefix, so anyone's `GET /stats` must not start one each time (one at a time, reused
@@ -580,21 +739,18 @@ async fn serve(settings: Settings) -> Result<u8, String> {
     let (app, which) = if let Some(redis) = &settings.redis {
         if settings.sessions_file.is_some() {
             eprintln!(
-                "warning: SESSIONS_FILE does not apply with REDIS_URL (Redis keeps the sessions)"
+                "warning: SESSIONS_FILE does not apply with Redis (Redis keeps the sessions)"
             );
         }
-        let shown = redact_url(&redis.url);
-        let far = redis_record_store(redis.url.as_str())
-            .prefix(redis.prefix.as_str())
-            .build()
-            .await
-            .map_err(|e| format!("Redis at {shown}: {e}"))?;
-        let near = near_cache(redis.near_cache)
+        let far = redis.connect().await?;
+        let tiered = TieredStore::builder(far.clone())
+            .bound(redis.near_cache)
+            .serve_stale_for(redis.stale)
             .max(max)
             .check_period(Duration::from_secs(1))
             .build()
             .map_err(|e| e.to_string())?;
-        let tiered = TieredStore::with_near_cache(near.clone(), far.clone());
+        let near = tiered.near().clone();
         let sessions = SessionManagerLayer::new(tiered)
             .with_name(cookie_name)
             .with_secure(settings.cookie_secure)
@@ -608,9 +764,23 @@ async fn serve(settings: Settings) -> Result<u8, String> {
             })
             .layer(sessions);
         let which = format!(
-            "store: Redis at {shown} (keys {}*) behind a near cache of at most {max} sessions, staleness bound {} ms",
+            "store: {} (keys {}*) behind a near cache of at most {max} sessions, staleness bound {} ms{}{}",
+            redis.target.shown(),
             redis.prefix,
-            redis.near_cache.as_millis()
+            redis.near_cache.as_millis(),
+            if redis.stale.is_zero() {
+                String::new()
+            } else {
+                format!(
+                    ", stale reads for {} s while Redis is unreachable",
+                    redis.stale.as_secs()
+                )
+            },
+            if redis.touch_after.is_zero() {
+                String::new()
+            } else {
+                format!(", touch after {} s", redis.touch_after.as_secs())
+            },
         );
         (app, which)
     } else {

@@ -439,8 +439,7 @@ fn shrinking_the_capacity_evicts_down_to_it() {
         }
         let size = cache.weighted_size();
         assert!(size > 7_000 && size <= 10_000, "{size}");
-        // A shrink within a large cache (which evicts in batches above its capacity) still
-        // goes down to the capacity itself.
+        // A shrink within a large cache goes down to the capacity itself too.
         cache.set_max_capacity(5_000).unwrap();
         assert_eq!(cache.policy().max_capacity(), Some(5_000));
         let size = cache.weighted_size();

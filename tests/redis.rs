@@ -7,10 +7,7 @@
 mod common;
 
 use common::{call, count};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, TcpListener};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
@@ -26,137 +23,23 @@ use tower_sessions::{Expiry, SessionManagerLayer};
 
 // ---- the server ----
 
-/// A `redis-server` of our own, killed (and its directory removed) on drop.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-    /// More `redis-server` arguments (`--requirepass ...`).
-    extra: Vec<String>,
-}
+mod redis_support;
+
+use redis_support::Server;
+
+/// A `redis-server` of the test's own (see `redis_support`).
+struct RedisServer;
 
 impl RedisServer {
     /// A running server, or `None` if there is no `redis-server` on PATH and the tests are
     /// not required (see the module documentation).
-    fn start() -> Option<Self> {
+    fn start() -> Option<Server> {
         Self::start_with(&[])
     }
 
     /// Like [`start`](Self::start), with more `redis-server` arguments.
-    fn start_with(extra: &[&str]) -> Option<Self> {
-        let required = std::env::var("EVANESCE_REDIS_TESTS").as_deref() == Ok("required");
-        let present = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !present && !required {
-            eprintln!(
-                "SKIPPED: no `redis-server` on PATH (Debian: apt-get install redis-server); \
-                 set EVANESCE_REDIS_TESTS=required to make this a failure"
-            );
-            return None;
-        }
-        let port = {
-            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free port");
-            listener.local_addr().unwrap().port()
-        };
-        let dir =
-            std::env::temp_dir().join(format!("evanesce-redis-test-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = Self {
-            child: None,
-            port,
-            dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        server.spawn();
-        Some(server)
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start `redis-server` ({e}): the Redis tests need a real server on \
-                     PATH (Debian: apt-get install redis-server)"
-                )
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.answers() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not answer PING within 10 s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Whether the server answers `PING` (with `+PONG`, or `-NOAUTH` when it wants a
-    /// password).
-    fn answers(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut reply).is_ok()
-            && (&reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH"))
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server again on the same port (empty: nothing is persisted).
-    fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    /// Sends the server a signal (`STOP`, `CONT`).
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} {pid}");
-    }
-
-    /// A plain client, for looking behind the store's back.
-    fn client(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+    fn start_with(extra: &[&str]) -> Option<Server> {
+        redis_support::available(false).then(|| Server::plain(extra))
     }
 }
 
@@ -170,18 +53,18 @@ fn expiring(ttl: Duration) -> Session {
     Session::with_cookie(Cookie::expiring_in(ttl, SystemTime::now()))
 }
 
-async fn store(server: &RedisServer) -> RedisStore {
+async fn store(server: &Server) -> RedisStore {
     RedisStore::builder(server.url()).build().await.unwrap()
 }
 
-fn redis_get(server: &RedisServer, key: &str) -> Option<Vec<u8>> {
+fn redis_get(server: &Server, key: &str) -> Option<Vec<u8>> {
     redis::cmd("GET")
         .arg(key)
         .query(&mut server.client())
         .unwrap()
 }
 
-fn redis_set(server: &RedisServer, key: &str, value: &[u8]) {
+fn redis_set(server: &Server, key: &str, value: &[u8]) {
     redis::cmd("SET")
         .arg(key)
         .arg(value)
@@ -428,7 +311,7 @@ async fn ids_all_length_and_clear_keep_to_the_prefix() {
     assert_eq!(other.ids().await.unwrap(), vec!["theirs".to_string()]);
 }
 
-async fn store_with_prefix(server: &RedisServer, prefix: &str) -> RedisStore {
+async fn store_with_prefix(server: &Server, prefix: &str) -> RedisStore {
     RedisStore::builder(server.url())
         .prefix(prefix)
         .build()
@@ -742,7 +625,7 @@ fn record(expires_in: i64) -> Record {
     }
 }
 
-async fn record_store(server: &RedisServer) -> RedisRecordStore {
+async fn record_store(server: &Server) -> RedisRecordStore {
     redis_record_store(server.url()).build().await.unwrap()
 }
 
@@ -808,7 +691,7 @@ fn app(store: TieredStore) -> Router {
 
 const BOUND: Duration = Duration::from_millis(300);
 
-async fn tiered(server: &RedisServer) -> TieredStore {
+async fn tiered(server: &Server) -> TieredStore {
     TieredStore::new(record_store(server).await, BOUND).unwrap()
 }
 
@@ -872,6 +755,88 @@ async fn a_destroy_on_one_server_is_seen_by_the_other_within_the_bound() {
     assert_eq!(call(&b, "/", Some(&cookie)).await.0, "1", "B too");
 }
 
+/// A TCP proxy to `port` that holds every reply for `delay` (requests pass at once, replies
+/// keep their order): a Redis that answers slowly.
+async fn slow_replies(port: u16, delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let proxy = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await
+            else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            });
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+            tokio::spawn(async move {
+                let mut buf = vec![0; 64 * 1024];
+                while let Ok(n) = server_read.read(&mut buf).await {
+                    if n == 0
+                        || tx
+                            .send((Instant::now() + delay, buf[..n].to_vec()))
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                while let Some((due, bytes)) = rx.recv().await {
+                    tokio::time::sleep_until(due.into()).await;
+                    if client_write.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    proxy
+}
+
+/// A read that was in flight when the session was destroyed does not put it back in the near
+/// cache: after `destroy` returns, this server never serves it again. With replies 300 ms late,
+/// a read sends its GET, the destroy its DEL 100 ms later; the GET's (pre-destroy) reply comes
+/// back first. Failed before: the destroy dropped the near copy before deleting in Redis, and
+/// the read cached the destroyed session, served from memory for the whole bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_in_flight_during_a_destroy_does_not_bring_the_session_back() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let proxy = slow_replies(server.port, Duration::from_millis(300)).await;
+    let far = RedisStore::builder(format!("redis://127.0.0.1:{proxy}/"))
+        .build()
+        .await
+        .unwrap();
+    let store = evanesce::integrations::redis::Tiered::new(far, Duration::from_secs(60)).unwrap();
+    store
+        .set("sid", &expiring(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    // Not from memory: the read goes to Redis.
+    store.near().destroy("sid");
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move { store.get("sid").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.destroy("sid").await.unwrap(), 1);
+    assert!(
+        reader.await.unwrap().unwrap().is_some(),
+        "the read began before the destroy"
+    );
+    assert!(redis_get(&server, "sess:sid").is_none());
+    assert_eq!(store.near().length(), 0, "the destroyed session is cached");
+    assert_eq!(store.get("sid").await.unwrap(), None);
+}
+
 #[tokio::test]
 async fn the_near_cache_keeps_entries_at_most_the_bound() {
     let Some(server) = RedisServer::start() else {
@@ -915,7 +880,7 @@ async fn tiered_touch_renews_redis_and_drops_the_near_copy() {
     let mut renewed = r.clone();
     renewed.expiry_date += time::Duration::hours(1);
     renewed.data.clear();
-    assert!(store.touch(&renewed).await.unwrap());
+    assert!(store.touch(&r.id.to_string(), &renewed).await.unwrap());
     assert_near(
         store.far().expires_in(&r.id.to_string()).await.unwrap(),
         Duration::from_secs(3660),
@@ -925,6 +890,576 @@ async fn tiered_touch_renews_redis_and_drops_the_near_copy() {
     assert_eq!(loaded.data["k"], "v", "data kept");
     assert_eq!(loaded.expiry_date, renewed.expiry_date);
     store.far().destroy(r.id.to_string()).await.unwrap();
-    assert!(!store.touch(&renewed).await.unwrap(), "never resurrects");
+    assert!(
+        !store.touch(&r.id.to_string(), &renewed).await.unwrap(),
+        "never resurrects"
+    );
     assert!(store.load(&r.id).await.unwrap().is_none());
+}
+
+// ---- bring your own connection ----
+
+#[tokio::test]
+async fn a_store_over_a_connection_manager_of_your_own() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let manager = redis::aio::ConnectionManager::new(redis::Client::open(server.url()).unwrap())
+        .await
+        .unwrap();
+    redis_support::behaviour_suite("", || RedisStore::builder(manager.clone())).await;
+    let store = RedisStore::builder(manager.clone()).build().await.unwrap();
+    assert_eq!(store.url(), "(a ConnectionManager given to the builder)");
+    // Its errors are bounded by the store's deadline all the same.
+    let store = RedisStore::builder(manager)
+        .response_timeout(Duration::from_millis(300))
+        .connection_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    server.signal("STOP");
+    let started = Instant::now();
+    assert!(matches!(store.get("a").await, Err(Error::Backend(_))));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    server.signal("CONT");
+}
+
+// ---- fewer writes: touch_after, disable_touch, disable_ttl ----
+
+/// Calls per command since the server started (`INFO commandstats`; commands run by a
+/// script count too).
+fn calls(server: &Server) -> std::collections::HashMap<String, u64> {
+    let info: String = server.query(redis::cmd("INFO").arg("commandstats"));
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+/// How many more times `command` ran in `after` than in `before`.
+fn more(
+    before: &std::collections::HashMap<String, u64>,
+    after: &std::collections::HashMap<String, u64>,
+    command: &str,
+) -> u64 {
+    after.get(command).copied().unwrap_or(0) - before.get(command).copied().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn touch_after_renews_at_most_once_per_period() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let period = Duration::from_millis(400);
+    let store = RedisStore::builder(server.url())
+        .touch_after(period)
+        .build()
+        .await
+        .unwrap();
+    let minute = Duration::from_secs(60);
+    store.set("sid", &expiring(minute)).await.unwrap();
+    let before = calls(&server);
+    // Written just now: touches within the period send nothing, and say the session is
+    // there.
+    for _ in 0..5 {
+        assert!(
+            store
+                .touch("sid", &expiring(Duration::from_secs(600)))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .renew("sid", &expiring(Duration::from_secs(600)))
+                .await
+                .unwrap()
+        );
+    }
+    let after = calls(&server);
+    assert_eq!(more(&before, &after, "get"), 0);
+    assert_eq!(more(&before, &after, "evalsha"), 0);
+    assert_eq!(more(&before, &after, "pexpire"), 0);
+    assert_near(store.expires_in("sid").await.unwrap(), minute);
+    // After the period, one touch renews (and the next ones, within the period, do not).
+    tokio::time::sleep(period + Duration::from_millis(50)).await;
+    assert!(
+        store
+            .touch("sid", &expiring(Duration::from_secs(600)))
+            .await
+            .unwrap()
+    );
+    assert_near(
+        store.expires_in("sid").await.unwrap(),
+        Duration::from_secs(600),
+    );
+    assert!(
+        store
+            .touch("sid", &expiring(Duration::from_secs(900)))
+            .await
+            .unwrap()
+    );
+    assert_near(
+        store.expires_in("sid").await.unwrap(),
+        Duration::from_secs(600),
+    );
+    // A write is never skipped, and a changed session is written at once.
+    let mut changed = expiring(Duration::from_secs(900));
+    changed.insert("views", 2);
+    store.set("sid", &changed).await.unwrap();
+    assert_eq!(store.get("sid").await.unwrap(), Some(changed));
+    // A destroyed session is not remembered: touch asks Redis, and says it is gone.
+    store.destroy("sid").await.unwrap();
+    assert!(!store.touch("sid", &expiring(minute)).await.unwrap());
+    // A session this store never wrote is touched (and not resurrected when missing).
+    assert!(!store.touch("never-set", &expiring(minute)).await.unwrap());
+    assert!(!store.renew("never-set", &expiring(minute)).await.unwrap());
+    assert_eq!(store.get("never-set").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn disable_touch_and_disable_ttl() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let minute = Duration::from_secs(60);
+    let no_touch = RedisStore::builder(server.url())
+        .prefix("nt:")
+        .disable_touch(true)
+        .build()
+        .await
+        .unwrap();
+    no_touch.set("sid", &expiring(minute)).await.unwrap();
+    let before = calls(&server);
+    assert!(
+        no_touch
+            .touch("sid", &expiring(Duration::from_secs(600)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        no_touch
+            .renew("sid", &expiring(Duration::from_secs(600)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(calls(&server).get("evalsha"), before.get("evalsha"));
+    assert_near(no_touch.expires_in("sid").await.unwrap(), minute);
+
+    let no_ttl = RedisStore::builder(server.url())
+        .prefix("nl:")
+        .disable_ttl(true)
+        .build()
+        .await
+        .unwrap();
+    no_ttl.set("sid", &expiring(minute)).await.unwrap();
+    assert_eq!(
+        no_ttl.expires_in("sid").await.unwrap(),
+        Some(Duration::MAX),
+        "no expiry in Redis"
+    );
+    assert!(no_ttl.touch("sid", &expiring(minute)).await.unwrap());
+    assert_eq!(no_ttl.expires_in("sid").await.unwrap(), Some(Duration::MAX));
+    assert!(
+        no_ttl
+            .set_if_present("sid", &expiring(minute))
+            .await
+            .unwrap()
+    );
+    assert_eq!(no_ttl.expires_in("sid").await.unwrap(), Some(Duration::MAX));
+    // A lifetime of zero still deletes.
+    let past = Session::with_cookie(Cookie::new().with_expires(SystemTime::UNIX_EPOCH));
+    no_ttl.set("sid", &past).await.unwrap();
+    assert_eq!(no_ttl.get("sid").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn renew_moves_only_the_expiry_and_never_resurrects() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = store(&server).await;
+    let mut s = expiring(Duration::from_secs(60));
+    s.insert("views", 3);
+    store.set("sid", &s).await.unwrap();
+    let bytes = redis_get(&server, "sess:sid");
+    let before = calls(&server);
+    assert!(
+        store
+            .renew("sid", &expiring(Duration::from_secs(600)))
+            .await
+            .unwrap()
+    );
+    let after = calls(&server);
+    assert_eq!(more(&before, &after, "pexpire"), 1, "one PEXPIRE");
+    assert_eq!(more(&before, &after, "get"), 0, "nothing read");
+    assert_eq!(redis_get(&server, "sess:sid"), bytes, "nothing rewritten");
+    assert_near(
+        store.expires_in("sid").await.unwrap(),
+        Duration::from_secs(600),
+    );
+    store.destroy("sid").await.unwrap();
+    assert!(!store.renew("sid", &s).await.unwrap());
+    assert_eq!(redis_get(&server, "sess:sid"), None);
+    // A zero lifetime ends it.
+    store.set("sid", &s).await.unwrap();
+    let past = Session::with_cookie(Cookie::new().with_expires(SystemTime::UNIX_EPOCH));
+    assert!(store.renew("sid", &past).await.unwrap());
+    assert_eq!(store.get("sid").await.unwrap(), None);
+}
+
+fn always_save_app<S>(store: S) -> Router
+where
+    S: tower_sessions::SessionStore + Clone,
+{
+    Router::new()
+        .route("/", get(count))
+        .route("/peek", get(peek))
+        .layer(
+            SessionManagerLayer::new(store)
+                .with_secure(false)
+                .with_always_save(true)
+                .with_expiry(Expiry::OnInactivity(time::Duration::seconds(600))),
+        )
+}
+
+/// Reads the session without changing it.
+async fn peek(session: tower_sessions::Session) -> String {
+    let n: u64 = session.get("n").await.unwrap().unwrap_or(0);
+    n.to_string()
+}
+
+#[tokio::test]
+async fn tower_sessions_always_save_writes_unchanged_sessions_once_per_period() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let period = Duration::from_millis(500);
+    let lazy = redis_record_store(server.url())
+        .touch_after(period)
+        .build()
+        .await
+        .unwrap();
+    let eager = record_store(&server).await;
+    for (store, unchanged_sets) in [(eager, 5), (lazy, 0)] {
+        let app = always_save_app(store);
+        let (_, cookie) = call(&app, "/", None).await;
+        let cookie = cookie.unwrap();
+        let before = calls(&server);
+        for _ in 0..5 {
+            assert_eq!(call(&app, "/peek", Some(&cookie)).await.0, "1");
+        }
+        let after = calls(&server);
+        assert_eq!(more(&before, &after, "set"), unchanged_sets);
+        assert_eq!(more(&before, &after, "get"), 5, "each request loads");
+        // A change is written at once.
+        assert_eq!(call(&app, "/", Some(&cookie)).await.0, "2");
+        assert_eq!(more(&after, &calls(&server), "set"), 1);
+    }
+    // After the period the unchanged session is written (renewed) once more.
+    let store = redis_record_store(server.url())
+        .prefix("p:")
+        .touch_after(period)
+        .build()
+        .await
+        .unwrap();
+    let app = always_save_app(store.clone());
+    let (_, cookie) = call(&app, "/", None).await;
+    let cookie = cookie.unwrap();
+    tokio::time::sleep(period + Duration::from_millis(50)).await;
+    let before = calls(&server);
+    call(&app, "/peek", Some(&cookie)).await;
+    call(&app, "/peek", Some(&cookie)).await;
+    assert_eq!(more(&before, &calls(&server), "set"), 1);
+    let id: Id = cookie.parse().unwrap();
+    assert_near(
+        store.expires_in(&id.to_string()).await.unwrap(),
+        Duration::from_secs(600),
+    );
+}
+
+#[tokio::test]
+async fn the_near_cache_honours_touch_after() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let far = redis_record_store(server.url())
+        .touch_after(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let tiered = TieredStore::new(far, Duration::from_secs(60)).unwrap();
+    let app = always_save_app(tiered.clone());
+    let (_, cookie) = call(&app, "/", None).await;
+    let cookie = cookie.unwrap();
+    let before = calls(&server);
+    for _ in 0..10 {
+        assert_eq!(call(&app, "/peek", Some(&cookie)).await.0, "1");
+    }
+    let after = calls(&server);
+    let total: u64 = after
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .map(|(name, n)| n - before.get(name).copied().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        total, 0,
+        "read-mostly requests send nothing to Redis: {after:?}"
+    );
+    // A touch skipped by touch_after keeps the near copy.
+    let id: Id = cookie.parse().unwrap();
+    let record = tiered.near().get(&id.to_string()).unwrap().unwrap();
+    assert!(tiered.touch(&id.to_string(), &record).await.unwrap());
+    assert_eq!(tiered.near().length(), 1);
+}
+
+// ---- serving reads from the near cache while Redis is unreachable ----
+
+#[tokio::test]
+async fn stale_reads_while_redis_is_unreachable_only_when_asked_for() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let bound = Duration::from_millis(200);
+    let window = Duration::from_secs(2);
+    let url = server.url();
+    let far = || async {
+        RedisStore::builder(url.as_str())
+            .response_timeout(Duration::from_millis(300))
+            .connection_timeout(Duration::from_millis(300))
+            .build()
+            .await
+            .unwrap()
+    };
+    let stale = evanesce::integrations::redis::Tiered::builder(far().await)
+        .bound(bound)
+        .serve_stale_for(window)
+        .build()
+        .unwrap();
+    let strict = evanesce::integrations::redis::Tiered::new(far().await, bound).unwrap();
+    let mut s = expiring(Duration::from_secs(600));
+    s.insert("user", "ada");
+    for store in [&stale, &strict] {
+        store.set("sid", &s).await.unwrap();
+        assert_eq!(store.get("sid").await.unwrap(), Some(s.clone()));
+    }
+    // Redis up: a fresh copy is served from memory, a copy past the bound is read again.
+    tokio::time::sleep(bound + Duration::from_millis(50)).await;
+    assert_eq!(stale.get("sid").await.unwrap(), Some(s.clone()));
+    assert_eq!(stale.stale_reads(), 0);
+
+    server.kill();
+    tokio::time::sleep(bound + Duration::from_millis(50)).await;
+    // Past the bound, Redis down: the strict store fails, the other serves its copy.
+    assert!(matches!(strict.get("sid").await, Err(Error::Backend(_))));
+    assert_eq!(stale.get("sid").await.unwrap(), Some(s.clone()));
+    assert_eq!(stale.stale_reads(), 1);
+    // Never a session it does not hold, and writes still fail.
+    assert!(matches!(stale.get("other").await, Err(Error::Backend(_))));
+    assert!(matches!(stale.set("sid", &s).await, Err(Error::Backend(_))));
+    // A failed write dropped the copy (its outcome is unknown): no more stale reads of it.
+    assert!(matches!(stale.get("sid").await, Err(Error::Backend(_))));
+
+    // Past bound + window, the copy is gone too.
+    server.restart();
+    let started = Instant::now();
+    while stale.set("sid", &s).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no reconnection"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.kill();
+    tokio::time::sleep(bound + window + Duration::from_millis(100)).await;
+    assert!(matches!(stale.get("sid").await, Err(Error::Backend(_))));
+}
+
+// ---- actix-web over Redis ----
+
+mod actix {
+    use super::*;
+    use actix_session::config::{PersistentSession, TtlExtensionPolicy};
+    use actix_session::storage::SessionStore as _;
+    use actix_web::cookie::{Cookie as ActixCookie, Key};
+    use actix_web::{App, HttpResponse, test, web};
+    use evanesce::integrations::redis::{RedisStateStore, TieredStateStore, redis_state_store};
+
+    async fn login(session: actix_session::Session) -> HttpResponse {
+        session.insert("user", "alice").unwrap();
+        HttpResponse::Ok().body("logged in")
+    }
+
+    async fn me(session: actix_session::Session) -> HttpResponse {
+        let user: Option<String> = session.get("user").unwrap();
+        HttpResponse::Ok().body(user.unwrap_or_else(|| "anonymous".into()))
+    }
+
+    async fn renew(session: actix_session::Session) -> HttpResponse {
+        session.renew();
+        HttpResponse::Ok().body("renewed")
+    }
+
+    async fn logout(session: actix_session::Session) -> HttpResponse {
+        session.purge();
+        HttpResponse::Ok().body("bye")
+    }
+
+    macro_rules! app {
+        ($store:expr, $key:expr) => {
+            test::init_service(
+                App::new()
+                    .wrap(
+                        actix_session::SessionMiddleware::builder($store.clone(), $key.clone())
+                            .cookie_secure(false)
+                            .session_lifecycle(
+                                PersistentSession::default()
+                                    .session_ttl(actix_web::cookie::time::Duration::seconds(60))
+                                    .session_ttl_extension_policy(
+                                        TtlExtensionPolicy::OnEveryRequest,
+                                    ),
+                            )
+                            .build(),
+                    )
+                    .route("/login", web::get().to(login))
+                    .route("/me", web::get().to(me))
+                    .route("/renew", web::get().to(renew))
+                    .route("/logout", web::get().to(logout)),
+            )
+            .await
+        };
+    }
+
+    macro_rules! call {
+        ($app:expr, $path:expr, $cookie:expr) => {{
+            let mut request = test::TestRequest::get().uri($path);
+            if let Some(cookie) = $cookie {
+                request = request.cookie(ActixCookie::clone(cookie));
+            }
+            let response = test::call_service(&$app, request.to_request()).await;
+            assert!(response.status().is_success(), "{}", response.status());
+            let set = response
+                .response()
+                .cookies()
+                .find(|c| c.name() == "id")
+                .map(|c| c.into_owned());
+            let body = test::read_body(response).await;
+            (String::from_utf8(body.to_vec()).unwrap(), set)
+        }};
+    }
+
+    #[actix_web::test]
+    async fn login_read_back_renew_and_purge_over_redis_and_two_tiers() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let redis: RedisStateStore = redis_state_store(server.url()).build().await.unwrap();
+        let tiered = TieredStateStore::new(
+            redis_state_store(server.url())
+                .prefix("t:")
+                .build()
+                .await
+                .unwrap(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let key = Key::generate();
+        macro_rules! scenario {
+            ($store:expr, $far:expr) => {{
+                let app = app!($store, key);
+                let (_, cookie) = call!(app, "/login", None::<&ActixCookie>);
+                let cookie = cookie.expect("login sets the session cookie");
+                assert_eq!($far.length().await.unwrap(), 1);
+                let old = $far.ids().await.unwrap();
+                assert_eq!(old[0].len(), 64, "a 64-character random key");
+                assert_near(
+                    $far.expires_in(&old[0]).await.unwrap(),
+                    Duration::from_secs(60),
+                );
+                assert_eq!(call!(app, "/me", Some(&cookie)).0, "alice");
+                let (_, renewed) = call!(app, "/renew", Some(&cookie));
+                let renewed = renewed.expect("renew sets a new cookie");
+                assert_eq!(call!(app, "/me", Some(&renewed)).0, "alice", "state moved");
+                assert_eq!($far.length().await.unwrap(), 1, "the old key was deleted");
+                assert_ne!($far.ids().await.unwrap(), old);
+                let (_, removal) = call!(app, "/logout", Some(&renewed));
+                assert!(removal.is_some(), "purge expires the cookie");
+                assert_eq!($far.length().await.unwrap(), 0);
+                assert_eq!(call!(app, "/me", Some(&renewed)).0, "anonymous");
+            }};
+        }
+        scenario!(redis, redis);
+        scenario!(tiered, tiered.far());
+    }
+
+    #[actix_web::test]
+    async fn the_store_trait_directly_with_touch_after() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let store = redis_state_store(server.url())
+            .touch_after(Duration::from_millis(300))
+            .build()
+            .await
+            .unwrap();
+        let ttl = actix_web::cookie::time::Duration::seconds(10);
+        let mut state = std::collections::HashMap::new();
+        state.insert("k".to_string(), "\"v\"".to_string());
+        let key = store.save(state.clone(), &ttl).await.unwrap();
+        assert_eq!(store.load(&key).await.unwrap(), Some(state.clone()));
+        // update_ttl within touch_after of the write: nothing sent.
+        let before = calls(&server);
+        let long = actix_web::cookie::time::Duration::seconds(100);
+        store.update_ttl(&key, &long).await.unwrap();
+        assert_eq!(more(&before, &calls(&server), "pexpire"), 0);
+        assert_near(
+            store.expires_in(key.as_ref()).await.unwrap(),
+            Duration::from_secs(10),
+        );
+        // After it: one PEXPIRE.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let before = calls(&server);
+        store.update_ttl(&key, &long).await.unwrap();
+        store.update_ttl(&key, &long).await.unwrap();
+        assert_eq!(more(&before, &calls(&server), "pexpire"), 1);
+        assert_near(
+            store.expires_in(key.as_ref()).await.unwrap(),
+            Duration::from_secs(100),
+        );
+        assert_eq!(store.load(&key).await.unwrap(), Some(state.clone()));
+        // update of a live key keeps it; a gone one (a logout while a request held the
+        // session) stays gone: nothing stored, under the old key or a new one.
+        state.insert("k".into(), "\"w\"".into());
+        let same = store
+            .update(String::from(key).try_into().unwrap(), state.clone(), &ttl)
+            .await
+            .unwrap();
+        assert_eq!(store.load(&same).await.unwrap(), Some(state.clone()));
+        store.delete(&same).await.unwrap();
+        let old: String = same.into();
+        let after = store
+            .update(old.clone().try_into().unwrap(), state, &ttl)
+            .await
+            .unwrap();
+        assert_eq!(
+            AsRef::<str>::as_ref(&after),
+            old,
+            "the dead key is returned"
+        );
+        assert_eq!(store.load(&after).await.unwrap(), None, "not brought back");
+        assert_eq!(
+            store.length().await.unwrap(),
+            0,
+            "nor saved under a new key"
+        );
+        let unknown = "x".repeat(64).try_into().unwrap();
+        assert_eq!(store.load(&unknown).await.unwrap(), None);
+    }
 }

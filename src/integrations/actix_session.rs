@@ -17,6 +17,11 @@
 //! live actix-session passes with each call is the session's lifetime (unless the store's
 //! `ttl` or `ttl_fn` option says otherwise), and the engine reclaims the session when it
 //! ends, read again or not.
+//!
+//! With the `redis` feature too, sessions can live in Redis, shared by every server:
+//! [`RedisStateStore`](crate::integrations::redis::RedisStateStore) (a `RedisStore` of
+//! [`State`]s) and [`TieredStateStore`](crate::integrations::redis::TieredStateStore) (an
+//! in-memory near cache in front of it) are actix-session stores too.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,7 +44,7 @@ pub struct State {
 }
 
 impl State {
-    fn new(state: HashMap<String, String>, now: SystemTime, ttl: Duration) -> Self {
+    pub(crate) fn new(state: HashMap<String, String>, now: SystemTime, ttl: Duration) -> Self {
         let expires = now.checked_add(ttl).unwrap_or(now);
         let expires_ms = expires
             .duration_since(UNIX_EPOCH)
@@ -78,11 +83,11 @@ pub fn state_store() -> MemoryStoreBuilder<JsonSerializer<State>> {
 }
 
 /// actix-session's time to live (a `time` duration; negative means "already over").
-fn std_ttl(ttl: &time::Duration) -> Duration {
+pub(crate) fn std_ttl(ttl: &time::Duration) -> Duration {
     Duration::try_from(*ttl).unwrap_or(Duration::ZERO)
 }
 
-fn new_key() -> String {
+pub(crate) fn new_key() -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)
         .take(64)

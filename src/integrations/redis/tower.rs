@@ -1,22 +1,26 @@
-//! [`RedisStore`] as a tower-sessions (0.15) session store, and [`TieredStore`]: an in-memory
-//! near cache ([`RecordStore`]) in front of it.
+//! [`RedisStore`] and [`Tiered`] as tower-sessions (0.15) session stores.
 
-use std::time::{Duration, SystemTime};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::session_store::{self, ExpiredDeletion, SessionStore};
 
-use super::{RedisStore, RedisStoreBuilder};
-use crate::integrations::tower_sessions::{RecordStore, record_store};
-use crate::session::ONE_DAY;
-use crate::session::{Error, JsonSerializer, MemoryStoreBuilder, Serializer, SessionData};
+use super::tiered::{Tiered, near_lifetime};
+use super::{Condition, RedisStore, RedisStoreBuilder, Target};
+use crate::integrations::tower_sessions::record_store;
+use crate::session::{Error, JsonSerializer, MemoryStoreBuilder, Serializer};
 
 /// A Redis store of tower-sessions records (JSON through serde_json).
 pub type RedisRecordStore = RedisStore<JsonSerializer<Record>>;
 
-/// A builder for a [`RedisRecordStore`] at `url`: a record lives in Redis until its
-/// `expiry_date` (unless `ttl` or `ttl_fn` say otherwise).
+/// The two-tier store of tower-sessions records: an in-memory near cache in front of a
+/// [`RedisRecordStore`]; see [`Tiered`] for its staleness bound and options.
+pub type TieredStore = Tiered<JsonSerializer<Record>>;
+
+/// A builder for a [`RedisRecordStore`] at `target` (a URL, or a [`Target`]): a record lives
+/// in Redis until its `expiry_date` (unless `ttl` or `ttl_fn` say otherwise).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), evanesce::session::Error> {
@@ -27,8 +31,8 @@ pub type RedisRecordStore = RedisStore<JsonSerializer<Record>>;
 /// let layer = SessionManagerLayer::new(store);
 /// # Ok(()) }
 /// ```
-pub fn redis_record_store(url: impl Into<String>) -> RedisStoreBuilder<JsonSerializer<Record>> {
-    RedisStore::with_serializer(url, JsonSerializer::new())
+pub fn redis_record_store(target: impl Into<Target>) -> RedisStoreBuilder<JsonSerializer<Record>> {
+    RedisStore::with_serializer(target, JsonSerializer::new())
 }
 
 /// How many fresh ids `create` tries after collisions before it gives up.
@@ -42,13 +46,44 @@ fn to_store_error(e: Error) -> session_store::Error {
     }
 }
 
+/// The record's data, encoded in a stable order (a `HashMap` iterates in a per-instance
+/// order), for the digest that tells an unchanged record from a changed one.
+fn data_bytes(record: &Record) -> Vec<u8> {
+    let sorted: BTreeMap<&String, &serde_json::Value> = record.data.iter().collect();
+    serde_json::to_vec(&sorted).unwrap_or_default()
+}
+
+/// What `save` does with a record, given the store's memory of its own writes.
+enum Save {
+    /// The same data was written (or renewed) recently enough: nothing to send.
+    Skip,
+    /// Write it (`SET XX`), remembering this digest of its data.
+    Write(Option<u128>),
+}
+
+fn plan_save<Z>(store: &RedisStore<Z>, record: &Record) -> Save
+where
+    Z: Serializer<Session = Record>,
+{
+    let digest = store.digest(&data_bytes(record));
+    if store.unchanged_recently(&record.id.to_string(), digest) {
+        Save::Skip
+    } else {
+        Save::Write(digest)
+    }
+}
+
 /// `SET NX` with fresh ids until one is free.
 async fn create_in<Z>(store: &RedisStore<Z>, record: &mut Record) -> Result<(), Error>
 where
     Z: Serializer<Session = Record>,
 {
     for _ in 0..CREATE_ATTEMPTS {
-        if store.set_if_absent(&record.id.to_string(), record).await? {
+        let digest = store.digest(&data_bytes(record));
+        if store
+            .write(&record.id.to_string(), record, Condition::Absent, digest)
+            .await?
+        {
             return Ok(());
         }
         record.id = Id::default();
@@ -71,9 +106,16 @@ where
 
     /// Updates an existing record with `SET XX`: a record destroyed (or expired) since this
     /// request loaded it is not brought back (tower-sessions saves a session it did not
-    /// find through `create`, so `save` is only ever an update).
+    /// find through `create`, so `save` is only ever an update). With
+    /// [`touch_after`](RedisStoreBuilder::touch_after) (or `disable_touch`, `disable_ttl`),
+    /// a record whose data this store wrote identically less than that period ago is not
+    /// written again (tower-sessions' `with_always_save(true)` saves on every request to
+    /// renew the expiry).
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        self.set_if_present(&record.id.to_string(), record)
+        let Save::Write(digest) = plan_save(self, record) else {
+            return Ok(());
+        };
+        self.write(&record.id.to_string(), record, Condition::Present, digest)
             .await
             .map(drop)
             .map_err(to_store_error)
@@ -104,128 +146,72 @@ where
     }
 }
 
-/// A builder for the near cache of a [`TieredStore`]: a [`RecordStore`] whose entries live at
+/// A builder for the near cache of a [`TieredStore`]: a record store whose entries live at
 /// most `min(the record's lifetime, bound)` from when they were cached (its `ttl_fn`). Add a
-/// bound on its size with [`max`](MemoryStoreBuilder::max) if you like.
+/// bound on its size with [`max`](MemoryStoreBuilder::max) if you like, and pass the store
+/// to [`Tiered::with_near_cache`]; [`Tiered::builder`] does all of this, and can serve
+/// stale reads while Redis is unreachable.
 ///
-/// **The staleness bound.** A server serves a session from its near cache without asking
-/// Redis, so after another server destroys or changes that session, this server may go on
-/// serving its cached copy for at most `bound` (plus one Redis round trip: the copy is cached
-/// just after it was read or written). `bound` = 0 caches nothing (every load goes to Redis).
-/// With a [`TieredStore`] a stale copy is never written back: its `save` is `SET XX`, and a
-/// failed one drops the cached copy, so the destroy wins as soon as this server next writes.
+/// It also works as the cache half of tower-sessions' `CachingSessionStore`, wrapped as
+/// `RecordCache::new(near_cache(bound).build()?)` (the built store is a [`MemoryStore`],
+/// which as a primary store only updates live records; [`RecordCache`] stores what the
+/// caching store hands it). The bound caps how long a record deleted elsewhere stays in that
+/// cache; `CachingSessionStore` itself fills the cache after a load without the ordering
+/// [`Tiered`] keeps, so prefer [`Tiered`].
 ///
-/// It also works as the cache half of tower-sessions' `CachingSessionStore` (same bound on
-/// reads, but that store's `save` writes back whatever it holds).
+/// [`MemoryStore`]: crate::session::MemoryStore
+/// [`RecordCache`]: crate::integrations::tower_sessions::RecordCache
 pub fn near_cache(bound: Duration) -> MemoryStoreBuilder<JsonSerializer<Record>> {
-    record_store().ttl_fn(move |record: &Record, _id: &str| {
-        record
-            .cookie_ttl(SystemTime::now())
-            .unwrap_or(ONE_DAY)
-            .min(bound)
-    })
+    record_store().ttl_fn(move |record: &Record, _id: &str| near_lifetime(record, bound))
 }
 
-/// Two tiers: an in-memory near cache (a [`RecordStore`] from [`near_cache`]) in front of a
-/// [`RedisRecordStore`] shared by every server. Loads are served from memory while the near
-/// cache holds the session; writes go to Redis first, then to the near cache. See
-/// [`near_cache`] for how stale a read can be.
-#[derive(Clone, Debug)]
-pub struct TieredStore {
-    near: RecordStore,
-    far: RedisRecordStore,
-}
-
-impl TieredStore {
-    /// `far` with a near cache whose entries live at most `bound` (see [`near_cache`]).
-    pub fn new(far: RedisRecordStore, bound: Duration) -> Result<Self, Error> {
-        Ok(Self::with_near_cache(near_cache(bound).build()?, far))
+#[async_trait]
+impl<Z> SessionStore for Tiered<Z>
+where
+    Z: Serializer<Session = Record>,
+{
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        create_in(self.far(), record)
+            .await
+            .map_err(to_store_error)?;
+        self.cache(&record.id.to_string(), record);
+        Ok(())
     }
 
-    /// `far` with the given near cache (build it with [`near_cache`] for a staleness bound;
-    /// any other [`RecordStore`] keeps records up to their own expiry).
-    pub fn with_near_cache(near: RecordStore, far: RedisRecordStore) -> Self {
-        Self { near, far }
+    /// As [`RedisStore`]'s `save` (skipped for unchanged data under `touch_after`; a
+    /// skipped save leaves the near copy as it was), then the near copy.
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        let Save::Write(digest) = plan_save(self.far(), record) else {
+            return Ok(());
+        };
+        self.write(&record.id.to_string(), record, Condition::Present, digest)
+            .await
+            .map(drop)
+            .map_err(to_store_error)
     }
 
-    /// The near cache.
-    pub fn near(&self) -> &RecordStore {
-        &self.near
+    async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
+        self.get(&session_id.to_string())
+            .await
+            .map_err(to_store_error)
     }
 
-    /// The Redis store.
-    pub fn far(&self) -> &RedisRecordStore {
-        &self.far
-    }
-
-    /// Renews `record`'s expiry without rewriting its data ([`RedisStore::touch`] in Redis)
-    /// and drops the near cache's copy (renewing that copy would restart its staleness
-    /// window with data Redis may have replaced; the next load reads Redis). Returns false
-    /// if Redis no longer has the session.
-    pub async fn touch(&self, record: &Record) -> Result<bool, Error> {
-        let id = record.id.to_string();
-        let touched = self.far.touch(&id, record).await;
-        self.near.destroy(id);
-        touched
-    }
-
-    fn cache(&self, record: &Record) -> session_store::Result<()> {
-        self.near
-            .set(&record.id.to_string(), record)
+    async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
+        self.destroy(session_id.to_string())
+            .await
+            .map(drop)
             .map_err(to_store_error)
     }
 }
 
 #[async_trait]
-impl SessionStore for TieredStore {
-    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        create_in(&self.far, record).await.map_err(to_store_error)?;
-        self.cache(record)
-    }
-
-    async fn save(&self, record: &Record) -> session_store::Result<()> {
-        let id = record.id.to_string();
-        let stored = self.far.set_if_present(&id, record).await;
-        match stored {
-            Ok(true) => self.cache(record),
-            Ok(false) => {
-                // Destroyed or expired in Redis: our copy is stale, forget it.
-                self.near.destroy(id);
-                Ok(())
-            }
-            Err(e) => {
-                // Unknown outcome: do not keep serving a copy Redis may not have.
-                self.near.destroy(id);
-                Err(to_store_error(e))
-            }
-        }
-    }
-
-    async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
-        let id = session_id.to_string();
-        // (A near-cache entry that does not decode has been removed: then ask Redis.)
-        if let Ok(Some(record)) = self.near.get(&id) {
-            return Ok(Some(record));
-        }
-        let record = self.far.get(&id).await.map_err(to_store_error)?;
-        if let Some(record) = &record {
-            self.cache(record)?;
-        }
-        Ok(record)
-    }
-
-    async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
-        let id = session_id.to_string();
-        self.near.destroy(id.as_str());
-        self.far.destroy(id).await.map(drop).map_err(to_store_error)
-    }
-}
-
-#[async_trait]
-impl ExpiredDeletion for TieredStore {
+impl<Z> ExpiredDeletion for Tiered<Z>
+where
+    Z: Serializer<Session = Record>,
+{
     /// Prunes the near cache (Redis removes expired keys itself).
     async fn delete_expired(&self) -> session_store::Result<()> {
-        self.near.prune();
+        self.near().prune();
         Ok(())
     }
 }
