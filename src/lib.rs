@@ -23,10 +23,39 @@
 //!   [`get_or_insert_with`](Cache::get_or_insert_with) on the same key from many threads
 //!   leave exactly the value of one of them (the last to take effect); every replaced or
 //!   removed value is reported to the eviction listener exactly once.
+//! - The computes of the [entry API](entry) ([`and_compute_with`](EntrySelector::and_compute_with),
+//!   [`and_upsert_with`](EntrySelector::and_upsert_with),
+//!   [`remove_if`](EntrySelector::remove_if), [`replace`](EntrySelector::replace)) take effect
+//!   only if the value their function was given is still the key's: no update is lost to a
+//!   concurrent insert, remove, compute, expiry or eviction.
 //!
 //! Whole-cache operations are weakly consistent: [`len`](Cache::len) sums per-shard
 //! counters (exact when no write is in flight), [`iter`](Cache::iter) snapshots one shard at
-//! a time, [`clear`](Cache::clear) may leave entries inserted while it runs.
+//! a time, [`clear`](Cache::clear) may leave entries inserted while it runs, and
+//! [`retain`](Cache::retain) tests every entry live for the whole call, and may or may not
+//! test one inserted while it runs.
+//!
+//! ## Coming from moka or quick_cache
+//!
+//! | moka 0.12 | quick_cache 0.7 | evanesce |
+//! |---|---|---|
+//! | `get_with` | — | [`get_or_insert_with`](Cache::get_or_insert_with) |
+//! | `future::Cache::get_with` | `get_or_insert_async` | [`get_or_insert_async`](Cache::get_or_insert_async) (any executor) |
+//! | `try_get_with` | `get_or_insert_with` | [`try_get_or_insert_with`](Cache::try_get_or_insert_with), [`try_get_or_insert_async`](Cache::try_get_or_insert_async) |
+//! | `optionally_get_with` | — | [`optionally_get_or_insert_with`](Cache::optionally_get_or_insert_with), [`optionally_get_or_insert_async`](Cache::optionally_get_or_insert_async) |
+//! | `entry(k).or_insert_with_if`, `and_upsert_with`, `and_compute_with` | `entry` | [`entry(k)`](Cache::entry): the same names ([`EntrySelector`]) |
+//! | — | `remove_if`, `replace` | [`entry(k).remove_if`](EntrySelector::remove_if), [`entry(k).replace`](EntrySelector::replace) |
+//! | `invalidate`, `invalidate_all` | `remove`, `clear` | [`remove`](Cache::remove), [`clear`](Cache::clear) |
+//! | `invalidate_entries_if` | `retain` | [`invalidate_entries_if`](Cache::invalidate_entries_if), [`retain`](Cache::retain) |
+//! | `entry_count` | `len`, `weight` | [`len`](Cache::len), [`weighted_size`](Cache::weighted_size) |
+//! | `policy` | `capacity`, `set_capacity` | [`policy`](Cache::policy), [`set_max_capacity`](Cache::set_max_capacity) |
+//! | builder `expire_after` | — | [`CacheBuilder::expire_after`] with an [`Expiry`] |
+//!
+//! The README's "Async and the entry API" maps every public method of moka's `sync::Cache`
+//! and `future::Cache` and of quick_cache's `sync::Cache`, including those with no
+//! equivalent (the `_by_ref` loaders, `get_value_or_guard`, `drain`, async eviction
+//! listeners), and states the semantics that differ: cancellation of loads, computes that
+//! may run their function more than once, `retain` done at once.
 //!
 //! ## Progress
 //!
