@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use evanesce::Cache;
+use evanesce::{Cache, CompResult};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -18,6 +18,20 @@ enum Op {
     ContainsKey(u8),
     Remove(u8),
     GetOrInsertWith(u8, u32),
+    /// A fallible load: `Ok(v)` if the flag is set, else an error (nothing stored).
+    TryGetOrInsertWith(u8, u32, bool),
+    /// An optional load: `Some(v)` if the flag is set, else `None` (nothing stored).
+    OptionallyGetOrInsertWith(u8, u32, bool),
+    /// `and_upsert_with`: add the delta to the value (or store it).
+    Upsert(u8, u32),
+    /// `and_compute_with`: by the selector mod 3, keep, put the value, or remove.
+    Compute(u8, u32, u8),
+    /// `remove_if`: remove if the value is below the bound.
+    RemoveIf(u8, u32),
+    /// `replace`: only if the key has a value.
+    Replace(u8, u32),
+    /// `retain`: keep the entries whose key plus value is not a multiple of the modulus.
+    Retain(u32),
     Clear,
     Len,
     Iter,
@@ -31,7 +45,16 @@ fn op() -> impl Strategy<Value = Op> {
         6 => key.clone().prop_map(Op::Get),
         2 => key.clone().prop_map(Op::ContainsKey),
         4 => key.clone().prop_map(Op::Remove),
-        3 => (key, any::<u32>()).prop_map(|(k, v)| Op::GetOrInsertWith(k, v)),
+        3 => (key.clone(), any::<u32>()).prop_map(|(k, v)| Op::GetOrInsertWith(k, v)),
+        1 => (key.clone(), any::<u32>(), any::<bool>())
+            .prop_map(|(k, v, ok)| Op::TryGetOrInsertWith(k, v, ok)),
+        1 => (key.clone(), any::<u32>(), any::<bool>())
+            .prop_map(|(k, v, some)| Op::OptionallyGetOrInsertWith(k, v, some)),
+        3 => (key.clone(), 0u32..1_000).prop_map(|(k, d)| Op::Upsert(k, d)),
+        3 => (key.clone(), any::<u32>(), any::<u8>()).prop_map(|(k, v, sel)| Op::Compute(k, v, sel)),
+        2 => (key.clone(), any::<u32>()).prop_map(|(k, t)| Op::RemoveIf(k, t)),
+        2 => (key, any::<u32>()).prop_map(|(k, v)| Op::Replace(k, v)),
+        1 => (2u32..5).prop_map(Op::Retain),
         1 => Just(Op::Clear),
         2 => Just(Op::Len),
         2 => Just(Op::Iter),
@@ -73,6 +96,88 @@ fn check(shards: usize, capacity: usize, ops: &[Op]) -> Result<(), TestCaseError
             Op::GetOrInsertWith(k, v) => {
                 let expected = *model.entry(k).or_insert(v);
                 prop_assert_eq!(cache.get_or_insert_with(k, || v), expected, "step {}", step);
+            }
+            Op::TryGetOrInsertWith(k, v, ok) => {
+                let expected = match model.get(&k) {
+                    Some(&old) => Ok(old),
+                    None if ok => {
+                        model.insert(k, v);
+                        Ok(v)
+                    }
+                    None => Err(()),
+                };
+                let got = cache
+                    .try_get_or_insert_with(k, || if ok { Ok(v) } else { Err(()) })
+                    .map_err(|_| ());
+                prop_assert_eq!(got, expected, "step {}", step);
+            }
+            Op::OptionallyGetOrInsertWith(k, v, some) => {
+                let expected = match model.get(&k) {
+                    Some(&old) => Some(old),
+                    None if some => {
+                        model.insert(k, v);
+                        Some(v)
+                    }
+                    None => None,
+                };
+                let got = cache.optionally_get_or_insert_with(k, || some.then_some(v));
+                prop_assert_eq!(got, expected, "step {}", step);
+            }
+            Op::Upsert(k, d) => {
+                let new = model.get(&k).map_or(d, |v| v.wrapping_add(d));
+                model.insert(k, new);
+                let got = cache
+                    .entry(k)
+                    .and_upsert_with(|v| v.map_or(d, |v| v.wrapping_add(d)))
+                    .into_value();
+                prop_assert_eq!(got, new, "step {}", step);
+            }
+            Op::Compute(k, v, sel) => {
+                let expected = match (sel % 3, model.get(&k).copied()) {
+                    (0, Some(old)) => CompResult::Unchanged(old),
+                    (1, Some(_)) => {
+                        model.insert(k, v);
+                        CompResult::ReplacedWith(v)
+                    }
+                    (1, None) => {
+                        model.insert(k, v);
+                        CompResult::Inserted(v)
+                    }
+                    (_, Some(old)) => {
+                        model.remove(&k);
+                        CompResult::Removed(old)
+                    }
+                    // Keep or remove on nothing.
+                    (_, None) => CompResult::StillNone,
+                };
+                let got = cache.entry(k).and_compute_with(|_| match sel % 3 {
+                    0 => evanesce::Op::Nop,
+                    1 => evanesce::Op::Put(v),
+                    _ => evanesce::Op::Remove,
+                });
+                prop_assert_eq!(got, expected, "step {}", step);
+            }
+            Op::RemoveIf(k, t) => {
+                let expected = match model.get(&k) {
+                    Some(&old) if old < t => model.remove(&k),
+                    _ => None,
+                };
+                prop_assert_eq!(
+                    cache.entry(k).remove_if(|&v| v < t),
+                    expected,
+                    "step {}",
+                    step
+                );
+            }
+            Op::Replace(k, v) => {
+                let expected = model.get_mut(&k).map(|old| std::mem::replace(old, v));
+                prop_assert_eq!(cache.entry(k).replace(v), expected, "step {}", step);
+            }
+            Op::Retain(m) => {
+                let keep = |k: &u8, v: &u32| (u32::from(*k).wrapping_add(*v)) % m != 0;
+                let before = model.len();
+                model.retain(|k, v| keep(k, v));
+                prop_assert_eq!(cache.retain(keep), before - model.len(), "step {}", step);
             }
             Op::Clear => {
                 cache.clear();
