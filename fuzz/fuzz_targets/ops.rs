@@ -1,4 +1,5 @@
-//! Differential fuzzing of `evanesce::Cache` against a `HashMap` model.
+//! Differential fuzzing of `evanesce::Cache` against a `HashMap` model, with the entry API's
+//! computes (`and_upsert_with`, `and_compute_with`, `remove_if`, `replace`) and `retain`.
 //!
 //! The input decodes into a cache configuration (shards, initial capacity, hash function,
 //! value type, eviction listener or not) and a sequence of operations. Each operation is
@@ -30,7 +31,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use evanesce::{Cache, RemovalCause};
+use evanesce::{Cache, CompResult, RemovalCause};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
@@ -98,6 +99,26 @@ enum Op {
     RemoveRange {
         start: u16,
         count: u8,
+    },
+    /// `entry(k).and_upsert_with` storing a fresh value.
+    Upsert(u16),
+    /// `entry(k).and_compute_with`: by `action % 3`, keep, put a fresh value, or remove.
+    Compute {
+        key: u16,
+        action: u8,
+    },
+    /// `entry(k).remove_if` with a predicate that answers `yes`.
+    RemoveIf {
+        key: u16,
+        yes: bool,
+    },
+    /// `entry(k).replace` with a fresh value (only if the key has a value).
+    Replace(u16),
+    /// `retain`: keep the keys whose remainder modulo `1 + modulus % 4` is not `rest` (taken
+    /// modulo the same).
+    Retain {
+        modulus: u8,
+        rest: u8,
     },
 }
 
@@ -385,6 +406,87 @@ impl<V: Value, F: FnMut() -> V> Run<V, F> {
                 for i in 0..u16::from(count) {
                     let k = self.key(start.wrapping_add(i));
                     self.remove(k);
+                }
+            }
+            Op::Upsert(k) => {
+                let k = self.key(k);
+                let v = (self.make)();
+                let offered = v.clone();
+                let entry = self.cache.entry(k).and_upsert_with(|old| {
+                    assert_eq!(old, self.model.get(&k), "and_upsert_with({k}) was given");
+                    offered.clone()
+                });
+                assert_eq!(entry.value(), &v, "and_upsert_with({k})");
+                assert_eq!(
+                    entry.is_old_value_replaced(),
+                    self.model.contains_key(&k),
+                    "and_upsert_with({k}) replaced"
+                );
+                if let Some(old) = self.model.insert(k, v) {
+                    self.expected.push((k, old, RemovalCause::Replaced));
+                }
+            }
+            Op::Compute { key, action } => {
+                let k = self.key(key);
+                let v = (self.make)();
+                let offered = v.clone();
+                let got = self.cache.entry(k).and_compute_with(|old| {
+                    assert_eq!(old, self.model.get(&k), "and_compute_with({k}) was given");
+                    match action % 3 {
+                        0 => evanesce::Op::Nop,
+                        1 => evanesce::Op::Put(offered.clone()),
+                        _ => evanesce::Op::Remove,
+                    }
+                });
+                let want = match (action % 3, self.model.get(&k).cloned()) {
+                    (0, Some(old)) => CompResult::Unchanged(old),
+                    (1, None) => {
+                        self.model.insert(k, v.clone());
+                        CompResult::Inserted(v)
+                    }
+                    (1, Some(old)) => {
+                        self.model.insert(k, v.clone());
+                        self.expected.push((k, old, RemovalCause::Replaced));
+                        CompResult::ReplacedWith(v)
+                    }
+                    (_, Some(old)) => {
+                        self.model.remove(&k);
+                        self.expected.push((k, old.clone(), RemovalCause::Explicit));
+                        CompResult::Removed(old)
+                    }
+                    (_, None) => CompResult::StillNone,
+                };
+                assert_eq!(got, want, "and_compute_with({k}), action {}", action % 3);
+            }
+            Op::RemoveIf { key, yes } => {
+                let k = self.key(key);
+                let got = self.cache.entry(k).remove_if(|_| yes);
+                let want = if yes { self.model.remove(&k) } else { None };
+                assert_eq!(got, want, "remove_if({k}, {yes})");
+                if let Some(v) = want {
+                    self.expected.push((k, v, RemovalCause::Explicit));
+                }
+            }
+            Op::Replace(k) => {
+                let k = self.key(k);
+                let v = (self.make)();
+                let got = self.cache.entry(k).replace(v.clone());
+                let want = self.model.get_mut(&k).map(|old| std::mem::replace(old, v));
+                assert_eq!(got, want, "replace({k})");
+                if let Some(old) = want {
+                    self.expected.push((k, old, RemovalCause::Replaced));
+                }
+            }
+            Op::Retain { modulus, rest } => {
+                let m = 1 + u16::from(modulus % 4);
+                let r = u16::from(rest) % m;
+                let removed = self.cache.retain(|k, _| k % m != r);
+                let doomed: Vec<Key> = self.model.keys().copied().filter(|k| k % m == r).collect();
+                assert_eq!(removed, doomed.len(), "retain(k % {m} != {r}) removed");
+                for k in doomed {
+                    if let Some(v) = self.model.remove(&k) {
+                        self.expected.push((k, v, RemovalCause::Explicit));
+                    }
                 }
             }
         }
