@@ -476,6 +476,36 @@ fn two_computes_lose_no_increment() {
     });
 }
 
+/// A compute storing a value while a thread reads its key: the reader sees nothing or the
+/// new value, whole (the compute initialises its node before the compare-and-swap that
+/// publishes it). The key starts empty, so that nothing but that compare-and-swap orders the
+/// node's initialisation before the read (when the compute replaces a value, the SeqCst
+/// fence of its announcement to removers does too); the value is dropped once (loom's leak
+/// check on its `Arc`).
+///
+/// Fails with the publication broken: with `Shard::publish`'s compare-and-swap Relaxed
+/// instead of Release, loom reports the reader's access to the value as a race with its
+/// initialisation.
+#[test]
+fn compute_vs_get_sees_nothing_or_the_whole_value() {
+    model(|| {
+        on_big_stack(|| {
+            let cache = cache::<Arc<u64>>();
+            let reader = {
+                let cache = cache.clone();
+                thread::spawn(move || cache.get(&1).map(|v| *v))
+            };
+            let computed = cache
+                .entry(1)
+                .and_upsert_with(|v| Arc::new(v.map_or(7, |v| **v + 1)));
+            assert_eq!(*computed.into_value(), 7);
+            let seen = reader.join().unwrap();
+            assert!(seen.is_none() || seen == Some(7), "{seen:?}");
+            assert_eq!(cache.get(&1).map(|v| *v), Some(7));
+        })
+    });
+}
+
 /// A compute racing an insert of the same key: the insert either comes first (the compute
 /// runs on its value: 20 becomes 21) or replaces the compute's value (11 is replaced by 20);
 /// never a compute that publishes 11, computed from 10, over the insert's 20.
