@@ -20,6 +20,8 @@
 //! - `remove`: N inserts then N removals of the same keys (both counted);
 //! - `mixed_90`: N operations, 90% gets and 10% inserts over 2^17 keys, bounded at 2^16 with a
 //!   time to live;
+//! - `get_hit`, `get_hit_bounded`: N reads of 2^15 resident keys (unbounded and pre-sized;
+//!   bounded at 2^16 with a time to live), the read path for comparison;
 //! - `session_set`, `session_touch`, `session_get`: the session store's methods on 1,024
 //!   express-session-shaped sessions (about 200 bytes of data each).
 //!
@@ -107,6 +109,23 @@ fn main() {
                 } else {
                     black_box(cache.get(&k));
                 }
+            }
+        }
+        "get_hit" | "get_hit_bounded" => {
+            let builder = Cache::builder();
+            let builder = if kind == "get_hit" {
+                builder.initial_capacity(1 << 16)
+            } else {
+                builder
+                    .max_capacity(1 << 16)
+                    .time_to_live(Duration::from_secs(3600))
+            };
+            let cache: Cache<u64, u64> = builder.build().unwrap();
+            for i in 0..(1 << 15) {
+                cache.insert(key(i), i);
+            }
+            for i in 0..n {
+                black_box(cache.get(&key(i & ((1 << 15) - 1))));
             }
         }
         "session_set" | "session_touch" | "session_get" => {
