@@ -51,11 +51,11 @@
 //! | `policy` | `capacity`, `set_capacity` | [`policy`](Cache::policy), [`set_max_capacity`](Cache::set_max_capacity) |
 //! | builder `expire_after` | — | [`CacheBuilder::expire_after`] with an [`Expiry`] |
 //!
-//! The README's "Async and the entry API" maps every public method of moka's `sync::Cache`
-//! and `future::Cache` and of quick_cache's `sync::Cache`, including those with no
-//! equivalent (the `_by_ref` loaders, `get_value_or_guard`, `drain`, async eviction
-//! listeners), and states the semantics that differ: cancellation of loads, computes that
-//! may run their function more than once, `retain` done at once.
+//! [`migration`] maps every public method of moka's `sync::Cache` and `future::Cache` and of
+//! quick_cache's `sync::Cache`, including those with no equivalent (the `_by_ref` loaders,
+//! `get_value_or_guard`, `drain`, async eviction listeners); the README's "Async and the
+//! entry API" states the semantics that differ: cancellation of loads, computes that may run
+//! their function more than once, `retain` done at once.
 //!
 //! ## Progress
 //!
@@ -94,6 +94,7 @@ mod expiry;
 pub mod integrations;
 mod listener;
 mod loader;
+pub mod migration;
 #[cfg(not(loom))]
 mod periodic;
 mod policy;
