@@ -22,6 +22,7 @@
 //!   time to live;
 //! - `get_hit`, `get_hit_bounded`: N reads of 2^15 resident keys (unbounded and pre-sized;
 //!   bounded at 2^16 with a time to live), the read path for comparison;
+//! - `get_or_insert_hit`: N `get_or_insert_with` calls of resident keys (as `get_hit`);
 //! - `session_set`, `session_touch`, `session_get`: the session store's methods on 1,024
 //!   express-session-shaped sessions (about 200 bytes of data each).
 //!
@@ -126,6 +127,16 @@ fn main() {
             }
             for i in 0..n {
                 black_box(cache.get(&key(i & ((1 << 15) - 1))));
+            }
+        }
+        "get_or_insert_hit" => {
+            let cache: Cache<u64, u64> =
+                Cache::builder().initial_capacity(1 << 16).build().unwrap();
+            for i in 0..(1 << 15) {
+                cache.insert(key(i), i);
+            }
+            for i in 0..n {
+                black_box(cache.get_or_insert_with(key(i & ((1 << 15) - 1)), || unreachable!()));
             }
         }
         "session_set" | "session_touch" | "session_get" => {
