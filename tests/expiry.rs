@@ -302,3 +302,29 @@ fn check_period_reclaims_an_idle_cache_and_stops_with_it() {
     }
     assert!(probe.upgrade().is_none());
 }
+
+/// `coarse_clock(false)`: real time read on every operation, so an entry is served until its
+/// deadline and never after it, with no ticker behind it (the clock module's unit test checks
+/// that no ticker is leased).
+#[test]
+fn a_precise_clock_expires_entries_at_their_deadline_in_real_time() {
+    let cache: Cache<u32, u32> = Cache::builder().coarse_clock(false).build().unwrap();
+    for round in 0..20u32 {
+        let ttl = ms(5 + u64::from(round % 3));
+        // The deadline is taken inside `insert_with_ttl`: between these two instants, plus ttl.
+        let before_insert = Instant::now();
+        cache.insert_with_ttl(round, round, ttl);
+        let after_insert = Instant::now();
+        loop {
+            let past_deadline = after_insert.elapsed() >= ttl;
+            let got = cache.get(&round);
+            if got.is_none() {
+                assert!(before_insert.elapsed() >= ttl, "gone before its deadline");
+            }
+            if past_deadline {
+                assert_eq!(got, None, "served after its {ttl:?} deadline");
+                break;
+            }
+        }
+    }
+}

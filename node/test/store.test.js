@@ -139,6 +139,24 @@ describe('store methods', function () {
       assert.deepStrictEqual(await ok(store, 'ids'), ['long'])
       assert.deepStrictEqual(Object.keys(await ok(store, 'all')), ['long'])
     })
+
+    it('runs no clock ticker thread: sessions with lifetimes wake nothing a thousand times a second', async function () {
+      if (process.platform !== 'linux') this.skip()
+      const store = open()
+      for (let i = 0; i < 10; i++) await ok(store, 'set', `timed-${i}`, sess(50))
+      assert.strictEqual(await ok(store, 'length'), 10)
+      const threads = fs.readdirSync('/proc/self/task').map((t) => {
+        try {
+          return fs.readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim()
+        } catch (_) {
+          return ''
+        }
+      })
+      assert.ok(!threads.includes('evanesce-ticker'), `threads: ${threads.join(', ')}`)
+      // Expiry is exact without it.
+      await sleep(120)
+      assert.strictEqual(await ok(store, 'length'), 0)
+    })
   })
 
   describe('touch', function () {

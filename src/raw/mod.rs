@@ -1062,7 +1062,7 @@ mod tests {
         let cfg = Config {
             hasher,
             listener: None,
-            time: TimeSource::new(quanta::Clock::mock().0),
+            time: TimeSource::new(quanta::Clock::mock().0, true),
             stats: StatsCounters::new(false, 1),
             drain_threshold: 32,
             ttl: table::NEVER,

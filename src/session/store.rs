@@ -73,6 +73,9 @@ pub struct Options {
     pub stale: bool,
     /// Whether `set` over an existing session skips the dispose hook.
     pub no_dispose_on_set: bool,
+    /// Whether the engine reads the clock on every operation instead of the process-wide
+    /// coarse clock ([`MemoryStoreBuilder::precise_clock`]).
+    pub precise_clock: bool,
     /// The snapshot file loaded at build and saved when the store is dropped, if any.
     pub snapshot_file: Option<PathBuf>,
     /// How often the snapshot file is saved in the background, if at all.
@@ -188,6 +191,16 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
     /// `set` over an existing session does not call the dispose hook.
     pub fn no_dispose_on_set(mut self, no_dispose_on_set: bool) -> Self {
         self.options.no_dispose_on_set = no_dispose_on_set;
+        self
+    }
+
+    /// Reads the clock on every operation that needs the time instead of a process-wide
+    /// coarse clock refreshed every millisecond by a background thread (default: `false`, the
+    /// coarse clock). For a store that serves few operations a second, where the thread's
+    /// thousand wake-ups a second cost more than the readings it saves (the npm package sets
+    /// it). See [`CacheBuilder::coarse_clock`](crate::CacheBuilder::coarse_clock).
+    pub fn precise_clock(mut self, precise: bool) -> Self {
+        self.options.precise_clock = precise;
         self
     }
 
@@ -371,6 +384,7 @@ fn engine<Z: Serializer>(
 ) -> Result<Cache<String, Stored>, Error> {
     let mut engine = Cache::<String, Stored>::builder()
         .clock(clock.clone())
+        .coarse_clock(!options.precise_clock)
         .record_stats(true);
     if let Some(max) = options.max {
         engine = engine.max_capacity(max);

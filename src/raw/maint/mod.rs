@@ -877,7 +877,7 @@ mod tests {
         const S: u64 = 1_000_000_000;
         let (clock, mock) = quanta::Clock::mock();
         let mut cache = raw_with(ahash::RandomState::with_seeds(1, 2, 3, 4), 1, 8);
-        cache.cfg.time = crate::clock::TimeSource::new(clock);
+        cache.cfg.time = crate::clock::TimeSource::new(clock, true);
         let shard = &cache.shards[0];
         cache
             .insert(7, 70, Some(3600 * S), 1, Write::Upsert)
@@ -1011,7 +1011,7 @@ mod tests {
         let cfg = Config {
             hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
             listener: None,
-            time: crate::clock::TimeSource::new(quanta::Clock::mock().0),
+            time: crate::clock::TimeSource::new(quanta::Clock::mock().0, true),
             stats: crate::stats::StatsCounters::new(false, 1),
             drain_threshold: 32,
             ttl: crate::raw::table::NEVER,
