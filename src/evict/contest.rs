@@ -22,6 +22,13 @@
 //! taken keeps its counts for its next batch instead of waiting. Caches below 2048 entries
 //! have no samples and stay in the adaptive mode (a sample of fewer than 128 entries is too
 //! noisy, and trying the other mode costs more there than it can win).
+//!
+//! A known weakness: rounds are counted in misses, so on a workload with scans most rounds end,
+//! and most samples switch mode, inside a scan. A sample switched to the adaptive mode there
+//! fills MAIN with the scan's keys (MAIN is under its target) and relearns the hot set more
+//! slowly than the recency mode's FIFO after the scan, and the contest measures that transient
+//! rather than the mode (scans over a hot set pick the recency mode, which loses 5 points
+//! there). `docs/policy-log.md` records the changes measured against it.
 
 use crate::sync::{Arc, Mutex};
 
