@@ -97,12 +97,25 @@ impl Subject {
         rt.block_on(async {
             for (i, record) in f.records.iter().enumerate() {
                 match self {
-                    Subject::Evanesce(s) => s.save(record).await.unwrap(),
+                    // `create`: evanesce's `save` only updates a live session (Redis's
+                    // `SET XX`), as tower-sessions creates through `create`.
+                    Subject::Evanesce(s) => {
+                        let mut created = record.clone();
+                        s.create(&mut created).await.unwrap();
+                        assert_eq!(created.id, record.id, "an id collision in a fresh store");
+                    }
                     Subject::Tower(s) => s.save(record).await.unwrap(),
                     Subject::EvanesceJson(s) => s.set(&f.ids[i], &f.json[i]).unwrap(),
                 }
             }
         });
+        // Every operation below must find its session (a store left empty would measure
+        // misses, or fail the asserts in `run`).
+        match self {
+            Subject::Evanesce(s) => assert_eq!(s.length(), f.records.len()),
+            Subject::EvanesceJson(s) => assert_eq!(s.length(), f.ids.len()),
+            Subject::Tower(_) => {}
+        }
         self
     }
 
