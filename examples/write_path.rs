@@ -24,7 +24,8 @@
 //!   bounded at 2^16 with a time to live), the read path for comparison;
 //! - `get_or_insert_hit`: N `get_or_insert_with` calls of resident keys (as `get_hit`);
 //! - `session_set`, `session_touch`, `session_get`: the session store's methods on 1,024
-//!   express-session-shaped sessions (about 200 bytes of data each).
+//!   express-session-shaped sessions (about 200 bytes of data each);
+//! - `record_set`: the same data as tower-sessions `Record`s, through the store's `set`.
 //!
 //! Divide callgrind's total (minus a run with N = 0 for the setup) by N for instructions per
 //! operation.
@@ -173,6 +174,34 @@ fn main() {
                         black_box(store.get(&ids[j]).unwrap());
                     }
                 }
+            }
+        }
+        "record_set" => {
+            use evanesce::integrations::tower_sessions::record_store;
+            use tower_sessions::session::{Id, Record};
+            let store = record_store().build().unwrap();
+            let expiry = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+            const IDS: usize = 1024;
+            let records: Vec<Record> = (0..IDS)
+                .map(|i| {
+                    let mut data = std::collections::HashMap::new();
+                    data.insert("views".to_string(), serde_json::json!(i % 97));
+                    data.insert(
+                        "user".to_string(),
+                        serde_json::json!({"id": i, "name": format!("user-{i}"), "roles": ["reader", "commenter"]}),
+                    );
+                    data.insert("csrf".to_string(), serde_json::json!(format!("{:032x}", i * 7919)));
+                    data.insert("flash".to_string(), serde_json::json!([]));
+                    Record { id: Id(key(i as u64) as i128), data, expiry_date: expiry }
+                })
+                .collect();
+            let ids: Vec<String> = records.iter().map(|r| r.id.to_string()).collect();
+            for (id, r) in ids.iter().zip(&records) {
+                store.set(id, r).unwrap();
+            }
+            for i in 0..n as usize {
+                let j = i % IDS;
+                store.set(&ids[j], &records[j]).unwrap();
             }
         }
         other => {

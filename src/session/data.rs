@@ -34,8 +34,8 @@ pub trait SessionData {
 
     /// For [`JsonSerializer`](super::JsonSerializer): appends to `out` exactly what
     /// `serde_json::to_writer` would write for this session, and returns `true`, if the type
-    /// has a faster way to write it than through serde. The default returns `false` (and
-    /// writes nothing): the serializer then uses serde_json.
+    /// has a faster way to write it than through serde. The default returns `false`: the
+    /// serializer then uses serde_json (and discards whatever was written to `out`).
     fn write_json(&self, out: &mut Vec<u8>) -> bool {
         let _ = out;
         false

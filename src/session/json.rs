@@ -59,9 +59,18 @@ pub(crate) fn write_value(out: &mut Vec<u8>, value: &Value) {
 
 /// Appends `map` as a JSON object, in the map's order, as serde_json would write it.
 pub(crate) fn write_map(out: &mut Vec<u8>, map: &Map<String, Value>) {
+    write_object(out, map);
+}
+
+/// Appends the `entries` as a JSON object, in their order, as serde_json would write a map
+/// that iterates so (a `Map`, or a `HashMap<String, Value>`).
+pub(crate) fn write_object<'a>(
+    out: &mut Vec<u8>,
+    entries: impl IntoIterator<Item = (&'a String, &'a Value)>,
+) {
     out.push(b'{');
     let mut first = true;
-    for (key, value) in map {
+    for (key, value) in entries {
         if !first {
             out.push(b',');
         }

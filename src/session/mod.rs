@@ -54,7 +54,7 @@
 //!   (so a `touch` can never undo a concurrent `destroy` or lose a concurrent `set`).
 
 mod data;
-mod json;
+pub(crate) mod json;
 mod seal;
 mod serializer;
 mod snapshot;
