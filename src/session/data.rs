@@ -149,9 +149,9 @@ impl SessionData for Session {
     }
 
     /// The session's JSON object, written by the session writer (`src/session/json.rs`:
-    /// serde_json's output, byte for byte, in about a third of the instructions).
+    /// serde_json's output, byte for byte, in about a quarter fewer instructions).
     fn write_json(&self, out: &mut Vec<u8>) -> bool {
-        super::json::write_map(out, &self.0);
+        super::json::write_object(out, &self.0);
         true
     }
 }
@@ -344,9 +344,9 @@ fn latest() -> SystemTime {
 /// stopped at 2554).
 fn parse_iso8601(s: &str) -> Option<SystemTime> {
     // `Date.toISOString()`'s own shape, which is what express-session stores, first: a
-    // parse of fixed fields, a fifth of the general parser's instructions (it was most of the
-    // lifetime computed on every `set`). Anything else, or anything out of range, goes to the
-    // general parser, which then decides.
+    // parse of fixed fields, about half the general parser's instructions (277 against 516 a
+    // call, most of the lifetime computed on every `set`). Anything else, or anything out of
+    // range, goes to the general parser, which then decides.
     match parse_to_iso_string(s.as_bytes()) {
         Some((secs, millis)) => system_time(secs, Duration::from_millis(millis)),
         None => parse_rfc3339(s),
