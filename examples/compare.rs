@@ -22,7 +22,7 @@
 //! - `MEASURE_MS` (default 400): a measurement also ends after this long, so that slow caches
 //!   (moka) take no longer than fast ones; throughput is operations done / time taken.
 //! - `WORKLOADS` (default all): comma-separated subset of
-//!   `get_hit,get_miss,mixed_100,mixed_90,insert`.
+//!   `get_hit,get_miss,mixed_100,mixed_90,insert,replace_hot`.
 //! - `THREADS` (default `1,2`): comma-separated thread counts.
 //! - `CACHES` (default all): comma-separated subset of the peers (`evanesce` always runs), e.g.
 //!   `quick_cache,moka`.
@@ -38,7 +38,9 @@
 //! - `insert`: inserts of Zipf(0.99) ranks over the whole key space (replacements and new keys);
 //! - `mixed_100`: gets of Zipf(0.99) ranks over the whole key space (about 95% hit);
 //! - `mixed_90`: the same stream, each operation an insert with probability 0.1 (decided when
-//!   the stream is generated).
+//!   the stream is generated);
+//! - `replace_hot`: every thread inserts the same resident key (rank 0) over and over: one
+//!   session written on every request, from every thread.
 //!
 //! Every stream is generated before timing from a seeded RNG, a different seed per thread.
 //! Workloads that insert run on a freshly built and populated cache for every measurement;
@@ -115,16 +117,19 @@ pub enum Workload {
     Mixed100,
     /// Zipf operations over the whole key space, 90% gets and 10% inserts.
     Mixed90,
+    /// Inserts of one resident key, from every thread: a session written on every request.
+    ReplaceHot,
 }
 
 impl Workload {
     /// Every workload, in the order they are measured and reported.
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::GetHit,
         Workload::GetMiss,
         Workload::Mixed100,
         Workload::Mixed90,
         Workload::Insert,
+        Workload::ReplaceHot,
     ];
 
     /// The name used in reports, group names and `WORKLOADS`.
@@ -135,6 +140,7 @@ impl Workload {
             Workload::Insert => "insert",
             Workload::Mixed100 => "mixed_100",
             Workload::Mixed90 => "mixed_90",
+            Workload::ReplaceHot => "replace_hot",
         }
     }
 
@@ -145,7 +151,10 @@ impl Workload {
 
     /// Whether the workload changes the cache's contents (and so needs a fresh cache).
     pub fn mutates(self) -> bool {
-        matches!(self, Workload::Insert | Workload::Mixed90)
+        matches!(
+            self,
+            Workload::Insert | Workload::Mixed90 | Workload::ReplaceHot
+        )
     }
 
     /// The operation stream of thread `thread`: `len` operations from an RNG seeded by the
@@ -166,6 +175,8 @@ impl Workload {
                 Workload::GetHit => Op::Get(scramble(rank(&resident, &mut rng))),
                 Workload::GetMiss => Op::Get(scramble(rng.random_range(KEY_SPACE..2 * KEY_SPACE))),
                 Workload::Insert => Op::Insert(scramble(rank(&all, &mut rng))),
+                // Rank 0: the most popular key, resident before timing.
+                Workload::ReplaceHot => Op::Insert(scramble(0)),
                 Workload::Mixed100 => Op::Get(scramble(rank(&all, &mut rng))),
                 Workload::Mixed90 => {
                     let key = scramble(rank(&all, &mut rng));
