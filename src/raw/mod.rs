@@ -135,6 +135,14 @@ pub(crate) struct Bound {
     /// shard triggered it, and the hit ratio fell by up to 4 points (Zipf 0.6 at 10,000
     /// entries in 8 shards: 28.1% against 32.3%; even a batch of 10 cost 2 points).
     batch: crate::sync::AtomicU64,
+    /// With several shards, how far past its floor share a shard's own admitted weight may
+    /// go before its writers offer a pass for the bound (`share / 128`; 0 with one shard,
+    /// which batches by `batch`). The trigger is the shard's own excess, so each shard evicts
+    /// its own overflow and the shares stay even (the global batch above took a batch from
+    /// whichever shard triggered it); a shard at or under its floor share is never offered a
+    /// pass for the bound, which would evict nothing there. The shards' batches add up to
+    /// `capacity / 128`, half the slack.
+    shard_batch: crate::sync::AtomicU64,
     /// The number of shards the figures above are derived for.
     shards: u64,
     pub(crate) reserved: crossbeam_utils::CachePadded<crate::sync::AtomicU64>,
@@ -150,6 +158,7 @@ impl Bound {
             share: crate::sync::AtomicU64::new(0),
             floor_share: crate::sync::AtomicU64::new(0),
             batch: crate::sync::AtomicU64::new(0),
+            shard_batch: crate::sync::AtomicU64::new(0),
             shards: shards as u64,
             reserved: crossbeam_utils::CachePadded::new(crate::sync::AtomicU64::new(0)),
             contest: crate::evict::contest::Contest::new(capacity),
@@ -169,6 +178,14 @@ impl Bound {
         self.batch.store(
             if capacity >= 1 << 12 && self.shards == 1 {
                 capacity / 128
+            } else {
+                0
+            },
+            Relaxed,
+        );
+        self.shard_batch.store(
+            if self.shards > 1 && capacity / self.shards >= 1 << 12 {
+                capacity / self.shards / 128
             } else {
                 0
             },
@@ -231,6 +248,23 @@ impl Bound {
     #[inline]
     pub(crate) fn over(&self) -> bool {
         self.reserved() > self.capacity().saturating_add(self.batch())
+    }
+
+    /// Whether a writer of a shard whose policy holds `shard_size` should offer a pass for the
+    /// bound: the cache is [`over`](Self::over), and with several shards this shard holds
+    /// more than its floor share by more than its batch (see `shard_batch`).
+    #[inline]
+    pub(crate) fn shard_over(&self, shard_size: u64) -> bool {
+        // Relaxed: see `set_capacity`.
+        let batch = self.shard_batch.load(crate::sync::Ordering::Relaxed);
+        self.over() && (batch == 0 || shard_size > self.floor_share().saturating_add(batch))
+    }
+
+    /// Whether the cache evicts in batches (`batch` or `shard_batch` is not zero).
+    #[inline]
+    pub(crate) fn batches(&self) -> bool {
+        // Relaxed: see `set_capacity`.
+        self.batch() > 0 || self.shard_batch.load(crate::sync::Ordering::Relaxed) > 0
     }
 
     /// Releases `weight` (called by whoever marks an entry removed, exactly once).
@@ -1039,6 +1073,28 @@ mod tests {
         single.set_capacity(4_095);
         assert_eq!(single.batch(), 0);
         assert!(single.over());
+        assert!(
+            single.shard_over(0),
+            "one shard: the cache's excess is the shard's"
+        );
+        // Several shards batch per shard from shares of 4096 on: a writer offers a pass for the
+        // bound only when its own shard holds more than its floor share plus a 128th of it.
+        let sharded = Bound::new(8 * 4_096, 8);
+        assert_eq!(sharded.batch(), 0);
+        assert!(sharded.batches());
+        sharded.reserved.store(8 * 4_096 + 1, Ordering::Relaxed);
+        assert!(!sharded.shard_over(4_096 + 32));
+        assert!(sharded.shard_over(4_096 + 33));
+        sharded.reserved.store(8 * 4_096, Ordering::Relaxed);
+        assert!(
+            !sharded.shard_over(4_096 + 33),
+            "not while the cache is within its bound"
+        );
+        // Smaller shares: every writer offers a pass while the cache is over, as before.
+        sharded.set_capacity(8 * 4_095);
+        assert!(!sharded.batches());
+        sharded.reserved.store(8 * 4_095 + 1, Ordering::Relaxed);
+        assert!(sharded.shard_over(0));
     }
 
     fn raw(shards: usize, buckets: usize) -> RawCache<u64, u64, ahash::RandomState> {

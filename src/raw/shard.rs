@@ -333,6 +333,9 @@ where
         V: Clone,
     {
         let table = &self.table;
+        // The bucket's load (a likely cache miss) overlaps the slot's allocation and
+        // initialisation, which miss on their own lines.
+        table.prefetch(hash);
         let Some(idx) = table.arena.alloc() else {
             return Err((key, value));
         };
@@ -449,7 +452,13 @@ where
         }
         let (offer, notes) = self.upkeep.record(table, cfg, event, guard);
         removed.pass = notes;
-        if offer || self.expiry_due(cfg) || cfg.bound.as_ref().is_some_and(|b| b.over()) {
+        if offer
+            || self.expiry_due(cfg)
+            || cfg
+                .bound
+                .as_ref()
+                .is_some_and(|b| b.shard_over(self.upkeep.size()))
+        {
             removed.pass.extend(self.try_maintain(cfg, guard));
         }
         Ok((Inserted::Stored, removed))

@@ -323,7 +323,13 @@ where
             pass,
             own: published.own,
         };
-        if offer || self.expiry_due(cfg) || cfg.bound.as_ref().is_some_and(|b| b.over()) {
+        if offer
+            || self.expiry_due(cfg)
+            || cfg
+                .bound
+                .as_ref()
+                .is_some_and(|b| b.shard_over(self.upkeep.size()))
+        {
             removed.pass.extend(self.try_maintain(cfg, guard));
         }
         removed

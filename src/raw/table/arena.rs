@@ -24,6 +24,7 @@ use std::ptr;
 
 use super::node::{IDX_MASK, Idx, LIFE_LIVE, MAX_NODES, NIL, Node};
 use super::pages;
+use super::prefetch::prefetch;
 use crate::sync::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 /// log2 of the smallest first chunk.
@@ -184,7 +185,14 @@ impl<K, V> Arena<K, V> {
                 .free
                 .compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire)
             {
-                Ok(_) => return Some(idx),
+                Ok(_) => {
+                    // The next allocation reads the new top's link: start its load now, so
+                    // that the miss overlaps this insert's own work instead of the next one's.
+                    if next != NIL {
+                        prefetch(self.node(next));
+                    }
+                    return Some(idx);
+                }
                 Err(actual) => head = actual,
             }
         }
