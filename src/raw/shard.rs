@@ -206,6 +206,19 @@ where
         self.upkeep.expiry_due(|| cfg.time.now())
     }
 
+    /// Whether a writer that has just recorded an event offers a maintenance pass: its ring
+    /// position asks for one (`offer`), the timer wheel has something due, or this shard is
+    /// over its part of the bound (`Bound::shard_over`).
+    #[inline]
+    fn wants_pass<S>(&self, cfg: &Config<K, V, S>, offer: bool) -> bool {
+        offer
+            || self.expiry_due(cfg)
+            || cfg
+                .bound
+                .as_ref()
+                .is_some_and(|b| b.shard_over(self.upkeep.size()))
+    }
+
     /// The expiry of a new entry: `(deadline, hard cap)` for a lifetime in ns.
     fn expiry_of<S>(cfg: &Config<K, V, S>, lifetime: u64) -> (u64, u64) {
         if lifetime == NEVER && cfg.tti == NEVER {
@@ -452,13 +465,7 @@ where
         }
         let (offer, notes) = self.upkeep.record(table, cfg, event, guard);
         removed.pass = notes;
-        if offer
-            || self.expiry_due(cfg)
-            || cfg
-                .bound
-                .as_ref()
-                .is_some_and(|b| b.shard_over(self.upkeep.size()))
-        {
+        if self.wants_pass(cfg, offer) {
             removed.pass.extend(self.try_maintain(cfg, guard));
         }
         Ok((Inserted::Stored, removed))

@@ -323,13 +323,7 @@ where
             pass,
             own: published.own,
         };
-        if offer
-            || self.expiry_due(cfg)
-            || cfg
-                .bound
-                .as_ref()
-                .is_some_and(|b| b.shard_over(self.upkeep.size()))
-        {
+        if self.wants_pass(cfg, offer) {
             removed.pass.extend(self.try_maintain(cfg, guard));
         }
         removed
