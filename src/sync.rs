@@ -127,3 +127,62 @@ pub(crate) fn thread_index() -> usize {
 pub(crate) fn thread_index() -> usize {
     0
 }
+
+#[cfg(not(loom))]
+std::thread_local! {
+    /// See [`preferred_stripe`]; `usize::MAX` until the thread first asks.
+    static PREFERRED: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// The stripe the calling thread prefers among structures spread over a few cache lines for
+/// writers (the arena's free stacks): its [`thread_index`] at first, then wherever
+/// [`avoid_stripe`] moved it. Callers reduce it modulo their stripe count.
+#[cfg(not(loom))]
+#[inline]
+pub(crate) fn preferred_stripe() -> usize {
+    PREFERRED.with(|p| {
+        let mut v = p.get();
+        if v == usize::MAX {
+            v = thread_index();
+            p.set(v);
+        }
+        v
+    })
+}
+
+/// Moves the calling thread's preference past `stripe`, where it met another thread: two
+/// threads that started on one stripe (thread indices of the same parity) part after a
+/// collision or two instead of sharing its cache line for good.
+#[cfg(not(loom))]
+#[inline]
+pub(crate) fn avoid_stripe(stripe: usize) {
+    PREFERRED.with(|p| p.set(stripe.wrapping_add(1)));
+}
+
+/// Under loom, stripe 0 (a preference kept across a model's runs would make them differ).
+#[cfg(loom)]
+pub(crate) fn preferred_stripe() -> usize {
+    0
+}
+
+/// Under loom, nothing (see `preferred_stripe`).
+#[cfg(loom)]
+pub(crate) fn avoid_stripe(_stripe: usize) {}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// A thread's preferred stripe starts at its index and moves past a stripe it avoids.
+    #[test]
+    fn a_thread_moves_off_a_stripe_it_avoids() {
+        std::thread::spawn(|| {
+            let first = preferred_stripe();
+            assert_eq!(first, thread_index());
+            avoid_stripe(first);
+            assert_eq!(preferred_stripe(), first + 1);
+        })
+        .join()
+        .unwrap();
+    }
+}
