@@ -208,7 +208,8 @@ impl Upkeep {
 
     /// Runs a pass of `kind` (`None` if it is [`Offered`](PassKind::Offered) and another
     /// thread holds the lock): the events recorded so far, expiry, eviction, unlinks and a
-    /// growth step, then `f` with the pass, then the retirements. Returns what `f` returned
+    /// growth step, then `f` with the pass, then the retirements; once the lock is released,
+    /// collects what has waited out its grace periods (retire.rs). Returns what `f` returned
     /// and the removals to report, which the caller delivers (the lock is released by then).
     pub(crate) fn with_pass<K, V, S, R>(
         &self,
@@ -236,10 +237,18 @@ impl Upkeep {
             let notes = pass.finish(matches!(kind, PassKind::Full | PassKind::Clearing));
             (r, notes)
         };
-        match kind {
+        let done = match kind {
             PassKind::Offered => self.lock.try_run(body),
             _ => Some(self.lock.run(body)),
+        };
+        // Moves retirements along (a `membarrier` may start a grace period, and functions
+        // whose grace periods have passed may run and free memory) after the lock is
+        // released: writers whose event ring fills meanwhile wait for this lock, and would
+        // sleep while this thread sits in the system call or in the frees.
+        if done.is_some() && retire::outstanding() {
+            retire::collect(guard, false);
         }
+        done
     }
 }
 
@@ -399,8 +408,9 @@ where
     }
 
     /// Ends a pass: unlinks what is pending, retires finished nodes (in batches of
-    /// [`retire_batch`](Self::retire_batch), or all of them with `retire_all`), collects what
-    /// has waited out its grace periods (retire.rs), and returns the removals to report.
+    /// [`retire_batch`](Self::retire_batch), or all of them with `retire_all`), and returns the
+    /// removals to report. (What has waited out its grace periods is collected after the
+    /// lock is released, in [`Upkeep::with_pass`].)
     ///
     /// Nodes waiting for a full batch stay owned by the shard (unreachable, their payloads
     /// still alive): at most a batch per shard, freed by the next explicit pass or the drop.
@@ -425,9 +435,6 @@ where
                 // rule 5).
                 unsafe { arena.release_all(&batch) };
             });
-        }
-        if retire::outstanding() {
-            retire::collect(self.guard, false);
         }
         if self.m.notify.is_empty() {
             // Nothing to report: keep the buffer (taking it would reallocate on the next push).
