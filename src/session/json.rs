@@ -93,7 +93,7 @@ fn write_number(out: &mut Vec<u8>, n: &Number) {
 /// "has a byte less than n" and "has a zero byte" word tests are exact about whether there is
 /// one, which is all this asks.)
 #[inline]
-fn word_needs_escape(w: u64) -> bool {
+pub(crate) fn word_needs_escape(w: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let below_space = w.wrapping_sub(ONES * 0x20) & !w;

@@ -58,6 +58,7 @@ pub(crate) mod json;
 mod seal;
 mod serializer;
 mod snapshot;
+mod splice;
 mod store;
 
 use std::fmt;

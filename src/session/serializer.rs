@@ -114,78 +114,8 @@ where
     /// the whole session (about a fifth of the instructions for an express-session session).
     fn touch(&self, stored: &[u8], newer: &T) -> Option<Result<Vec<u8>, BoxError>> {
         let (field, value) = newer.touch_json()?;
-        Some(splice(stored, field, value.as_deref()))
+        Some(super::splice::splice(stored, field, value.as_deref()))
     }
-}
-
-/// The JSON object `stored` with its top-level `field` set to `value` (removed if `None`; added
-/// at the end if it was missing), its other fields copied byte for byte, in order.
-fn splice(stored: &[u8], field: &str, value: Option<&[u8]>) -> Result<Vec<u8>, BoxError> {
-    use std::borrow::Cow;
-
-    use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-    use serde_json::value::RawValue;
-
-    /// The top-level entries of a JSON object, keys decoded, values as their raw JSON.
-    struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-    impl<'de> Deserialize<'de> for Entries<'de> {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = Entries<'de>;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a JSON object")
-                }
-                fn visit_map<A: MapAccess<'de>>(
-                    self,
-                    mut map: A,
-                ) -> Result<Entries<'de>, A::Error> {
-                    let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                    while let Some(entry) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                        entries.push(entry);
-                    }
-                    Ok(Entries(entries))
-                }
-            }
-            d.deserialize_map(V)
-        }
-    }
-
-    let Entries(entries) = serde_json::from_slice(stored)?;
-    let mut out = Vec::with_capacity(stored.len() + value.map_or(0, <[u8]>::len) + 16);
-    out.push(b'{');
-    let mut first = true;
-    let mut put = |out: &mut Vec<u8>, key: &str, raw: &[u8]| -> Result<(), BoxError> {
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        serde_json::to_writer(&mut *out, key)?;
-        out.push(b':');
-        out.extend_from_slice(raw);
-        Ok(())
-    };
-    let mut placed = false;
-    for (key, raw) in &entries {
-        if key == field {
-            if let Some(value) = value
-                && !placed
-            {
-                put(&mut out, key, value)?;
-            }
-            placed = true;
-        } else {
-            put(&mut out, key, raw.get().as_bytes())?;
-        }
-    }
-    if let Some(value) = value
-        && !placed
-    {
-        put(&mut out, field, value)?;
-    }
-    out.push(b'}');
-    Ok(out)
 }
 
 #[cfg(test)]
