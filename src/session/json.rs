@@ -168,7 +168,7 @@ fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
@@ -201,7 +201,8 @@ mod tests {
         }
     }
 
-    fn value() -> impl Strategy<Value = Value> {
+    /// Arbitrary JSON values (also the splice's test input).
+    pub(crate) fn value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),

@@ -359,6 +359,7 @@ impl Scan<'_> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::session::json::tests::value;
     use proptest::prelude::*;
     use serde_json::{Value, json};
 
@@ -467,24 +468,6 @@ mod tests {
             assert_eq!(splice(bytes, "cookie", None).unwrap(), out);
             assert_eq!(parsed(bytes, "cookie", None).unwrap(), out);
         }
-    }
-
-    fn value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            any::<f64>().prop_map(Value::from),
-            any::<String>().prop_map(Value::String),
-            "[\\x00-\\x7f]{0,12}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(4, 48, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                prop::collection::vec(("[a-z\"\\\\]{0,6}", inner), 0..6)
-                    .prop_map(|fields| Value::Object(fields.into_iter().collect())),
-            ]
-        })
     }
 
     /// Stored bytes: a session's JSON (compact, or pretty one time in five), often with the
