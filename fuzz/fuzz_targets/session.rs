@@ -8,12 +8,17 @@
 //!    a session that parses is stored by the default store; whatever lifetime its cookie
 //!    gives, `get` returns it unchanged exactly while `expires_in` says it lives, and
 //!    `touch`, `all`, `ids` and `length` agree with each other, at any mock time.
+//! 3. The default serializer's `touch` (a one-pass splice of the stored bytes, or a parse) on
+//!    arbitrary stored bytes: never a panic; where the bytes decode, the spliced bytes decode
+//!    to what decoding, `touch_from` and nothing else give.
 
 #![no_main]
 
 use std::time::Duration;
 
-use evanesce::session::{BoxError, Error, MemoryStore, Serializer, Session};
+use evanesce::session::{
+    BoxError, Error, JsonSerializer, MemoryStore, Serializer, Session, SessionData,
+};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
@@ -90,6 +95,21 @@ fuzz_target!(|input: Input<'_>| {
     let session: Session = serde_json::from_value(serde_json::json!({"cookie": cookie, "n": 1}))
         .expect("an object is a session");
     lifetimes_agree(input.id, &session, input.advance_ms);
+
+    // 3. A touch of the stored bytes, with that cookie and with none (which removes it).
+    let z = JsonSerializer::<Session>::new();
+    for newer in [&session, &Session::new()] {
+        let spliced = z
+            .touch(input.bytes, newer)
+            .expect("sessions name their cookie");
+        if let (Ok(mut slow), Ok(spliced)) = (z.decode(input.bytes), spliced) {
+            slow.touch_from(newer);
+            assert_eq!(
+                z.decode(&spliced).expect("a splice of a session decodes"),
+                slow
+            );
+        }
+    }
 });
 
 fn lifetimes_agree(id: &str, session: &Session, advance_ms: u32) {
