@@ -55,6 +55,7 @@
 
 mod data;
 pub(crate) mod json;
+mod key;
 mod seal;
 mod serializer;
 mod snapshot;

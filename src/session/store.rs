@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use quanta::Clock;
 
+use super::key::Key;
 use super::snapshot::{self, SnapshotError};
 use super::{Error, JsonSerializer, SealingKey, Serializer, SessionData};
 use crate::periodic::Periodic;
@@ -381,8 +382,8 @@ fn engine<Z: Serializer>(
     dispose: Option<Arc<DisposeFn<Z::Session>>>,
     serializer: &Arc<Z>,
     clock: &Clock,
-) -> Result<Cache<String, Stored>, Error> {
-    let mut engine = Cache::<String, Stored>::builder()
+) -> Result<Cache<Key, Stored>, Error> {
+    let mut engine = Cache::<Key, Stored>::builder()
         .clock(clock.clone())
         .coarse_clock(!options.precise_clock)
         .record_stats(true);
@@ -392,25 +393,24 @@ fn engine<Z: Serializer>(
     if let Some(max_bytes) = options.max_bytes {
         engine = engine
             .max_capacity(max_bytes)
-            .weigher(|id: &String, stored: &Stored| {
-                u32::try_from(weight_of(id, &stored.0.bytes)).unwrap_or(u32::MAX)
+            .weigher(|id: &Key, stored: &Stored| {
+                u32::try_from(weight_of(id.as_str(), &stored.0.bytes)).unwrap_or(u32::MAX)
             });
     }
     if let Some(dispose) = dispose {
         let serializer = serializer.clone();
         let no_dispose_on_set = options.no_dispose_on_set;
-        engine =
-            engine.eviction_listener(move |id: &String, stored: &Stored, cause: RemovalCause| {
-                // Acquire: pairs with the Release store in `touch`, which precedes the insert
-                // that superseded this value.
-                if cause == RemovalCause::Replaced
-                    && (no_dispose_on_set || stored.0.touched.load(Ordering::Acquire))
-                {
-                    return;
-                }
-                let session = serializer.decode(&stored.0.bytes).ok();
-                dispose(id, session, cause);
-            });
+        engine = engine.eviction_listener(move |id: &Key, stored: &Stored, cause: RemovalCause| {
+            // Acquire: pairs with the Release store in `touch`, which precedes the insert
+            // that superseded this value.
+            if cause == RemovalCause::Replaced
+                && (no_dispose_on_set || stored.0.touched.load(Ordering::Acquire))
+            {
+                return;
+            }
+            let session = serializer.decode(&stored.0.bytes).ok();
+            dispose(id.as_str(), session, cause);
+        });
     }
     if let Some(period) = options.check_period {
         engine = engine.check_period(period);
@@ -525,7 +525,7 @@ pub struct MemoryStore<Z: Serializer = JsonSerializer> {
 }
 
 struct Inner<Z: Serializer> {
-    cache: Cache<String, Stored>,
+    cache: Cache<Key, Stored>,
     serializer: Arc<Z>,
     options: Options,
     ttl_fn: Option<Arc<TtlFn<Z::Session>>>,
@@ -605,7 +605,7 @@ impl<Z: Serializer> Inner<Z> {
             } else {
                 Some(now.checked_add(ttl).unwrap_or(now))
             };
-            records.push((id, expires, stored));
+            records.push((id.into_string(), expires, stored));
         }
         let count = records.len();
         let bytes = snapshot::encode(
@@ -734,9 +734,7 @@ impl<Z: Serializer> MemoryStore<Z> {
     pub fn set(&self, id: &str, session: &Z::Session) -> Result<(), Error> {
         let (stored, ttl) = self.prepare(id, session)?;
         let _writer = self.writer(id);
-        self.inner
-            .cache
-            .insert_with_ttl(id.to_string(), stored, ttl);
+        self.inner.cache.insert_with_ttl(Key::new(id), stored, ttl);
         Ok(())
     }
 
@@ -748,9 +746,7 @@ impl<Z: Serializer> MemoryStore<Z> {
         if self.inner.cache.contains_key(id) {
             return Ok(false);
         }
-        self.inner
-            .cache
-            .insert_with_ttl(id.to_string(), stored, ttl);
+        self.inner.cache.insert_with_ttl(Key::new(id), stored, ttl);
         Ok(true)
     }
 
@@ -763,9 +759,7 @@ impl<Z: Serializer> MemoryStore<Z> {
         if !self.inner.cache.contains_key(id) {
             return Ok(false);
         }
-        self.inner
-            .cache
-            .insert_with_ttl(id.to_string(), stored, ttl);
+        self.inner.cache.insert_with_ttl(Key::new(id), stored, ttl);
         Ok(true)
     }
 
@@ -828,7 +822,7 @@ impl<Z: Serializer> MemoryStore<Z> {
         current.0.touched.store(true, Ordering::Release);
         inner
             .cache
-            .insert_with_ttl(id.to_string(), Stored::new(bytes), ttl);
+            .insert_with_ttl(Key::new(id), Stored::new(bytes), ttl);
         Ok(true)
     }
 
@@ -839,11 +833,14 @@ impl<Z: Serializer> MemoryStore<Z> {
         for (id, stored) in self.inner.cache.iter() {
             match self.inner.serializer.decode(&stored.0.bytes) {
                 Ok(session) => {
-                    sessions.insert(id, session);
+                    sessions.insert(id.into_string(), session);
                 }
                 Err(source) => {
-                    if self.discard(&id, &stored) {
-                        return Err(Error::Decode { id, source });
+                    if self.discard(id.as_str(), &stored) {
+                        return Err(Error::Decode {
+                            id: id.into_string(),
+                            source,
+                        });
                     }
                 }
             }
@@ -853,7 +850,11 @@ impl<Z: Serializer> MemoryStore<Z> {
 
     /// The ids of the live sessions.
     pub fn ids(&self) -> Vec<String> {
-        self.inner.cache.iter().map(|(id, _)| id).collect()
+        self.inner
+            .cache
+            .iter()
+            .map(|(id, _)| id.into_string())
+            .collect()
     }
 
     /// The number of live sessions (exact when no write is in flight).
@@ -1046,7 +1047,7 @@ impl<Z: Serializer> MemoryStore<Z> {
             let _writer = self.writer(&record.id);
             inner
                 .cache
-                .insert_with_ttl(record.id, Stored::new(record.bytes), ttl);
+                .insert_with_ttl(Key::new(&record.id), Stored::new(record.bytes), ttl);
             loaded += 1;
         }
         Ok(loaded)
