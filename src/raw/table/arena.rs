@@ -67,10 +67,10 @@ pub(crate) struct Arena<K, V> {
 /// Free stacks per arena. A thread pops from the stack it prefers first (`preferred_stripe`,
 /// which moves on when a CAS there fails: another thread pops from it too), then from the
 /// others, and batches are pushed to the stacks in turn, so two threads writing to one shard
-/// each take slots from their own cache line: with one stack, its CAS was a fifth of
-/// a hot key's replacement from two threads (`perf`), and two stacks took that workload from
-/// 0.11-0.17x to 0.23-0.26x quick_cache. Each stack is a versioned Treiber stack on its own, and
-/// a slot is on at most one of them.
+/// each take slots from their own cache line: with one stack, its CAS was a fifth of a hot
+/// key's replacement from two threads (`perf`), and two stacks took that workload from
+/// 0.15-0.17x to 0.26-0.30x quick_cache (docs/perf-log.md, 2026-12-06). Each stack is a
+/// versioned Treiber stack on its own, and a slot is on at most one of them.
 const FREE_STACKS: usize = 2;
 
 // SAFETY: the arena hands out shared references to nodes to any thread; a node holds a K and a
@@ -756,6 +756,7 @@ mod tests {
             assert_eq!(arena.node(x).life(), crate::raw::table::node::LIFE_FREE);
         }
     }
+
     /// Batches go to the free stacks in turn, and a thread takes from every stack before it
     /// takes a never-used slot: nothing freed is stranded on a stack the thread does not prefer.
     #[test]
