@@ -68,7 +68,7 @@ mod exact_model {
         fn new(capacity: u64) -> Self {
             Model {
                 capacity,
-                policy: Policy::new(capacity, false, Contest::new(capacity)),
+                policy: Policy::new(capacity, false, Contest::new(capacity), 1),
                 map: HashMap::new(),
                 key_of: Vec::new(),
                 counter: Vec::new(),

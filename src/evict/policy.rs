@@ -38,7 +38,9 @@
 //! hit on a key evicted from SMALL at most W = 5% of capacity ago on SMALL's clock is a hit that
 //! a SMALL bigger by W would have had, likewise for MAIN on MAIN's clock (loser records are
 //! ignored: MAIN's admission, not a queue's size, kept them out). After every 32 such events
-//! (s from SMALL, m from MAIN), the fraction moves by 2% x (s - m) / (s + m).
+//! (s from SMALL, m from MAIN), the fraction moves by 2% x (s - m) / (s + m). A shard of a
+//! cache of n shards sees about 1/n of the events and decides after 32/n of them (at least 4),
+//! so that the cache adapts as fast per request whatever its shard count.
 //!
 //! This local gradient is right where the hit ratio is concave in SMALL's size (frequency-biased
 //! workloads: Zipf, loops, scans over a hot set), and blind where it is not: on back-and-forth
@@ -70,8 +72,17 @@ const SMALL_MIN: f64 = 0.01;
 const SMALL_MAX: f64 = 0.25;
 /// Ghost-hit window W, as a fraction of the capacity.
 const WINDOW: f64 = 0.05;
-/// Adaptation: events per decision, and step at full imbalance (fraction of the capacity).
+/// Adaptation: events per decision in a cache of one shard, and step at full imbalance
+/// (fraction of the capacity). A shard of a cache of `n` sees about `1/n` of the cache's
+/// events and decides after `ADAPT_PERIOD / n` of them (at least [`ADAPT_PERIOD_MIN`]), so that
+/// SMALL's share moves as fast per request of the cache whatever the shard count: with 32
+/// events a decision in every shard, a cache of 8 shards followed a shifting working set 8x
+/// slower than one of a single shard (docs/policy-log.md, 2026-12-06: shift at 5000 lost 2.2
+/// points to one shard, about 0.1 since).
 const ADAPT_PERIOD: u32 = 32;
+/// Fewest events per decision: a shard deciding on every event or two (16 shards and more)
+/// swung with each, which broke back-and-forth sweeps at 16 shards (15% against 36% with 4).
+const ADAPT_PERIOD_MIN: u32 = 4;
 const ADAPT_STEP: f64 = 0.02;
 /// Sample misses a policy gathers before it reports them to the contest.
 const REPORT_EVERY: u64 = 16;
@@ -83,6 +94,12 @@ const MIN_SAMPLE: f64 = 16.0;
 /// Eviction clocks are kept in epochs of capacity/EPOCHS_PER_CAPACITY weight; the ghost stores
 /// 8-bit epochs, so distances up to 4x capacity are measurable.
 const EPOCHS_PER_CAPACITY: u64 = 64;
+
+/// Adaptation events per decision in each shard of a cache of `shards` (see [`ADAPT_PERIOD`]).
+fn adapt_period(shards: u64) -> u32 {
+    let shards = u32::try_from(shards.max(1)).unwrap_or(u32::MAX);
+    (ADAPT_PERIOD / shards).max(ADAPT_PERIOD_MIN)
+}
 
 /// What the policy needs from the cache's entries during eviction.
 pub(crate) trait EntryAccess {
@@ -260,14 +277,16 @@ pub(crate) struct Policy {
     epoch_unit: u64,
     window: u64,
     events: [u32; 2],
+    /// Adaptation events per decision (see [`ADAPT_PERIOD`]).
+    adapt_period: u32,
     ghost: Ghost,
 }
 
 impl Policy {
     /// A policy for a cache (or a shard of one) whose total weight must stay <= `capacity`;
     /// `weighted` says whether entries carry weights (otherwise each weighs 1); `contest` is
-    /// shared by every shard of the cache.
-    pub(crate) fn new(capacity: u64, weighted: bool, contest: Arc<Contest>) -> Self {
+    /// shared by every shard of the cache, of which there are `shards`.
+    pub(crate) fn new(capacity: u64, weighted: bool, contest: Arc<Contest>, shards: u64) -> Self {
         let capacity = capacity.max(1);
         // A cache too small for samples never touches the contest's lock.
         let view = if contest.enabled() {
@@ -291,6 +310,7 @@ impl Policy {
             epoch_unit: (capacity / EPOCHS_PER_CAPACITY).max(1),
             window: (capacity as f64 * WINDOW) as u64,
             events: [0; 2],
+            adapt_period: adapt_period(shards),
             ghost: Ghost::with_slots(ghost::MIN_SLOTS),
         };
         policy.apportion();
@@ -351,7 +371,7 @@ impl Policy {
         }
         self.events[origin] += 1;
         let total = self.events[0] + self.events[1];
-        if total >= ADAPT_PERIOD {
+        if total >= self.adapt_period {
             let (s, m) = (self.events[0] as f64, self.events[1] as f64);
             let step = ADAPT_STEP * (s - m) / (s + m);
             self.small_frac = (self.small_frac + step).clamp(SMALL_MIN, SMALL_MAX);
@@ -772,7 +792,7 @@ mod tests {
     impl TestCache {
         fn new(capacity: u64) -> Self {
             TestCache {
-                policy: Policy::new(capacity, true, Contest::new(capacity)),
+                policy: Policy::new(capacity, true, Contest::new(capacity), 1),
                 map: HashMap::new(),
                 key: vec![],
                 counter: vec![],
@@ -874,7 +894,7 @@ mod tests {
 
     #[test]
     fn empty_policy_has_no_victim() {
-        let mut p = Policy::new(10, true, Contest::new(10));
+        let mut p = Policy::new(10, true, Contest::new(10), 1);
         let mut counter = vec![0u8; 4];
         let hash = vec![0u64; 4];
         assert_eq!(
@@ -907,7 +927,7 @@ mod tests {
 
     #[test]
     fn remove_is_idempotent_and_handles_vanished_victims() {
-        let mut p = Policy::new(4, true, Contest::new(4));
+        let mut p = Policy::new(4, true, Contest::new(4), 1);
         let mut counter = vec![0u8; 8];
         let hash: Vec<u64> = (0..8).map(mix).collect();
         for id in 0..6 {
@@ -1115,7 +1135,7 @@ mod tests {
                 mix(id as u64)
             }
         }
-        let mut p = Policy::new(100, true, Contest::new(100));
+        let mut p = Policy::new(100, true, Contest::new(100), 1);
         for id in 0..150 {
             p.insert(id, mix(id as u64), 1);
             while p.weighted_size() > p.capacity() {

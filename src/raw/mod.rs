@@ -211,6 +211,12 @@ impl Bound {
         self.slack.load(crate::sync::Ordering::Relaxed)
     }
 
+    /// The number of shards the capacity is shared by.
+    #[inline]
+    pub(crate) fn shards(&self) -> u64 {
+        self.shards
+    }
+
     /// Each shard's nominal share of the capacity (see the field).
     #[inline]
     pub(crate) fn share(&self) -> u64 {

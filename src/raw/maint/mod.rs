@@ -527,7 +527,14 @@ where
             let weighted = self.cfg.weigher.is_some();
             self.m
                 .policy
-                .get_or_insert_with(|| Policy::new(bound.share(), weighted, bound.contest.clone()))
+                .get_or_insert_with(|| {
+                    Policy::new(
+                        bound.share(),
+                        weighted,
+                        bound.contest.clone(),
+                        bound.shards(),
+                    )
+                })
                 .insert(idx, hash, weight);
         }
     }
