@@ -34,6 +34,11 @@
 //!   `none`.
 //! - `CACHES`: comma-separated subset of `evanesce,evanesce1,moka,quick_cache,lru`.
 //! - `MOKA_RUNS` (default 3): runs of moka per cell.
+//! - `SEEDS` (default 1): hashers evanesce runs with per cell (both columns give the mean). The
+//!   first is std's `DefaultHasher` with fixed keys (the table's figures); the others are
+//!   `ahash` with fixed seeds 1, 2, ... The shards, the samples of the policies' contest and the
+//!   ghost's fingerprints all follow the key hashes, so some cells move by several points from
+//!   one hasher to another; with `SEEDS` above 1 the report lists the spread per cell.
 //! - `JOBS` (default: the available parallelism): cells measured at once. Each cache is still
 //!   driven by one thread; this only runs different (cache, cell) pairs side by side.
 //! - `TIMELINE=workload:size[:windows]`: instead of the table, the hit ratio of every cache
@@ -219,14 +224,27 @@ fn read_trace(path: &Path, format: Format) -> AnyResult<Vec<u64>> {
 // ---------------------------------------------------------------------------------------------
 // The caches, each driven get-then-insert-on-miss; each returns the number of hits.
 
-/// Returns the hits and the shard count the cache was built with.
-fn run_evanesce(keys: &[u64], size: u64, shards: Option<usize>) -> (u64, usize) {
+/// Returns the hits and the shard count the cache was built with; `seed` 0 is the fixed
+/// `DefaultHasher`, any other an `ahash` seeded with it (see `SEEDS`).
+fn run_evanesce(keys: &[u64], size: u64, shards: Option<usize>, seed: u64) -> (u64, usize) {
+    if seed == 0 {
+        run_evanesce_with(keys, size, shards, FixedState::default())
+    } else {
+        let hasher = ahash::RandomState::with_seeds(seed, seed * 7 + 1, seed * 13 + 2, seed + 3);
+        run_evanesce_with(keys, size, shards, hasher)
+    }
+}
+
+fn run_evanesce_with<S>(keys: &[u64], size: u64, shards: Option<usize>, hasher: S) -> (u64, usize)
+where
+    S: std::hash::BuildHasher + Clone + Send + Sync + 'static,
+{
     let mut builder = evanesce::Cache::<u64, u64>::builder().max_capacity(size);
     if let Some(n) = shards {
         builder = builder.shards(n);
     }
     let cache = builder
-        .hasher(FixedState::default())
+        .hasher(hasher)
         .build()
         .expect("valid cache settings");
     let used =
@@ -345,14 +363,15 @@ impl Kind {
         }
     }
 
-    /// The hits on `keys` at capacity `size`, and (for the default builder) the shard count.
-    fn run(self, keys: &[u64], size: u64) -> (u64, Option<usize>) {
+    /// The hits on `keys` at capacity `size` (evanesce with hasher `seed`), and (for the
+    /// default builder) the shard count.
+    fn run(self, keys: &[u64], size: u64, seed: u64) -> (u64, Option<usize>) {
         match self {
             Kind::Evanesce => {
-                let (h, n) = run_evanesce(keys, size, None);
+                let (h, n) = run_evanesce(keys, size, None, seed);
                 (h, Some(n))
             }
-            Kind::Evanesce1 => (run_evanesce(keys, size, Some(1)).0, None),
+            Kind::Evanesce1 => (run_evanesce(keys, size, Some(1), seed).0, None),
             Kind::Moka => (run_moka(keys, size), None),
             Kind::QuickCache => (run_quick_cache(keys, size), None),
             Kind::Lru => (run_lru(keys, size), None),
@@ -378,6 +397,8 @@ struct CellResult {
     /// Hit ratios (%) per kind, in `KINDS` order; moka has one per run.
     ratios: [Vec<f64>; 5],
     shards: usize,
+    /// evanesce's hit ratios (default shards, 1 shard) with the first hasher (see `SEEDS`).
+    first_hasher: [f64; 2],
     /// Seconds spent per kind (summed over runs).
     secs: [f64; 5],
 }
@@ -481,6 +502,7 @@ fn main() -> AnyResult<()> {
         None => vec![true; KINDS.len()],
     };
     let moka_runs = env_usize("MOKA_RUNS", 3).max(1);
+    let seeds = env_usize("SEEDS", 1).max(1);
     let jobs_threads = env_usize(
         "JOBS",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -547,18 +569,22 @@ fn main() -> AnyResult<()> {
         .enumerate()
         .flat_map(|(workload, w)| w.sizes.iter().map(move |&size| Cell { workload, size }))
         .collect();
-    // (cell, kind index); moka once per run.
-    let mut jobs: Vec<(usize, usize)> = Vec::new();
+    // (cell, kind index, run); moka once per run, evanesce once per hasher.
+    let mut jobs: Vec<(usize, usize, u64)> = Vec::new();
     for c in 0..cells.len() {
         for (ki, kind) in KINDS.iter().enumerate() {
             if !kinds[ki] {
                 continue;
             }
-            let runs = if *kind == Kind::Moka { moka_runs } else { 1 };
-            jobs.extend(std::iter::repeat_n((c, ki), runs));
+            let runs = match kind {
+                Kind::Moka => moka_runs,
+                Kind::Evanesce | Kind::Evanesce1 => seeds,
+                Kind::QuickCache | Kind::Lru => 1,
+            };
+            jobs.extend((0..runs as u64).map(|run| (c, ki, run)));
         }
     }
-    jobs.sort_by_key(|&(c, ki)| {
+    jobs.sort_by_key(|&(c, ki, _)| {
         std::cmp::Reverse(workloads[cells[c].workload].keys.len() * KINDS[ki].cost())
     });
 
@@ -571,15 +597,20 @@ fn main() -> AnyResult<()> {
             s.spawn(|| {
                 loop {
                     let j = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(c, ki)) = jobs.get(j) else { break };
+                    let Some(&(c, ki, run)) = jobs.get(j) else {
+                        break;
+                    };
                     let cell = &cells[c];
                     let k = &workloads[cell.workload].keys;
                     let t = Instant::now();
-                    let (hits, shards) = KINDS[ki].run(k, cell.size);
+                    let (hits, shards) = KINDS[ki].run(k, cell.size, run);
                     let secs = t.elapsed().as_secs_f64();
                     let ratio = 100.0 * hits as f64 / k.len() as f64;
                     let mut r = results.lock().unwrap_or_else(|e| e.into_inner());
                     r[c].ratios[ki].push(ratio);
+                    if run == 0 && ki < 2 {
+                        r[c].first_hasher[ki] = ratio;
+                    }
                     r[c].secs[ki] += secs;
                     if let Some(n) = shards {
                         r[c].shards = n;
@@ -606,7 +637,15 @@ fn main() -> AnyResult<()> {
         "## Hit ratio (%), count-based, single-threaded get, then insert on miss\n"
     )?;
     let mut command = String::new();
-    for var in ["TRACES", "TRACE", "SYNTH", "CACHES", "MOKA_RUNS", "JOBS"] {
+    for var in [
+        "TRACES",
+        "TRACE",
+        "SYNTH",
+        "CACHES",
+        "MOKA_RUNS",
+        "SEEDS",
+        "JOBS",
+    ] {
         if let Ok(v) = std::env::var(var) {
             write!(command, "{var}={v} ")?;
         }
@@ -623,9 +662,17 @@ fn main() -> AnyResult<()> {
     )?;
     let lock = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock"))
         .unwrap_or_default();
+    let hashers = if seeds == 1 {
+        "std `DefaultHasher`, fixed keys, so its figures repeat exactly".to_string()
+    } else {
+        format!(
+            "mean over {seeds} hashers: std `DefaultHasher` with fixed keys and ahash with seeds 1..{}",
+            seeds - 1
+        )
+    };
     writeln!(
         out,
-        "- caches: evanesce {} (std `DefaultHasher`, fixed keys, so its figures repeat exactly; \
+        "- caches: evanesce {} ({hashers}; \
          `shards` = the default count it chose), moka {} (`sync::Cache`, `run_pending_tasks()` after \
          every insert, mean of {moka_runs} run(s): its hasher is randomly seeded), quick_cache {} \
          (`unsync::Cache::new(size)`), LRU = lru {} (`LruCache`)",
@@ -664,6 +711,8 @@ fn main() -> AnyResult<()> {
     let mut shard_losses = Vec::new();
     let mut worst: Option<(f64, String)> = None;
     let mut moka_spread: (f64, String) = (0.0, String::new());
+    // Cells where evanesce's hit ratio moves by more than half a point between hashers.
+    let mut seed_spreads = Vec::new();
     for (cell, r) in cells.iter().zip(&results) {
         let w = &workloads[cell.workload];
         let name = w.name;
@@ -726,6 +775,19 @@ fn main() -> AnyResult<()> {
         }
         if !margin.is_nan() && worst.as_ref().is_none_or(|w| margin < w.0) {
             worst = Some((margin, format!("{name} {}", cell.size)));
+        }
+        for (ki, label) in [(0, "default shards"), (1, "1 shard")] {
+            let x = &r.ratios[ki];
+            let (lo, hi) = (
+                x.iter().cloned().fold(f64::MAX, f64::min),
+                x.iter().cloned().fold(f64::MIN, f64::max),
+            );
+            if x.len() > 1 && hi - lo > 0.5 {
+                seed_spreads.push(format!(
+                    "{name} {} {label}: {lo:.2}-{hi:.2} (first hasher {:.2})",
+                    cell.size, r.first_hasher[ki]
+                ));
+            }
         }
         let m = &r.ratios[2];
         if m.len() > 1 {
@@ -795,6 +857,13 @@ fn main() -> AnyResult<()> {
         "- cells where the default shard count loses more than 1 point to 1 shard: {}",
         list(&shard_losses)
     )?;
+    if seeds > 1 {
+        writeln!(
+            out,
+            "- cells where evanesce moves by more than half a point between hashers (min-max): {}",
+            list(&seed_spreads)
+        )?;
+    }
     if moka_runs > 1 && kinds[2] {
         writeln!(
             out,
