@@ -719,41 +719,64 @@ fn adapts_to_a_shifting_working_set() {
 }
 
 /// Regimes that alternate (frequency, recency, loop, 100,000 requests each, twice): the cache
-/// follows every change. Over the second half of each phase, evanesce is within 2 points of
-/// the better of LRU and LFU in a frequency phase, within 2 of LRU in a recency phase, and
-/// within 7 of perfect LFU in a loop phase (which remembers every key's count and gets about
-/// 80%, the optimum; LRU hits nothing there).
+/// follows every change. Over the second half of each phase, averaged over 8 hashers (the
+/// contest's decisions, and so when the cache follows, depend on which keys fall in its
+/// samples), evanesce is within 2 points of the better of LRU and LFU in a frequency phase,
+/// within 2 of LRU in a recency phase, and within 7 of perfect LFU in a loop phase (which
+/// remembers every key's count and gets about 80%, the optimum; LRU hits nothing there); and
+/// with every hasher within 5 of LRU in a recency phase. Failed before (issue 14): the
+/// contest rested for up to 7 rounds counted in misses, and a rest begun in a frequency phase
+/// could outlast most of the recency phase after it (the second recency phase: 40% on
+/// average, 22% with one hasher, against LRU's 52%).
 #[test]
 fn re_adapts_when_the_regime_changes() {
     let (unit, phase) = (4_000u64, 100_000usize);
     let keys = shapes::phases(unit, phase, 2, 19);
-    let cache = one_shard(unit);
-    let hit: Vec<bool> = keys
-        .iter()
-        .map(|&k| {
-            cache.get(&k).is_some() || {
-                cache.insert(k, k);
-                false
-            }
-        })
-        .collect();
+    let phases = keys.len() / phase;
+    let share = |v: &[bool]| v.iter().filter(|&&h| h).count() as f64 / v.len() as f64;
+    let late = |i: usize| i * phase + phase / 2..(i + 1) * phase;
     let lru = reference_hits(&keys, unit as usize, false);
     let lfu = reference_hits(&keys, unit as usize, true);
-    let share = |v: &[bool]| v.iter().filter(|&&h| h).count() as f64 / v.len() as f64;
+    let mut sums = vec![0.0; phases];
+    let hashers = 8;
+    for seed in 0..hashers {
+        let hit = if seed == 0 {
+            hits_with(one_shard(unit), &keys)
+        } else {
+            let hasher =
+                ahash::RandomState::with_seeds(seed, seed * 7 + 1, seed * 13 + 2, seed + 3);
+            let cache = Cache::builder()
+                .max_capacity(unit)
+                .shards(1)
+                .hasher(hasher)
+                .build()
+                .unwrap();
+            hits_with(cache, &keys)
+        };
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let (ev, l) = (share(&hit[late(i)]), share(&lru[late(i)]));
+            *sum += ev;
+            if i % 3 == 1 {
+                assert!(
+                    ev >= l - 0.05,
+                    "hasher {seed}, phase {i} (recency): evanesce {:.1}% against LRU {:.1}%",
+                    100.0 * ev,
+                    100.0 * l
+                );
+            }
+        }
+    }
     for (i, name) in ["frequency", "recency", "loop"]
         .iter()
         .cycle()
-        .take(keys.len() / phase)
+        .take(phases)
         .enumerate()
     {
-        let late = i * phase + phase / 2..(i + 1) * phase;
-        let (ev, l, f) = (
-            share(&hit[late.clone()]),
-            share(&lru[late.clone()]),
-            share(&lfu[late]),
-        );
+        let ev = sums[i] / hashers as f64;
+        let (l, f) = (share(&lru[late(i)]), share(&lfu[late(i)]));
         eprintln!(
-            "phase {i} ({name}), second half: evanesce {:.1}%, LRU {:.1}%, LFU {:.1}%",
+            "phase {i} ({name}), second half: evanesce {:.1}% (mean of {hashers} hashers), LRU \
+             {:.1}%, LFU {:.1}%",
             100.0 * ev,
             100.0 * l,
             100.0 * f
@@ -771,6 +794,21 @@ fn re_adapts_when_the_regime_changes() {
             100.0 * f
         );
     }
+}
+
+/// Per-request outcomes (hit or not) of `cache`, driven the usual way.
+fn hits_with<S>(cache: Cache<u64, u64, S>, keys: &[u64]) -> Vec<bool>
+where
+    S: std::hash::BuildHasher + Clone + Send + Sync + 'static,
+{
+    keys.iter()
+        .map(|&k| {
+            cache.get(&k).is_some() || {
+                cache.insert(k, k);
+                false
+            }
+        })
+        .collect()
 }
 
 /// Per-request outcomes (hit or not) of a reference policy.

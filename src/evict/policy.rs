@@ -46,7 +46,10 @@
 //! workloads: Zipf, loops, scans over a hot set), and blind where it is not: on back-and-forth
 //! sweeps or a sliding window, MAIN's protected entries are stale, the marginal gains of the two
 //! queues look equal at any small size, and only a cache that gives everything to recency (a
-//! FIFO of the whole capacity, which is what LRU amounts to there) does well.
+//! FIFO of the whole capacity, which is what LRU amounts to there) does well. When the fraction
+//! reaches its largest value (25%), the policy tells the contest, which cuts its rest to the
+//! current round: the adaptive mode straining towards recency is what a turn of the workload to
+//! recency looks like from inside it.
 //!
 //! # Adaptation, coarse: a contest between two modes
 //! The policy runs in one of two modes ([`Mode`]): `Adaptive` (above), or `Recency`, where
@@ -350,8 +353,15 @@ impl Policy {
     fn sample_miss(&mut self, part: Part) {
         let sample = usize::from(part == Part::SampleB);
         self.tally.miss(sample, self.view.measuring);
-        if self.tally.seen() >= REPORT_EVERY
-            && let Some(view) = self.contest.report(self.view, &mut self.tally)
+        if self.tally.seen() >= REPORT_EVERY {
+            self.report();
+        }
+    }
+
+    /// Hands the tally to the contest (kept for later if its lock is taken), and follows the
+    /// view it returns.
+    fn report(&mut self) {
+        if let Some(view) = self.contest.report(self.view, &mut self.tally)
             && view != self.view
         {
             self.view = view;
@@ -374,9 +384,16 @@ impl Policy {
         if total >= self.adapt_period {
             let (s, m) = (self.events[0] as f64, self.events[1] as f64);
             let step = ADAPT_STEP * (s - m) / (s + m);
+            let was_max = self.small_frac >= SMALL_MAX;
             self.small_frac = (self.small_frac + step).clamp(SMALL_MIN, SMALL_MAX);
             self.events = [0; 2];
             self.apportion();
+            // SMALL just reached the largest share the adaptive mode gives it: the workload
+            // may have turned to one where recency wins, so the contest should not rest.
+            if self.small_frac >= SMALL_MAX && !was_max && self.sample_16ths > 0 {
+                self.tally.strain();
+                self.report();
+            }
         }
     }
 
