@@ -35,8 +35,9 @@
 //! - `CACHES`: comma-separated subset of `evanesce,evanesce1,moka,quick_cache,lru`.
 //! - `MOKA_RUNS` (default 3): runs of moka per cell.
 //! - `SEEDS` (default 1): hashers evanesce runs with per cell (both columns give the mean). The
-//!   first is std's `DefaultHasher` with fixed keys (the table's figures); the others are
-//!   `ahash` with fixed seeds 1, 2, ... The shards, the samples of the policies' contest and the
+//!   first is std's `DefaultHasher` with fixed keys (the table's figures); the others the same
+//!   fed a seed 1, 2, ... first (`shapes::Seeded`, alike on every little-endian machine). The
+//!   shards, the samples of the policies' contest and the
 //!   ghost's fingerprints all follow the key hashes, so some cells move by several points from
 //!   one hasher to another; with `SEEDS` above 1 the report lists the spread per cell.
 //! - `JOBS` (default: the available parallelism): cells measured at once. Each cache is still
@@ -226,20 +227,9 @@ fn read_trace(path: &Path, format: Format) -> AnyResult<Vec<u64>> {
 // The caches, each driven get-then-insert-on-miss; each returns the number of hits.
 
 /// Returns the hits and the shard count the cache was built with; `seed` 0 is the fixed
-/// `DefaultHasher`, any other an `ahash` seeded with it (see `SEEDS`).
+/// `DefaultHasher` (see `SEEDS`).
 fn run_evanesce(keys: &[u64], size: u64, shards: Option<usize>, seed: u64) -> (u64, usize) {
-    if seed == 0 {
-        run_evanesce_with(keys, size, shards, FixedState::default())
-    } else {
-        let hasher = ahash::RandomState::with_seeds(seed, seed * 7 + 1, seed * 13 + 2, seed + 3);
-        run_evanesce_with(keys, size, shards, hasher)
-    }
-}
-
-fn run_evanesce_with<S>(keys: &[u64], size: u64, shards: Option<usize>, hasher: S) -> (u64, usize)
-where
-    S: std::hash::BuildHasher + Clone + Send + Sync + 'static,
-{
+    let hasher = shapes::Seeded(seed);
     let mut builder = evanesce::Cache::<u64, u64>::builder().max_capacity(size);
     if let Some(n) = shards {
         builder = builder.shards(n);
@@ -667,7 +657,7 @@ fn main() -> AnyResult<()> {
         "std `DefaultHasher`, fixed keys, so its figures repeat exactly".to_string()
     } else {
         format!(
-            "mean over {seeds} hashers: std `DefaultHasher` with fixed keys and ahash with seeds 1..{}",
+            "mean over {seeds} hashers: std `DefaultHasher` with fixed keys, alone and fed seeds 1..{}",
             seeds - 1
         )
     };

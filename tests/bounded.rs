@@ -740,19 +740,13 @@ fn re_adapts_when_the_regime_changes() {
     let mut sums = vec![0.0; phases];
     let hashers = 8;
     for seed in 0..hashers {
-        let hit = if seed == 0 {
-            hits_with(one_shard(unit), &keys)
-        } else {
-            let hasher =
-                ahash::RandomState::with_seeds(seed, seed * 7 + 1, seed * 13 + 2, seed + 3);
-            let cache = Cache::builder()
-                .max_capacity(unit)
-                .shards(1)
-                .hasher(hasher)
-                .build()
-                .unwrap();
-            hits_with(cache, &keys)
-        };
+        let cache = Cache::builder()
+            .max_capacity(unit)
+            .shards(1)
+            .hasher(shapes::Seeded(seed))
+            .build()
+            .unwrap();
+        let hit = hits_with(cache, &keys);
         for (i, sum) in sums.iter_mut().enumerate() {
             let (ev, l) = (share(&hit[late(i)]), share(&lru[late(i)]));
             *sum += ev;
@@ -871,27 +865,32 @@ fn several_shards_lose_at_most_a_point_to_one() {
 fn several_shards_follow_a_shifting_working_set_as_fast_as_one() {
     let keys = shapes::shift(6, 100_000, 20_000, 0.9, 3);
     let capacity = 5_000;
-    let seeds = 0..4u64;
-    let mut hits = 0u64;
-    for seed in seeds.clone() {
-        let hasher = ahash::RandomState::with_seeds(seed, seed * 7 + 1, seed * 13 + 2, seed + 3);
-        let cache: Cache<u64, u64, _> = Cache::builder()
-            .max_capacity(capacity)
-            .shards(8)
-            .hasher(hasher)
-            .build()
-            .unwrap();
-        for &k in &keys {
-            if cache.get(&k).is_some() {
-                hits += 1;
-            } else {
-                cache.insert(k, k);
-            }
+    let hashers = 4;
+    let mean = |shards: usize| {
+        let mut hits = 0;
+        for seed in 0..hashers {
+            let cache = Cache::builder()
+                .max_capacity(capacity)
+                .shards(shards)
+                .hasher(shapes::Seeded(seed))
+                .build()
+                .unwrap();
+            hits += hits_with(cache, &keys).iter().filter(|&&h| h).count();
         }
-        assert!(cache.weighted_size() <= capacity);
-    }
-    let mean_hits = hits / seeds.count() as u64;
-    assert_within_a_point_of_one_shard("shift", mean_hits, &keys, capacity);
+        hits as f64 / (hashers as usize * keys.len()) as f64
+    };
+    let (many, one) = (mean(8), mean(1));
+    eprintln!(
+        "shift at {capacity}, mean of {hashers} hashers: 8 shards {:.2}%, one shard {:.2}%",
+        100.0 * many,
+        100.0 * one
+    );
+    assert!(
+        many >= one - 0.01,
+        "shift: {:.2}% with 8 shards, {:.2}% with one",
+        100.0 * many,
+        100.0 * one
+    );
 }
 
 /// Caches with shares of 4096 or more evict in batches per shard (issue 16: a pass per

@@ -141,6 +141,9 @@ struct State {
     counted: [u64; 2],
     /// Counted misses of the incumbent and the challenger in round 0.
     first: [u64; 2],
+    /// A strain reported during a contest of the adaptive mode: the rest after it, if the
+    /// incumbent wins, is one round.
+    strained: bool,
 }
 
 /// Smallest capacity with a contest: two samples of at least 128 entries in all (below that
@@ -178,6 +181,7 @@ impl Contest {
                 seen: 0,
                 counted: [0; 2],
                 first: [0; 2],
+                strained: false,
             }),
         })
     }
@@ -211,8 +215,13 @@ impl Contest {
         let mut s = self.state.try_lock().ok()?;
         if tally.strained && s.incumbent == Mode::Adaptive {
             // The rest ends after the current round (not at once: a contest run at every
-            // strain made a sweep's cache swing between the modes, see the module docs).
-            s.rest = s.rest.min(1);
+            // strain made a sweep's cache swing between the modes, see the module docs); a
+            // strain during a contest shortens the rest that follows it.
+            if s.rest > 0 {
+                s.rest = s.rest.min(1);
+            } else {
+                s.strained = true;
+            }
         }
         if view.generation == s.generation {
             s.seen += tally.seen;
@@ -230,6 +239,7 @@ impl Contest {
 impl State {
     /// The challenger becomes the incumbent; a new contest starts at once.
     fn switch(&mut self) {
+        self.strained = false;
         self.incumbent = self.incumbent.other();
         self.backoff = 0;
         self.round = 0;
@@ -293,7 +303,11 @@ impl State {
             Mode::Recency => MAX_REST_RECENCY,
         };
         self.backoff = (2 * self.backoff + 1).min(longest);
-        self.rest = self.backoff;
+        self.rest = if std::mem::take(&mut self.strained) {
+            1
+        } else {
+            self.backoff
+        };
     }
 }
 
@@ -434,11 +448,24 @@ mod tests {
         // The round ends: the contest starts.
         let v = round(&contest, 0, 0);
         assert_eq!(v.samples, [Mode::Adaptive, Mode::Recency]);
-        // During a contest, or while the recency mode holds, a strain changes nothing.
+        // During a contest a strain changes nothing at once, but the rest after the contest,
+        // which the incumbent wins, is one round (the backoff was at 7).
         let mut tally = Tally::default();
         tally.strain();
         assert_eq!(contest.report(v, &mut tally).unwrap(), v);
         assert_eq!(contest.state.lock().unwrap().rest, 0);
+        round(&contest, 1000, 1000);
+        round(&contest, 1000, 1000);
+        assert_eq!(contest.state.lock().unwrap().rest, 1);
+        round(&contest, 0, 0);
+        round(&contest, 1000, 1000);
+        round(&contest, 1000, 1000);
+        assert_eq!(
+            contest.state.lock().unwrap().rest,
+            7,
+            "the strain was used once"
+        );
+        // While the recency mode holds, a strain changes nothing.
         let recency = Contest::new(100_000);
         assert_eq!(round(&recency, 1000, 700).incumbent, Mode::Recency);
         round(&recency, 1000, 1000);

@@ -7,6 +7,27 @@
 //! beyond IEEE arithmetic).
 #![allow(dead_code)] // each includer uses a subset
 
+/// A hasher for the caches under test, one per seed: std's `DefaultHasher` with its fixed
+/// keys, fed the seed before the key (seed 0: nothing, so it is `BuildHasherDefault<
+/// DefaultHasher>` exactly). Unlike a seeded `ahash`, whose output depends on the target's
+/// instructions (AES or not), it hashes alike on every little-endian machine, so results
+/// measured over several hashers repeat elsewhere.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Seeded(pub u64);
+
+impl std::hash::BuildHasher for Seeded {
+    type Hasher = std::collections::hash_map::DefaultHasher;
+
+    fn build_hasher(&self) -> Self::Hasher {
+        use std::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        if self.0 != 0 {
+            h.write_u64(self.0);
+        }
+        h
+    }
+}
+
 /// SplitMix64: a small, well-mixed, portable pseudo-random stream.
 pub struct Rng(u64);
 
