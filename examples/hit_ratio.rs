@@ -833,16 +833,20 @@ fn main() -> AnyResult<()> {
     if let Some((m, at)) = &worst {
         writeln!(out, "- worst margin: {m:+.2} ({at})")?;
     }
-    writeln!(
-        out,
-        "- cells where evanesce (default shards) misses the target: {}",
-        list(&misses)
-    )?;
-    writeln!(
-        out,
-        "- cells where evanesce with 1 shard misses the target: {}",
-        list(&misses_1)
-    )?;
+    if kinds[2] || kinds[3] || kinds[4] {
+        writeln!(
+            out,
+            "- cells where evanesce (default shards) misses the target: {}",
+            list(&misses)
+        )?;
+        writeln!(
+            out,
+            "- cells where evanesce with 1 shard misses the target: {}",
+            list(&misses_1)
+        )?;
+    } else {
+        writeln!(out, "- no target: no peer was measured (`CACHES`)")?;
+    }
     writeln!(
         out,
         "- cells where the default shard count loses more than 1 point to 1 shard: {}",
