@@ -37,9 +37,9 @@
 //! - `SEEDS` (default 1): hashers evanesce runs with per cell (both columns give the mean). The
 //!   first is std's `DefaultHasher` with fixed keys (the table's figures); the others the same
 //!   fed a seed 1, 2, ... first (`shapes::Seeded`, alike on every little-endian machine). The
-//!   shards, the samples of the policies' contest and the
-//!   ghost's fingerprints all follow the key hashes, so some cells move by several points from
-//!   one hasher to another; with `SEEDS` above 1 the report lists the spread per cell.
+//!   shards, the samples of the policies' contest and the ghost's fingerprints all follow the
+//!   key hashes, so some cells move by several points from one hasher to another; with `SEEDS`
+//!   above 1 the report lists the spread per cell.
 //! - `JOBS` (default: the available parallelism): cells measured at once. Each cache is still
 //!   driven by one thread; this only runs different (cache, cell) pairs side by side.
 //! - `TIMELINE=workload:size[:windows]`: instead of the table, the hit ratio of every cache

@@ -616,34 +616,25 @@ mod reference {
     }
 }
 
-/// A bounded cache with one shard and a fixed hasher. One shard, so that the outcome is exactly
-/// repeatable: with several, the shards' policies share one contest, and the order in which
-/// their maintenance passes report to it may vary with other threads (the reclaimer); the
-/// hit-ratio example measures the default shard count.
-fn one_shard(
-    capacity: u64,
-) -> Cache<u64, u64, std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>> {
+/// A bounded cache of `shards` shards with hasher `seed` ([`shapes::Seeded`]: the same keys
+/// fall in the same shards and samples on every little-endian machine). With one shard the
+/// outcome is exactly repeatable: with several, the shards' policies share one contest, and
+/// the order in which their maintenance passes report to it may vary with other threads (the
+/// reclaimer).
+fn seeded(capacity: u64, shards: usize, seed: u64) -> Cache<u64, u64, shapes::Seeded> {
     Cache::builder()
         .max_capacity(capacity)
-        .shards(1)
-        .hasher(Default::default())
+        .shards(shards)
+        .hasher(shapes::Seeded(seed))
         .build()
         .unwrap()
 }
 
-/// Hit ratio of [`one_shard`], driven the usual way (get, insert on a miss).
+/// Hit ratio of a one-shard cache with the fixed hasher, driven the usual way (get, insert on
+/// a miss).
 fn evanesce_hit_ratio(keys: &[u64], capacity: u64) -> f64 {
-    let cache = one_shard(capacity);
-    let mut hits = 0u64;
-    for &k in keys {
-        if cache.get(&k).is_some() {
-            hits += 1;
-        } else {
-            cache.insert(k, k);
-        }
-    }
-    assert!(cache.weighted_size() <= capacity);
-    hits as f64 / keys.len() as f64
+    let hits = hits_with(&seeded(capacity, 1, 0), keys);
+    hits.iter().filter(|&&h| h).count() as f64 / keys.len() as f64
 }
 
 /// Checks that evanesce is within `margin` (a fraction: 0.01 is one point) of the better of
@@ -740,13 +731,7 @@ fn re_adapts_when_the_regime_changes() {
     let mut sums = vec![0.0; phases];
     let hashers = 8;
     for seed in 0..hashers {
-        let cache = Cache::builder()
-            .max_capacity(unit)
-            .shards(1)
-            .hasher(shapes::Seeded(seed))
-            .build()
-            .unwrap();
-        let hit = hits_with(cache, &keys);
+        let hit = hits_with(&seeded(unit, 1, seed), &keys);
         for (i, sum) in sums.iter_mut().enumerate() {
             let (ev, l) = (share(&hit[late(i)]), share(&lru[late(i)]));
             *sum += ev;
@@ -790,19 +775,21 @@ fn re_adapts_when_the_regime_changes() {
     }
 }
 
-/// Per-request outcomes (hit or not) of `cache`, driven the usual way.
-fn hits_with<S>(cache: Cache<u64, u64, S>, keys: &[u64]) -> Vec<bool>
-where
-    S: std::hash::BuildHasher + Clone + Send + Sync + 'static,
-{
-    keys.iter()
+/// Per-request outcomes (hit or not) of `cache`, driven the usual way (get, insert on a
+/// miss); checks the bound afterwards.
+fn hits_with(cache: &Cache<u64, u64, shapes::Seeded>, keys: &[u64]) -> Vec<bool> {
+    let hits = keys
+        .iter()
         .map(|&k| {
             cache.get(&k).is_some() || {
                 cache.insert(k, k);
                 false
             }
         })
-        .collect()
+        .collect();
+    let capacity = cache.policy().max_capacity().expect("bounded");
+    assert!(cache.weighted_size() <= capacity);
+    hits
 }
 
 /// Per-request outcomes (hit or not) of a reference policy.
@@ -869,13 +856,8 @@ fn several_shards_follow_a_shifting_working_set_as_fast_as_one() {
     let mean = |shards: usize| {
         let mut hits = 0;
         for seed in 0..hashers {
-            let cache = Cache::builder()
-                .max_capacity(capacity)
-                .shards(shards)
-                .hasher(shapes::Seeded(seed))
-                .build()
-                .unwrap();
-            hits += hits_with(cache, &keys).iter().filter(|&&h| h).count();
+            let cache = seeded(capacity, shards, seed);
+            hits += hits_with(&cache, &keys).iter().filter(|&&h| h).count();
         }
         hits as f64 / (hashers as usize * keys.len()) as f64
     };

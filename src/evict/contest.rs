@@ -13,20 +13,19 @@
 //! trails by that much after the first round is dropped at once; one that leads by twice that
 //! (four standard deviations) after the first round wins at once, without the swapped round:
 //! a lead that large is beyond the difference between the samples' own keys that the swap is
-//! there to cancel (up to 9% of their misses where it was measured, `docs/policy-log.md`, about
-//! two standard deviations at a round's counts), and a switch a round earlier is worth most
-//! where the regime changes (alternating regimes at 4000 entries: 48.7% -> 50.5%, the mean over
-//! 8 hashers). A contest the incumbent wins
-//! is followed by a rest of 1, 3, then 7 rounds (at most 3 while the recency mode holds; reset
-//! when the incumbent changes), so a settled cache spends little of its samples on the losing
-//! mode. A rest of the adaptive mode is cut to its current round when a policy reports that its
-//! small queue has just reached the largest share the mode gives it ([`Tally::strain`]):
-//! rounds are counted in misses, so a rest of 7 rounds taken in a frequency phase lasted most
-//! of the recency phase that followed (alternating regimes at 4000 entries, one shard, the
-//! second recency phase's second half, over 8 hashers: 40% on average and 22% at worst with the
-//! rests, 50.1% at worst since; LRU 52%). Not at once: a contest at every strain made the
-//! cache of one hasher out of 8 swing between the modes on back-and-forth sweeps at 2500
-//! entries (14.5% there, against 18.4% before and 16.4% with the cut to one round).
+//! there to cancel (up to 9% of their misses where it was measured, about two standard
+//! deviations at a round's counts), and a switch a round earlier pays where the regime
+//! changes.
+//!
+//! A contest the incumbent wins is followed by a rest of 1, 3, then 7 rounds (at most 3 while
+//! the recency mode holds; reset when the incumbent changes), so a settled cache spends little
+//! of its samples on the losing mode. A rest of the adaptive mode is cut to its current round
+//! when a policy reports that its small queue has just reached the largest share the mode gives
+//! it ([`Tally::strain`]; a strain during a contest shortens the rest after it): rounds are
+//! counted in misses, so a rest of 7 rounds begun in a frequency phase could outlast most of
+//! the recency phase after it (alternating regimes, one shard: 22% against LRU's 52% with one
+//! hasher). Not cut at once: a contest at every strain made the cache of one hasher swing
+//! between the modes on back-and-forth sweeps. `docs/policy-log.md` has the figures.
 //!
 //! Misses are the only signal, and the maintainer sees every one (an insert), so nothing is
 //! recorded on a hit. The samples of all shards count together: a round ends after
