@@ -25,7 +25,9 @@
 //! - `get_or_insert_hit`: N `get_or_insert_with` calls of resident keys (as `get_hit`);
 //! - `session_set`, `session_touch`, `session_get`: the session store's methods on 1,024
 //!   express-session-shaped sessions (about 200 bytes of data each);
-//! - `record_set`: the same data as tower-sessions `Record`s, through the store's `set`.
+//! - `record_set`: the same data as tower-sessions `Record`s, through the store's `set`;
+//! - `record_save`: the same through tower-sessions' `SessionStore::save` (what an axum app
+//!   calls: the id's text is made on every call).
 //!
 //! Divide callgrind's total (minus a run with N = 0 for the setup) by N for instructions per
 //! operation.
@@ -34,6 +36,20 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use evanesce::Cache;
+
+/// The output of a future that completes without waiting (the store's `SessionStore` methods
+/// never wait).
+fn ready<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the store's future waited"),
+    }
+}
 
 fn key(i: u64) -> u64 {
     // A bijective mix, so that keys spread over shards and buckets like hashed data.
@@ -176,7 +192,7 @@ fn main() {
                 }
             }
         }
-        "record_set" => {
+        "record_set" | "record_save" => {
             use evanesce::integrations::tower_sessions::record_store;
             use tower_sessions::session::{Id, Record};
             let store = record_store().build().unwrap();
@@ -199,9 +215,16 @@ fn main() {
             for (id, r) in ids.iter().zip(&records) {
                 store.set(id, r).unwrap();
             }
-            for i in 0..n as usize {
-                let j = i % IDS;
-                store.set(&ids[j], &records[j]).unwrap();
+            if kind == "record_save" {
+                use tower_sessions::session_store::SessionStore;
+                for i in 0..n as usize {
+                    ready(store.save(&records[i % IDS])).unwrap();
+                }
+            } else {
+                for i in 0..n as usize {
+                    let j = i % IDS;
+                    store.set(&ids[j], &records[j]).unwrap();
+                }
             }
         }
         other => {

@@ -29,8 +29,10 @@
 //!
 //! (The examples use the `tower-sessions` and `time` crates, which an axum app has anyway.)
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
+use arrayvec::ArrayString;
 use async_trait::async_trait;
 use tower_sessions_core::session::{Id, Record};
 use tower_sessions_core::session_store::{self, ExpiredDeletion, SessionStore};
@@ -38,6 +40,18 @@ use tower_sessions_core::session_store::{self, ExpiredDeletion, SessionStore};
 use crate::session::{
     Error, JsonSerializer, MemoryStore, MemoryStoreBuilder, Serializer, SessionData,
 };
+
+/// Calls `f` with the text of `id` (its `Display`: 22 base64 characters), written on the
+/// stack: every load and save is keyed by it, and `to_string` cost a heap allocation each
+/// (should the text ever outgrow the buffer, it falls back to `to_string`).
+fn with_id<R>(id: &Id, f: impl FnOnce(&str) -> R) -> R {
+    let mut text = ArrayString::<48>::new();
+    if write!(text, "{id}").is_ok() {
+        f(&text)
+    } else {
+        f(&id.to_string())
+    }
+}
 
 /// A store of tower-sessions records.
 pub type RecordStore = MemoryStore<JsonSerializer<Record>>;
@@ -103,10 +117,7 @@ where
     /// id instead (so a session can never be taken over by a colliding id).
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
         loop {
-            if self
-                .set_if_absent(&record.id.to_string(), record)
-                .map_err(backend)?
-            {
+            if with_id(&record.id, |id| self.set_if_absent(id, record)).map_err(backend)? {
                 return Ok(());
             }
             record.id = Id::default();
@@ -118,17 +129,17 @@ where
     /// update only ([`set_if_present`](MemoryStore::set_if_present), Redis's `SET XX`), never
     /// a create. tower-sessions creates through [`create`](SessionStore::create).
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        self.set_if_present(&record.id.to_string(), record)
+        with_id(&record.id, |id| self.set_if_present(id, record))
             .map(drop)
             .map_err(backend)
     }
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
-        self.get(&session_id.to_string()).map_err(backend)
+        with_id(session_id, |id| self.get(id)).map_err(backend)
     }
 
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
-        self.destroy(session_id.to_string());
+        with_id(session_id, |id| self.destroy(id));
         Ok(())
     }
 }
@@ -197,24 +208,20 @@ where
 {
     /// Caches the record the database store just created, under its id.
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        self.store
-            .set(&record.id.to_string(), record)
-            .map_err(backend)
+        with_id(&record.id, |id| self.store.set(id, record)).map_err(backend)
     }
 
     /// Caches the record (create or replace).
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        self.store
-            .set(&record.id.to_string(), record)
-            .map_err(backend)
+        with_id(&record.id, |id| self.store.set(id, record)).map_err(backend)
     }
 
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
-        self.store.get(&session_id.to_string()).map_err(backend)
+        with_id(session_id, |id| self.store.get(id)).map_err(backend)
     }
 
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
-        self.store.destroy(session_id.to_string());
+        with_id(session_id, |id| self.store.destroy(id));
         Ok(())
     }
 }
@@ -233,6 +240,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The stores are keyed by an id's text made on the stack: it must be the id's
+    /// `Display`, as tower-sessions and its cookie write it.
+    #[test]
+    fn an_ids_text_is_its_display() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut ids = vec![Id(0), Id(-1), Id(i128::MIN), Id(i128::MAX), Id::default()];
+        for _ in 0..64 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ids.push(Id((i128::from(x) << 64) ^ i128::from(x.rotate_left(17))));
+        }
+        for id in ids {
+            with_id(&id, |text| assert_eq!(text, id.to_string()));
+        }
+    }
 
     /// A touch splices the new `expiry_date` into the stored record (no decode of its data),
     /// and gives what decode, `touch_from` and encode give.
