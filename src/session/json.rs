@@ -89,11 +89,13 @@ fn write_number(out: &mut Vec<u8>, n: &Number) {
     }
 }
 
-/// Whether any of the 8 bytes of `w` must be escaped: below 0x20, `"` or `\`. (Exact: the
-/// "has a byte less than n" and "has a zero byte" word tests are exact about whether there is
-/// one, which is all this asks.)
+/// The high bit of each byte of `w` (read little-endian) that must be escaped: below 0x20,
+/// `"` or `\`. The "has a zero byte" and "has a byte less than n" word tests flag every such
+/// byte, and may flag a byte above one of them (a borrow runs upwards) but never one below:
+/// so the mask is zero exactly when no byte needs escaping, and its lowest bit marks the first
+/// byte that does.
 #[inline]
-pub(crate) fn word_needs_escape(w: u64) -> bool {
+fn escape_mask(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let below_space = w.wrapping_sub(ONES * 0x20) & !w;
@@ -101,24 +103,44 @@ pub(crate) fn word_needs_escape(w: u64) -> bool {
     let quote = q.wrapping_sub(ONES) & !q;
     let b = w ^ (ONES * u64::from(b'\\'));
     let backslash = b.wrapping_sub(ONES) & !b;
-    (below_space | quote | backslash) & HIGH != 0
+    (below_space | quote | backslash) & HIGH
 }
 
-/// Whether `bytes` can be written as they are (nothing to escape): 8 bytes at a time, then
-/// the last few by the table.
+/// The index of the first byte of `bytes` that must be escaped in a JSON string (below 0x20,
+/// `"` or `\`), if any: 8 bytes at a time, the last few in one more word, so no byte is
+/// looked at on its own.
 #[inline]
-fn is_plain(bytes: &[u8]) -> bool {
+pub(crate) fn first_to_escape(bytes: &[u8]) -> Option<usize> {
     let mut words = bytes.chunks_exact(8);
+    let mut at = 0;
     for w in &mut words {
-        let word = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        if word_needs_escape(word) {
-            return false;
+        let mask = escape_mask(u64::from_le_bytes([
+            w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7],
+        ]));
+        if mask != 0 {
+            return Some(at + (mask.trailing_zeros() / 8) as usize);
         }
+        at += 8;
     }
-    words
-        .remainder()
-        .iter()
-        .all(|&b| ESCAPE[usize::from(b)] == 0)
+    let tail = words.remainder();
+    if tail.is_empty() {
+        return None;
+    }
+    // The last 8 bytes, overlapping words already found plain (nothing plain is flagged
+    // below the first byte to escape), or, in a string shorter than that, the tail padded
+    // with a plain byte.
+    let (start, word) = match bytes.split_last_chunk::<8>() {
+        Some((before, last)) => (before.len(), *last),
+        None => {
+            let mut word = [b'a'; 8];
+            for (w, &b) in word.iter_mut().zip(tail) {
+                *w = b;
+            }
+            (at, word)
+        }
+    };
+    let mask = escape_mask(u64::from_le_bytes(word));
+    (mask != 0).then(|| start + (mask.trailing_zeros() / 8) as usize)
 }
 
 /// Appends `s` as a JSON string, escaped as serde_json escapes.
@@ -126,7 +148,7 @@ fn is_plain(bytes: &[u8]) -> bool {
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     // A session's strings almost never need escaping: one scan, one reservation, one copy.
-    if is_plain(bytes) {
+    if first_to_escape(bytes).is_none() {
         out.reserve(bytes.len() + 2);
         out.push(b'"');
         out.extend_from_slice(bytes);
@@ -221,29 +243,45 @@ pub(crate) mod tests {
         })
     }
 
+    /// The reference for [`first_to_escape`]: byte by byte, by the table.
+    fn first_by_table(bytes: &[u8]) -> Option<usize> {
+        bytes.iter().position(|&b| ESCAPE[usize::from(b)] != 0)
+    }
+
     #[test]
     fn the_word_test_finds_exactly_the_bytes_to_escape() {
         for b in 0..=255u8 {
-            for at in 0..8 {
-                let mut word = *b"abcdefgh";
-                word[at] = b;
-                assert_eq!(
-                    word_needs_escape(u64::from_le_bytes(word)),
-                    ESCAPE[usize::from(b)] != 0,
-                    "byte {b:#x} at {at}"
-                );
+            for len in 1..=17 {
+                for at in 0..len {
+                    let mut bytes = b"abcdefghijklmnopq"[..len].to_vec();
+                    bytes[at] = b;
+                    assert_eq!(
+                        first_to_escape(&bytes),
+                        first_by_table(&bytes),
+                        "byte {b:#x} at {at} of {len}"
+                    );
+                }
             }
         }
-        // Bytes above 0x80 (UTF-8) around one that needs escaping, and not.
-        assert!(word_needs_escape(u64::from_le_bytes(
-            *b"\xff\xfe\"\xfd\xfc\xfb\xfa\xf9"
-        )));
-        assert!(!word_needs_escape(u64::from_le_bytes(
-            *b"\xff\xfe!\xfd\xfc\xfb\xfa\x7f"
-        )));
+        // Bytes above 0x80 (UTF-8) around one that needs escaping, and not; two to escape in
+        // one word (the first is found, whatever a borrow flags above it).
+        assert_eq!(first_to_escape(b"\xff\xfe\"\xfd\xfc\xfb\xfa\xf9"), Some(2));
+        assert_eq!(first_to_escape(b"\xff\xfe!\xfd\xfc\xfb\xfa\x7f"), None);
+        assert_eq!(first_to_escape(b"ab\x00\x01\"\\cd"), Some(2));
+        assert_eq!(first_to_escape(b""), None);
     }
 
     proptest! {
+        #[test]
+        fn the_first_byte_to_escape_is_found_in_any_bytes(
+            bytes in prop::collection::vec(
+                prop_oneof![Just(b'"'), Just(b'\\'), 0u8..0x21, any::<u8>(), Just(b'a')],
+                0..40,
+            )
+        ) {
+            prop_assert_eq!(first_to_escape(&bytes), first_by_table(&bytes));
+        }
+
         #[test]
         fn any_value_is_written_as_serde_json_writes_it(v in value()) {
             prop_assert_eq!(ours(&v), serde_json::to_vec(&v).unwrap());
