@@ -230,7 +230,7 @@ impl Requests {
             x ^= x >> 7;
             x ^= x << 17;
             let cookie = &self.cookies[(x % self.cookies.len() as u64) as usize];
-            let path = if (x >> 32) % WRITE_EVERY == 0 {
+            let path = if (x >> 32).is_multiple_of(WRITE_EVERY) {
                 "/write"
             } else {
                 "/"

@@ -823,16 +823,16 @@ fn print_table(
             continue;
         };
         for (vi, v) in variants.iter().enumerate() {
-            if let Some(r) = hit_ratio.get(&(w, vi)).map(|r| median(r)) {
-                if (r - reference).abs() > 0.01 {
-                    println!(
-                        "\nwarning: {}: {} hit {:.1}% but {SUBJECT} {:.1}%",
-                        w.name(),
-                        v.name,
-                        r * 100.0,
-                        reference * 100.0
-                    );
-                }
+            if let Some(r) = hit_ratio.get(&(w, vi)).map(|r| median(r))
+                && (r - reference).abs() > 0.01
+            {
+                println!(
+                    "\nwarning: {}: {} hit {:.1}% but {SUBJECT} {:.1}%",
+                    w.name(),
+                    v.name,
+                    r * 100.0,
+                    reference * 100.0
+                );
             }
         }
     }

@@ -990,13 +990,12 @@ fn locked_version(lock: &str, name: &str) -> String {
     let wanted = format!("name = \"{name}\"");
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
-        if line.trim() == wanted {
-            if let Some(v) = lines
+        if line.trim() == wanted
+            && let Some(v) = lines
                 .next()
                 .and_then(|l| l.trim().strip_prefix("version = "))
-            {
-                return v.trim_matches('"').to_string();
-            }
+        {
+            return v.trim_matches('"').to_string();
         }
     }
     "?".to_string()

@@ -580,7 +580,7 @@ mod reference {
         let age_every = 10 * capacity as u64;
         for (now, &k) in keys.iter().enumerate() {
             let now = now as u64;
-            if now > 0 && now % age_every == 0 {
+            if now > 0 && now.is_multiple_of(age_every) {
                 count.retain(|_, c| {
                     *c /= 2;
                     *c > 0

@@ -337,7 +337,7 @@ fn crash_child(path: &Path) -> ! {
                 .set(&format!("r{round}-{i}"), &lasting(&store, 600, round))
                 .unwrap();
         }
-        if round % 7 == 0 {
+        if round.is_multiple_of(7) {
             store.clear();
         }
         store.save_snapshot(path).unwrap();

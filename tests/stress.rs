@@ -108,7 +108,7 @@ fn owned_and_shared_keys_under_churn() {
                 for seq in 0..ops {
                     let r = rng.next();
                     let stamp = (t << 48) | seq;
-                    if r % 4 != 0 {
+                    if !r.is_multiple_of(4) {
                         let k = base + r % OWNED;
                         match (r >> 8) % 8 {
                             0..=3 => {

@@ -1016,7 +1016,7 @@ mod tests {
                 _ => 1_000_000 + step,    // one-off
             };
             let w = 1 + ((r >> 40) % 20) as u32;
-            if (r >> 20) % 50 == 0 {
+            if (r >> 20).is_multiple_of(50) {
                 c.remove(k);
             } else if (r >> 20) % 50 < 6 {
                 c.update(k, w);
@@ -1152,7 +1152,7 @@ mod tests {
         let mut next = 0u64;
         for _ in 0..400_000 {
             r = mix(r);
-            if r % 3 == 0 || recent.is_empty() {
+            if r.is_multiple_of(3) || recent.is_empty() {
                 recent.push(next);
                 next += 1;
                 c.access(next - 1, 1);

@@ -254,6 +254,9 @@ mod tests {
             ids.push(Id((i128::from(x) << 64) ^ i128::from(x.rotate_left(17))));
         }
         for id in ids {
+            // On the stack, not through the fallback.
+            let mut text = ArrayString::<48>::new();
+            assert!(write!(text, "{id}").is_ok(), "{id} outgrows the buffer");
             with_id(&id, |text| assert_eq!(text, id.to_string()));
         }
     }

@@ -263,6 +263,30 @@ pub(crate) mod tests {
                 }
             }
         }
+        // Two bytes of interest anywhere: the first to escape is found whatever the word tests
+        // flag above it (a borrow from a byte below 0x20 flags a 0x20 next to it, from a
+        // quote a `#`).
+        let edges = [
+            0x00, 0x01, 0x1f, 0x20, 0x21, b'"', b'#', b'\\', b']', 0x7f, 0x80, 0xff,
+        ];
+        for len in 2..=17 {
+            for i in 0..len {
+                for j in i + 1..len {
+                    for &a in &edges {
+                        for &b in &edges {
+                            let mut bytes = b"abcdefghijklmnopq"[..len].to_vec();
+                            bytes[i] = a;
+                            bytes[j] = b;
+                            assert_eq!(
+                                first_to_escape(&bytes),
+                                first_by_table(&bytes),
+                                "{a:#x} at {i}, {b:#x} at {j}, of {len}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
         // Bytes above 0x80 (UTF-8) around one that needs escaping, and not; two to escape in
         // one word (the first is found, whatever a borrow flags above it).
         assert_eq!(first_to_escape(b"\xff\xfe\"\xfd\xfc\xfb\xfa\xf9"), Some(2));
