@@ -41,11 +41,14 @@ use crate::session::{
     Error, JsonSerializer, MemoryStore, MemoryStoreBuilder, Serializer, SessionData,
 };
 
+/// The stack buffer of an id's text (22 bytes today; room for a longer encoding).
+type IdText = ArrayString<48>;
+
 /// Calls `f` with the text of `id` (its `Display`: 22 base64 characters), written on the
 /// stack: every load and save is keyed by it, and `to_string` cost a heap allocation each
 /// (should the text ever outgrow the buffer, it falls back to `to_string`).
 fn with_id<R>(id: &Id, f: impl FnOnce(&str) -> R) -> R {
-    let mut text = ArrayString::<48>::new();
+    let mut text = IdText::new();
     if write!(text, "{id}").is_ok() {
         f(&text)
     } else {
@@ -255,7 +258,7 @@ mod tests {
         }
         for id in ids {
             // On the stack, not through the fallback.
-            let mut text = ArrayString::<48>::new();
+            let mut text = IdText::new();
             assert!(write!(text, "{id}").is_ok(), "{id} outgrows the buffer");
             with_id(&id, |text| assert_eq!(text, id.to_string()));
         }
