@@ -64,7 +64,8 @@ struct Fixture {
     ids: Vec<Id>,
     /// `id_texts[i]` is the text of `ids[i]`, the JSON store's id for `json[i]`.
     id_texts: Vec<[u8; ID_LEN]>,
-    pools: Vec<Mutex<Pool>>,
+    /// Taken by the thread's `run` while it runs.
+    pools: Vec<Mutex<Option<Pool>>>,
 }
 
 /// One thread's request-side objects: records and sessions as they are saved (`set`) and
@@ -102,14 +103,14 @@ impl Fixture {
         let pools = (0..THREADS)
             .map(|t| {
                 let picked = t * POOL..(t + 1) * POOL;
-                Mutex::new(Pool {
+                Mutex::new(Some(Pool {
                     records: records[picked.clone()].to_vec(),
                     renewed: renewed[picked.clone()].to_vec(),
                     json: json[picked.clone()].to_vec(),
                     json_renewed: picked
                         .map(|i| json_session(i, Duration::from_secs(7200)))
                         .collect(),
-                })
+                }))
             })
             .collect();
         Self {
@@ -173,8 +174,11 @@ impl Subject {
     /// pool as the request side (the `j`-th object of the pool for the `j`-th operation,
     /// round the pool, carrying the picked session's id where the call reads it there).
     async fn run(&self, f: &Fixture, op: Op, thread: usize, n: u64) {
-        let mut pool = f.pools[thread].lock().expect("one thread per pool");
-        let pool = &mut *pool;
+        let mut pool = f.pools[thread]
+            .lock()
+            .expect("a pool")
+            .take()
+            .expect("one run per thread at a time");
         let mut x = 0x2545_f491_4f6c_dd1d_u64 ^ (thread as u64 + 1).wrapping_mul(0x9e37_79b9);
         for k in 0..n {
             x ^= x << 13;
@@ -215,6 +219,7 @@ impl Subject {
                 }
             }
         }
+        *f.pools[thread].lock().expect("a pool") = Some(pool);
     }
 }
 
