@@ -26,7 +26,11 @@
 //! stored sessions are 100K, spread over memory as a store's are, but the request side comes
 //! from small per-thread pools (the ids from one compact array, 16 or 22 bytes each, the
 //! records and sessions from 16 per thread, each given the picked session's id where the call
-//! takes it from the record). Until 2026-12-07 every operation read its own one of 100K
+//! takes it from the record). The pools' renewed sessions each have their own expiry, so a
+//! touch almost always rewrites the stored session, as express-session's does (its `expires`
+//! moves with every request); until 2026-12-07 every renewed session had the same expiry, so
+//! after the first touch of a session the next ones found its bytes unchanged and only moved
+//! its lifetime. Until then, too, every operation read its own one of 100K
 //! prepared records or sessions (a cold tree of a dozen allocations): about a third of a JSON
 //! `touch`'s time went to those misses (`docs/perf-log.md`), the same for every store, which
 //! a server never pays.
@@ -69,7 +73,7 @@ struct Fixture {
 }
 
 /// One thread's request-side objects: records and sessions as they are saved (`set`) and
-/// with an expiry an hour later (`touch`).
+/// with an expiry an hour later, each a second apart from the others (`touch`).
 struct Pool {
     records: Vec<Record>,
     renewed: Vec<Record>,
@@ -100,15 +104,25 @@ impl Fixture {
         let json: Vec<Session> = (0..SESSIONS)
             .map(|i| json_session(i, Duration::from_secs(3600)))
             .collect();
+        // Every renewed record and session of the pools has its own expiry (a second apart),
+        // so that a touch rewrites the stored bytes (as express-session's touch does, whose
+        // `expires` moves with every request) rather than finding them unchanged.
         let pools = (0..THREADS)
             .map(|t| {
                 let picked = t * POOL..(t + 1) * POOL;
                 Mutex::new(Some(Pool {
                     records: records[picked.clone()].to_vec(),
-                    renewed: renewed[picked.clone()].to_vec(),
+                    renewed: renewed[picked.clone()]
+                        .iter()
+                        .zip(picked.clone())
+                        .map(|(r, k)| Record {
+                            expiry_date: r.expiry_date + time::Duration::seconds(k as i64),
+                            ..r.clone()
+                        })
+                        .collect(),
                     json: json[picked.clone()].to_vec(),
                     json_renewed: picked
-                        .map(|i| json_session(i, Duration::from_secs(7200)))
+                        .map(|k| json_session(k, Duration::from_secs(7200 + k as u64)))
                         .collect(),
                 }))
             })
