@@ -83,8 +83,8 @@ struct Pool {
 
 impl Fixture {
     fn new() -> Self {
-        let (records, renewed) =
-            common::records(SESSIONS, 0x5eed_0000_0000_0000_0000_0000_0000_0000);
+        // The pools renew their own records below; the 100K renewed ones go at once.
+        let (records, _) = common::records(SESSIONS, 0x5eed_0000_0000_0000_0000_0000_0000_0000);
         let ids: Vec<Id> = records.iter().map(|r| r.id).collect();
         let id_texts = ids
             .iter()
@@ -104,20 +104,21 @@ impl Fixture {
         let json: Vec<Session> = (0..SESSIONS)
             .map(|i| json_session(i, Duration::from_secs(3600)))
             .collect();
-        // Every renewed record and session of the pools has its own expiry (a second apart),
-        // so that a touch rewrites the stored bytes (as express-session's touch does, whose
-        // `expires` moves with every request) rather than finding them unchanged.
+        // Every renewed record and session of the pools has its own expiry (an hour later, and
+        // a second apart from the others), so that a touch rewrites the stored bytes (as
+        // express-session's touch does, whose `expires` moves with every request) rather than
+        // finding them unchanged.
         let pools = (0..THREADS)
             .map(|t| {
                 let picked = t * POOL..(t + 1) * POOL;
                 Mutex::new(Some(Pool {
                     records: records[picked.clone()].to_vec(),
-                    renewed: renewed[picked.clone()]
-                        .iter()
-                        .zip(picked.clone())
-                        .map(|(r, k)| Record {
-                            expiry_date: r.expiry_date + time::Duration::seconds(k as i64),
-                            ..r.clone()
+                    renewed: picked
+                        .clone()
+                        .map(|k| Record {
+                            expiry_date: records[k].expiry_date
+                                + time::Duration::seconds(3600 + k as i64),
+                            ..records[k].clone()
                         })
                         .collect(),
                     json: json[picked.clone()].to_vec(),
