@@ -12,9 +12,8 @@
 //! and [`parsed`] decides (a proptest checks that the two agree wherever the pass does not
 //! give up). For an express-session session of about 300 bytes a splice takes under half the
 //! instructions of a parse and write-back (callgrind: about 3,200, where the parse and
-//! write-back took some 7,500 when last measured; most of the pass is per string and per
-//! value, not per byte: a string's end is found 8 bytes at a time,
-//! [`super::json::first_to_escape`]).
+//! write-back took some 7,500 when last measured; most of the pass is per string and per value,
+//! not per byte: a string's end is found 8 bytes at a time, [`super::json::first_to_escape`]).
 
 use std::ops::Range;
 
