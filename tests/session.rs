@@ -912,6 +912,64 @@ fn an_encode_error_stores_nothing_and_keeps_the_previous_session() {
     assert_eq!(store.get("sid").unwrap(), Some(ok));
 }
 
+/// A serializer that writes through `encode_into` (as the store calls it, into a buffer the
+/// store reuses): half of the session, then a `set` on another store from inside the encoding
+/// (that store's encoding runs on this thread while this one's is half written), then the
+/// rest; for sessions with `"fail": true` it stops with an error after the first half.
+struct Nested(MemoryStore);
+
+impl Serializer for Nested {
+    type Session = Session;
+    fn encode(&self, session: &Session) -> Result<Vec<u8>, BoxError> {
+        Ok(serde_json::to_vec(session)?)
+    }
+    fn decode(&self, bytes: &[u8]) -> Result<Session, BoxError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+    fn encode_into(&self, session: &Session, out: &mut Vec<u8>) -> Result<(), BoxError> {
+        let json = serde_json::to_vec(session)?;
+        let (head, tail) = json.split_at(json.len() / 2);
+        out.extend_from_slice(head);
+        if session.get("fail").is_some() {
+            return Err("refused halfway".into());
+        }
+        self.0.set("nested", session)?;
+        out.extend_from_slice(tail);
+        Ok(())
+    }
+}
+
+#[test]
+fn encodings_into_the_stores_buffer_survive_nesting_and_errors() {
+    let other = MemoryStore::new();
+    let store = MemoryStore::with_serializer(Nested(other.clone()))
+        .build()
+        .unwrap();
+    let a = session(json!({"v": 1, "name": "first"}));
+    store.set("a", &a).unwrap();
+    assert_eq!(store.get("a").unwrap(), Some(a.clone()));
+    assert_eq!(other.get("nested").unwrap(), Some(a.clone()));
+
+    // Half an encoding, then an error: nothing is stored, the previous session stays, and the
+    // next encoding on this thread starts from an empty buffer.
+    assert!(matches!(
+        store.set("a", &session(json!({"fail": true, "pad": "x".repeat(300)}))),
+        Err(Error::Encode(_))
+    ));
+    assert_eq!(store.get("a").unwrap(), Some(a));
+    let b = session(json!({"v": 2}));
+    store.set("b", &b).unwrap();
+    assert_eq!(store.get("b").unwrap(), Some(b.clone()));
+
+    // A touch with a serializer that cannot splice decodes, touches and encodes (into the
+    // buffer, with the nested set again).
+    let newer = Session::with_cookie(Cookie::expiring_in(Duration::from_secs(600), store.now()));
+    assert!(store.touch("b", &newer).unwrap());
+    let touched = store.get("b").unwrap().unwrap();
+    assert_eq!(touched.get("v"), Some(&json!(2)));
+    assert_eq!(touched.cookie(), newer.cookie());
+}
+
 // ---- typed sessions ----
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

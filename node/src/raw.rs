@@ -122,13 +122,21 @@ impl Serializer for RawSerializer {
     type Session = Raw;
 
     fn encode(&self, session: &Raw) -> Result<Vec<u8>, BoxError> {
+        let mut bytes = Vec::with_capacity(HEADER + session.value.len());
+        self.encode_into(session, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Straight into the store's reused buffer (the store copies it once into the stored
+    /// session), without a buffer of its own per session.
+    fn encode_into(&self, session: &Raw, out: &mut Vec<u8>) -> Result<(), BoxError> {
         // Relaxed: the number only orders writes for listings; no memory is published by it.
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut bytes = Vec::with_capacity(HEADER + session.value.len());
-        bytes.push(session.kind as u8);
-        bytes.extend_from_slice(&seq.to_le_bytes());
-        bytes.extend_from_slice(&session.value);
-        Ok(bytes)
+        out.reserve(HEADER + session.value.len());
+        out.push(session.kind as u8);
+        out.extend_from_slice(&seq.to_le_bytes());
+        out.extend_from_slice(&session.value);
+        Ok(())
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<Raw, BoxError> {

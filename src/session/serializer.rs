@@ -34,6 +34,29 @@ pub trait Serializer: Send + Sync + 'static {
         let _ = (stored, newer);
         None
     }
+
+    /// [`encode`](Self::encode), appended to `out`. The store calls this one, with a buffer it
+    /// reuses from one session to the next, and copies the bytes once into the stored session;
+    /// the default appends what `encode` returns. On an error the store discards whatever was
+    /// appended.
+    fn encode_into(&self, session: &Self::Session, out: &mut Vec<u8>) -> Result<(), BoxError> {
+        out.extend_from_slice(&self.encode(session)?);
+        Ok(())
+    }
+
+    /// [`touch`](Self::touch), appended to `out` (as [`encode_into`](Self::encode_into)); the
+    /// default appends what `touch` returns.
+    fn touch_into(
+        &self,
+        stored: &[u8],
+        newer: &Self::Session,
+        out: &mut Vec<u8>,
+    ) -> Option<Result<(), BoxError>> {
+        Some(
+            self.touch(stored, newer)?
+                .map(|bytes| out.extend_from_slice(&bytes)),
+        )
+    }
 }
 
 /// JSON with serde_json: the default, for the express-session-shaped [`Session`] or any
@@ -113,8 +136,33 @@ where
     /// A `touch` then costs a scan of the stored bytes instead of a decode and an encode of
     /// the whole session (about a fifth of the instructions for an express-session session).
     fn touch(&self, stored: &[u8], newer: &T) -> Option<Result<Vec<u8>, BoxError>> {
+        let mut out = Vec::new();
+        Some(self.touch_into(stored, newer, &mut out)?.map(|()| out))
+    }
+
+    fn encode_into(&self, session: &T, out: &mut Vec<u8>) -> Result<(), BoxError> {
+        let start = out.len();
+        if session.write_json(out) {
+            return Ok(());
+        }
+        out.truncate(start);
+        serde_json::to_writer(&mut *out, session)?;
+        Ok(())
+    }
+
+    fn touch_into(
+        &self,
+        stored: &[u8],
+        newer: &T,
+        out: &mut Vec<u8>,
+    ) -> Option<Result<(), BoxError>> {
         let (field, value) = newer.touch_json()?;
-        Some(super::splice::splice(stored, field, value.as_deref()))
+        Some(super::splice::splice_into(
+            stored,
+            field,
+            value.as_deref(),
+            out,
+        ))
     }
 }
 

@@ -22,14 +22,31 @@ use super::BoxError;
 /// The JSON object `stored` with its top-level `field` set to `value` (removed if `None`; added
 /// at the end if it was missing), its other fields copied byte for byte, in order, and no
 /// whitespace between the object's own tokens. An error if `stored` is not a JSON object.
+#[cfg(test)]
 pub(crate) fn splice(
     stored: &[u8],
     field: &str,
     value: Option<&[u8]>,
 ) -> Result<Vec<u8>, BoxError> {
+    let mut out = Vec::new();
+    splice_into(stored, field, value, &mut out)?;
+    Ok(out)
+}
+
+/// [`splice`], appended to `out` (on an error, `out` may hold part of the output).
+pub(crate) fn splice_into(
+    stored: &[u8],
+    field: &str,
+    value: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> Result<(), BoxError> {
+    out.reserve(stored.len() + value.map_or(0, <[u8]>::len) + 16);
     match fields(stored, field) {
-        Some(found) => Ok(spliced(stored, field, value, &found)),
-        None => parsed(stored, field, value),
+        Some(found) => {
+            spliced(stored, field, value, &found, out);
+            Ok(())
+        }
+        None => parsed(stored, field, value, out),
     }
 }
 
@@ -44,8 +61,7 @@ struct Found {
 }
 
 /// The output of [`splice`] from what [`fields`] found.
-fn spliced(stored: &[u8], field: &str, value: Option<&[u8]>, found: &Found) -> Vec<u8> {
-    let mut out = Vec::with_capacity(stored.len() + value.map_or(0, <[u8]>::len) + 16);
+fn spliced(stored: &[u8], field: &str, value: Option<&[u8]>, found: &Found, out: &mut Vec<u8>) {
     match (&found.field, value) {
         (Some((_, at)), Some(value)) => {
             out.extend_from_slice(&stored[..at.start]);
@@ -70,19 +86,23 @@ fn spliced(stored: &[u8], field: &str, value: Option<&[u8]>, found: &Found) -> V
             if found.close > 1 {
                 out.push(b',');
             }
-            super::json::write_str(&mut out, field);
+            super::json::write_str(out, field);
             out.push(b':');
             out.extend_from_slice(value);
             out.push(b'}');
         }
         (None, None) => out.extend_from_slice(stored),
     }
-    out
 }
 
 /// The reference: parses the object's entries (serde_json; keys decoded, values as raw JSON)
 /// and writes them back with `field` replaced.
-fn parsed(stored: &[u8], field: &str, value: Option<&[u8]>) -> Result<Vec<u8>, BoxError> {
+fn parsed(
+    stored: &[u8],
+    field: &str,
+    value: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> Result<(), BoxError> {
     use std::borrow::Cow;
     use std::fmt;
 
@@ -116,7 +136,6 @@ fn parsed(stored: &[u8], field: &str, value: Option<&[u8]>) -> Result<Vec<u8>, B
     }
 
     let Entries(entries) = serde_json::from_slice(stored)?;
-    let mut out = Vec::with_capacity(stored.len() + value.map_or(0, <[u8]>::len) + 16);
     out.push(b'{');
     let mut first = true;
     let mut put = |out: &mut Vec<u8>, key: &str, raw: &[u8]| -> Result<(), BoxError> {
@@ -135,20 +154,20 @@ fn parsed(stored: &[u8], field: &str, value: Option<&[u8]>) -> Result<Vec<u8>, B
             if let Some(value) = value
                 && !placed
             {
-                put(&mut out, key, value)?;
+                put(out, key, value)?;
             }
             placed = true;
         } else {
-            put(&mut out, key, raw.get().as_bytes())?;
+            put(out, key, raw.get().as_bytes())?;
         }
     }
     if let Some(value) = value
         && !placed
     {
-        put(&mut out, field, value)?;
+        put(out, field, value)?;
     }
     out.push(b'}');
-    Ok(out)
+    Ok(())
 }
 
 /// Deepest nesting the pass follows (a bound on its recursion). Deeper bytes go to the
@@ -354,6 +373,13 @@ mod tests {
     use crate::session::json::tests::value;
     use proptest::prelude::*;
     use serde_json::{Value, json};
+
+    /// The reference, into a buffer of its own.
+    fn parsed(stored: &[u8], field: &str, value: Option<&[u8]>) -> Result<Vec<u8>, BoxError> {
+        let mut out = Vec::new();
+        super::parsed(stored, field, value, &mut out)?;
+        Ok(out)
+    }
 
     /// An express-session session, with its cookie.
     fn session() -> Value {

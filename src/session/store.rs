@@ -1,11 +1,13 @@
 //! [`MemoryStore`] and its builder.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use quanta::Clock;
+use triomphe::HeaderSlice;
 
 use super::key::Key;
 use super::snapshot::{self, SnapshotError};
@@ -30,28 +32,56 @@ pub type TtlFn<T> = dyn Fn(&T, &str) -> Duration + Send + Sync + 'static;
 /// why it left.
 pub type DisposeFn<T> = dyn Fn(&str, Option<T>, RemovalCause) + Send + Sync + 'static;
 
-/// A stored session: its serialized bytes, shared by the clones the engine hands out.
+/// A stored session: its serialized bytes, shared by the clones the engine hands out, behind
+/// one reference count in one allocation with the `touched` flag (triomphe's header-and-slice
+/// `Arc`: a `set` allocates once for what it stores, where a `std` `Arc` of a boxed slice took
+/// two allocations and two frees; the session module is not built under loom, like the
+/// `std::sync::Arc` the shim gives there).
 #[derive(Clone)]
-struct Stored(Arc<StoredInner>);
-
-struct StoredInner {
-    bytes: Box<[u8]>,
-    /// Set by `touch` just before it replaces this value with the same session under a new
-    /// cookie: the dispose hook is not told about such a replacement.
-    touched: AtomicBool,
-}
+struct Stored(triomphe::Arc<HeaderSlice<AtomicBool, [u8]>>);
 
 impl Stored {
-    fn new(bytes: Vec<u8>) -> Self {
-        Self(Arc::new(StoredInner {
-            bytes: bytes.into_boxed_slice(),
-            touched: AtomicBool::new(false),
-        }))
+    /// The stored session `bytes`; `touched` starts false: set by `touch` just before it
+    /// replaces this value with the same session under a new cookie, so that the dispose hook
+    /// is not told about such a replacement.
+    fn new(bytes: &[u8]) -> Self {
+        Self(triomphe::Arc::from_header_and_slice(
+            AtomicBool::new(false),
+            bytes,
+        ))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.0.slice
+    }
+
+    fn touched(&self) -> &AtomicBool {
+        &self.0.header
     }
 
     fn same(&self, other: &Stored) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        triomphe::Arc::ptr_eq(&self.0, &other.0)
     }
+}
+
+/// Runs `f` with this thread's encoding buffer, empty: a session is encoded there and copied
+/// once, at its exact size, into its [`Stored`]. The buffer is taken out for the call, so a
+/// serializer or a hook that calls into a store on the same thread (or a thread-local
+/// destructor, once the buffer is gone) gets a fresh one.
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    thread_local! {
+        static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    }
+    /// A buffer that grew beyond this (a huge session) is let go after use.
+    const KEEP: usize = 64 * 1024;
+    let mut buf = SCRATCH.try_with(Cell::take).unwrap_or_default();
+    buf.clear();
+    let r = f(&mut buf);
+    if buf.capacity() <= KEEP {
+        // Fails only once the thread's locals are being destroyed: the buffer is then dropped.
+        let _ = SCRATCH.try_with(|scratch| scratch.set(buf));
+    }
+    r
 }
 
 /// The options a store was built with (memorystore's `store.options`).
@@ -394,7 +424,7 @@ fn engine<Z: Serializer>(
         engine = engine
             .max_capacity(max_bytes)
             .weigher(|id: &Key, stored: &Stored| {
-                u32::try_from(weight_of(id.as_str(), &stored.0.bytes)).unwrap_or(u32::MAX)
+                u32::try_from(weight_of(id.as_str(), stored.bytes())).unwrap_or(u32::MAX)
             });
     }
     if let Some(dispose) = dispose {
@@ -404,11 +434,11 @@ fn engine<Z: Serializer>(
             // Acquire: pairs with the Release store in `touch`, which precedes the insert
             // that superseded this value.
             if cause == RemovalCause::Replaced
-                && (no_dispose_on_set || stored.0.touched.load(Ordering::Acquire))
+                && (no_dispose_on_set || stored.touched().load(Ordering::Acquire))
             {
                 return;
             }
-            let session = serializer.decode(&stored.0.bytes).ok();
+            let session = serializer.decode(stored.bytes()).ok();
             dispose(id.as_str(), session, cause);
         });
     }
@@ -611,7 +641,7 @@ impl<Z: Serializer> Inner<Z> {
         let bytes = snapshot::encode(
             records
                 .iter()
-                .map(|(id, expires, stored)| (id.as_str(), *expires, &*stored.0.bytes)),
+                .map(|(id, expires, stored)| (id.as_str(), *expires, stored.bytes())),
             self.key.as_ref(),
         )?;
         Ok((bytes, count))
@@ -700,7 +730,7 @@ impl<Z: Serializer> MemoryStore<Z> {
             let live = inner.cache.get_with(id, |stored| {
                 inner
                     .serializer
-                    .decode(&stored.0.bytes)
+                    .decode(stored.bytes())
                     .map_err(|e| (stored.clone(), e))
             });
             let failed = match live {
@@ -708,7 +738,7 @@ impl<Z: Serializer> MemoryStore<Z> {
                 Some(Err(failed)) => (failed, false),
                 None if inner.options.stale => match inner.cache.get_stale_flagged(id) {
                     None => return Ok(None),
-                    Some((stored, expired)) => match inner.serializer.decode(&stored.0.bytes) {
+                    Some((stored, expired)) => match inner.serializer.decode(stored.bytes()) {
                         Ok(session) => return Ok(Some(session)),
                         Err(e) => ((stored, e), expired),
                     },
@@ -786,16 +816,26 @@ impl<Z: Serializer> MemoryStore<Z> {
         };
         // The stored bytes with the new cookie: spliced in by the serializer if it can (no
         // decode of the user data), else decoded, touched and encoded again.
-        let touched = match inner.serializer.touch(&current.0.bytes, session) {
-            Some(Ok(bytes)) => Ok(Ok(bytes)),
-            Some(Err(source)) => Err(source),
-            None => inner.serializer.decode(&current.0.bytes).map(|mut stored| {
-                stored.touch_from(session);
-                inner.serializer.encode(&stored)
-            }),
-        };
-        let encoded = match touched {
-            Ok(encoded) => encoded,
+        let made = with_scratch(|buf| {
+            let encoded = match inner.serializer.touch_into(current.bytes(), session, buf) {
+                Some(Ok(())) => Ok(()),
+                Some(Err(source)) => return Err(source),
+                None => {
+                    let mut stored = inner.serializer.decode(current.bytes())?;
+                    stored.touch_from(session);
+                    inner.serializer.encode_into(&stored, buf)
+                }
+            };
+            Ok(encoded.map_err(Error::Encode).and_then(|()| {
+                if **buf == *current.bytes() {
+                    return Ok(None);
+                }
+                self.check_weight(id, buf)?;
+                Ok(Some(Stored::new(buf)))
+            }))
+        });
+        let made = match made {
+            Ok(made) => made,
             Err(source) => {
                 // We hold the id's writer lock: nobody else can remove these bytes but
                 // expiry, after which they are not ours to report.
@@ -812,17 +852,13 @@ impl<Z: Serializer> MemoryStore<Z> {
             // The new cookie says the session is over: expire it now.
             return Ok(inner.cache.set_ttl(id, Duration::ZERO));
         }
-        let bytes = encoded.map_err(Error::Encode)?;
-        if *bytes == *current.0.bytes {
+        let Some(stored) = made? else {
             // Same cookie: only the lifetime moves, nothing is rewritten.
             return Ok(inner.cache.set_ttl(id, ttl));
-        }
-        self.check_weight(id, &bytes)?;
+        };
         // Release: pairs with the Acquire load in the dispose listener (see `build`).
-        current.0.touched.store(true, Ordering::Release);
-        inner
-            .cache
-            .insert_with_ttl(Key::new(id), Stored::new(bytes), ttl);
+        current.touched().store(true, Ordering::Release);
+        inner.cache.insert_with_ttl(Key::new(id), stored, ttl);
         Ok(true)
     }
 
@@ -831,7 +867,7 @@ impl<Z: Serializer> MemoryStore<Z> {
     pub fn all(&self) -> Result<HashMap<String, Z::Session>, Error> {
         let mut sessions = HashMap::new();
         for (id, stored) in self.inner.cache.iter() {
-            match self.inner.serializer.decode(&stored.0.bytes) {
+            match self.inner.serializer.decode(stored.bytes()) {
                 Ok(session) => {
                     sessions.insert(id.into_string(), session);
                 }
@@ -1047,7 +1083,7 @@ impl<Z: Serializer> MemoryStore<Z> {
             let _writer = self.writer(&record.id);
             inner
                 .cache
-                .insert_with_ttl(Key::new(&record.id), Stored::new(record.bytes), ttl);
+                .insert_with_ttl(Key::new(&record.id), Stored::new(&record.bytes), ttl);
             loaded += 1;
         }
         Ok(loaded)
@@ -1066,13 +1102,15 @@ impl<Z: Serializer> MemoryStore<Z> {
 
     /// Encodes `session`, checks its weight, and works out its lifetime.
     fn prepare(&self, id: &str, session: &Z::Session) -> Result<(Stored, Duration), Error> {
-        let bytes = self
-            .inner
-            .serializer
-            .encode(session)
-            .map_err(Error::Encode)?;
-        self.check_weight(id, &bytes)?;
-        Ok((Stored::new(bytes), self.ttl_of(session, id)))
+        let stored = with_scratch(|buf| {
+            self.inner
+                .serializer
+                .encode_into(session, buf)
+                .map_err(Error::Encode)?;
+            self.check_weight(id, buf)?;
+            Ok(Stored::new(buf))
+        })?;
+        Ok((stored, self.ttl_of(session, id)))
     }
 
     fn check_weight(&self, id: &str, bytes: &[u8]) -> Result<(), Error> {
