@@ -970,6 +970,43 @@ fn encodings_into_the_stores_buffer_survive_nesting_and_errors() {
     assert_eq!(touched.cookie(), newer.cookie());
 }
 
+/// A serializer whose `touch_into` writes into the store's buffer and then declines (`None`):
+/// the store must decode, touch and encode from an empty buffer.
+struct Declining;
+
+impl Serializer for Declining {
+    type Session = Session;
+    fn encode(&self, session: &Session) -> Result<Vec<u8>, BoxError> {
+        Ok(serde_json::to_vec(session)?)
+    }
+    fn decode(&self, bytes: &[u8]) -> Result<Session, BoxError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+    fn touch_into(
+        &self,
+        _stored: &[u8],
+        _newer: &Session,
+        out: &mut Vec<u8>,
+    ) -> Option<Result<(), BoxError>> {
+        out.extend_from_slice(b"GARBAGE");
+        None
+    }
+}
+
+#[test]
+fn a_touch_into_that_declines_after_writing_leaves_nothing_behind() {
+    let store = MemoryStore::with_serializer(Declining).build().unwrap();
+    store.set("sid", &session(json!({"v": 1}))).unwrap();
+    let newer = Session::with_cookie(Cookie::expiring_in(Duration::from_secs(600), store.now()));
+    assert!(store.touch("sid", &newer).unwrap());
+    let touched = store
+        .get("sid")
+        .unwrap()
+        .expect("still there, and decodable");
+    assert_eq!(touched.get("v"), Some(&json!(1)));
+    assert_eq!(touched.cookie(), newer.cookie());
+}
+
 // ---- typed sessions ----
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -36,16 +36,19 @@ pub trait Serializer: Send + Sync + 'static {
     }
 
     /// [`encode`](Self::encode), appended to `out`. The store calls this one, with a buffer it
-    /// reuses from one session to the next, and copies the bytes once into the stored session;
-    /// the default appends what `encode` returns. On an error the store discards whatever was
-    /// appended.
+    /// reuses from one session to the next, and copies the bytes from there into the stored
+    /// session: a serializer that writes straight into `out` saves the allocation of its own
+    /// buffer. The default appends what `encode` returns (so an `encode` written in terms of
+    /// `encode_into` must override this one too, or the two call each other). On an error the
+    /// store discards whatever was appended.
     fn encode_into(&self, session: &Self::Session, out: &mut Vec<u8>) -> Result<(), BoxError> {
         out.extend_from_slice(&self.encode(session)?);
         Ok(())
     }
 
     /// [`touch`](Self::touch), appended to `out` (as [`encode_into`](Self::encode_into)); the
-    /// default appends what `touch` returns.
+    /// default appends what `touch` returns. `None` (this serializer cannot splice) should
+    /// leave `out` as it was; the store clears it before it decodes and encodes instead.
     fn touch_into(
         &self,
         stored: &[u8],

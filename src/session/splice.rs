@@ -1,7 +1,7 @@
 //! Replacing one top-level field of a stored JSON object without decoding it: what a `touch`
 //! does to a stored session (its cookie, or a tower-sessions record's expiry date).
 //!
-//! [`splice`] gives the bytes that parsing the object into its entries (keys decoded, values
+//! [`splice_into`] gives the bytes that parsing the object into its entries (keys decoded, values
 //! kept as their raw JSON) and writing them back with the one field changed gives: that is
 //! [`parsed`], the reference and the fallback. For the bytes the store itself writes (one
 //! compact object, keys without escapes, the field at most once), a single pass over the bytes
@@ -19,9 +19,7 @@ use std::ops::Range;
 
 use super::BoxError;
 
-/// The JSON object `stored` with its top-level `field` set to `value` (removed if `None`; added
-/// at the end if it was missing), its other fields copied byte for byte, in order, and no
-/// whitespace between the object's own tokens. An error if `stored` is not a JSON object.
+/// [`splice_into`] a buffer of its own (for the tests).
 #[cfg(test)]
 pub(crate) fn splice(
     stored: &[u8],
@@ -33,7 +31,10 @@ pub(crate) fn splice(
     Ok(out)
 }
 
-/// [`splice`], appended to `out` (on an error, `out` may hold part of the output).
+/// Appends to `out` the JSON object `stored` with its top-level `field` set to `value` (removed
+/// if `None`; added at the end if it was missing), its other fields copied byte for byte, in
+/// order, and no whitespace between the object's own tokens. An error if `stored` is not a
+/// JSON object (`out` may then hold part of the output).
 pub(crate) fn splice_into(
     stored: &[u8],
     field: &str,
@@ -60,7 +61,7 @@ struct Found {
     close: usize,
 }
 
-/// The output of [`splice`] from what [`fields`] found.
+/// The output of [`splice_into`] from what [`fields`] found.
 fn spliced(stored: &[u8], field: &str, value: Option<&[u8]>, found: &Found, out: &mut Vec<u8>) {
     match (&found.field, value) {
         (Some((_, at)), Some(value)) => {

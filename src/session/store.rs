@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use quanta::Clock;
-use triomphe::HeaderSlice;
 
 use super::key::Key;
 use super::snapshot::{self, SnapshotError};
@@ -33,19 +32,19 @@ pub type TtlFn<T> = dyn Fn(&T, &str) -> Duration + Send + Sync + 'static;
 pub type DisposeFn<T> = dyn Fn(&str, Option<T>, RemovalCause) + Send + Sync + 'static;
 
 /// A stored session: its serialized bytes, shared by the clones the engine hands out, behind
-/// one reference count in one allocation with the `touched` flag (triomphe's header-and-slice
-/// `Arc`: a `set` allocates once for what it stores, where a `std` `Arc` of a boxed slice took
-/// two allocations and two frees; the session module is not built under loom, like the
-/// `std::sync::Arc` the shim gives there).
+/// one reference count in one allocation with their length and the `touched` flag (triomphe's
+/// `ThinArc`: one pointer in the engine's node, as the `std` `Arc` of a boxed slice it replaces
+/// was, and one allocation and one free per stored session instead of two each; the session
+/// module is not built under loom, like the `std::sync::Arc` the shim gives there).
 #[derive(Clone)]
-struct Stored(triomphe::Arc<HeaderSlice<AtomicBool, [u8]>>);
+struct Stored(triomphe::ThinArc<AtomicBool, u8>);
 
 impl Stored {
     /// The stored session `bytes`; `touched` starts false: set by `touch` just before it
     /// replaces this value with the same session under a new cookie, so that the dispose hook
     /// is not told about such a replacement.
     fn new(bytes: &[u8]) -> Self {
-        Self(triomphe::Arc::from_header_and_slice(
+        Self(triomphe::ThinArc::from_header_and_slice(
             AtomicBool::new(false),
             bytes,
         ))
@@ -56,17 +55,17 @@ impl Stored {
     }
 
     fn touched(&self) -> &AtomicBool {
-        &self.0.header
+        &self.0.header.header
     }
 
     fn same(&self, other: &Stored) -> bool {
-        triomphe::Arc::ptr_eq(&self.0, &other.0)
+        self.0.as_ptr() == other.0.as_ptr()
     }
 }
 
 /// Runs `f` with this thread's encoding buffer, empty: a session is encoded there and copied
 /// once, at its exact size, into its [`Stored`]. The buffer is taken out for the call, so a
-/// serializer or a hook that calls into a store on the same thread (or a thread-local
+/// serializer that calls into a store on the same thread (or a call from a thread-local
 /// destructor, once the buffer is gone) gets a fresh one.
 fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     thread_local! {
@@ -816,16 +815,24 @@ impl<Z: Serializer> MemoryStore<Z> {
         };
         // The stored bytes with the new cookie: spliced in by the serializer if it can (no
         // decode of the user data), else decoded, touched and encoded again.
+        // `None` when the new cookie ends the session or leaves the bytes as they are (after
+        // the decode's verdict, but before any encoding error: a session that is over is
+        // expired whatever its encoding).
         let made = with_scratch(|buf| {
             let encoded = match inner.serializer.touch_into(current.bytes(), session, buf) {
                 Some(Ok(())) => Ok(()),
                 Some(Err(source)) => return Err(source),
                 None => {
+                    // A `touch_into` that wrote and then declined leaves nothing behind.
+                    buf.clear();
                     let mut stored = inner.serializer.decode(current.bytes())?;
                     stored.touch_from(session);
                     inner.serializer.encode_into(&stored, buf)
                 }
             };
+            if ttl.is_zero() {
+                return Ok(Ok(None));
+            }
             Ok(encoded.map_err(Error::Encode).and_then(|()| {
                 if **buf == *current.bytes() {
                     return Ok(None);
@@ -848,12 +855,9 @@ impl<Z: Serializer> MemoryStore<Z> {
                 return Ok(false);
             }
         };
-        if ttl.is_zero() {
-            // The new cookie says the session is over: expire it now.
-            return Ok(inner.cache.set_ttl(id, Duration::ZERO));
-        }
         let Some(stored) = made? else {
-            // Same cookie: only the lifetime moves, nothing is rewritten.
+            // The session is over (expire it now), or the same cookie (only the lifetime
+            // moves, nothing is rewritten).
             return Ok(inner.cache.set_ttl(id, ttl));
         };
         // Release: pairs with the Acquire load in the dispose listener (see `build`).
@@ -1151,5 +1155,23 @@ impl<Z: Serializer> MemoryStore<Z> {
         let cache = &self.inner.cache;
         let current = cache.get_with(id, Stored::clone);
         current.is_some_and(|current| current.same(stored)) && cache.remove(id).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored session is one pointer in the engine's node, as before it became one
+    /// allocation (a fat pointer to the header and slice took 16 bytes in every node).
+    #[test]
+    fn a_stored_session_is_one_pointer() {
+        assert_eq!(size_of::<Stored>(), size_of::<usize>());
+        let bytes = b"{\"cookie\":{}}";
+        let stored = Stored::new(bytes);
+        assert_eq!(stored.bytes(), bytes);
+        assert!(!stored.touched().load(Ordering::Relaxed));
+        assert!(stored.same(&stored.clone()));
+        assert!(!stored.same(&Stored::new(bytes)));
     }
 }
