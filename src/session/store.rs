@@ -1163,10 +1163,14 @@ mod tests {
     use super::*;
 
     /// A stored session is one pointer in the engine's node, as before it became one
-    /// allocation (a fat pointer to the header and slice took 16 bytes in every node).
+    /// allocation (a fat pointer to the header and slice took 16 bytes, and made the node of
+    /// a session 72 bytes: across two cache lines).
     #[test]
     fn a_stored_session_is_one_pointer() {
         assert_eq!(size_of::<Stored>(), size_of::<usize>());
+        // With the engine's 16 bytes of node header, an id held inline and its session fill
+        // one 64-byte cache line (a fat pointer here made them 72).
+        assert_eq!(size_of::<(Key, Stored)>(), 48);
         let bytes = b"{\"cookie\":{}}";
         let stored = Stored::new(bytes);
         assert_eq!(stored.bytes(), bytes);
