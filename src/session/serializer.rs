@@ -1,6 +1,5 @@
 //! How sessions become bytes: the [`Serializer`] trait and the default [`JsonSerializer`].
 
-use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -99,33 +98,13 @@ where
 {
     type Session = T;
 
+    /// The store itself calls [`encode_into`](Serializer::encode_into), into a buffer it
+    /// reuses; this is for everyone else (the sealing serializer, the Redis store).
     fn encode(&self, session: &T) -> Result<Vec<u8>, BoxError> {
-        // A type with its own writer writes into this thread's scratch buffer, and the bytes
-        // leave in an allocation of their exact size (the store keeps them boxed: encoding
-        // into a fresh buffer cost an allocation of 512 bytes and a shrinking reallocation).
-        thread_local! {
-            static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-        }
-        /// A scratch buffer that grew beyond this (a huge session) is let go after use.
-        const KEEP: usize = 64 * 1024;
-        let written = SCRATCH.with(|scratch| {
-            // A writer that encodes another session of its own (nothing here does) finds the
-            // buffer taken and takes the general path.
-            let mut buf = scratch.try_borrow_mut().ok()?;
-            buf.clear();
-            let out = session.write_json(&mut buf).then(|| buf.to_vec());
-            if buf.capacity() > KEEP {
-                *buf = Vec::new();
-            }
-            out
-        });
-        if let Some(out) = written {
-            return Ok(out);
-        }
         // Sized for a typical session at once (serde_json's own `to_vec` starts at 128 bytes
         // and grows, a reallocation or three per session).
         let mut out = Vec::with_capacity(512);
-        serde_json::to_writer(&mut out, session)?;
+        self.encode_into(session, &mut out)?;
         Ok(out)
     }
 
