@@ -426,7 +426,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
             drain_threshold: DRAIN_THRESHOLD,
             ttl,
             tti,
-            bound: self.max_capacity.map(|c| Bound::new(c, shards)),
+            bound: self
+                .max_capacity
+                .map(|c| Bound::new(c, shards, self.weigher.is_some())),
             weigher: self.weigher,
             #[cfg(not(loom))]
             growing: Default::default(),

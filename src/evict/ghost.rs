@@ -1,8 +1,8 @@
 //! The ghost history: a bounded table of small records about recently evicted keys, looked up
 //! by key hash when a key is inserted again.
 //!
-//! A record is a `u32`: a 22-bit fingerprint of the hash (never zero, so 0 marks an empty
-//! slot) and 10 bits the policy chooses ([`Ghost::add`]'s `info`). The table is cut into
+//! A record is a `u32`: a 16-bit fingerprint of the hash (never zero, so 0 marks an empty
+//! slot) and 16 bits the policy chooses ([`Ghost::add`]'s `info`). The table is cut into
 //! buckets of 16 records (one 64-byte cache line), each a FIFO, newest first. A bucket uses its
 //! first `depth` slots; the policy picks `depth` so that the table holds about one record per
 //! resident entry, so the history reaches back about one cache's worth of evictions.
@@ -12,7 +12,7 @@ const BUCKET: usize = 16;
 /// Fewest slots a table has.
 pub(super) const MIN_SLOTS: usize = 64;
 /// Bits of a record below the fingerprint (the policy's `info`).
-pub(super) const INFO_BITS: u32 = 10;
+pub(super) const INFO_BITS: u32 = 16;
 
 /// Bounded history of evicted keys (see the module documentation).
 pub(super) struct Ghost {
@@ -40,7 +40,7 @@ impl Ghost {
     }
 
     fn fingerprint(hash: u64) -> u32 {
-        ((hash >> 42) as u32 & 0x3F_FFFF) | 1
+        ((hash >> 36) as u32 & 0xFFFF) | 1
     }
 
     /// Slots in use per bucket for `entries` records.
@@ -50,12 +50,22 @@ impl Ghost {
             .clamp(1, BUCKET)
     }
 
-    /// Removes and returns the `info` of the record for `hash`, if any.
-    pub(super) fn take(&mut self, hash: u64, depth: usize) -> Option<u32> {
+    /// Removes and returns the `info` of the record for `hash`, if any; with `check`, only a
+    /// record whose `info` bits under `mask` equal it matches (the policy's own extension of
+    /// the fingerprint).
+    pub(super) fn take(
+        &mut self,
+        hash: u64,
+        depth: usize,
+        mask: u32,
+        check: Option<u32>,
+    ) -> Option<u32> {
         let base = self.base(hash);
         let fp = Self::fingerprint(hash);
         let b = &mut self.slots[base..base + depth];
-        let i = b.iter().position(|&v| v != 0 && v >> INFO_BITS == fp)?;
+        let i = b
+            .iter()
+            .position(|&v| v != 0 && v >> INFO_BITS == fp && check.is_none_or(|c| v & mask == c))?;
         let v = b[i];
         b.copy_within(i + 1.., i);
         b[depth - 1] = 0;
@@ -104,14 +114,14 @@ mod tests {
         let mut g = Ghost::with_slots(256);
         let depth = g.depth(256);
         for k in 0..10_000u64 {
-            g.add(mix(k), (k & 0x3FF) as u32, depth);
+            g.add(mix(k), (k & 0xFFFF) as u32, depth);
         }
         // recent keys are found with their info, old ones are gone
         let recent = (9_900..10_000u64)
-            .filter(|&k| g.take(mix(k), depth) == Some((k & 0x3FF) as u32))
+            .filter(|&k| g.take(mix(k), depth, 0, None) == Some((k & 0xFFFF) as u32))
             .count();
         let old = (0..1_000u64)
-            .filter(|&k| g.take(mix(k), depth).is_some())
+            .filter(|&k| g.take(mix(k), depth, 0, None).is_some())
             .count();
         assert!(recent >= 95, "recent {recent}");
         assert!(old <= 2, "old {old}");

@@ -6,6 +6,7 @@ pub(crate) mod contest;
 mod ghost;
 pub(crate) mod list;
 pub(crate) mod policy;
+pub(crate) mod recent;
 
 #[cfg(all(test, not(loom)))]
 mod exact_model {
@@ -61,6 +62,10 @@ mod exact_model {
         }
         fn hash(&self, id: u32) -> u64 {
             self.hasher.hash_one(self.key_of[id as usize])
+        }
+        fn stamp(&self, _: u32) -> u8 {
+            // The model's caches are below the contest's smallest capacity: no estimate.
+            0
         }
     }
 

@@ -47,18 +47,16 @@
 //! workloads: Zipf, loops, scans over a hot set), and blind where it is not: on back-and-forth
 //! sweeps or a sliding window, MAIN's protected entries are stale, the marginal gains of the two
 //! queues look equal at any small size, and only a cache that gives everything to recency (a
-//! FIFO of the whole capacity, which is what LRU amounts to there) does well. When the fraction
-//! reaches its largest value (25%), the policy tells the contest, which cuts its rest to the
-//! current round: the adaptive mode straining towards recency is what a turn of the workload to
-//! recency looks like from inside it.
+//! FIFO of the whole capacity, which is what LRU amounts to there) does well.
 //!
-//! # Adaptation, coarse: a contest between two modes
+//! # Adaptation, coarse: two modes
 //! The policy runs in one of two modes ([`Mode`]): `Adaptive` (above), or `Recency`, where
-//! SMALL's target is the whole partition, so every key goes through one FIFO. The samples try
-//! the mode the bulk does not run against the one it does, with misses as the only signal, and
-//! every shard switches when the other mode wins clearly ([`super::contest`] has the rules).
-//! The samples of all shards count together, so the decision is the cache's, and a small shard
-//! gets it as soon as a large one.
+//! SMALL's target is the whole partition, so every key goes through one FIFO. The cache
+//! estimates an LRU's misses on one key in eight ([`super::recent`]: a generation stamp in
+//! the CLOCK byte's six high bits and in the ghost record, counts by generation) and switches
+//! to the recency mode when the estimate says it would miss clearly less; the way back is the
+//! estimate's prediction or a contest between the samples, whichever comes first
+//! ([`super::contest`] has the rules). The decision is the cache's: every shard follows it.
 //!
 //! Scans: scan keys enter SMALL, are never hit and never come back, so in `Adaptive` mode they
 //! leave through SMALL's head without touching MAIN or the adaptation. Loops larger than the
@@ -69,6 +67,7 @@
 use super::contest::{Contest, Mode, Tally, View};
 use super::ghost::{self, Ghost};
 use super::list::Lists;
+use super::recent::{self, Request};
 use crate::sync::Arc;
 
 /// SMALL's share of a partition in [`Mode::Adaptive`]: bounds and start value.
@@ -128,6 +127,9 @@ pub(crate) trait EntryAccess {
     fn set_counter(&mut self, id: u32, value: u8);
     /// The key hash that was passed to `insert` for this id.
     fn hash(&self, id: u32) -> u64;
+    /// The generation of the entry's last request, modulo [`recent::NODE_STAMPS`] (see
+    /// [`super::recent`]).
+    fn stamp(&self, id: u32) -> u8;
 }
 
 /// The two queues of a partition.
@@ -222,18 +224,28 @@ impl Tag {
     }
 }
 
-/// What a ghost record says about an evicted key (its 10 info bits: bit 0 the queue it left,
-/// bit 1 whether it lost a duel, bits 2..=9 the 8-bit eviction epoch of that queue).
+/// What a ghost record says about an evicted key (its 16 info bits: bit 0 the queue it left,
+/// bit 1 whether it lost a duel, bits 2..=9 the 8-bit eviction epoch of that queue, bits
+/// 10..=15 the generation of its last request modulo 64, the node's stamp, for the recency
+/// estimate).
 #[derive(Clone, Copy, Debug)]
 struct Record {
     from: Queue,
     loser: bool,
     epoch: u8,
+    stamp: u8,
 }
+
+/// Where a record's stamp bits are, in its info.
+const STAMP_AT: u32 = 10;
+const STAMP_MASK: u32 = 0x3F << STAMP_AT;
 
 impl Record {
     fn pack(self) -> u32 {
-        self.from as u32 | (u32::from(self.loser) << 1) | (u32::from(self.epoch) << 2)
+        self.from as u32
+            | (u32::from(self.loser) << 1)
+            | (u32::from(self.epoch) << 2)
+            | (u32::from(self.stamp) << STAMP_AT)
     }
 
     fn unpack(info: u32) -> Self {
@@ -245,6 +257,7 @@ impl Record {
             },
             loser: info & 2 != 0,
             epoch: (info >> 2) as u8,
+            stamp: ((info & STAMP_MASK) >> STAMP_AT) as u8,
         }
     }
 }
@@ -287,8 +300,12 @@ pub(crate) struct Policy {
     contest: Arc<Contest>,
     /// What this policy last learnt of the contest.
     view: View,
-    /// Sample misses not reported yet.
+    /// The recency estimate's sample rate (the contest's, 0 without one).
+    sample_bits: u32,
+    /// Misses not reported yet.
     tally: Tally,
+    /// The entry count last reported to the contest (in a tally).
+    reported_len: i64,
     /// SMALL's share of a partition in [`Mode::Adaptive`] (the ghost adaptation's output).
     small_frac: f64,
     /// Weight evicted so far from SMALL and MAIN of the partitions in [`Mode::Adaptive`].
@@ -315,6 +332,7 @@ impl Policy {
         } else {
             View::INITIAL
         };
+        let sample_bits = contest.recent.bits();
         let mut policy = Policy {
             capacity,
             sample_16ths: u64::from(contest.enabled() && capacity as f64 / 16.0 >= MIN_SAMPLE),
@@ -325,7 +343,9 @@ impl Policy {
             len: 0,
             contest,
             view,
+            sample_bits,
             tally: Tally::default(),
+            reported_len: 0,
             small_frac: SMALL_MIN,
             evicted_w: [0; 2],
             epoch_unit: (capacity / EPOCHS_PER_CAPACITY).max(1),
@@ -372,14 +392,14 @@ impl Policy {
     fn sample_miss(&mut self, part: Part) {
         let sample = usize::from(part == Part::SampleB);
         self.tally.miss(sample, self.view.measuring);
-        if self.tally.seen() >= REPORT_EVERY {
-            self.report();
-        }
     }
 
     /// Hands the tally to the contest (kept for later if its lock is taken), and follows the
     /// view it returns.
     fn report(&mut self) {
+        let len = self.len as i64;
+        self.tally.entries(len - self.reported_len);
+        self.reported_len = len;
         if let Some(view) = self.contest.report(self.view, &mut self.tally)
             && view != self.view
         {
@@ -403,16 +423,26 @@ impl Policy {
         if total >= self.adapt_period {
             let (s, m) = (self.events[0] as f64, self.events[1] as f64);
             let step = self.adapt_step * (s - m) / (s + m);
-            let was_max = self.small_frac >= SMALL_MAX;
             self.small_frac = (self.small_frac + step).clamp(SMALL_MIN, SMALL_MAX);
             self.events = [0; 2];
             self.apportion();
-            // SMALL just reached the largest share the adaptive mode gives it: the workload
-            // may have turned to one where recency wins, so the contest should not rest.
-            if self.small_frac >= SMALL_MAX && !was_max && self.sample_16ths > 0 {
-                self.tally.strain();
-                self.report();
-            }
+        }
+    }
+
+    /// Whether the recency estimate samples a key with `hash`.
+    #[inline]
+    fn sampled(&self, hash: u64) -> bool {
+        self.sample_bits != 0 && recent::sampled(hash, self.sample_bits)
+    }
+
+    /// What a ghost record of a key with `hash` holds in its stamp bits: `stamp` (the
+    /// generation of its last request) for a key in the recency estimate's sample, six more
+    /// bits of the hash for the others (a 22-bit fingerprint in all, as before the stamps).
+    fn stamp_field(&self, hash: u64, stamp: u8) -> u8 {
+        if self.sampled(hash) {
+            stamp
+        } else {
+            ((hash >> 52) & 0x3F) as u8
         }
     }
 
@@ -510,7 +540,15 @@ impl Policy {
         }
         let depth = self.ghost.depth(self.len);
         let part = self.part_of(hash);
-        let state = match self.ghost.take(hash, depth).map(Record::unpack) {
+        let sampled = self.sampled(hash);
+        // A key outside the estimate's sample has no stamp: its record's stamp bits hold
+        // more of its hash, checked like the fingerprint.
+        let check = (!sampled).then(|| u32::from(self.stamp_field(hash, 0)) << STAMP_AT);
+        let record = self
+            .ghost
+            .take(hash, depth, STAMP_MASK, check)
+            .map(Record::unpack);
+        let state = match record {
             None => State::New,
             Some(r) if r.loser => State::Repeat,
             Some(r) => {
@@ -521,8 +559,19 @@ impl Policy {
             }
         };
         self.link(id, Tag::new(state, part));
-        if part != Part::Bulk {
-            self.sample_miss(part);
+        if self.contest.enabled() {
+            if sampled {
+                let (now, reach) = self.contest.recent.now();
+                let new = record
+                    .is_none_or(|r| Request::of(u32::from(r.stamp), now, reach) == Request::New);
+                self.tally.estimate_miss(new, record.map(|r| r.stamp), now);
+            }
+            if part != Part::Bulk {
+                self.sample_miss(part);
+            }
+            if self.tally.seen() + self.tally.misses() >= REPORT_EVERY {
+                self.report();
+            }
         }
     }
 
@@ -708,13 +757,20 @@ impl Policy {
         let part = self.tag(id).part();
         self.unlink(id);
         self.len -= 1;
+        self.tally.evicted();
         if self.mode_of(part) == Mode::Adaptive {
             self.evicted_w[from as usize] += self.w(id);
         }
         let epoch = ((self.evicted_w[from as usize] / self.epoch_unit) & 0xFF) as u8;
         let depth = self.ghost.depth(self.len.max(1));
-        let record = Record { from, loser, epoch };
-        self.ghost.add(entries.hash(id), record.pack(), depth);
+        let hash = entries.hash(id);
+        let record = Record {
+            from,
+            loser,
+            epoch,
+            stamp: self.stamp_field(hash, entries.stamp(id)),
+        };
+        self.ghost.add(hash, record.pack(), depth);
     }
 
     fn move_to_main(&mut self, id: u32) {
@@ -835,6 +891,9 @@ mod tests {
         }
         fn hash(&self, id: u32) -> u64 {
             self.hash[id as usize]
+        }
+        fn stamp(&self, _: u32) -> u8 {
+            0
         }
     }
 
@@ -1182,6 +1241,9 @@ mod tests {
             fn set_counter(&mut self, _: u32, _: u8) {}
             fn hash(&self, id: u32) -> u64 {
                 mix(id as u64)
+            }
+            fn stamp(&self, _: u32) -> u8 {
+                0
             }
         }
         let mut p = Policy::new(100, true, Contest::new(100), 1);

@@ -148,10 +148,13 @@ pub(crate) struct Bound {
     pub(crate) reserved: crossbeam_utils::CachePadded<crate::sync::AtomicU64>,
     /// The eviction policies' contest between their modes, shared by every shard.
     pub(crate) contest: crate::sync::Arc<crate::evict::contest::Contest>,
+    /// Keys whose hash mixes below this are in the recency estimate's sample (0 without an
+    /// estimate: none), read on every hit without following the contest's pointer.
+    sample_below: u64,
 }
 
 impl Bound {
-    pub(crate) fn new(capacity: u64, shards: usize) -> Self {
+    pub(crate) fn new(capacity: u64, shards: usize, weighted: bool) -> Self {
         let bound = Self {
             capacity: crate::sync::AtomicU64::new(0),
             slack: crate::sync::AtomicU64::new(0),
@@ -161,10 +164,21 @@ impl Bound {
             shard_batch: crate::sync::AtomicU64::new(0),
             shards: shards as u64,
             reserved: crossbeam_utils::CachePadded::new(crate::sync::AtomicU64::new(0)),
-            contest: crate::evict::contest::Contest::new(capacity),
+            contest: crate::evict::contest::Contest::for_cache(capacity, weighted),
+            sample_below: 0,
+        };
+        let bound = Self {
+            sample_below: crate::evict::recent::threshold(bound.contest.recent.bits()),
+            ..bound
         };
         bound.set_capacity(capacity);
         bound
+    }
+
+    /// The recency estimate, if it samples a key with `hash` (`evict/recent.rs`).
+    #[inline]
+    pub(crate) fn sample(&self, hash: u64) -> Option<&crate::evict::recent::Recent> {
+        (crate::evict::recent::mix(hash) < self.sample_below).then_some(&self.contest.recent)
     }
 
     /// Changes the capacity (and the figures derived from it: slack, batch, shares, and the
@@ -1049,7 +1063,7 @@ mod tests {
     /// and a small one grown past it batches (a cache of several shards never batches).
     #[test]
     fn a_change_of_capacity_updates_its_derived_figures() {
-        let bound = Bound::new(100_000, 4);
+        let bound = Bound::new(100_000, 4, false);
         assert_eq!(
             (
                 bound.slack(),
@@ -1068,7 +1082,7 @@ mod tests {
         bound.set_capacity(2);
         assert_eq!((bound.share(), bound.floor_share()), (1, 0));
         // Batches in a single-shard cache only, from 4096 on, whichever way it got there.
-        let single = Bound::new(100, 1);
+        let single = Bound::new(100, 1, false);
         assert_eq!(single.batch(), 0);
         single.set_capacity(8_192);
         assert_eq!((single.batch(), single.slack()), (64, 128));
@@ -1085,7 +1099,7 @@ mod tests {
         );
         // Several shards batch per shard from shares of 4096 on: a writer offers a pass for the
         // bound only when its own shard holds more than its floor share plus a 128th of it.
-        let sharded = Bound::new(8 * 4_096, 8);
+        let sharded = Bound::new(8 * 4_096, 8, false);
         assert_eq!(sharded.batch(), 0);
         assert!(sharded.batches());
         sharded.reserved.store(8 * 4_096 + 1, Ordering::Relaxed);
@@ -1146,7 +1160,7 @@ mod tests {
     #[test]
     fn replacements_take_over_their_share_of_the_bound() {
         let mut cache = raw(2, 8);
-        cache.cfg.bound = Some(Bound::new(64, 2));
+        cache.cfg.bound = Some(Bound::new(64, 2, false));
         let cache = std::sync::Arc::new(cache);
         let bound = || cache.cfg.bound.as_ref().unwrap();
         for k in 0..16u64 {

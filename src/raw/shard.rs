@@ -316,10 +316,10 @@ where
     {
         match self.table.lookup(hash, key, guard) {
             Some((idx, node, next)) if next & MARK == 0 && self.alive_on_hit(cfg, idx, node) => {
-                // Only the eviction policy of a bounded cache reads the CLOCK counter, so an
+                // Only the eviction policy of a bounded cache reads the CLOCK byte, so an
                 // unbounded cache's hits write nothing.
-                if cfg.bound.is_some() {
-                    node.touch_freq();
+                if let Some(bound) = &cfg.bound {
+                    node.touch(bound.sample(hash));
                 }
                 // SAFETY: found while protected (see `Table::find`).
                 Some(unsafe { node.with_payload(|_, v| f(v)) })
@@ -357,6 +357,10 @@ where
         let (deadline, cap) = Self::expiry_of(cfg, own_ttl.unwrap_or(cfg.ttl));
         // SAFETY: `idx` was just taken from the arena, so this thread owns the slot (rule 1).
         unsafe { node.init(tag, deadline, key, value) };
+        if let Some(recent) = cfg.bound.as_ref().and_then(|b| b.sample(hash)) {
+            // Relaxed: the node is private; published by the Release CAS below.
+            node.freq.store(recent.fresh_byte(), Ordering::Relaxed);
+        }
         let mut unpublished = Unpublished {
             table,
             idx: Some(idx),
@@ -623,8 +627,8 @@ where
             return (None, Removed::default());
         }
         if self.alive_on_hit(cfg, idx, node) {
-            if cfg.bound.is_some() {
-                node.touch_freq();
+            if let Some(bound) = &cfg.bound {
+                node.touch(bound.sample(hash));
             }
             // SAFETY: found while pinned (see `Table::find`).
             let value = unsafe { node.with_payload(|_, v| v.clone()) };

@@ -274,13 +274,15 @@ where
     S: BuildHasher,
 {
     fn counter(&self, id: u32) -> u8 {
-        // Relaxed: the CLOCK counter is a hint (see `Node::touch_freq`).
-        self.table.node(id).freq.load(Ordering::Relaxed)
+        self.table.node(id).counter()
     }
 
     fn set_counter(&mut self, id: u32, value: u8) {
-        // Relaxed: as above; a concurrent hit may overwrite it, which only keeps it warmer.
-        self.table.node(id).freq.store(value, Ordering::Relaxed);
+        self.table.node(id).set_counter(value);
+    }
+
+    fn stamp(&self, id: u32) -> u8 {
+        self.table.node(id).stamp()
     }
 
     fn hash(&self, id: u32) -> u64 {
@@ -564,14 +566,12 @@ where
             if !policy.replace(old, new, weight) {
                 policy.insert(new, hash, weight);
             }
-            // Relaxed: the CLOCK counter is a hint (see `Node::touch_freq`). The key's count
-            // is the old node's plus the hits the new one had since it was published.
-            let counter = old_node.freq.load(Ordering::Relaxed);
+            // The key's count is the old node's plus the hits the new one had since it was
+            // published (the new node's stamp is already current).
+            let counter = old_node.counter();
             if counter > 0 {
-                let had = new_node.freq.load(Ordering::Relaxed);
-                new_node
-                    .freq
-                    .store(had.saturating_add(counter).min(FREQ_MAX), Ordering::Relaxed);
+                let had = new_node.counter();
+                new_node.set_counter(had.saturating_add(counter).min(FREQ_MAX));
             }
         }
     }

@@ -205,6 +205,11 @@ where
         let (deadline, cap) = Self::expiry_of(cfg, own_ttl.unwrap_or(cfg.ttl));
         // Relaxed: the node is private; published by the Release CAS below.
         node.deadline.store(deadline, Ordering::Relaxed);
+        if let Some(recent) = cfg.bound.as_ref().and_then(|b| b.sample(hash)) {
+            // Relaxed: as above. The stamp of the recency estimate (a staged node may have
+            // waited for its publication, and is requested now).
+            node.freq.store(recent.fresh_byte(), Ordering::Relaxed);
+        }
         self.set_columns(cfg, idx, own_ttl, cap);
         if cfg.weigher.is_some() {
             table.weights.set(idx, u64::from(weight));

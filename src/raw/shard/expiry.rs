@@ -61,8 +61,8 @@ where
         if deadline != NEVER && now >= deadline {
             return (None, None);
         }
-        if cfg.bound.is_some() {
-            node.touch_freq();
+        if let Some(bound) = &cfg.bound {
+            node.touch(bound.sample(hash));
         }
         let remaining = (deadline != NEVER).then(|| Duration::from_nanos(deadline - now));
         // SAFETY: found while protected (see `Table::find`).

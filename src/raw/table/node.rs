@@ -10,7 +10,7 @@
 //! | `deadline` | `AtomicU64` | inserter, `touch`/`set_ttl`, TTI reads | readers, maintainer |
 //! | `next`     | `AtomicU32` | inserter (before publishing), markers (bit 31), claimers (bit 30), maintainer (unlinks) | everyone |
 //! | `tag`      | `u16` cell  | inserter (before publishing)         | readers (chain filter) |
-//! | `freq`     | `AtomicU8`  | readers (saturating bump), maintainer (CLOCK hand) | maintainer |
+//! | `freq`     | `AtomicU8`  | inserter (stamp), readers (counter bump, stamp), maintainer (CLOCK hand) | maintainer |
 //! | `state`    | `AtomicU8`  | the slot's owner: inserter (life), maintainer (its flags, retire), deferred release | maintainer, shard drop |
 //! | payload    | `(K, V)`    | inserter (before publishing)         | readers (immutable while reachable) |
 //!
@@ -23,7 +23,9 @@
 //! maintainer under the shard's lock while the node is published, the deferred release once
 //! it is retired) but it is an atomic because the maintainer may *read* it for a stale index
 //! while another thread owns the slot. `freq` is the only field a *reader* writes, so it has
-//! its own byte: a reader's store can never clobber anything else.
+//! its own byte: a reader's store can never clobber anything else. It holds the CLOCK counter
+//! in its two low bits and the generation of the entry's last request (the recency estimate's
+//! stamp, `evict/recent.rs`) in the six above.
 //!
 //! For `Cache<u64, u64>` a node is 32 bytes.
 //!
@@ -60,6 +62,7 @@
 
 use std::mem::MaybeUninit;
 
+use crate::evict::recent::{Recent, STAMP_SHIFT};
 use crate::sync::{AtomicU8, AtomicU32, AtomicU64, Ordering, UnsafeCell};
 
 /// AddressSanitizer's manual poisoning interface (the runtime provides these in sanitizer
@@ -103,6 +106,10 @@ pub(crate) const NEVER: u64 = u64::MAX;
 
 /// Saturation value of the CLOCK reference counter.
 pub(crate) const FREQ_MAX: u8 = 3;
+/// The CLOCK byte's bits that hold the counter; the others hold the recency estimate's
+/// generation stamp (`evict/recent.rs`).
+const COUNTER_MASK: u8 = (1 << STAMP_SHIFT) - 1;
+const _: () = assert!(FREQ_MAX <= COUNTER_MASK);
 
 /// Life values in the low bits of `state` (debug checks, and the cache's drop, which frees
 /// every `LIVE` payload).
@@ -346,15 +353,58 @@ impl<K, V> Node<K, V> {
         }
     }
 
-    /// Bumps the CLOCK counter the way a hit does: a Relaxed load, and a store only if the
-    /// counter is below its cap, so a hot entry causes no write at all.
+    /// Records a hit in the CLOCK byte: the counter bumped (saturating at [`FREQ_MAX`]) and,
+    /// for a key the recency estimate samples (`sample`), its generation stamp made current; a
+    /// Relaxed load and a store only if the byte changes, so an entry with its counter
+    /// saturated (and its stamp current) causes no write at all.
     #[inline]
-    pub(crate) fn touch_freq(&self) {
-        // Relaxed: the counter is a hint for the eviction policy; a lost increment between two
-        // racing readers (or against the CLOCK hand) only changes the policy's estimate.
-        let f = self.freq.load(Ordering::Relaxed);
-        if f < FREQ_MAX {
-            self.freq.store(f + 1, Ordering::Relaxed);
+    pub(crate) fn touch(&self, sample: Option<&Recent>) {
+        match sample {
+            Some(recent) => self.touch_sampled(recent),
+            // Relaxed: the byte is a hint for the eviction policy; a lost update between two
+            // racing readers (or against the CLOCK hand) only changes the policy's estimate.
+            None => {
+                let byte = self.freq.load(Ordering::Relaxed);
+                if byte & COUNTER_MASK < FREQ_MAX {
+                    self.freq.store(byte + 1, Ordering::Relaxed);
+                }
+            }
         }
+    }
+
+    /// [`touch`](Self::touch) for a sampled key: out of line, the common hit's code stays as
+    /// it was.
+    #[inline(never)]
+    fn touch_sampled(&self, recent: &Recent) {
+        // Relaxed: as in `touch`.
+        let byte = self.freq.load(Ordering::Relaxed);
+        if let Some(next) = recent.hit(byte, FREQ_MAX) {
+            self.freq.store(next, Ordering::Relaxed);
+        }
+    }
+
+    /// The CLOCK counter (the low bits of the CLOCK byte).
+    #[inline]
+    pub(crate) fn counter(&self) -> u8 {
+        // Relaxed: a hint (see `touch`).
+        self.freq.load(Ordering::Relaxed) & COUNTER_MASK
+    }
+
+    /// Sets the CLOCK counter, keeping the stamp.
+    #[inline]
+    pub(crate) fn set_counter(&self, value: u8) {
+        debug_assert!(value <= FREQ_MAX);
+        // Relaxed: a hint (see `touch`); a hit between the load and the store is lost, which
+        // only keeps the entry colder than it was.
+        let byte = self.freq.load(Ordering::Relaxed);
+        self.freq
+            .store((byte & !COUNTER_MASK) | value, Ordering::Relaxed);
+    }
+
+    /// The generation stamp (the high bits of the CLOCK byte).
+    #[inline]
+    pub(crate) fn stamp(&self) -> u8 {
+        // Relaxed: a hint (see `touch`).
+        self.freq.load(Ordering::Relaxed) >> STAMP_SHIFT
     }
 }
