@@ -5,7 +5,7 @@
 //! window (a window: as many first requests of sampled keys in a generation as the cache holds
 //! sampled keys; none counts before the first eviction). While the adaptive mode runs, when
 //! the estimate, times what the recency mode was seen to miss over the estimate when it last
-//! ran (at least 1: the recency mode is a FIFO with second chances, which misses 12-15% more
+//! ran (between 1 and 2: the recency mode is a FIFO with second chances, which misses 12-15% more
 //! than an LRU on a shifting Zipf working set), is below the adaptive mode's own misses by more
 //! than 4% and by two standard deviations, summed over the windows since the last switch with
 //! a decay of 3/4 per window, every shard switches. The window after any switch is not counted
@@ -132,6 +132,13 @@ impl Tally {
             self.misses.moved[usize::from(s)] += 1;
         }
         self.misses.into[now as usize] += 1;
+    }
+
+    /// Records a sampled key's move from generation `from` to `to` (modulo 64) by a request
+    /// that was not a miss.
+    pub(crate) fn moved(&mut self, from: u8, to: u8) {
+        self.misses.moved[usize::from(from) % 64] += 1;
+        self.misses.into[usize::from(to) % 64] += 1;
     }
 
     /// Records that the policy evicted (the cache is full).
@@ -263,9 +270,10 @@ impl Contest {
         s.estimate.entries += tally.entries;
         let window = s.estimate.sampled_entries(self.recent.bits());
         if s.estimate.add(&self.recent, &tally.misses, window) {
+            let bits = self.recent.bits();
             let switch = match s.incumbent {
-                Mode::Adaptive => s.estimate.adaptive_window(),
-                Mode::Recency => s.estimate.recency_window(),
+                Mode::Adaptive => s.estimate.adaptive_window(bits),
+                Mode::Recency => s.estimate.recency_window(bits),
             };
             s.estimate.restart();
             if switch {
@@ -408,6 +416,40 @@ mod tests {
             assert_eq!(v.samples, [Mode::Adaptive; 2]);
             assert!(!v.measuring);
         }
+        // Even counts that claim sample B missed far less end no contest.
+        let len = contest.state.lock().unwrap().round_len;
+        for _ in 0..4 {
+            let view = contest.try_view().unwrap();
+            let mut tally = Tally::default();
+            for i in 0..len {
+                tally.miss(usize::from(i % 10 == 0), true);
+            }
+            let v = contest.report(view, &mut tally).unwrap();
+            assert_eq!(v.incumbent, Mode::Adaptive);
+        }
+    }
+
+    #[test]
+    fn the_estimate_switches_the_cache_to_the_recency_mode() {
+        let contest = Contest::new(100_000);
+        let mut view = contest.try_view().unwrap();
+        // A full cache whose misses an LRU would all have hit (every key requested again
+        // within the reach).
+        let mut tally = Tally::default();
+        tally.entries(100_000);
+        tally.evicted();
+        for _ in 0..20_000 {
+            view = contest.report(view, &mut tally).unwrap();
+            if view.incumbent == Mode::Recency {
+                break;
+            }
+            for _ in 0..16 {
+                tally.estimate_miss(false, Some(1), 0);
+            }
+        }
+        assert_eq!(view.incumbent, Mode::Recency);
+        // A contest starts at once (the samples try the adaptive mode).
+        assert_eq!(view.samples, [Mode::Recency, Mode::Adaptive]);
     }
 
     #[test]

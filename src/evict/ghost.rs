@@ -1,8 +1,8 @@
 //! The ghost history: a bounded table of small records about recently evicted keys, looked up
 //! by key hash when a key is inserted again.
 //!
-//! A record is a `u32`: a 16-bit fingerprint of the hash (never zero, so 0 marks an empty
-//! slot) and 16 bits the policy chooses ([`Ghost::add`]'s `info`). The table is cut into
+//! A record is a `u32`: a 16-bit fingerprint (15 bits of the hash and a set bit, so that it is
+//! never zero and 0 marks an empty slot) and 16 bits the policy chooses ([`Ghost::add`]'s `info`). The table is cut into
 //! buckets of 16 records (one 64-byte cache line), each a FIFO, newest first. A bucket uses its
 //! first `depth` slots; the policy picks `depth` so that the table holds about one record per
 //! resident entry, so the history reaches back about one cache's worth of evictions.

@@ -52,7 +52,7 @@
 //! # Adaptation, coarse: two modes
 //! The policy runs in one of two modes ([`Mode`]): `Adaptive` (above), or `Recency`, where
 //! SMALL's target is the whole partition, so every key goes through one FIFO. The cache
-//! estimates an LRU's misses on one key in eight ([`super::recent`]: a generation stamp in
+//! estimates an LRU's misses on a sample of the keys ([`super::recent`]: a generation stamp in
 //! the CLOCK byte's six high bits and in the ghost record, counts by generation) and switches
 //! to the recency mode when the estimate says it would miss clearly less; the way back is the
 //! estimate's prediction or a contest between the samples, whichever comes first
@@ -437,7 +437,8 @@ impl Policy {
 
     /// What a ghost record of a key with `hash` holds in its stamp bits: `stamp` (the
     /// generation of its last request) for a key in the recency estimate's sample, six more
-    /// bits of the hash for the others (a 22-bit fingerprint in all, as before the stamps).
+    /// bits of the hash for the others (21 bits of the hash in all, as before the stamps; in a
+    /// cache of 128 shards or more, some of those six are the bits that picked the shard).
     fn stamp_field(&self, hash: u64, stamp: u8) -> u8 {
         if self.sampled(hash) {
             stamp
@@ -617,6 +618,15 @@ impl Policy {
             *total = *total - before + u64::from(weight);
         }
         true
+    }
+
+    /// A key with `hash` was requested by a write that replaced its value, moving it from
+    /// generation `from` to `to` of the recency estimate (the old and the new node's stamps),
+    /// if the estimate samples it. (A hit's move is counted by the reader.)
+    pub(crate) fn requested(&mut self, hash: u64, from: u8, to: u8) {
+        if self.sampled(hash) && from != to {
+            self.tally.moved(from, to);
+        }
     }
 
     /// `id` was removed by the cache (explicit removal, expiry, or a victim that

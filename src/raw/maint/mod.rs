@@ -563,7 +563,11 @@ where
             self.add_size(i64::from(weight) - old_weight as i64);
         }
         if let Some(policy) = self.m.policy.as_mut() {
-            if !policy.replace(old, new, weight) {
+            if policy.replace(old, new, weight) {
+                // The write is a request of the key: the recency estimate moves it from the
+                // old node's generation to the new one's.
+                policy.requested(hash, old_node.stamp(), new_node.stamp());
+            } else {
                 policy.insert(new, hash, weight);
             }
             // The key's count is the old node's plus the hits the new one had since it was

@@ -394,11 +394,21 @@ impl<K, V> Node<K, V> {
     #[inline]
     pub(crate) fn set_counter(&self, value: u8) {
         debug_assert!(value <= FREQ_MAX);
-        // Relaxed: a hint (see `touch`); a hit between the load and the store is lost, which
-        // only keeps the entry colder than it was.
+        // Relaxed: a hint (see `touch`).
         let byte = self.freq.load(Ordering::Relaxed);
-        self.freq
-            .store((byte & !COUNTER_MASK) | value, Ordering::Relaxed);
+        let next = (byte & !COUNTER_MASK) | value;
+        if byte & !COUNTER_MASK == 0 {
+            // No stamp (a key outside the estimate's sample, or one stamped 0): a hit between
+            // the load and the store is lost, which only keeps the entry colder than it was.
+            self.freq.store(next, Ordering::Relaxed);
+        } else {
+            // A sampled key: a hit that renewed the stamp in between must not be undone (the
+            // next hit would count the key's move again). Relaxed, as above; if a hit changed
+            // the byte, its counter stays (warmer) with its stamp.
+            let _ = self
+                .freq
+                .compare_exchange(byte, next, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     /// The generation stamp (the high bits of the CLOCK byte).
