@@ -82,8 +82,10 @@ pub(crate) struct Maintainer {
     wheel: Option<Wheel>,
     /// Scratch: what the wheel found expired in this pass.
     expired: Vec<Idx>,
-    /// The eviction policy of a bounded cache (created with the first admission).
-    policy: Option<Policy>,
+    /// The eviction policy of a bounded cache (created with the first admission). Boxed: it
+    /// is over a kilobyte (the recency estimate's counts), and a maintainer is built and moved
+    /// on the stack for every shard of every cache, bounded or not.
+    policy: Option<Box<Policy>>,
     /// Writes counted for `Cache::stats` (see `stats.rs`): plain counters, as only the lock
     /// holder touches them.
     counts: WriteCounts,
@@ -530,12 +532,12 @@ where
             self.m
                 .policy
                 .get_or_insert_with(|| {
-                    Policy::new(
+                    Box::new(Policy::new(
                         bound.share(),
                         weighted,
                         bound.contest.clone(),
                         bound.shards(),
-                    )
+                    ))
                 })
                 .insert(idx, hash, weight);
         }
