@@ -3,24 +3,29 @@
 //! Internally every time is a `u64` of nanoseconds since the cache was built, and
 //! `NEVER` (`raw/table/node.rs`) (`u64::MAX`) is "no deadline".
 //!
-//! Reading the TSC costs about 11 ns on the machines this crate was measured on, a large
-//! fraction of a cache hit, so reads do not: they use `quanta::Clock::recent()`, one atomic
-//! load. For a mocked clock (`quanta::Clock::mock()`) `recent()` is the mock's exact time, so
-//! tests see exact deadlines. For a real clock, a background *ticker* thread refreshes a
-//! process-wide coarse time every [`TICK`]: quanta's `recent()`, and this module's own copy in
-//! nanoseconds since a process-wide base ([`COARSE`]), which a cache with deadlines reads with
-//! one load and one subtraction (converting quanta's `Instant` into nanoseconds on every hit
-//! cost about twenty instructions, a tenth of a hit). The ticker is started the first time a
-//! cache needs time (a deadline is set) and stopped when the last cache using it is dropped.
-//! An entry may therefore be served up to about one tick after its deadline in real time,
-//! never after it in the cache's time.
+//! A mocked clock (`quanta::Clock::mock()`) is the cache's time: `recent()` is the mock's exact
+//! time, so tests see exact deadlines. A real clock's time is the operating system's monotonic
+//! clock (`std::time::Instant`), not quanta's TSC reading: quanta calibrates the TSC against
+//! that clock once, and on the 2-vCPU KVM machine of this crate's CI its time ran 35 ppm
+//! fast (3 seconds a day), enough for an entry with a 5 ms time to live to vanish a few
+//! hundred nanoseconds before its deadline by `std::time::Instant`
+//! (`tests/expiry.rs::a_precise_clock_expires_entries_at_their_deadline_in_real_time`).
+//!
+//! Reading that clock costs about 21 ns (a vDSO call) on the machines this crate was
+//! measured on, a large fraction of a cache hit, so reads do not: a background *ticker* thread
+//! refreshes a process-wide coarse time every [`TICK`], nanoseconds since a process-wide base
+//! ([`ticker::base`]), which a cache with deadlines reads with one load and one subtraction.
+//! The ticker is started the first time a cache needs time (a deadline is set) and stopped
+//! when the last cache using it is dropped. An entry may therefore be served up to about one
+//! tick after its deadline in real time, never after it in the cache's time.
 //!
 //! A cache built with [`coarse_clock(false)`](crate::CacheBuilder::coarse_clock) starts no
-//! ticker and reads the source on every operation that needs the time: about 11 ns more per
-//! operation, no thread waking a thousand times a second. That is the better trade for a cache
-//! that serves few operations a second (a session store behind a Node.js server, where one
-//! call into the addon costs far more than a clock reading, and the ticker's wake-ups took
-//! 12-22 ms of CPU a second from a 2-core machine that also ran the server and its load).
+//! ticker and reads the monotonic clock on every operation that needs the time: about 21 ns
+//! more per operation, no thread waking a thousand times a second. That is the better trade
+//! for a cache that serves few operations a second (a session store behind a Node.js server,
+//! where one call into the addon costs far more than a clock reading, and the ticker's
+//! wake-ups took 12-22 ms of CPU a second from a 2-core machine that also ran the server and
+//! its load).
 
 use std::time::Duration;
 
@@ -34,11 +39,52 @@ use crate::sync::Ordering;
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) const TICK: Duration = Duration::from_millis(1);
 
+/// A point in time to measure from on a [`Clock`]: a mock's time, or, for a real clock, the
+/// monotonic clock's (see the module's documentation for why not quanta's TSC time).
+pub(crate) struct Origin {
+    clock: Clock,
+    /// The origin on `clock` (what a mocked clock's time counts from).
+    on_clock: Instant,
+    /// The origin on the monotonic clock (what a real clock's time counts from).
+    real: std::time::Instant,
+    /// Whether `clock` is a `quanta::Clock::mock()`.
+    mocked: bool,
+}
+
+impl Origin {
+    /// Now, on `clock`.
+    pub(crate) fn new(clock: Clock) -> Self {
+        let on_clock = clock.now();
+        let real = std::time::Instant::now();
+        // quanta does not say whether a clock is mocked, but its `Debug` names the variant.
+        // Read once here; if that ever changed, a mock would be read as the monotonic clock,
+        // which `tests::a_mocked_clock_needs_no_ticker` (the mock's exact time) would catch.
+        let mocked = format!("{clock:?}").contains("Mock(");
+        Self {
+            clock,
+            on_clock,
+            real,
+            mocked,
+        }
+    }
+
+    /// The time since the origin: the mock's (exact), or the monotonic clock's.
+    #[inline]
+    pub(crate) fn elapsed(&self) -> Duration {
+        if self.mocked {
+            // `recent()` is a mock's exact time.
+            self.clock.recent().saturating_duration_since(self.on_clock)
+        } else {
+            self.real.elapsed()
+        }
+    }
+}
+
 /// The time source of one cache.
 pub(crate) struct TimeSource {
-    clock: Clock,
-    start: Instant,
-    /// Whether `clock` is a `quanta::Clock::mock()`, whose `recent()` is exact and needs no
+    /// The cache's start.
+    origin: Origin,
+    /// Whether the clock is a `quanta::Clock::mock()`, whose time is exact and needs no
     /// ticker.
     #[cfg_attr(loom, allow(dead_code))]
     mocked: bool,
@@ -65,14 +111,10 @@ impl TimeSource {
         // from it is exact (it would saturate to zero if the base came later).
         #[cfg(not(loom))]
         let _ = ticker::base();
-        let start = clock.now();
-        // quanta does not say whether a clock is mocked, but its `Debug` names the variant.
-        // Read once here; if that ever changes, a mocked cache starts a ticker it does not
-        // need (a thread, not a wrong answer).
-        let mocked = format!("{clock:?}").contains("Mock(");
+        let origin = Origin::new(clock);
+        let mocked = origin.mocked;
         Self {
-            clock,
-            start,
+            origin,
             mocked,
             precise: !coarse && !mocked,
             #[cfg(not(loom))]
@@ -91,7 +133,8 @@ impl TimeSource {
                 // Only with a running ticker is the coarse time kept fresh.
                 let offset = lease.running().then(|| {
                     let ns = self
-                        .start
+                        .origin
+                        .real
                         .saturating_duration_since(ticker::base())
                         .as_nanos();
                     u64::try_from(ns).unwrap_or(NO_OFFSET - 1)
@@ -125,42 +168,27 @@ impl TimeSource {
         self.now_slow()
     }
 
-    /// `now` from quanta: the mock's time, or its coarse time (or the source before the
-    /// ticker runs).
+    /// `now` read from the source: the mock's time, or the monotonic clock (a precise cache,
+    /// or a coarse one before its ticker's first refresh, or whose ticker could not start).
     #[inline]
     fn now_slow(&self) -> u64 {
         // A precise source never sets the offset, so every call comes here.
-        let mut t = if self.precise {
-            self.clock.now()
-        } else {
-            self.clock.recent()
-        };
-        // A real clock whose ticker could not be started: quanta's recent time was set once
-        // and is never refreshed, so read the source.
-        #[cfg(not(loom))]
-        if matches!(self.ticker.get(), Some((lease, _)) if !lease.running()) {
-            t = self.clock.now();
-        }
-        if t < self.start {
-            // The coarse clock is not running (yet): read the source.
-            t = self.clock.now();
-        }
-        let ns = t.saturating_duration_since(self.start).as_nanos();
+        let elapsed = self.origin.elapsed();
         // Saturate rather than wrap (584 years of uptime).
-        ns.min(u64::MAX as u128 - 1) as u64
+        elapsed.as_nanos().min(u64::MAX as u128 - 1) as u64
     }
 }
 
 #[cfg(not(loom))]
 mod ticker {
-    //! One process-wide thread that refreshes `quanta`'s coarse clock while at least one cache
-    //! needs it.
+    //! One process-wide thread that refreshes the coarse clock while at least one cache needs
+    //! it.
 
     use std::thread::{self, JoinHandle};
 
     use std::sync::OnceLock;
 
-    use quanta::Instant;
+    use std::time::Instant;
 
     use super::TICK;
     use crate::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering, lock};
@@ -171,12 +199,7 @@ mod ticker {
     static COARSE: AtomicU64 = AtomicU64::new(0);
 
     pub(crate) fn base() -> Instant {
-        // Under Miri, which cannot run quanta's calibration (`cpuid`, `rdtsc`), the base is a
-        // mocked clock's zero: the tests that run there use mocked clocks throughout.
-        #[cfg(miri)]
-        return *BASE.get_or_init(|| quanta::Clock::mock().0.now());
-        #[cfg(not(miri))]
-        *BASE.get_or_init(|| quanta::Clock::new().now())
+        *BASE.get_or_init(Instant::now)
     }
 
     /// The coarse time (fresh within one [`TICK`] while a ticker runs).
@@ -186,11 +209,9 @@ mod ticker {
         COARSE.load(Ordering::Relaxed)
     }
 
-    /// Refreshes both coarse clocks from `clock`.
-    fn refresh(clock: &quanta::Clock) {
-        let now = clock.now();
-        quanta::set_recent(now);
-        let ns = now.saturating_duration_since(base()).as_nanos();
+    /// Refreshes the coarse clock from the monotonic clock.
+    fn refresh() {
+        let ns = base().elapsed().as_nanos();
         // Below `NO_OFFSET` (584 years of uptime), which `TimeSource::now` relies on.
         let ns = u64::try_from(ns)
             .unwrap_or(u64::MAX)
@@ -220,8 +241,7 @@ mod ticker {
                     return Lease(true);
                 }
                 None => {
-                    let clock = quanta::Clock::new();
-                    refresh(&clock);
+                    refresh();
                     let stop = Arc::new(AtomicBool::new(false));
                     let flag = stop.clone();
                     let spawned =
@@ -230,7 +250,7 @@ mod ticker {
                             .spawn(move || {
                                 // Relaxed: a stop request needs no data with it.
                                 while !flag.load(Ordering::Relaxed) {
-                                    refresh(&clock);
+                                    refresh();
                                     thread::park_timeout(TICK);
                                 }
                             });
@@ -297,7 +317,7 @@ mod tests {
     }
 
     /// With a real clock and its ticker running, `now` is the coarse time (one load), and it
-    /// agrees with quanta's reading of the same instant within a few ticks.
+    /// agrees with the monotonic clock's reading of the same instant within a few ticks.
     #[test]
     fn a_real_clock_reads_the_coarse_time() {
         let time = TimeSource::new(Clock::new(), true);
@@ -319,24 +339,39 @@ mod tests {
             let apart = Duration::from_nanos(fast.abs_diff(slow));
             assert!(
                 apart < 100 * TICK,
-                "coarse time {fast} is {apart:?} from quanta's {slow}"
+                "coarse time {fast} is {apart:?} from the clock's {slow}"
             );
         }
     }
 
-    /// Without the coarse clock no ticker is leased, and `now` follows real time exactly.
+    /// Without the coarse clock no ticker is leased, and `now` is the monotonic clock's time
+    /// since the cache was built, exactly: between `std::time::Instant` readings taken around
+    /// it. (quanta's TSC time ran 35 ppm fast on the CI machine: after 200 ms, 7 us off, far
+    /// outside that window.)
     #[test]
-    fn a_precise_clock_needs_no_ticker_and_follows_real_time() {
-        let time = TimeSource::new(Clock::new(), false);
+    fn a_precise_clock_needs_no_ticker_and_follows_the_monotonic_clock() {
+        // quanta's calibration (in `Clock::new`) is not inside the window.
+        let clock = Clock::new();
+        let before_new = std::time::Instant::now();
+        let time = TimeSource::new(clock, false);
+        let after_new = std::time::Instant::now();
         time.ensure_ticking();
         assert!(time.ticker.get().is_none());
-        let before = time.now();
-        std::thread::sleep(Duration::from_millis(5));
-        let after = time.now();
-        assert!(
-            after - before >= 5_000_000,
-            "{before} then {after} after 5 ms"
-        );
+        let mut last = 0;
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(50));
+            let before = std::time::Instant::now();
+            let now = time.now();
+            let after = std::time::Instant::now();
+            let lowest = before.duration_since(after_new).as_nanos() as u64;
+            let highest = after.duration_since(before_new).as_nanos() as u64;
+            assert!(
+                (lowest..=highest).contains(&now),
+                "now {now} ns, outside [{lowest}, {highest}] by std::time::Instant"
+            );
+            assert!(now >= last + 50_000_000, "{last} then {now} after 50 ms");
+            last = now;
+        }
         assert!(time.ticker.get().is_none());
 
         // A mock stays a mock, exact, whatever the option.
@@ -344,5 +379,23 @@ mod tests {
         let time = TimeSource::new(clock, false);
         mock.increment(Duration::from_millis(7));
         assert_eq!(time.now(), 7_000_000);
+    }
+
+    /// The coarse time never runs ahead of the monotonic clock (it is that clock's time, up to
+    /// a tick old).
+    #[test]
+    fn the_coarse_time_is_never_ahead_of_the_monotonic_clock() {
+        let before_new = std::time::Instant::now();
+        let time = TimeSource::new(Clock::new(), true);
+        time.ensure_ticking();
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(10));
+            let now = time.now();
+            let highest = before_new.elapsed().as_nanos() as u64;
+            assert!(
+                now <= highest,
+                "coarse {now} ns ahead of the clock's {highest}"
+            );
+        }
     }
 }

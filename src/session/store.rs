@@ -331,9 +331,8 @@ impl<Z: Serializer> MemoryStoreBuilder<Z> {
                 cache,
                 serializer,
                 ttl_fn: self.ttl_fn,
-                origin: clock.now(),
+                origin: crate::clock::Origin::new(clock),
                 wall_origin: SystemTime::now(),
-                clock,
                 stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
                 stripe_hasher: ahash::RandomState::new(),
                 max_weight: options.max_bytes.map(|max| max.min(u64::from(u32::MAX))),
@@ -558,8 +557,8 @@ struct Inner<Z: Serializer> {
     serializer: Arc<Z>,
     options: Options,
     ttl_fn: Option<Arc<TtlFn<Z::Session>>>,
-    clock: Clock,
-    origin: quanta::Instant,
+    /// When the store was built, on its clock (`wall_origin` on the system's).
+    origin: crate::clock::Origin,
     wall_origin: SystemTime,
     stripes: Box<[Mutex<()>]>,
     stripe_hasher: ahash::RandomState,
@@ -603,7 +602,7 @@ impl<Z: Serializer> Drop for Inner<Z> {
 impl<Z: Serializer> Inner<Z> {
     /// The store's wall clock (see [`MemoryStore::now`]).
     fn now(&self) -> SystemTime {
-        let elapsed = self.clock.now().duration_since(self.origin);
+        let elapsed = self.origin.elapsed();
         self.wall_origin
             .checked_add(elapsed)
             .unwrap_or(self.wall_origin)
