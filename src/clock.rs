@@ -89,6 +89,7 @@ pub(crate) struct TimeSource {
     #[cfg_attr(loom, allow(dead_code))]
     mocked: bool,
     /// A real clock read on every call (`coarse_clock(false)`): no ticker.
+    #[cfg_attr(loom, allow(dead_code))]
     precise: bool,
     /// Once the ticker runs for this cache: the cache's start in the ticker's coarse time
     /// (nanoseconds since [`ticker::base`]), so that `now` is one load and a subtraction.
