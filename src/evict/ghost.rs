@@ -62,14 +62,29 @@ impl Ghost {
     ) -> Option<u32> {
         let base = self.base(hash);
         let fp = Self::fingerprint(hash);
-        let b = &mut self.slots[base..base + depth];
-        let i = b
-            .iter()
-            .position(|&v| v != 0 && v >> INFO_BITS == fp && check.is_none_or(|c| v & mask == c))?;
-        let v = b[i];
-        b.copy_within(i + 1.., i);
-        b[depth - 1] = 0;
-        Some(v & ((1 << INFO_BITS) - 1))
+        let b: &mut [u32; BUCKET] = (&mut self.slots[base..base + BUCKET])
+            .try_into()
+            .expect("a whole bucket");
+        // The slots whose fingerprint matches, as a bit mask: a fixed-length loop without an
+        // early exit, which the compiler turns into a few vector compares (the search was a
+        // tenth of an evicting insert's instructions). A fingerprint has its low bit set, so
+        // an empty slot (0) never matches.
+        let mut matches = 0u32;
+        for (j, &v) in b.iter().enumerate() {
+            matches |= u32::from(v >> INFO_BITS == fp) << j;
+        }
+        matches &= (1u32 << depth) - 1;
+        while matches != 0 {
+            let i = matches.trailing_zeros() as usize;
+            let v = b[i];
+            if check.is_none_or(|c| v & mask == c) {
+                b.copy_within(i + 1..depth, i);
+                b[depth - 1] = 0;
+                return Some(v & ((1 << INFO_BITS) - 1));
+            }
+            matches &= matches - 1;
+        }
+        None
     }
 
     /// Records `hash` with `info` (below `2^INFO_BITS`) as the newest record of its bucket;
@@ -77,11 +92,19 @@ impl Ghost {
     pub(super) fn add(&mut self, hash: u64, info: u32, depth: usize) {
         debug_assert!(info < 1 << INFO_BITS);
         let base = self.base(hash);
-        let b = &mut self.slots[base..base + BUCKET];
-        b.copy_within(0..depth - 1, 1);
+        let b: &mut [u32; BUCKET] = (&mut self.slots[base..base + BUCKET])
+            .try_into()
+            .expect("a whole bucket");
+        // Fixed lengths, so that the shift and the clearing compile to vector moves and
+        // selects instead of a call to `memmove` and a loop: everything moves down one slot,
+        // then the slots from `depth` on (the oldest record, or stale ones after a change of
+        // depth) are cleared.
+        b.copy_within(0..BUCKET - 1, 1);
         b[0] = (Self::fingerprint(hash) << INFO_BITS) | info;
-        for v in &mut b[depth..] {
-            *v = 0;
+        for (j, v) in b.iter_mut().enumerate() {
+            if j >= depth {
+                *v = 0;
+            }
         }
     }
 
@@ -107,6 +130,38 @@ mod tests {
         x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         x ^ (x >> 31)
+    }
+
+    /// Within a bucket: the newest matching record is taken, a record failing the check is
+    /// passed over for an older one that passes it, and slots past `depth` are not searched.
+    #[test]
+    fn take_searches_newest_first_within_depth_and_check() {
+        let mut g = Ghost::with_slots(64);
+        let h = mix(7);
+        // Three records of one hash: infos 0x10, 0x21, 0x12 (newest last).
+        for info in [0x10, 0x21, 0x12] {
+            g.add(h, info, 4);
+        }
+        // The check compares the low nibble: 0x1 matches 0x21 only, passing over 0x12.
+        assert_eq!(g.take(h, 4, 0xF, Some(0x1)), Some(0x21));
+        assert_eq!(g.take(h, 4, 0xF, Some(0x1)), None);
+        assert_eq!(g.take(h, 4, 0, None), Some(0x12));
+        assert_eq!(g.take(h, 4, 0, None), Some(0x10));
+        assert_eq!(g.take(h, 4, 0, None), None);
+        // A record pushed past the depth in use is gone (4 buckets: another hash of the
+        // same bucket is among the first few).
+        let other = (0..1000u64)
+            .map(|k| mix(k + 1_000_000))
+            .find(|&o| g.base(o) == g.base(h) && Ghost::fingerprint(o) != Ghost::fingerprint(h))
+            .expect("a hash of the same bucket");
+        g.add(h, 0x30, 2);
+        g.add(other, 0x32, 2);
+        assert_eq!(g.take(h, 2, 0, None), Some(0x30));
+        g.add(h, 0x30, 2);
+        g.add(other, 0x32, 2);
+        g.add(other, 0x33, 2);
+        assert_eq!(g.take(h, 2, 0, None), None);
+        g.validate();
     }
 
     #[test]
