@@ -317,8 +317,12 @@ mod tests {
         assert!(time.ticker.get().is_some());
     }
 
-    /// With a real clock and its ticker running, `now` is the coarse time (one load), and it
-    /// agrees with the monotonic clock's reading of the same instant within a few ticks.
+    /// With a real clock and its ticker running, `now` is the coarse time (one load): the
+    /// ticker's last refresh, read around it, in the cache's time. It never runs ahead of the
+    /// monotonic clock, and keeps up with it within a few ticks while the ticker thread runs.
+    /// A loaded machine may leave that thread unscheduled for a while (100 ticks and more):
+    /// the readings wait for it to catch up, up to a watchdog, rather than require it at every
+    /// reading.
     #[test]
     fn a_real_clock_reads_the_coarse_time() {
         let time = TimeSource::new(Clock::new(), true);
@@ -331,17 +335,43 @@ mod tests {
             assert!(offset.is_none());
             return;
         }
-        assert!(offset.is_some());
+        let Some(offset) = *offset else {
+            panic!("no offset with a running ticker");
+        };
+        let behind = |fast: u64, slow: u64| Duration::from_nanos(slow.saturating_sub(fast));
         let mut last = 0;
+        let mut caught_up = false;
         for _ in 0..1000 {
-            let (fast, slow) = (time.now(), time.now_slow());
-            assert!(fast >= last, "time went back: {fast} after {last}");
-            last = fast;
-            let apart = Duration::from_nanos(fast.abs_diff(slow));
+            let before = ticker::coarse();
+            let fast = time.now();
+            let after = ticker::coarse();
+            let slow = time.now_slow();
             assert!(
-                apart < 100 * TICK,
-                "coarse time {fast} is {apart:?} from the clock's {slow}"
+                fast <= slow,
+                "coarse time {fast} ahead of the clock's {slow}"
             );
+            // Until the ticker's first refresh after the cache's start, `now` reads the
+            // source (and the step from that reading to the coarse time is not checked here).
+            if before >= offset {
+                assert!(
+                    (before - offset..=after - offset).contains(&fast),
+                    "now {fast} is not the coarse time ({before}..={after}, offset {offset})"
+                );
+                assert!(fast >= last, "time went back: {fast} after {last}");
+                last = fast;
+                caught_up |= behind(fast, slow) < 100 * TICK;
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !caught_up {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the coarse time stayed 100 ticks or more behind the clock for 10 s"
+            );
+            std::thread::sleep(TICK);
+            let coarse = ticker::coarse();
+            let (fast, slow) = (time.now(), time.now_slow());
+            caught_up = coarse >= offset && behind(fast, slow) < 100 * TICK;
         }
     }
 

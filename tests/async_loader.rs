@@ -29,6 +29,32 @@ fn run<F: Future<Output = ()> + Send + 'static>(f: F) {
     });
 }
 
+/// `f`, counting in `arrived` the first time it returns `Pending`: a caller of the async
+/// loaders is then inside the key's flight (waiting for it, or leading it and inside its
+/// load). A load that waits for every caller to have arrived this way ends with all of them
+/// waiting for it, however late a task is polled (a load that only slept "long enough" did
+/// not, on a loaded machine: a task polled after it ended started a second load).
+async fn arrive<F: Future>(f: F, arrived: &AtomicUsize) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut counted = false;
+    std::future::poll_fn(move |cx| {
+        let poll = f.as_mut().poll(cx);
+        if poll.is_pending() && !counted {
+            counted = true;
+            arrived.fetch_add(1, Ordering::SeqCst);
+        }
+        poll
+    })
+    .await
+}
+
+/// Inside a load: returns once `n` callers have [`arrive`]d (the leader among them).
+async fn until_arrived(arrived: &AtomicUsize, n: usize) {
+    while arrived.load(Ordering::SeqCst) < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 #[test]
 fn a_thousand_tasks_run_the_loader_once() {
     run(async {
@@ -237,19 +263,21 @@ fn an_error_reaches_every_waiter_once() {
     run(async {
         let cache = Cache::<u64, u64>::new();
         let calls = Arc::new(AtomicUsize::new(0));
+        let arrived = Arc::new(AtomicUsize::new(0));
         let start = Arc::new(tokio::sync::Barrier::new(100));
         let tasks: Vec<_> = (0..100)
             .map(|_| {
-                let (cache, calls, start) = (cache.clone(), calls.clone(), start.clone());
+                let (cache, calls, arrived, start) =
+                    (cache.clone(), calls.clone(), arrived.clone(), start.clone());
                 tokio::spawn(async move {
                     start.wait().await;
-                    cache
-                        .try_get_or_insert_async(8, async {
-                            calls.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            Err::<u64, _>(LoadError(500))
-                        })
-                        .await
+                    let load = cache.try_get_or_insert_async(8, async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        // Fails only once every caller waits for it.
+                        until_arrived(&arrived, 100).await;
+                        Err::<u64, _>(LoadError(500))
+                    });
+                    arrive(load, &arrived).await
                 })
             })
             .collect();
@@ -277,17 +305,18 @@ fn nothing_reaches_every_waiter() {
     run(async {
         let cache = Cache::<u64, u64>::new();
         let calls = Arc::new(AtomicUsize::new(0));
+        let arrived = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..50)
             .map(|_| {
-                let (cache, calls) = (cache.clone(), calls.clone());
+                let (cache, calls, arrived) = (cache.clone(), calls.clone(), arrived.clone());
                 tokio::spawn(async move {
-                    cache
-                        .optionally_get_or_insert_async(4, async {
-                            calls.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            None
-                        })
-                        .await
+                    let load = cache.optionally_get_or_insert_async(4, async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        // Finds nothing only once every caller waits for it.
+                        until_arrived(&arrived, 50).await;
+                        None
+                    });
+                    arrive(load, &arrived).await
                 })
             })
             .collect();

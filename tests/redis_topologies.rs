@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use evanesce::integrations::redis::{RedisStore, Target, TieredStore, redis_record_store};
 use evanesce::session::Error;
-use redis_support::{Certs, Server, available, behaviour_suite, expiring, free_port, run};
+use redis_support::{
+    Certs, Server, available, behaviour_suite, expiring, free_port, run, until_ok,
+};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -529,7 +531,8 @@ fn sentinel_a_switch_master_announcement_moves_the_store_at_once() {
     }
     let setup = SentinelSetup::start();
     let sentinel_url = setup.sentinel.url();
-    let (master_pid, new_master) = (setup.master.pid(), setup.replica.port);
+    let (master_pid, old_master, new_master) =
+        (setup.master.pid(), setup.master.port, setup.replica.port);
     run(LIMIT, move || async move {
         let store = RedisStore::builder(Target::sentinel([sentinel_url.as_str()], "mymaster"))
             .response_timeout(Duration::from_secs(2))
@@ -560,6 +563,9 @@ fn sentinel_a_switch_master_announcement_moves_the_store_at_once() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if let Some(connected) = connected_to(old_master) {
+            assert!(connected, "the store holds no connection to the master");
+        }
         redis_support::signal_pid(master_pid, "STOP");
         let mut sentinel = redis::Client::open(sentinel_url.as_str())
             .unwrap()
@@ -580,8 +586,22 @@ fn sentinel_a_switch_master_announcement_moves_the_store_at_once() {
             assert!(started.elapsed() < Duration::from_secs(30), "no failover");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // The announcement reaches the store's listener within a moment.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The announcement reaches the store's listener, which drops its connection to the
+        // frozen master. Wait for that rather than for a fixed moment: a listener task run
+        // late (a loaded machine) is no failure, one that never drops it is (10 s).
+        match connected_to(old_master) {
+            Some(_) => {
+                let started = Instant::now();
+                while connected_to(old_master) == Some(true) {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(10),
+                        "the store kept its connection to the frozen master"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
         let started = Instant::now();
         let result = store.get("before").await;
         let took = started.elapsed();
@@ -593,6 +613,28 @@ fn sentinel_a_switch_master_announcement_moves_the_store_at_once() {
         );
     });
     drop(setup);
+}
+
+/// Whether this process holds an established TCP connection to `port` on 127.0.0.1: its
+/// sockets (by inode, from `/proc/self/fd`) in `/proc/net/tcp`. `None` where there is no
+/// such table (not Linux).
+fn connected_to(port: u16) -> Option<bool> {
+    let ours: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| {
+            let inode = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(inode.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    // 127.0.0.1, as the table writes it (the address in host byte order on x86), and the port.
+    let remote = format!("{:08X}:{port:04X}", u32::from_ne_bytes([127, 0, 0, 1]));
+    Some(table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // rem_address, st (01: ESTABLISHED), inode.
+        fields.len() > 9 && fields[2] == remote && fields[3] == "01" && ours.contains(fields[9])
+    }))
 }
 
 /// Sentinel over TLS: a TLS-only master and Sentinel (`--port 0`); the store reaches the
@@ -922,12 +964,14 @@ fn cluster_a_node_down_gives_prompt_errors_never_a_hang() {
     cluster.nodes[1].kill();
     let live = vec![urls[0].clone(), urls[2].clone()];
     run(LIMIT, move || async move {
-        let store = RedisStore::builder(Target::cluster(live))
-            .response_timeout(Duration::from_millis(500))
-            .connection_timeout(Duration::from_millis(500))
-            .build()
-            .await
-            .unwrap();
+        // (The build again if it times out: see `until_ok`.)
+        let store = until_ok(|| {
+            RedisStore::builder(Target::cluster(live.clone()))
+                .response_timeout(Duration::from_millis(500))
+                .connection_timeout(Duration::from_millis(500))
+                .build()
+        })
+        .await;
         let mut failed = 0;
         for id in &ids {
             let started = Instant::now();

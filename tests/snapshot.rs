@@ -324,8 +324,11 @@ fn a_failing_background_save_is_reported() {
     ));
 }
 
+/// What the crash test's child prints once it has saved a snapshot.
+const CRASH_CHILD_SAVED: &str = "crash child: saved";
+
 /// The child half of the crash test: saves snapshots of a changing store in a loop until it
-/// is killed.
+/// is killed (saying so after the first).
 fn crash_child(path: &Path) -> ! {
     let store = MemoryStore::new();
     let mut round = 0u64;
@@ -341,6 +344,9 @@ fn crash_child(path: &Path) -> ! {
             store.clear();
         }
         store.save_snapshot(path).unwrap();
+        if round == 1 {
+            println!("{CRASH_CHILD_SAVED}");
+        }
     }
 }
 
@@ -361,14 +367,35 @@ fn a_writer_killed_mid_save_leaves_a_loadable_snapshot() {
                 "--nocapture",
             ])
             .env("EVANESCE_CRASH_CHILD", &path)
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        // Kill it at a different moment each time (it saves every few milliseconds).
-        std::thread::sleep(Duration::from_millis(30 + (kill * 37) % 90));
+        // Kill it at a different moment of its save loop each time (it saves every few
+        // milliseconds), counted from its first save: counted from its start, a child slow to
+        // start or to flush its first file (a loaded machine, a slow disk) could be killed
+        // before it saved anything, every time.
+        let (saved, first_save) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            // Read to the end: the child never waits on a full pipe.
+            for line in std::io::BufReader::new(stdout).lines() {
+                if line.is_ok_and(|line| line == CRASH_CHILD_SAVED) {
+                    let _ = saved.send(());
+                }
+            }
+        });
+        let first = first_save.recv_timeout(Duration::from_secs(30));
+        if first.is_ok() {
+            std::thread::sleep(Duration::from_millis((kill * 37) % 90));
+        }
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
+        assert!(
+            first.is_ok(),
+            "kill {kill}: the child saved nothing in 30 s"
+        );
         if path.exists() {
             saw_a_file += 1;
             let store = MemoryStore::new();
@@ -1067,6 +1094,9 @@ fn a_directory_others_can_write_is_refused() {
             .build()
             .unwrap();
         assert_eq!(again.length(), 1);
+        // Closed first: a store with a snapshot file saves it when dropped, which left one
+        // file in the system's temporary directory per run.
+        assert_eq!(again.close().unwrap(), 1);
         std::fs::remove_file(&in_tmp).unwrap();
     } else {
         eprintln!("(the system's temporary directory is not root's 01777: that case is skipped)");

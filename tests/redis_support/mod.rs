@@ -246,6 +246,26 @@ impl Drop for Server {
     }
 }
 
+/// Runs `op` (a step that must succeed: a store's build, a first write) again while it fails,
+/// for up to 10 s. Some tests give their store short timeouts so that its failures come fast;
+/// a server or a test thread descheduled that long (a loaded machine) times such a step out
+/// once in a while, which is not what those tests are about.
+pub async fn until_ok<T, E: std::fmt::Debug, F: std::future::Future<Output = Result<T, E>>>(
+    mut op: impl FnMut() -> F,
+) -> T {
+    let started = Instant::now();
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "still failing after 10 s: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Runs `f` on a thread and fails if it has not returned within `limit` (a hang is a bug).
 pub fn watchdog<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
