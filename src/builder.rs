@@ -282,7 +282,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// `true`). The coarse clock is one load on the read path, refreshed every millisecond by
     /// one background thread per process (started when the first cache with deadlines needs
     /// it, stopped with the last); deadlines are then kept to within about a millisecond of
-    /// real time. With `false` this cache starts no such thread and reads the operating system's
+    /// real time while that thread is scheduled (a machine loaded far beyond its cores can
+    /// leave it waiting; writes' maintenance passes then catch the time up, reads alone do
+    /// not). With `false` this cache starts no such thread and reads the operating system's
     /// monotonic clock (`std::time::Instant`) on every operation that needs the time: about
     /// 21 ns more per read, exact deadlines, no wake-ups. Choose `false` for a cache that
     /// serves few operations a second, where a thread waking a thousand times a second costs

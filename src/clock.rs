@@ -17,7 +17,14 @@
 //! ([`ticker::base`]), which a cache with deadlines reads with one load and one subtraction.
 //! The ticker is started the first time a cache needs time (a deadline is set) and stopped
 //! when the last cache using it is dropped. An entry may therefore be served up to about one
-//! tick after its deadline in real time, never after it in the cache's time.
+//! tick after its deadline in real time, never after it in the cache's time. That holds
+//! while the ticker thread runs: one descheduled for longer (a machine loaded far beyond its
+//! cores, a process just resumed) leaves the coarse time behind, and with it every cache's
+//! expiry, until it runs again or a cache's maintenance pass, which reads the clock and
+//! raises the coarse time when it is more than two ticks behind ([`TimeSource::catch_up`]),
+//! catches it up. Entries inserted meanwhile get deadlines early by the lag. A cache that
+//! must never serve an entry past its deadline by more than a tick, whatever the scheduling,
+//! reads the clock on every operation instead (`coarse_clock(false)`).
 //!
 //! A cache built with [`coarse_clock(false)`](crate::CacheBuilder::coarse_clock) starts no
 //! ticker and reads the monotonic clock on every operation that needs the time: about 21 ns
@@ -143,6 +150,9 @@ impl TimeSource {
                 (lease, offset)
             });
             if let Some(offset) = offset {
+                // The coarse time may be up to a tick old, behind what `now_slow` returned
+                // before this (time would step back): bring it up to now first.
+                ticker::catch_up(0);
                 // Relaxed: a reader that does not see it yet reads the source (`now_slow`),
                 // which is as correct, only slower.
                 self.offset.store(*offset, Ordering::Relaxed);
@@ -165,8 +175,30 @@ impl TimeSource {
             if coarse >= offset {
                 return coarse - offset;
             }
+            if offset != NO_OFFSET {
+                // The ticker runs but has not refreshed since this cache started (it was set
+                // before `ensure_ticking`'s catch-up, by a refresh that read the clock earlier
+                // and stored later). Reading the source here without raising the coarse time
+                // would let a later `now` step back to it.
+                return ticker::catch_up(0).saturating_sub(offset);
+            }
         }
         self.now_slow()
+    }
+
+    /// Brings the process's coarse time up to the monotonic clock if it is more than two
+    /// ticks behind (its ticker thread descheduled on a loaded machine, or the process just
+    /// resumed). Maintenance passes call it, so that while a cache is written its coarse
+    /// time lags real time by at most the interval between its passes, whatever the ticker
+    /// thread's scheduling. Costs a clock reading (about 21 ns); stores only when behind, so
+    /// that readers' shared cache line is not written by every pass.
+    #[inline]
+    pub(crate) fn catch_up(&self) {
+        #[cfg(not(loom))]
+        // Relaxed: see `ensure_ticking`.
+        if !self.mocked && self.offset.load(Ordering::Relaxed) != NO_OFFSET {
+            ticker::catch_up(2 * TICK.as_nanos() as u64);
+        }
     }
 
     /// `now` read from the source: the mock's time, or the monotonic clock (a precise cache,
@@ -198,6 +230,9 @@ mod ticker {
     static BASE: OnceLock<Instant> = OnceLock::new();
     /// The coarse time: nanoseconds since [`BASE`], as of the ticker's last refresh.
     static COARSE: AtomicU64 = AtomicU64::new(0);
+    /// Tests: the ticker thread skips its refreshes while set (a descheduled ticker).
+    #[cfg(test)]
+    pub(super) static STALLED: AtomicBool = AtomicBool::new(false);
 
     pub(crate) fn base() -> Instant {
         *BASE.get_or_init(Instant::now)
@@ -210,15 +245,33 @@ mod ticker {
         COARSE.load(Ordering::Relaxed)
     }
 
-    /// Refreshes the coarse clock from the monotonic clock.
-    fn refresh() {
+    /// The monotonic clock's time since [`base`], in nanoseconds.
+    fn read() -> u64 {
         let ns = base().elapsed().as_nanos();
         // Below `NO_OFFSET` (584 years of uptime), which `TimeSource::now` relies on.
-        let ns = u64::try_from(ns)
+        u64::try_from(ns)
             .unwrap_or(u64::MAX)
-            .min(super::NO_OFFSET - 1);
+            .min(super::NO_OFFSET - 1)
+    }
+
+    /// Refreshes the coarse clock from the monotonic clock.
+    fn refresh() {
         // Relaxed: see `coarse`. `fetch_max`: never moves backwards, whoever refreshes.
-        COARSE.fetch_max(ns, Ordering::Relaxed);
+        COARSE.fetch_max(read(), Ordering::Relaxed);
+    }
+
+    /// Reads the monotonic clock and raises the coarse time to it if the coarse time is more
+    /// than `slack` nanoseconds behind. Returns the coarse time as of after the raise (at
+    /// least the reading when it raised, and never less than a value returned before).
+    pub(crate) fn catch_up(slack: u64) -> u64 {
+        let now = read();
+        let coarse = coarse();
+        if now > coarse.saturating_add(slack) {
+            // Relaxed: see `coarse`. `fetch_max` returns the previous value.
+            COARSE.fetch_max(now, Ordering::Relaxed).max(now)
+        } else {
+            coarse
+        }
     }
 
     struct Running {
@@ -251,6 +304,11 @@ mod ticker {
                             .spawn(move || {
                                 // Relaxed: a stop request needs no data with it.
                                 while !flag.load(Ordering::Relaxed) {
+                                    #[cfg(test)]
+                                    if STALLED.load(Ordering::Relaxed) {
+                                        thread::park_timeout(TICK);
+                                        continue;
+                                    }
                                     refresh();
                                     thread::park_timeout(TICK);
                                 }
@@ -410,6 +468,48 @@ mod tests {
         let time = TimeSource::new(clock, false);
         mock.increment(Duration::from_millis(7));
         assert_eq!(time.now(), 7_000_000);
+    }
+
+    /// A cache created while the ticker runs for others reads the source until it needs
+    /// deadlines, then the coarse time, which may be up to a tick old: it is brought up to
+    /// now first, so the cache's time never steps back (before, a refresh between the cache's
+    /// start and its first reading made the next reading earlier than that one).
+    #[test]
+    fn time_never_steps_back_when_a_cache_starts_using_the_coarse_time() {
+        let running = TimeSource::new(Clock::new(), true);
+        running.ensure_ticking();
+        for round in 0..50 {
+            let time = TimeSource::new(Clock::new(), true);
+            // Long enough for a refresh to land after the start, half the time.
+            std::thread::sleep(TICK / 2);
+            let before = time.now();
+            time.ensure_ticking();
+            let after = time.now();
+            assert!(after >= before, "round {round}: {before} then {after}");
+        }
+    }
+
+    /// A ticker thread that does not run (descheduled) leaves the coarse time behind; a
+    /// maintenance pass's `catch_up` brings it back to within two ticks of the clock.
+    #[test]
+    fn a_stalled_ticker_is_caught_up_by_passes() {
+        let time = TimeSource::new(Clock::new(), true);
+        time.ensure_ticking();
+        if !time.ticker.get().is_some_and(|(lease, _)| lease.running()) {
+            return;
+        }
+        ticker::STALLED.store(true, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(5));
+        let stale = time.now();
+        std::thread::sleep(Duration::from_millis(20));
+        let real_before = time.origin.real.elapsed().as_nanos() as u64;
+        time.catch_up();
+        let caught = time.now();
+        ticker::STALLED.store(false, Ordering::Relaxed);
+        assert!(
+            caught + 2 * TICK.as_nanos() as u64 >= real_before,
+            "coarse {caught} ns after catching up, the clock {real_before} (stale {stale})"
+        );
     }
 
     /// The coarse time never runs ahead of the monotonic clock (it is that clock's time, up to

@@ -370,6 +370,8 @@ where
             return;
         };
         let mut expired = mem::take(&mut self.m.expired);
+        // A ticker thread that fell behind does not hold this cache's expiry back.
+        self.cfg.time.catch_up();
         let now = self.cfg.time.now();
         let table = self.table;
         // Relaxed (deadline): see `Shard::alive` (shard.rs). An entry touched since it was filed reports
