@@ -89,12 +89,9 @@ impl Origin {
 
 /// The time source of one cache.
 pub(crate) struct TimeSource {
-    /// The cache's start.
+    /// The cache's start (and whether the clock is a mock, whose time is exact and needs
+    /// no ticker).
     origin: Origin,
-    /// Whether the clock is a `quanta::Clock::mock()`, whose time is exact and needs no
-    /// ticker.
-    #[cfg_attr(loom, allow(dead_code))]
-    mocked: bool,
     /// A real clock read on every call (`coarse_clock(false)`): no ticker.
     #[cfg_attr(loom, allow(dead_code))]
     precise: bool,
@@ -120,11 +117,9 @@ impl TimeSource {
         #[cfg(not(loom))]
         let _ = ticker::base();
         let origin = Origin::new(clock);
-        let mocked = origin.mocked;
         Self {
+            precise: !coarse && !origin.mocked,
             origin,
-            mocked,
-            precise: !coarse && !mocked,
             #[cfg(not(loom))]
             ticker: std::sync::OnceLock::new(),
             offset: AtomicU64::new(NO_OFFSET),
@@ -135,7 +130,7 @@ impl TimeSource {
     #[inline]
     pub(crate) fn ensure_ticking(&self) {
         #[cfg(not(loom))]
-        if !self.mocked && !self.precise && self.ticker.get().is_none() {
+        if !self.origin.mocked && !self.precise && self.ticker.get().is_none() {
             let (_, offset) = self.ticker.get_or_init(|| {
                 let lease = ticker::Lease::acquire();
                 // Only with a running ticker is the coarse time kept fresh.
@@ -196,7 +191,7 @@ impl TimeSource {
     pub(crate) fn catch_up(&self) {
         #[cfg(not(loom))]
         // Relaxed: see `ensure_ticking`.
-        if !self.mocked && self.offset.load(Ordering::Relaxed) != NO_OFFSET {
+        if !self.origin.mocked && self.offset.load(Ordering::Relaxed) != NO_OFFSET {
             ticker::catch_up(2 * TICK.as_nanos() as u64);
         }
     }
@@ -254,20 +249,16 @@ mod ticker {
             .min(super::NO_OFFSET - 1)
     }
 
-    /// Refreshes the coarse clock from the monotonic clock.
-    fn refresh() {
-        // Relaxed: see `coarse`. `fetch_max`: never moves backwards, whoever refreshes.
-        COARSE.fetch_max(read(), Ordering::Relaxed);
-    }
-
     /// Reads the monotonic clock and raises the coarse time to it if the coarse time is more
-    /// than `slack` nanoseconds behind. Returns the coarse time as of after the raise (at
-    /// least the reading when it raised, and never less than a value returned before).
+    /// than `slack` nanoseconds behind (the ticker's refresh is `catch_up(0)`). Returns the
+    /// coarse time as of after the raise (at least the reading when it raised, and never less
+    /// than a value returned before).
     pub(crate) fn catch_up(slack: u64) -> u64 {
         let now = read();
         let coarse = coarse();
         if now > coarse.saturating_add(slack) {
-            // Relaxed: see `coarse`. `fetch_max` returns the previous value.
+            // Relaxed: see `coarse`. `fetch_max`: never moves backwards, whoever raises it; it
+            // returns the previous value.
             COARSE.fetch_max(now, Ordering::Relaxed).max(now)
         } else {
             coarse
@@ -295,7 +286,7 @@ mod ticker {
                     return Lease(true);
                 }
                 None => {
-                    refresh();
+                    catch_up(0);
                     let stop = Arc::new(AtomicBool::new(false));
                     let flag = stop.clone();
                     let spawned =
@@ -309,7 +300,7 @@ mod ticker {
                                         thread::park_timeout(TICK);
                                         continue;
                                     }
-                                    refresh();
+                                    catch_up(0);
                                     thread::park_timeout(TICK);
                                 }
                             });
