@@ -317,7 +317,9 @@ where
     /// [`check_period`](CacheBuilder::check_period)). Fails if the thread cannot be spawned,
     /// or (with [`InvalidInput`](std::io::ErrorKind::InvalidInput), changing nothing) if
     /// `period` is shorter than [`MIN_CHECK_PERIOD`](crate::MIN_CHECK_PERIOD) and not zero
-    /// (zero stops the sweeper, like `None`).
+    /// (zero stops the sweeper, like `None`). Stopping or replacing a sweeper waits for a
+    /// sweep it has under way, so none of its work (or its listener calls) happens after this
+    /// returns; from a listener that the sweep itself runs, it cannot wait, and does not.
     #[cfg(not(loom))]
     pub fn set_check_period(&self, period: Option<Duration>) -> std::io::Result<()>
     where
@@ -336,23 +338,29 @@ where
             ));
         }
         let mut sweeper = lock(&self.inner.sweeper);
-        // Dropping the old sweeper stops its thread.
-        *sweeper = None;
-        if let Some(period) = period.filter(|p| !p.is_zero()) {
-            let weak = Arc::downgrade(&self.inner);
-            *sweeper = Some(crate::periodic::Periodic::spawn(
-                "evanesce-sweep",
-                period,
-                move || match weak.upgrade() {
-                    Some(inner) => {
-                        inner.raw.run_pending_tasks();
-                        true
+        // Dropping the old sweeper stops its thread and waits for a run under way, so it is
+        // dropped after the lock is released (a listener that runs in the sweep may call this
+        // method, and would wait for the lock while the drop waited for it).
+        let old = sweeper.take();
+        let started = period
+            .filter(|p| !p.is_zero())
+            .map(|period| {
+                let weak = Arc::downgrade(&self.inner);
+                crate::periodic::Periodic::spawn("evanesce-sweep", period, move || {
+                    match weak.upgrade() {
+                        Some(inner) => {
+                            inner.raw.run_pending_tasks();
+                            true
+                        }
+                        None => false,
                     }
-                    None => false,
-                },
-            )?);
-        }
-        Ok(())
+                })
+            })
+            .transpose();
+        let result = started.map(|new| *sweeper = new);
+        drop(sweeper);
+        drop(old);
+        result
     }
 
     /// The value for `key`, loading and storing it with `init` if there is none (moka's

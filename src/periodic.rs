@@ -4,17 +4,26 @@
 //!
 //! Its task holds only a weak reference to what it works on (it upgrades it for the length of
 //! a run), so it never keeps a cache or a store alive; dropping the [`Periodic`] (which the
-//! owner does when its last handle goes, or when the period is changed) stops it at once: the
-//! thread is woken and exits without another run.
+//! owner does when its last handle goes, or when the period is changed) stops it: the thread
+//! is woken and exits without another run, and the drop waits for a run already under way to
+//! end, so that nothing of the task happens after the drop returns. The one exception is a
+//! drop by the task's own thread (a run that stops its own sweeper from a listener, or drops
+//! the last handle of what it works on): it cannot wait for itself, and returns at once.
+//!
+//! The owner must not hold, while it drops a `Periodic`, a lock that a run can take (the
+//! cache drops its sweeper after releasing the lock that guards it).
 
 use std::io;
 use std::thread::{self, Thread};
 use std::time::Duration;
 
-use crate::sync::{Arc, AtomicBool, Ordering};
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering, lock};
 
 pub(crate) struct Periodic {
     stop: Arc<AtomicBool>,
+    /// Held by the thread for each run (and the stop check before it): a drop that takes it
+    /// after setting `stop` knows no run is under way and none will start.
+    running: Arc<Mutex<()>>,
     thread: Thread,
 }
 
@@ -28,10 +37,14 @@ impl Periodic {
     ) -> io::Result<Periodic> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let running = Arc::new(Mutex::new(()));
+        let run_lock = running.clone();
         let handle = thread::Builder::new().name(name.into()).spawn(move || {
             loop {
                 thread::park_timeout(period);
-                // Acquire: pairs with the Release in `drop`; nothing else is exchanged.
+                let _run = lock(&run_lock);
+                // Acquire: pairs with the Release in `drop`; nothing else is exchanged (the
+                // lock orders the run against the drop's wait).
                 if stopped.load(Ordering::Acquire) {
                     break;
                 }
@@ -45,6 +58,7 @@ impl Periodic {
         })?;
         Ok(Periodic {
             stop,
+            running,
             thread: handle.thread().clone(),
         })
     }
@@ -54,8 +68,13 @@ impl Drop for Periodic {
     fn drop(&mut self) {
         // Release: pairs with the Acquire in the loop.
         self.stop.store(true, Ordering::Release);
-        // Not joined: the last handle of a cache may be dropped by this thread itself (its task
-        // holds one during a run), and joining would wait for it forever.
         self.thread.unpark();
+        // Not joined, but a run under way is waited for (the thread exits at its next stop
+        // check, doing nothing more). Not by the task's own thread: the last handle of a cache
+        // may be dropped by a run (its task holds one), or a listener may stop the sweeper
+        // that called it, and waiting would be waiting for itself.
+        if thread::current().id() != self.thread.id() {
+            drop(lock(&self.running));
+        }
     }
 }

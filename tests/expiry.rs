@@ -303,6 +303,134 @@ fn check_period_reclaims_an_idle_cache_and_stops_with_it() {
     assert!(probe.upgrade().is_none());
 }
 
+/// Whether the calling thread is a cache's sweeper.
+fn on_the_sweeper() -> bool {
+    std::thread::current().name() == Some("evanesce-sweep")
+}
+
+/// Stopping the sweeper (`set_check_period(None)`, the session store's `stop_interval`)
+/// returns only once a run under way has ended: nothing of the sweep happens after it. The
+/// listener keeps the sweep's run going until the stop has been called (the stopping thread
+/// says so just before it calls); the run's end is recorded, and must precede the stop's return.
+#[test]
+fn stopping_the_sweeper_waits_for_a_run_under_way() {
+    let (in_run_tx, in_run) = std::sync::mpsc::channel::<()>();
+    let in_run_tx = Mutex::new(in_run_tx);
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let run_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stopping_in_listener, ended) = (stopping.clone(), run_ended.clone());
+    let cache: Cache<u32, u32> = Cache::builder()
+        .time_to_live(ms(20))
+        .coarse_clock(false)
+        .eviction_listener(move |_, _, _| {
+            if !on_the_sweeper() || ended.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let _ = in_run_tx.lock().unwrap().send(());
+            while !stopping_in_listener.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(ms(1));
+            }
+            // Time for a stop that does not wait to return before this run ends.
+            std::thread::sleep(ms(100));
+            ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    cache.set_check_period(Some(ms(5))).unwrap();
+    in_run
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the sweeper never expired the entry");
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let stopper = {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+            cache.set_check_period(None).unwrap();
+            let _ = done_tx.send(run_ended.load(std::sync::atomic::Ordering::SeqCst));
+        })
+    };
+    // A watchdog, not a timing assertion: a stop that deadlocked would never answer.
+    let ended_first = done
+        .recv_timeout(Duration::from_secs(60))
+        .expect("stopping the sweeper hung");
+    stopper.join().unwrap();
+    assert!(
+        ended_first,
+        "the stop returned while the sweep's run went on"
+    );
+}
+
+/// A listener that runs in the sweep may stop or restart the sweeper (which cannot wait for
+/// its own run), also while another thread is stopping it (and waiting for that run).
+#[test]
+fn a_listener_in_the_sweep_may_stop_or_restart_the_sweeper() {
+    let cache_slot: Arc<std::sync::OnceLock<Cache<u32, u32>>> = Arc::default();
+    let slot = cache_slot.clone();
+    let (heard_tx, heard) = std::sync::mpsc::channel::<u32>();
+    let heard_tx = Mutex::new(heard_tx);
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping_in_listener = stopping.clone();
+    let cache: Cache<u32, u32> = Cache::builder()
+        .time_to_live(ms(10))
+        .coarse_clock(false)
+        .eviction_listener(move |k: &u32, _, _| {
+            if !on_the_sweeper() {
+                return;
+            }
+            let cache = slot.get().expect("set before the sweeper starts");
+            // Key 1 restarts the sweeper, key 2 stops it, from inside the sweep's run; key 4
+            // restarts it once another thread has begun to stop it.
+            match *k {
+                1 => cache.set_check_period(Some(ms(5))).unwrap(),
+                2 => cache.set_check_period(None).unwrap(),
+                4 => {
+                    let _ = heard_tx.lock().unwrap().send(0);
+                    while !stopping_in_listener.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::thread::sleep(ms(1));
+                    }
+                    std::thread::sleep(ms(20));
+                    cache.set_check_period(Some(ms(5))).unwrap();
+                }
+                _ => {}
+            }
+            let _ = heard_tx.lock().unwrap().send(*k);
+        })
+        .build()
+        .unwrap();
+    assert!(cache_slot.set(cache.clone()).is_ok());
+    let watchdog = Duration::from_secs(60);
+    cache.insert(1, 1);
+    cache.set_check_period(Some(ms(5))).unwrap();
+    assert_eq!(heard.recv_timeout(watchdog), Ok(1), "the restart hung");
+    cache.insert(2, 2);
+    assert_eq!(heard.recv_timeout(watchdog), Ok(2), "the stop hung");
+    // Stopped from inside its run: nothing sweeps key 3 (only the test's own calls would).
+    cache.insert(3, 3);
+    std::thread::sleep(ms(50));
+    assert!(heard.try_recv().is_err(), "a stopped sweeper ran again");
+    cache.remove(&3);
+    cache.set_check_period(Some(ms(5))).unwrap();
+    cache.insert(4, 4);
+    assert_eq!(heard.recv_timeout(watchdog), Ok(0));
+    let stopper = {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+            cache.set_check_period(None).unwrap();
+        })
+    };
+    assert_eq!(
+        heard.recv_timeout(watchdog),
+        Ok(4),
+        "stop and restart deadlocked"
+    );
+    stopper.join().unwrap();
+    cache.set_check_period(None).unwrap();
+    // The listener's slot keeps a handle of its own cache: that cycle leaks, with the test.
+    drop(cache);
+}
+
 /// `coarse_clock(false)`: real time read on every operation, so an entry is served until its
 /// deadline and never after it, with no ticker behind it (the clock module's unit test checks
 /// that no ticker is leased).

@@ -927,7 +927,10 @@ impl<Z: Serializer> MemoryStore<Z> {
         }
     }
 
-    /// Stops the background sweeper, if it runs (expiry goes on as writes happen).
+    /// Stops the background sweeper, if it runs (expiry goes on as writes happen). A sweep
+    /// under way is waited for, so no sweep disposes of a session after this returns (called
+    /// from a dispose hook that the sweep runs, it returns at once: the sweep cannot wait for
+    /// itself).
     pub fn stop_interval(&self) {
         // Stopping never spawns, so it cannot fail.
         let _ = self.inner.cache.set_check_period(None);
@@ -993,7 +996,10 @@ impl<Z: Serializer> MemoryStore<Z> {
     /// saving to the same file are not coordinated: give each its own file.
     pub fn close(&self) -> Result<usize, Error> {
         let path = self.snapshot_path()?;
-        lock(&self.inner.snapshot_task).take();
+        // Stops the background saver, waiting for a save it has under way (dropped once the
+        // task's lock is released).
+        let task = lock(&self.inner.snapshot_task).take();
+        drop(task);
         let _saving = lock(&self.inner.save_lock);
         // Relaxed: read under `save_lock` (background saves) or by the drop of the last
         // handle, after every other use.
