@@ -17,11 +17,15 @@
 //! - `replace_hot`: N replacements of one key;
 //! - `evict`: N inserts of distinct keys into a cache bounded at 2^16 with a time to live
 //!   (every insert evicts once the cache is full);
+//! - `replace_bounded`: N replacements of 2^15 resident keys (scattered) in a cache bounded at
+//!   2^16 with a time to live (no evictions);
 //! - `remove`: N inserts then N removals of the same keys (both counted);
 //! - `mixed_90`: N operations, 90% gets and 10% inserts over 2^17 keys, bounded at 2^16 with a
 //!   time to live;
 //! - `get_hit`, `get_hit_bounded`: N reads of 2^15 resident keys (unbounded and pre-sized;
 //!   bounded at 2^16 with a time to live), the read path for comparison;
+//! - `get_hit_grown`: the same as `get_hit` in a cache built without a size (its table and
+//!   node arena grew to hold the keys);
 //! - `get_or_insert_hit`: N `get_or_insert_with` calls of resident keys (as `get_hit`);
 //! - `session_set`, `session_touch`, `session_get`: the session store's methods on 1,024
 //!   express-session-shaped sessions (about 200 bytes of data each);
@@ -84,6 +88,21 @@ fn main() {
             }
             black_box(&cache);
         }
+        "replace_bounded" => {
+            let cache: Cache<u64, u64> = Cache::builder()
+                .max_capacity(1 << 16)
+                .time_to_live(Duration::from_secs(3600))
+                .build()
+                .unwrap();
+            for i in 0..(1 << 15) {
+                cache.insert(key(i), i);
+            }
+            for i in 0..n {
+                // Resident keys in a scattered order (an odd stride over 2^15).
+                cache.insert(key((i * 0x9E37) & ((1 << 15) - 1)), i);
+            }
+            black_box(&cache);
+        }
         "evict" => {
             let cache: Cache<u64, u64> = Cache::builder()
                 .max_capacity(1 << 16)
@@ -129,10 +148,12 @@ fn main() {
                 }
             }
         }
-        "get_hit" | "get_hit_bounded" => {
+        "get_hit" | "get_hit_bounded" | "get_hit_grown" => {
             let builder = Cache::builder();
             let builder = if kind == "get_hit" {
                 builder.initial_capacity(1 << 16)
+            } else if kind == "get_hit_grown" {
+                builder
             } else {
                 builder
                     .max_capacity(1 << 16)

@@ -95,7 +95,7 @@ impl<K, V> Table<K, V> {
     {
         loop {
             let (head, start) = self.start(hash, guard);
-            let found = self.find(head, tag_of(hash), key, guard);
+            let found = self.find_in::<true, Q>(head, tag_of(hash), key, guard);
             if matches!(found, Some((_, _, next)) if next & MARK == 0)
                 || self.unchanged(&start, hash, guard)
             {
@@ -115,6 +115,23 @@ impl<K, V> Table<K, V> {
         head: u32,
         tag: u16,
         key: &Q,
+        guard: &impl Protected,
+    ) -> Option<(Idx, &'a Node<K, V>, u32)>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.find_in::<false, Q>(head, tag, key, guard)
+    }
+
+    /// [`find`](Self::find), reaching nodes beyond the arena's first chunk inline
+    /// (`INLINE`, for lookups) or through a call (writers).
+    #[inline]
+    fn find_in<'a, const INLINE: bool, Q>(
+        &'a self,
+        head: u32,
+        tag: u16,
+        key: &Q,
         _guard: &impl Protected,
     ) -> Option<(Idx, &'a Node<K, V>, u32)>
     where
@@ -123,7 +140,11 @@ impl<K, V> Table<K, V> {
     {
         let mut cur = head;
         while cur != NIL {
-            let node = self.node(cur);
+            let node = if INLINE {
+                self.node_inline(cur)
+            } else {
+                self.node(cur)
+            };
             // Acquire: pairs with the Release CAS that linked the successor (so its contents
             // are visible when we follow the link) and with the AcqRel CAS that set the mark.
             let next = node.next.load(Ordering::Acquire);

@@ -90,6 +90,12 @@ impl<K, V> Table<K, V> {
         self.arena.node(idx)
     }
 
+    /// The node in slot `idx`, for lookups (see [`Arena::node_inline`](arena::Arena::node_inline)).
+    #[inline(always)]
+    pub(crate) fn node_inline(&self, idx: Idx) -> &Node<K, V> {
+        self.arena.node_inline(idx)
+    }
+
     /// The current bucket array.
     #[inline]
     pub(crate) fn current<'g>(&self, _guard: &'g impl Protected) -> Buckets<'g> {
