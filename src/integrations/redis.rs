@@ -630,8 +630,13 @@ impl Renewals {
         if options.touch_after.is_none() && !options.disable_touch && !options.disable_ttl {
             return Ok(None);
         }
+        // The precise clock: a memory read while the coarse time lags (its ticker thread
+        // starved on a loaded machine, and no write to catch it up) would outlive its period,
+        // and the store would skip renewals Redis needs; a reading is nothing beside a round
+        // trip to Redis.
         let cache = Cache::builder()
             .max_capacity(options.memory.unwrap_or(DEFAULT_RENEWAL_MEMORY))
+            .coarse_clock(false)
             .build()
             .map_err(|e| Error::Config(format!("renewal memory: {e}")))?;
         Ok(Some(Self {
@@ -1546,6 +1551,35 @@ mod tests {
         assert!(!format!("{secrets:?}").contains("ssword"));
         let encoded = Secrets::of("unix:///s.sock?pa%73s=hunter2");
         assert_eq!(encoded.mask("auth hunter2 failed"), "auth *** failed");
+    }
+
+    #[test]
+    fn the_renewal_memory_forgets_at_its_deadline_in_real_time() {
+        let options = RenewalOptions {
+            touch_after: Some(Duration::from_millis(5)),
+            ..RenewalOptions::default()
+        };
+        let renewals = Renewals::new(options).unwrap().unwrap();
+        for round in 0..10u32 {
+            let id = round.to_string();
+            let ttl = Duration::from_millis(5);
+            let before = std::time::Instant::now();
+            renewals
+                .cache
+                .insert_with_ttl(id.clone(), Renewal { digest: None }, ttl);
+            let after = std::time::Instant::now();
+            loop {
+                let past = after.elapsed() >= ttl;
+                let held = renewals.cache.contains_key(&id);
+                if !held {
+                    assert!(before.elapsed() >= ttl, "forgotten before its deadline");
+                }
+                if past {
+                    assert!(!held, "remembered after its {ttl:?} deadline");
+                    break;
+                }
+            }
+        }
     }
 
     #[test]
