@@ -142,9 +142,10 @@ impl<K, V, S> CacheBuilder<K, V, S> {
     /// Number of shards: a power of two, at most [`MAX_SHARDS`].
     ///
     /// Default: four times the available parallelism, rounded up to a power of two, and for
-    /// a bounded cache at most one shard per 512 entries of capacity (rounded up to a power of
-    /// two): each shard's eviction policy decides over its own entries, and a few entries per
-    /// shard lose hit ratio. A cache of up to 512 entries has one shard. With a
+    /// a bounded cache at most one shard per 512 entries of capacity (rounded down to a power
+    /// of two, so that every shard holds at least 512): each shard's eviction policy decides
+    /// over its own entries, and a few entries per shard lose hit ratio. A cache of fewer than
+    /// 1024 entries has one shard. With a
     /// [`weigher`](Self::weigher) the builder cannot know how many entries the capacity holds
     /// and counts one entry per 1024 units of weight (a session of about a kilobyte, for a
     /// store bounded by bytes); set the count here if your entries weigh much less and many
@@ -337,10 +338,9 @@ impl<K, V, S> CacheBuilder<K, V, S> {
                     1
                 };
                 let by_capacity = match self.max_capacity {
-                    Some(c) => (c / MIN_SHARE / per_entry)
-                        .max(1)
-                        .next_power_of_two()
-                        .min(MAX_SHARDS as u64),
+                    Some(c) => {
+                        prev_power_of_two((c / MIN_SHARE / per_entry).max(1)).min(MAX_SHARDS as u64)
+                    }
                     None => MAX_SHARDS as u64,
                 } as usize;
                 (parallelism * 4)
@@ -518,6 +518,11 @@ impl<K, V, S> fmt::Debug for CacheBuilder<K, V, S> {
 /// A duration in ns, saturating to "never" (`u64::MAX`).
 pub(crate) fn duration_to_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(NEVER)
+}
+
+/// The largest power of two at most `n` (`n >= 1`).
+fn prev_power_of_two(n: u64) -> u64 {
+    1 << (u64::BITS - 1 - n.leading_zeros())
 }
 
 /// The machine's available parallelism, read once per process (on Linux it reads cgroup files,

@@ -61,6 +61,26 @@ fn holds_exactly_its_capacity_when_quiet() {
     }
 }
 
+/// The default shard count leaves every shard at least 512 entries of a bounded cache's
+/// capacity (a shard's policy decides on its own entries, and small shares lose hit ratio):
+/// rounded up to a power of two, a capacity of 4,000 got 8 shards of 500.
+#[test]
+fn default_shards_leave_each_at_least_512_entries() {
+    for capacity in [
+        512u64, 1_000, 1_023, 1_024, 2_000, 2_500, 4_000, 4_096, 5_000, 9_000,
+    ] {
+        let cache: Cache<u64, u64> = Cache::builder().max_capacity(capacity).build().unwrap();
+        let shards = cache.policy().shards() as u64;
+        assert!(shards.is_power_of_two());
+        assert!(
+            capacity / shards >= 512,
+            "{shards} shards for {capacity} entries"
+        );
+    }
+    let tiny: Cache<u64, u64> = Cache::builder().max_capacity(100).build().unwrap();
+    assert_eq!(tiny.policy().shards(), 1);
+}
+
 #[test]
 fn zero_capacity_is_rejected() {
     let err = Cache::<u8, u8>::builder()
