@@ -1235,10 +1235,21 @@ mod tests {
         let cap = 2000u64;
         let mut c = TestCache::new(cap);
         let start = c.policy.small_target();
+        recency_bursts(&mut c, 400_000);
+        assert!(
+            c.policy.small_target() > start * 5,
+            "small target {} (start {start})",
+            c.policy.small_target()
+        );
+        c.check();
+    }
+
+    /// `requests` requests of keys used in short bursts: a third are new keys, the others
+    /// repeat one of the last 300 new keys, and no key is requested after that.
+    fn recency_bursts(c: &mut TestCache, requests: u64) {
         let mut recent: Vec<u64> = Vec::new();
-        let mut r = 99u64;
-        let mut next = 0u64;
-        for _ in 0..400_000 {
+        let (mut r, mut next) = (99u64, 0u64);
+        for _ in 0..requests {
             r = mix(r);
             if r.is_multiple_of(3) || recent.is_empty() {
                 recent.push(next);
@@ -1246,16 +1257,9 @@ mod tests {
                 c.access(next - 1, 1);
             } else {
                 let back = 1 + ((r >> 16) % 300) as usize;
-                let k = recent[recent.len().saturating_sub(back)];
-                c.access(k, 1);
+                c.access(recent[recent.len().saturating_sub(back)], 1);
             }
         }
-        assert!(
-            c.policy.small_target() > start * 5,
-            "small target {} (start {start})",
-            c.policy.small_target()
-        );
-        c.check();
     }
 
     /// The first laps adapt faster (`WARM_LAPS`): on the same recency-biased requests, a
@@ -1275,19 +1279,7 @@ mod tests {
                 );
                 c.policy.evicted_w = [lap, lap];
             }
-            let mut recent: Vec<u64> = Vec::new();
-            let (mut r, mut next) = (99u64, 0u64);
-            for _ in 0..6 * cap {
-                r = mix(r);
-                if r.is_multiple_of(3) || recent.is_empty() {
-                    recent.push(next);
-                    next += 1;
-                    c.access(next - 1, 1);
-                } else {
-                    let back = 1 + ((r >> 16) % 300) as usize;
-                    c.access(recent[recent.len().saturating_sub(back)], 1);
-                }
-            }
+            recency_bursts(&mut c, 6 * cap);
             c.check();
             c.policy.small_target()
         };
