@@ -319,7 +319,8 @@ where
     /// `period` is shorter than [`MIN_CHECK_PERIOD`](crate::MIN_CHECK_PERIOD) and not zero
     /// (zero stops the sweeper, like `None`). Stopping or replacing a sweeper waits for a
     /// sweep it has under way, so none of its work (or its listener calls) happens after this
-    /// returns; from a listener that the sweep itself runs, it cannot wait, and does not.
+    /// returns; from a listener that the sweep itself runs, it cannot wait, and does not. Do
+    /// not call it while holding a lock that the listener takes.
     #[cfg(not(loom))]
     pub fn set_check_period(&self, period: Option<Duration>) -> std::io::Result<()>
     where

@@ -930,7 +930,8 @@ impl<Z: Serializer> MemoryStore<Z> {
     /// Stops the background sweeper, if it runs (expiry goes on as writes happen). A sweep
     /// under way is waited for, so no sweep disposes of a session after this returns (called
     /// from a dispose hook that the sweep runs, it returns at once: the sweep cannot wait for
-    /// itself).
+    /// itself). Do not call it while holding a lock that your dispose hook takes: the sweep's
+    /// hook would wait for the lock, and this for the sweep.
     pub fn stop_interval(&self) {
         // Stopping never spawns, so it cannot fail.
         let _ = self.inner.cache.set_check_period(None);
