@@ -19,6 +19,13 @@ use std::time::Duration;
 
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering, lock};
 
+thread_local! {
+    /// On a `Periodic`'s thread, the address of its `running` lock (0 elsewhere): how a drop
+    /// tells that it runs on the thread it would wait for. (`thread::current()` can panic in a
+    /// thread-local destructor, where a cache may be dropped; `try_with` cannot.)
+    static OWN_RUN_LOCK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 pub(crate) struct Periodic {
     stop: Arc<AtomicBool>,
     /// Held by the thread for each run (and the stop check before it): a drop that takes it
@@ -40,6 +47,7 @@ impl Periodic {
         let running = Arc::new(Mutex::new(()));
         let run_lock = running.clone();
         let handle = thread::Builder::new().name(name.into()).spawn(move || {
+            OWN_RUN_LOCK.with(|own| own.set(Arc::as_ptr(&run_lock) as usize));
             loop {
                 thread::park_timeout(period);
                 let _run = lock(&run_lock);
@@ -73,7 +81,11 @@ impl Drop for Periodic {
         // check, doing nothing more). Not by the task's own thread: the last handle of a cache
         // may be dropped by a run (its task holds one), or a listener may stop the sweeper
         // that called it, and waiting would be waiting for itself.
-        if thread::current().id() != self.thread.id() {
+        let mine = Arc::as_ptr(&self.running) as usize;
+        if !OWN_RUN_LOCK
+            .try_with(|own| own.get() == mine)
+            .unwrap_or(false)
+        {
             drop(lock(&self.running));
         }
     }

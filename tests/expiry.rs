@@ -361,6 +361,36 @@ fn stopping_the_sweeper_waits_for_a_run_under_way() {
     );
 }
 
+/// A cache with a sweeper dropped by a thread-local's destructor as its thread exits: the
+/// sweeper's stop finds out whether it runs on the sweeper's own thread without
+/// `thread::current()`, which can panic there (and a panic in a thread-local destructor aborts
+/// the process; rust-lang/rust#116933 on macOS). Linux ran it before too: this guards the path.
+#[test]
+fn a_cache_with_a_sweeper_can_be_dropped_by_a_thread_local_destructor() {
+    struct Holder(Option<Cache<u32, u32>>);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            drop(self.0.take());
+        }
+    }
+    thread_local! {
+        static HELD: std::cell::RefCell<Holder> = const { std::cell::RefCell::new(Holder(None)) };
+    }
+    std::thread::spawn(move || {
+        let cache: Cache<u32, u32> = Cache::builder()
+            .time_to_live(ms(10))
+            .check_period(ms(1))
+            .build()
+            .unwrap();
+        cache.insert(1, 1);
+        HELD.with(|held| held.borrow_mut().0 = Some(cache));
+        // The thread ends; its thread-locals are destroyed, the cache with them (a panic
+        // there would abort this test's process).
+    })
+    .join()
+    .expect("the thread (and its thread-local destructors) ended cleanly");
+}
+
 /// A listener that runs in the sweep may stop or restart the sweeper (which cannot wait for
 /// its own run), also while another thread is stopping it (and waiting for that run).
 #[test]
