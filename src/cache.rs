@@ -320,7 +320,9 @@ where
     /// (zero stops the sweeper, like `None`). Stopping or replacing a sweeper waits for a
     /// sweep it has under way, so none of its work (or its listener calls) happens after this
     /// returns; from a listener that the sweep itself runs, it cannot wait, and does not. Do
-    /// not call it while holding a lock that the listener takes.
+    /// not call it while holding a lock that the listener takes, nor from anything the
+    /// listener waits for (another cache's listener, a load it waits on): each would wait for
+    /// the other.
     #[cfg(not(loom))]
     pub fn set_check_period(&self, period: Option<Duration>) -> std::io::Result<()>
     where

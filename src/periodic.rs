@@ -10,8 +10,9 @@
 //! drop by the task's own thread (a run that stops its own sweeper from a listener, or drops
 //! the last handle of what it works on): it cannot wait for itself, and returns at once.
 //!
-//! The owner must not hold, while it drops a `Periodic`, a lock that a run can take (the
-//! cache drops its sweeper after releasing the lock that guards it).
+//! The owner must not hold, while it drops a `Periodic`, a lock that a run can take, nor wait
+//! in any other way for something a run waits for (the cache drops its sweeper after
+//! releasing the lock that guards it).
 
 use std::io;
 use std::thread::{self, Thread};
@@ -63,6 +64,8 @@ impl Periodic {
                     Ok(false) => break,
                 }
             }
+            // The lock's address may be reused once this thread lets go of it.
+            OWN_RUN_LOCK.with(|own| own.set(0));
         })?;
         Ok(Periodic {
             stop,

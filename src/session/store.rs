@@ -564,8 +564,8 @@ struct Inner<Z: Serializer> {
     stripe_hasher: ahash::RandomState,
     /// The largest weight one session may have (`max_bytes`, at most `u32::MAX`).
     max_weight: Option<u64>,
-    /// The background saver (`snapshot_every`); dropping it stops the thread (it is not
-    /// joined: a save it is running finishes, under `save_lock`).
+    /// The background saver (`snapshot_every`); dropping it stops the thread, after a save it
+    /// is running has finished (unless dropped by that save's own thread).
     snapshot_task: Mutex<Option<Periodic>>,
     /// Held for the whole of every save (the snapshot taken, written and renamed), so that
     /// saves happen one at a time and the last one to start is the one on disk.
@@ -930,8 +930,9 @@ impl<Z: Serializer> MemoryStore<Z> {
     /// Stops the background sweeper, if it runs (expiry goes on as writes happen). A sweep
     /// under way is waited for, so no sweep disposes of a session after this returns (called
     /// from a dispose hook that the sweep runs, it returns at once: the sweep cannot wait for
-    /// itself). Do not call it while holding a lock that your dispose hook takes: the sweep's
-    /// hook would wait for the lock, and this for the sweep.
+    /// itself). Do not call it while holding a lock that your dispose hook takes, or from
+    /// anything the sweep waits for (another store's dispose hook that this store's sweep
+    /// waits on, say): the sweep would wait for it, and it for the sweep.
     pub fn stop_interval(&self) {
         // Stopping never spawns, so it cannot fail.
         let _ = self.inner.cache.set_check_period(None);

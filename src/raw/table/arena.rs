@@ -164,11 +164,15 @@ impl<K, V> Arena<K, V> {
     /// [`node`](Self::node) with the later chunks' path inlined too: for lookups, where a
     /// cache that grew without an `initial_capacity` finds most of its nodes beyond chunk 0
     /// (a read of such a cache cost 225 instructions through the out-of-line path against
-    /// 158 in a pre-sized one, and 187 inlined; `examples/write_path.rs get_hit_grown`).
-    /// Writers keep the out-of-line path: inlined into the insert, it cost a replacement in
-    /// chunk 0 about 60 instructions of register pressure.
+    /// 158 in a pre-sized one, and 194 inlined; `examples/write_path.rs get_hit_grown`).
+    /// An insert's own chain walk keeps the out-of-line path: inlined there, it cost a
+    /// replacement in chunk 0 about 60 instructions of register pressure.
     #[inline(always)]
     pub(crate) fn node_inline(&self, idx: Idx) -> &Node<K, V> {
+        debug_assert!(
+            idx < self.fresh.load(Ordering::Relaxed),
+            "index {idx} never allocated"
+        );
         if idx < self.first_len {
             // SAFETY: as in `node`.
             return unsafe { &*self.first.add(idx as usize) };
