@@ -149,6 +149,17 @@ impl<K, V> Arena<K, V> {
     /// found in a link or an event was); this is checked in debug builds.
     #[inline]
     pub(crate) fn node(&self, idx: Idx) -> &Node<K, V> {
+        self.node_at::<false>(idx)
+    }
+
+    /// [`node`](Self::node), reaching the later chunks inline (`INLINE`) or through a cold
+    /// call. Lookups inline it: a cache that grew without an `initial_capacity` finds most of
+    /// its nodes beyond chunk 0 (a read of such a cache cost 225 instructions through the
+    /// call against 158 in a pre-sized one, and 194 inlined; `examples/write_path.rs
+    /// get_hit_grown`). An insert's own chain walk keeps the call: inlined there, it cost a
+    /// replacement in chunk 0 about 60 instructions of register pressure.
+    #[inline(always)]
+    pub(crate) fn node_at<const INLINE: bool>(&self, idx: Idx) -> &Node<K, V> {
         debug_assert!(
             idx < self.fresh.load(Ordering::Relaxed),
             "index {idx} never allocated"
@@ -158,26 +169,11 @@ impl<K, V> Arena<K, V> {
             // `idx` was handed out by `alloc`, which initialised its header.
             return unsafe { &*self.first.add(idx as usize) };
         }
-        self.node_slow(idx)
-    }
-
-    /// [`node`](Self::node) with the later chunks' path inlined too: for lookups, where a
-    /// cache that grew without an `initial_capacity` finds most of its nodes beyond chunk 0
-    /// (a read of such a cache cost 225 instructions through the out-of-line path against
-    /// 158 in a pre-sized one, and 194 inlined; `examples/write_path.rs get_hit_grown`).
-    /// An insert's own chain walk keeps the out-of-line path: inlined there, it cost a
-    /// replacement in chunk 0 about 60 instructions of register pressure.
-    #[inline(always)]
-    pub(crate) fn node_inline(&self, idx: Idx) -> &Node<K, V> {
-        debug_assert!(
-            idx < self.fresh.load(Ordering::Relaxed),
-            "index {idx} never allocated"
-        );
-        if idx < self.first_len {
-            // SAFETY: as in `node`.
-            return unsafe { &*self.first.add(idx as usize) };
+        if INLINE {
+            self.node_in_chunk(idx)
+        } else {
+            self.node_slow(idx)
         }
-        self.node_in_chunk(idx)
     }
 
     #[cold]

@@ -140,11 +140,7 @@ impl<K, V> Table<K, V> {
     {
         let mut cur = head;
         while cur != NIL {
-            let node = if INLINE {
-                self.node_inline(cur)
-            } else {
-                self.node(cur)
-            };
+            let node = self.node_at::<INLINE>(cur);
             // Acquire: pairs with the Release CAS that linked the successor (so its contents
             // are visible when we follow the link) and with the AcqRel CAS that set the mark.
             let next = node.next.load(Ordering::Acquire);

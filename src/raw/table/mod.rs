@@ -90,10 +90,11 @@ impl<K, V> Table<K, V> {
         self.arena.node(idx)
     }
 
-    /// The node in slot `idx`, for lookups (see [`Arena::node_inline`](arena::Arena::node_inline)).
+    /// The node in slot `idx`, its later chunks reached inline or not (see
+    /// [`Arena::node_at`](arena::Arena::node_at)).
     #[inline(always)]
-    pub(crate) fn node_inline(&self, idx: Idx) -> &Node<K, V> {
-        self.arena.node_inline(idx)
+    pub(crate) fn node_at<const INLINE: bool>(&self, idx: Idx) -> &Node<K, V> {
+        self.arena.node_at::<INLINE>(idx)
     }
 
     /// The current bucket array.
