@@ -154,9 +154,9 @@ impl<K, V> Arena<K, V> {
 
     /// [`node`](Self::node), reaching the later chunks inline (`INLINE`) or through a cold
     /// call. Lookups inline it: a cache that grew without an `initial_capacity` finds most of
-    /// its nodes beyond chunk 0 (a read of such a cache cost 225 instructions through the
-    /// call against 158 in a pre-sized one, and 194 inlined; `examples/write_path.rs
-    /// get_hit_grown`). An insert's own chain walk keeps the call: inlined there, it cost a
+    /// its nodes beyond chunk 0 (a read of such a cache cost about 200 instructions through the
+    /// call against 144 in a pre-sized one, and 166 inlined: callgrind inside
+    /// `RawCache::read`, `examples/write_path.rs get_hit_grown`). An insert's own chain walk keeps the call: inlined there, it cost a
     /// replacement in chunk 0 about 60 instructions of register pressure.
     #[inline(always)]
     pub(crate) fn node_at<const INLINE: bool>(&self, idx: Idx) -> &Node<K, V> {
