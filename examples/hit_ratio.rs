@@ -44,15 +44,15 @@
 //!   driven by one thread; this only runs different (cache, cell) pairs side by side.
 //! - `TIMELINE=workload:size[:windows]`: instead of the table, the hit ratio of every cache
 //!   over successive windows of one workload (how a policy follows a change of regime).
+//!   `TIMELINE_SEED=n` runs evanesce there with the hasher `SEEDS` numbers n (default 0, the
+//!   table's).
 //!
 //! A full run takes about 40 s on 2 cores (moka is most of it); `SEEDS=8` with
 //! `CACHES=evanesce,evanesce1` about 30 s.
 
 use std::collections::HashSet;
-use std::collections::hash_map::DefaultHasher;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::hash::BuildHasherDefault;
 use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -62,9 +62,6 @@ use std::time::Instant;
 
 #[path = "../tests/shapes/mod.rs"]
 mod shapes;
-
-/// A hasher with fixed keys, so that evanesce's results repeat from run to run.
-type FixedState = BuildHasherDefault<DefaultHasher>;
 
 /// How a trace file is encoded (see the traces' README).
 #[derive(Clone, Copy)]
@@ -910,15 +907,16 @@ fn timeline(spec: &str, workloads: &[Workload]) -> AnyResult<()> {
         .ok_or_else(|| format!("TIMELINE: workload {name:?} not loaded (see TRACE, SYNTH)"))?;
     let keys = &w.keys;
     let per = keys.len().div_ceil(windows);
+    let seed = env_usize("TIMELINE_SEED", 0) as u64;
     // Each cache as a closure answering "was this a hit?" (inserting on a miss).
     let ev = evanesce::Cache::<u64, u64>::builder()
         .max_capacity(size)
-        .hasher(FixedState::default())
+        .hasher(shapes::Seeded(seed))
         .build()?;
     let ev1 = evanesce::Cache::<u64, u64>::builder()
         .max_capacity(size)
         .shards(1)
-        .hasher(FixedState::default())
+        .hasher(shapes::Seeded(seed))
         .build()?;
     let mut qc: quick_cache::unsync::Cache<u64, u64> =
         quick_cache::unsync::Cache::new(size as usize);

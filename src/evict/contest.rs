@@ -48,7 +48,7 @@
 //! noisy, and trying the other mode costs more there than it can win).
 
 use super::recent::{Estimate, Misses, Recent};
-use crate::sync::{Arc, Mutex};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 
 /// A mode of the policy.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -198,6 +198,10 @@ pub(crate) struct Contest {
     /// What readers see of the recency estimate.
     pub(crate) recent: Recent,
     state: Mutex<State>,
+    /// The state's generation as of its last change (a copy outside the lock): a policy
+    /// whose view is older reports at its next miss instead of after a batch of them
+    /// ([`Contest::stale`]), so that a switch reaches every shard within a few requests.
+    published: AtomicU64,
 }
 
 impl Contest {
@@ -229,6 +233,7 @@ impl Contest {
                 first: [0; 2],
                 estimate: Estimate::default(),
             }),
+            published: AtomicU64::new(0),
         })
     }
 
@@ -247,6 +252,22 @@ impl Contest {
     /// Whether the policies keep samples and run the contest.
     pub(crate) fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Whether `view` is older than the contest's (a hint: the view itself is read under
+    /// the lock, by [`Contest::report`]).
+    pub(crate) fn stale(&self, view: View) -> bool {
+        // Relaxed: a hint only; the state it summarises is read under the mutex, which orders
+        // it. Pairs with nothing.
+        self.published.load(Ordering::Relaxed) != view.generation
+    }
+
+    /// Switches the cache's mode, as the estimate would at a report.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn switch_now(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.switch_by_estimate();
+        self.published.store(s.generation, Ordering::Relaxed);
     }
 
     /// The current view, if the lock is free.
@@ -269,28 +290,40 @@ impl Contest {
         }
         s.estimate.entries += tally.entries;
         let window = s.estimate.sampled_entries(self.recent.bits());
-        if s.estimate.add(&self.recent, &tally.misses, window) {
-            let bits = self.recent.bits();
+        let done = s.estimate.add(&self.recent, &tally.misses, window);
+        let bits = self.recent.bits();
+        if done {
             let switch = match s.incumbent {
                 Mode::Adaptive => s.estimate.adaptive_window(bits),
                 Mode::Recency => s.estimate.recency_window(bits),
             };
             s.estimate.restart();
             if switch {
-                // Counts taken under the old view are dropped with the round.
-                s.generation += 1;
-                s.seen = 0;
-                s.counted = [0; 2];
-                s.rest = 0;
-                s.switch();
+                s.switch_by_estimate();
             }
+        } else if s.incumbent == Mode::Adaptive && s.estimate.adaptive_early(bits, window) {
+            s.switch_by_estimate();
         }
         *tally = Tally::default();
+        if self.published.load(Ordering::Relaxed) != s.generation {
+            // Relaxed: see `stale`; written only under the state's lock.
+            self.published.store(s.generation, Ordering::Relaxed);
+        }
         Some(s.view())
     }
 }
 
 impl State {
+    /// The estimate switches the cache: counts taken under the old view are dropped with the
+    /// round, and the challenger becomes the incumbent.
+    fn switch_by_estimate(&mut self) {
+        self.generation += 1;
+        self.seen = 0;
+        self.counted = [0; 2];
+        self.rest = 0;
+        self.switch();
+    }
+
     /// The challenger becomes the incumbent; a new contest starts at once.
     fn switch(&mut self) {
         self.estimate.switched();
@@ -405,6 +438,19 @@ mod tests {
         let contest = Contest::new(100_000);
         contest.state.lock().unwrap().switch();
         contest
+    }
+
+    #[test]
+    fn a_view_older_than_the_contest_is_stale() {
+        let contest = Contest::new(100_000);
+        let before = contest.try_view().unwrap();
+        assert!(!contest.stale(before));
+        contest.state.lock().unwrap().switch_by_estimate();
+        // Published by the report that switched (the only way a switch happens).
+        let after = contest.report(before, &mut Tally::default()).unwrap();
+        assert_eq!(after.incumbent, Mode::Recency);
+        assert!(contest.stale(before));
+        assert!(!contest.stale(after));
     }
 
     #[test]

@@ -32,6 +32,13 @@
 //!
 //! Otherwise, run MAIN's CLOCK: counter > 0: decrement, advance; counter 0: victim.
 //!
+//! An entry moved to MAIN by rule 2 (a filling cache's first keys, mostly) is a *fill* entry
+//! until the hand passes it. The recency mode (below) spares such an entry for [`FILL_LAPS`]
+//! laps of its hand, taking its victims from SMALL's front meanwhile, and moves one requested
+//! since to SMALL's back ([`Policy::fill_step`]): the adaptive mode's bet on the first keys
+//! (right for loops) is what a back-and-forth sweep asks for right after its first reversal,
+//! so the switch to the recency mode there does not throw the bet away just before it pays.
+//!
 //! # Adaptation, fine: SMALL's size from ghost hits
 //! In [`Mode::Adaptive`] SMALL's target is a fraction of the partition between 1% and 25%,
 //! moved ARC-style: each queue has an eviction clock (weight evicted from it so far); a ghost
@@ -56,9 +63,12 @@
 //! SMALL's target is the whole partition, so every key goes through one FIFO. The cache
 //! estimates an LRU's misses on a sample of the keys ([`super::recent`]: a generation stamp in
 //! the CLOCK byte's six high bits and in the ghost record, counts by generation) and switches
-//! to the recency mode when the estimate says it would miss clearly less; the way back is the
+//! to the recency mode when the estimate says it would miss clearly less (at the end of a
+//! window of as many requests as the cache holds entries, or, during the cache's first
+//! windows, as soon as a sixteenth of a window shows it far ahead); the way back is the
 //! estimate's prediction or a contest between the samples, whichever comes first
-//! ([`super::contest`] has the rules). The decision is the cache's: every shard follows it.
+//! ([`super::contest`] has the rules). The decision is the cache's: every shard follows it at
+//! its next miss (its view is checked against a generation the contest publishes).
 //!
 //! Scans: scan keys enter SMALL, are never hit and never come back, so in `Adaptive` mode they
 //! leave through SMALL's head without touching MAIN or the adaptation. Loops larger than the
@@ -108,6 +118,8 @@ const ADAPT_STEP: f64 = 0.02;
 /// Sample misses a policy gathers before it reports them to the contest.
 const REPORT_EVERY: u64 = 16;
 
+/// Laps of the recency mode's hand a [`State::Fill`] entry is spared ([`Policy::fill_step`]).
+const FILL_LAPS: u8 = 3;
 /// Counter given to a candidate that wins its duel (one lap of grace).
 const ADMIT_COUNTER: u8 = 1;
 /// Smallest capacity of one sample partition: below it the policy has no samples.
@@ -185,6 +197,11 @@ enum State {
     Repeat,
     /// In MAIN.
     Main,
+    /// In MAIN, moved there from SMALL because MAIN was under its target (a filling cache's
+    /// first keys, mostly), and not passed by the adaptive mode's hand since: the recency
+    /// mode spares it for [`FILL_LAPS`] laps of its hand (see [`Policy::fill_step`]; the
+    /// laps passed are counted in the [`Tag`]).
+    Fill,
 }
 
 impl State {
@@ -192,7 +209,7 @@ impl State {
         match self {
             State::Untracked => None,
             State::New | State::Returned | State::Repeat => Some(Queue::Small),
-            State::Main => Some(Queue::Main),
+            State::Main | State::Fill => Some(Queue::Main),
         }
     }
 
@@ -206,7 +223,8 @@ impl State {
     }
 }
 
-/// An id's [`State`] and [`Part`] in one byte.
+/// An id's [`State`] (bits 0..=2) and [`Part`] (bits 3..=4) in one byte, and for a
+/// [`State::Fill`] entry the laps of the recency mode's hand it was spared (bits 5..=7).
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Tag(u8);
 
@@ -217,18 +235,27 @@ impl Tag {
         Tag(state as u8 | (part as u8) << 3)
     }
 
+    fn laps(self) -> u8 {
+        self.0 >> 5
+    }
+
+    fn with_laps(self, laps: u8) -> Tag {
+        Tag(self.0 & 0x1F | laps << 5)
+    }
+
     fn state(self) -> State {
         match self.0 & 7 {
             0 => State::Untracked,
             1 => State::New,
             2 => State::Returned,
             3 => State::Repeat,
+            5 => State::Fill,
             _ => State::Main,
         }
     }
 
     fn part(self) -> Part {
-        match self.0 >> 3 {
+        match (self.0 >> 3) & 3 {
             0 => Part::Bulk,
             1 => Part::SampleA,
             _ => Part::SampleB,
@@ -589,7 +616,9 @@ impl Policy {
             if part != Part::Bulk {
                 self.sample_miss(part);
             }
-            if self.tally.seen() + self.tally.misses() >= REPORT_EVERY {
+            if self.tally.seen() + self.tally.misses() >= REPORT_EVERY
+                || self.contest.stale(self.view)
+            {
                 self.report();
             }
         }
@@ -717,7 +746,8 @@ impl Policy {
         let share = &self.shares[part as usize];
         let main_target = share.capacity - share.small_target;
         if (share.weight[Queue::Main as usize] + self.w(id)) as f64 <= main_target {
-            self.move_to_main(id);
+            self.unlink(id);
+            self.link(id, Tag::new(State::Fill, part));
             return Some(Step::Moved);
         }
         let evidence = self.state(id).evidence();
@@ -755,6 +785,9 @@ impl Policy {
             defender
         } else {
             entries.set_counter(hand, hand_count - 1);
+            if self.state(hand) == State::Fill {
+                self.tags[hand as usize] = Tag::new(State::Main, part);
+            }
             self.queues.rotate(main);
             self.evict(candidate, Queue::Small, true, entries);
             candidate
@@ -772,6 +805,15 @@ impl Policy {
         let main = part.list(Queue::Main);
         let hand = self.queues.front(main)?;
         let count = entries.counter(hand);
+        if self.state(hand) == State::Fill {
+            if self.mode_of(part) == Mode::Recency {
+                return Some(self.fill_step(part, hand, count, entries));
+            }
+            if count > 0 && budget {
+                // The adaptive mode's hand passes it: an ordinary MAIN entry from now on.
+                self.tags[hand as usize] = Tag::new(State::Main, part);
+            }
+        }
         if count > 0 && budget {
             entries.set_counter(hand, count - 1);
             self.queues.rotate(main);
@@ -779,6 +821,46 @@ impl Policy {
         }
         self.evict(hand, Queue::Main, false, entries);
         Some(Step::Victim(hand))
+    }
+
+    /// The recency mode's hand at a `Fill` entry `hand` with access counter `count`. A filling
+    /// cache kept its first keys (a bet on loops, which the adaptive mode makes); when the
+    /// recency mode takes over, LRU's order would evict them first, but on back-and-forth
+    /// sweeps they are the keys asked for next, right after the reversal. So they are spared
+    /// for [`FILL_LAPS`] laps of the hand, the victim coming from SMALL's front meanwhile
+    /// (the keys that came in since); one requested since moves to SMALL's back (as recent as
+    /// now), like any key of the recency mode's FIFO. Measured: `docs/policy-log.md`,
+    /// thirteenth session.
+    fn fill_step<A: EntryAccess + ?Sized>(
+        &mut self,
+        part: Part,
+        hand: u32,
+        count: u8,
+        entries: &mut A,
+    ) -> Step {
+        if count > 0 {
+            entries.set_counter(hand, 0);
+            self.unlink(hand);
+            self.link(hand, Tag::new(State::New, part));
+            return Step::Moved;
+        }
+        let tag = self.tag(hand);
+        if tag.laps() >= FILL_LAPS {
+            self.evict(hand, Queue::Main, false, entries);
+            return Step::Victim(hand);
+        }
+        self.tags[hand as usize] = tag.with_laps(tag.laps() + 1);
+        self.queues.rotate(part.list(Queue::Main));
+        let Some(id) = self.queues.front(part.list(Queue::Small)) else {
+            return Step::Moved;
+        };
+        if entries.counter(id) > 0 {
+            entries.set_counter(id, 0);
+            self.move_to_main(id);
+            return Step::Moved;
+        }
+        self.evict(id, Queue::Small, false, entries);
+        Step::Victim(id)
     }
 
     /// Forgets `id`, evicted from `from`, and records it in the ghost.
@@ -1292,6 +1374,60 @@ mod tests {
 
     /// Readers may re-reference entries while the hand sweeps; eviction must still
     /// terminate even if every counter always reads as saturated.
+    /// The recency mode spares a filling cache's first keys (`State::Fill`) for
+    /// [`FILL_LAPS`] laps of its hand, taking its victims from SMALL meanwhile; then they go
+    /// like any unrequested key (failed before: the recency mode evicted MAIN first).
+    #[test]
+    fn the_recency_mode_spares_a_filling_caches_keys_for_a_few_laps() {
+        let mut c = TestCache::new(1000);
+        // Past the capacity: the first eviction moves SMALL's oldest to MAIN, under its target.
+        for k in 0..1010 {
+            c.access(k, 1);
+        }
+        let kept: Vec<u64> = (0..1010)
+            .filter(|&k| c.contains(k) && c.policy.state(c.map[&k]) == State::Fill)
+            .collect();
+        assert!(kept.len() >= 950, "{} filled MAIN", kept.len());
+        // The estimate switches the cache to the recency mode.
+        let mut view = View::INITIAL;
+        view.incumbent = Mode::Recency;
+        view.samples = [Mode::Recency; 2];
+        c.policy.view = view;
+        c.policy.apportion();
+        for k in 10_000..10_500 {
+            assert!(!c.access(k, 1));
+            c.check();
+        }
+        let lost = kept.iter().filter(|&&k| !c.contains(k)).count();
+        assert_eq!(lost, 0, "kept keys evicted in the first lap");
+        // One of them requested again is as recent as the keys that came in since.
+        assert!(c.access(kept[0], 1));
+        let laps = u64::from(FILL_LAPS) + 2;
+        for k in 20_000..20_000 + laps * 1000 {
+            c.access(k, 1);
+            c.check();
+        }
+        let left = kept.iter().filter(|&&k| c.contains(k)).count();
+        assert_eq!(
+            left, 0,
+            "kept keys still resident after {laps} laps of new keys"
+        );
+    }
+
+    /// A switch of the cache's mode reaches a policy at its next miss, not after a batch of
+    /// them (failed before: a shard followed only at its next report, up to 16 sampled
+    /// misses later, while its duels went on evicting the keys a reversal asks for).
+    #[test]
+    fn a_policy_follows_a_switch_at_its_next_miss() {
+        let contest = Contest::new(4096);
+        let mut p = Policy::new(4096, false, Arc::clone(&contest), 8);
+        p.insert(0, mix(0), 1);
+        assert_eq!(p.mode_of(Part::Bulk), Mode::Adaptive);
+        contest.switch_now();
+        p.insert(1, mix(1), 1);
+        assert_eq!(p.mode_of(Part::Bulk), Mode::Recency);
+    }
+
     #[test]
     fn eviction_terminates_when_everything_stays_hot() {
         struct AlwaysHot;

@@ -63,6 +63,18 @@ const RECENCY_KEEP: f64 = 0.9;
 const MARGIN: f64 = 0.04;
 /// Standard deviations by which the predicted misses must be below the real ones.
 const Z: f64 = 2.0;
+/// An early switch (within a window, [`Estimate::adaptive_early`]): the largest fraction of
+/// the adaptive mode's misses the estimate may predict, and the standard deviations.
+const EARLY_FRACTION: f64 = 0.25;
+const Z_EARLY: f64 = 4.0;
+/// An early test looks at the last `1 / EARLY_PART` of a window (its own counts, not the
+/// window's so far: a window that began before a sweep's reversal would dilute them).
+const EARLY_PART: u64 = 16;
+/// Windows after the cache first evicted during which early switches are allowed: the
+/// first reversal of a sweep, after the filling cache kept its first keys. Later, the
+/// windows' trend decides alone (allowed throughout, the early test cost phases at 4000 two
+/// points: `docs/policy-log.md`, thirteenth session).
+const EARLY_WINDOWS: u32 = 4;
 /// Windows not counted after a switch.
 const SETTLE: u32 = 1;
 /// Fewest sampled keys the cache must hold for a window to count.
@@ -364,6 +376,10 @@ pub(crate) struct Estimate {
     misses: u64,
     /// Estimated misses of an LRU in this window (sampled keys).
     estimated: u64,
+    /// `window_requests`, `misses` and `estimated` where the last early test left them.
+    early: [u64; 3],
+    /// Windows ended since the cache first evicted.
+    windows: u32,
     /// Entries the cache holds (the policies' reports of their counts).
     pub(crate) entries: i64,
     /// The adaptive mode against the estimate since the last switch ([`ADAPTIVE_KEEP`]),
@@ -391,6 +407,8 @@ impl Default for Estimate {
             window_requests: 0,
             misses: 0,
             estimated: 0,
+            early: [0; 3],
+            windows: 0,
             entries: 0,
             adaptive: Trend::default(),
             adaptive_long: Trend::default(),
@@ -522,6 +540,7 @@ impl Estimate {
 
     /// Starts a new window.
     pub(crate) fn restart(&mut self) {
+        self.early = [0; 3];
         self.window_requests = 0;
         self.misses = 0;
         self.estimated = 0;
@@ -543,6 +562,34 @@ impl Estimate {
         clearly_below(self.adaptive.estimated * rho, self.adaptive.real)
     }
 
+    /// Within a window of the adaptive mode, during the cache's first windows
+    /// ([`EARLY_WINDOWS`]): whether the last `1 / EARLY_PART` of a window alone shows the
+    /// recency mode far ahead (the estimate, times `rho` as in [`Self::adaptive_window`], at
+    /// most [`EARLY_FRACTION`] of the adaptive mode's misses, by [`Z_EARLY`] standard
+    /// deviations). At the first reversal of a back-and-forth sweep every request the adaptive
+    /// mode misses is one an LRU would hit; waiting for the window's end (up to a window of
+    /// requests, as many as the cache holds) let the adaptive mode's duels evict the keys the
+    /// reversal asks for next (sweep at 5000, by hasher: the switch came 400 to 4,400 requests
+    /// after the reversal).
+    pub(crate) fn adaptive_early(&mut self, bits: u32, window: u64) -> bool {
+        let [requests, misses, estimated] = self.early;
+        if self.window_requests < requests + (window / EARLY_PART).max(1) {
+            return false;
+        }
+        self.early = [self.window_requests, self.misses, self.estimated];
+        if !self.full
+            || self.windows >= EARLY_WINDOWS
+            || self.settle > 0
+            || (u64::try_from(self.entries).unwrap_or(0) >> bits) < MIN_SAMPLED
+        {
+            return false;
+        }
+        let rho = self.recency.ratio().unwrap_or(1.0).clamp(1.0, 2.0);
+        let predicted = self.estimated.saturating_sub(estimated) as f64 * rho;
+        let real = self.misses.saturating_sub(misses) as f64;
+        predicted < real * EARLY_FRACTION && real - predicted > Z_EARLY * (real + predicted).sqrt()
+    }
+
     /// At the end of a window of the recency mode: whether the adaptive mode would miss
     /// less (its misses over the estimate's in its longer past, times the estimate, against
     /// the recency mode's own, over its recent past, by more than [`MARGIN`]).
@@ -562,6 +609,9 @@ impl Estimate {
     /// for an estimate ([`MIN_SAMPLED`]: a weighted cache of a few large entries, or one whose
     /// capacity shrank), or the window falls in the settling after a switch.
     fn settled(&mut self, bits: u32) -> bool {
+        if self.full {
+            self.windows = self.windows.saturating_add(1);
+        }
         if !self.full || (u64::try_from(self.entries).unwrap_or(0) >> bits) < MIN_SAMPLED {
             return true;
         }
@@ -589,6 +639,55 @@ mod shapes;
 mod tests {
     use super::shapes;
     use super::*;
+
+    /// An estimate of a full cache holding 5000 sampled keys, in the middle of a window.
+    fn early_estimate() -> Estimate {
+        Estimate {
+            entries: 5000,
+            full: true,
+            ..Estimate::default()
+        }
+    }
+
+    /// Adds one segment of `requests` sampled requests, `misses` of them missed by the cache
+    /// and `estimated` by the LRU estimate, and runs the early test.
+    fn segment(est: &mut Estimate, requests: u64, misses: u64, estimated: u64) -> bool {
+        est.window_requests += requests;
+        est.misses += misses;
+        est.estimated += estimated;
+        est.adaptive_early(0, 5000)
+    }
+
+    #[test]
+    fn an_early_switch_needs_a_clear_segment_in_the_first_windows() {
+        let part = 5000 / EARLY_PART;
+        // A segment where the cache misses what an LRU would hit: switch, even after a
+        // first segment where both missed everything (a window begun before a reversal).
+        let mut est = early_estimate();
+        assert!(!segment(&mut est, part, part, part));
+        assert!(segment(&mut est, part, part * 9 / 10, part / 10));
+        // Not before a segment is complete.
+        let mut est = early_estimate();
+        assert!(!segment(&mut est, part / 2, part / 2, 0));
+        // Not where the estimate predicts more than EARLY_FRACTION of the misses.
+        let mut est = early_estimate();
+        assert!(!segment(&mut est, part, part / 2, part / 4));
+        // Not before the cache is full, nor after its first windows.
+        let mut est = Estimate {
+            full: false,
+            ..early_estimate()
+        };
+        assert!(!segment(&mut est, part, part, 0));
+        let mut est = Estimate {
+            windows: EARLY_WINDOWS,
+            ..early_estimate()
+        };
+        assert!(!segment(&mut est, part, part, 0));
+        // Nor while a switch settles.
+        let mut est = early_estimate();
+        est.switched();
+        assert!(!segment(&mut est, part, part, 0));
+    }
 
     /// Runs the estimate over `keys` for a cache of `capacity` entries with a memory of every
     /// sampled key's stamp for 56 generations (what a cache and its ghost keep, roughly; a
