@@ -1200,6 +1200,56 @@ mod tests {
         c.check();
     }
 
+    /// The same with the cache's mode switched every few thousand requests (fill entries
+    /// spared by the recency mode, samples in either mode), weighted, with capacity changes:
+    /// every eviction finds a victim and the invariants hold.
+    #[test]
+    fn random_operations_keep_invariants_across_mode_switches() {
+        let mut c = TestCache::new(4096);
+        let contest = Contest::new(4096);
+        c.policy = Policy::new(4096, true, Arc::clone(&contest), 1);
+        let mut r = 54321u64;
+        for step in 0..200_000u64 {
+            r = mix(r);
+            let k = match r % 10 {
+                0..=4 => (r >> 8) % 3000,
+                5..=8 => (r >> 8) % 20_000,
+                _ => 1_000_000 + step,
+            };
+            let w = 1 + ((r >> 40) % 20) as u32;
+            if (r >> 20).is_multiple_of(50) {
+                c.remove(k);
+            } else if (r >> 20) % 50 < 6 {
+                c.update(k, w);
+            } else {
+                c.access(k, w);
+            }
+            if step % 3_001 == 0 {
+                contest.switch_now();
+            }
+            if step % 40_000 == 39_999 {
+                let cap = if c.policy.capacity() == 4096 {
+                    1500
+                } else {
+                    4096
+                };
+                c.policy.set_capacity(cap);
+                while c.policy.weighted_size() > c.policy.capacity() {
+                    let mut a = Access {
+                        counter: &mut c.counter,
+                        hash: &c.hash,
+                    };
+                    let v = c.policy.evict_one(&mut a).expect("victim");
+                    c.drop_id(v);
+                }
+            }
+            if step % 997 == 0 {
+                c.check();
+            }
+        }
+        c.check();
+    }
+
     /// A replaced entry keeps its place: one that reached MAIN stays there (it is not sent
     /// back to probation, where a scan would flush it), an unknown id is refused, and the
     /// weights follow the new value.
