@@ -49,6 +49,7 @@
 
 use super::recent::{Estimate, Misses, Recent};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
+use crossbeam_utils::CachePadded;
 
 /// A mode of the policy.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -200,8 +201,10 @@ pub(crate) struct Contest {
     state: Mutex<State>,
     /// The state's generation as of its last change (a copy outside the lock): a policy
     /// whose view is older reports at its next miss instead of after a batch of them
-    /// ([`Contest::stale`]), so that a switch reaches every shard within a few requests.
-    published: AtomicU64,
+    /// ([`Contest::stale`]), so that a switch reaches every shard within a few requests (at
+    /// its first miss that finds the lock free). On a line of its own: every policy reads it
+    /// on every miss, and every report writes the lock's line.
+    published: CachePadded<AtomicU64>,
 }
 
 impl Contest {
@@ -233,7 +236,7 @@ impl Contest {
                 first: [0; 2],
                 estimate: Estimate::default(),
             }),
-            published: AtomicU64::new(0),
+            published: CachePadded::new(AtomicU64::new(0)),
         })
     }
 
@@ -446,7 +449,8 @@ mod tests {
         let before = contest.try_view().unwrap();
         assert!(!contest.stale(before));
         contest.state.lock().unwrap().switch_by_estimate();
-        // Published by the report that switched (the only way a switch happens).
+        // Published by the next report (a switch by the estimate happens in one, which
+        // publishes it at once).
         let after = contest.report(before, &mut Tally::default()).unwrap();
         assert_eq!(after.incumbent, Mode::Recency);
         assert!(contest.stale(before));

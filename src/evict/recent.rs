@@ -70,8 +70,9 @@ const Z_EARLY: f64 = 4.0;
 /// An early test looks at the last `1 / EARLY_PART` of a window (its own counts, not the
 /// window's so far: a window that began before a sweep's reversal would dilute them).
 const EARLY_PART: u64 = 16;
-/// Windows after the cache first evicted during which early switches are allowed: the
-/// first reversal of a sweep, after the filling cache kept its first keys. Later, the
+/// Windows during which early switches are allowed, counted from the one in which the cache
+/// first evicted (that one included): the first reversal of a sweep, after the filling cache
+/// kept its first keys. Later, the
 /// windows' trend decides alone (allowed throughout, the early test cost phases at 4000 two
 /// points: `docs/policy-log.md`, thirteenth session).
 const EARLY_WINDOWS: u32 = 4;
@@ -378,7 +379,7 @@ pub(crate) struct Estimate {
     estimated: u64,
     /// `window_requests`, `misses` and `estimated` where the last early test left them.
     early: [u64; 3],
-    /// Windows ended since the cache first evicted.
+    /// Windows ended since the cache first evicted (the one it first evicted in included).
     windows: u32,
     /// Entries the cache holds (the policies' reports of their counts).
     pub(crate) entries: i64,
@@ -686,6 +687,13 @@ mod tests {
         // Nor while a switch settles.
         let mut est = early_estimate();
         est.switched();
+        assert!(!segment(&mut est, part, part, 0));
+        // The windows that end count (the window of the first eviction among them).
+        let mut est = early_estimate();
+        for _ in 0..EARLY_WINDOWS {
+            est.adaptive_window(0);
+            est.restart();
+        }
         assert!(!segment(&mut est, part, part, 0));
     }
 
