@@ -1425,16 +1425,22 @@ mod tests {
         );
     }
 
+    /// A cache of `capacity` filled with one key more than it holds: its first eviction moved
+    /// SMALL's oldest entries to MAIN, under its target (`State::Fill`).
+    fn filled(capacity: u64) -> TestCache {
+        let mut c = TestCache::new(capacity);
+        for k in 0..capacity + capacity / 100 {
+            c.access(k, 1);
+        }
+        c
+    }
+
     /// The recency mode spares a filling cache's first keys (`State::Fill`) for
     /// [`FILL_LAPS`] laps of its hand, taking its victims from SMALL meanwhile; then they go
     /// like any unrequested key (failed before: the recency mode evicted MAIN first).
     #[test]
     fn the_recency_mode_spares_a_filling_caches_keys_for_a_few_laps() {
-        let mut c = TestCache::new(1000);
-        // Past the capacity: the first eviction moves SMALL's oldest to MAIN, under its target.
-        for k in 0..1010 {
-            c.access(k, 1);
-        }
+        let mut c = filled(1000);
         let kept: Vec<u64> = (0..1010)
             .filter(|&k| c.contains(k) && c.policy.state(c.map[&k]) == State::Fill)
             .collect();
@@ -1483,10 +1489,7 @@ mod tests {
     /// longer a first key kept on a bet, and the recency mode does not spare it.
     #[test]
     fn the_adaptive_hand_ends_a_fill_entrys_grace() {
-        let mut c = TestCache::new(1000);
-        for k in 0..1010 {
-            c.access(k, 1);
-        }
+        let mut c = filled(1000);
         let hand = c.policy.queues.front(Part::Bulk.list(Queue::Main)).unwrap();
         let key = c.key[hand as usize];
         assert_eq!(c.policy.state(hand), State::Fill);
