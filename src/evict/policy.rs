@@ -1183,24 +1183,31 @@ mod tests {
         let mut r = 12345u64;
         for step in 0..200_000u64 {
             r = mix(r);
-            let k = match r % 10 {
-                0..=5 => (r >> 8) % 300,  // hot-ish
-                6..=8 => (r >> 8) % 5000, // warm
-                _ => 1_000_000 + step,    // one-off
-            };
-            let w = 1 + ((r >> 40) % 20) as u32;
-            if (r >> 20).is_multiple_of(50) {
-                c.remove(k);
-            } else if (r >> 20) % 50 < 6 {
-                c.update(k, w);
-            } else {
-                c.access(k, w);
-            }
+            random_op(&mut c, r, step, (6, 300, 5000));
             if step % 997 == 0 {
                 c.check();
             }
         }
         c.check();
+    }
+
+    /// One random operation drawn from `r` at `step`: a removal (1 in 50), a new value (3 in
+    /// 25) or a request (the rest), of a key that is hot (`hot_tenths` in 10, one of the
+    /// first `hot`), warm (one of the first `warm`, to 9 in 10) or new, weighing 1 to 20.
+    fn random_op(c: &mut TestCache, r: u64, step: u64, (hot_tenths, hot, warm): (u64, u64, u64)) {
+        let k = match r % 10 {
+            t if t < hot_tenths => (r >> 8) % hot,
+            9 => 1_000_000 + step,
+            _ => (r >> 8) % warm,
+        };
+        let w = 1 + ((r >> 40) % 20) as u32;
+        if (r >> 20).is_multiple_of(50) {
+            c.remove(k);
+        } else if (r >> 20) % 50 < 6 {
+            c.update(k, w);
+        } else {
+            c.access(k, w);
+        }
     }
 
     /// The same with the cache's mode switched every few thousand requests (fill entries
@@ -1214,19 +1221,7 @@ mod tests {
         let mut r = 54321u64;
         for step in 0..200_000u64 {
             r = mix(r);
-            let k = match r % 10 {
-                0..=4 => (r >> 8) % 3000,
-                5..=8 => (r >> 8) % 20_000,
-                _ => 1_000_000 + step,
-            };
-            let w = 1 + ((r >> 40) % 20) as u32;
-            if (r >> 20).is_multiple_of(50) {
-                c.remove(k);
-            } else if (r >> 20) % 50 < 6 {
-                c.update(k, w);
-            } else {
-                c.access(k, w);
-            }
+            random_op(&mut c, r, step, (5, 3000, 20_000));
             if step % 3_001 == 0 {
                 contest.switch_now();
             }
