@@ -70,9 +70,9 @@ pub(crate) struct Config<K, V, S> {
     pub(crate) stats: StatsCounters,
     /// Waiting events at which a writer offers a maintenance pass.
     pub(crate) drain_threshold: usize,
-    /// Default time to live, in ns ([`NEVER`](node::NEVER): none).
+    /// Default time to live, in ns ([`NEVER`]: none).
     pub(crate) ttl: u64,
-    /// Time to idle, in ns ([`NEVER`](node::NEVER): none).
+    /// Time to idle, in ns ([`NEVER`]: none).
     pub(crate) tti: u64,
     /// The size bound, if any (also present, unbounded, when a weigher is set, so that the
     /// weighted size is tracked).
@@ -694,7 +694,7 @@ where
         live
     }
 
-    /// Remaining lifetime of `key` in ns ([`NEVER`](table::NEVER) if it does not expire).
+    /// Remaining lifetime of `key` in ns ([`NEVER`] if it does not expire).
     pub(crate) fn remaining<Q>(&self, key: &Q) -> Option<u64>
     where
         K: Borrow<Q>,

@@ -102,7 +102,7 @@ pub const MAX_SNAPSHOT_LEN: u64 = 2 << 30;
 
 /// Why a snapshot could not be saved or loaded.
 ///
-/// `Display` and `Debug` never show a session id (see [`id_tag`](super::id_tag)).
+/// `Display` and `Debug` never show a session id (see [`id_tag`]).
 #[non_exhaustive]
 pub enum SnapshotError {
     /// Reading or writing the file failed.
@@ -126,14 +126,14 @@ pub enum SnapshotError {
     Malformed(&'static str),
     /// A session in the file does not decode with the store's serializer.
     Decode {
-        /// The session's id (shown as its [`id_tag`](super::id_tag) by `Display` and `Debug`).
+        /// The session's id (shown as its [`id_tag`] by `Display` and `Debug`).
         id: String,
         /// The serializer's error.
         source: BoxError,
     },
     /// A session in the file is larger than the store's `max_bytes`.
     TooLarge {
-        /// The session's id (shown as its [`id_tag`](super::id_tag) by `Display` and `Debug`).
+        /// The session's id (shown as its [`id_tag`] by `Display` and `Debug`).
         id: String,
         /// Its weight (id plus serialized bytes).
         size: u64,
