@@ -1051,14 +1051,7 @@ mod tests {
             self.weight[i] = w;
             self.map.insert(k, id);
             self.policy.insert(id, self.hash[i], w);
-            while self.policy.weighted_size() > self.policy.capacity() {
-                let mut a = Access {
-                    counter: &mut self.counter,
-                    hash: &self.hash,
-                };
-                let v = self.policy.evict_one(&mut a).expect("victim");
-                self.drop_id(v);
-            }
+            self.evict_to_capacity();
             false
         }
 
@@ -1077,6 +1070,12 @@ mod tests {
             assert!(self.policy.replace(old, new, w));
             self.map.insert(k, new);
             self.free.push(old);
+            self.evict_to_capacity();
+            true
+        }
+
+        /// Evicts until the policy's weight is within its capacity (every call finds a victim).
+        fn evict_to_capacity(&mut self) {
             while self.policy.weighted_size() > self.policy.capacity() {
                 let mut a = Access {
                     counter: &mut self.counter,
@@ -1085,7 +1084,6 @@ mod tests {
                 let v = self.policy.evict_one(&mut a).expect("victim");
                 self.drop_id(v);
             }
-            true
         }
 
         fn drop_id(&mut self, id: u32) {
@@ -1232,14 +1230,7 @@ mod tests {
                     4096
                 };
                 c.policy.set_capacity(cap);
-                while c.policy.weighted_size() > c.policy.capacity() {
-                    let mut a = Access {
-                        counter: &mut c.counter,
-                        hash: &c.hash,
-                    };
-                    let v = c.policy.evict_one(&mut a).expect("victim");
-                    c.drop_id(v);
-                }
+                c.evict_to_capacity();
             }
             if step % 997 == 0 {
                 c.check();
