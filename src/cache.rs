@@ -177,6 +177,13 @@ where
     /// hears about as [`RemovalCause::Replaced`]). It expires after the cache's
     /// [`time_to_live`](CacheBuilder::time_to_live) / [`time_to_idle`](CacheBuilder::time_to_idle),
     /// if any.
+    ///
+    /// When `V` is `u64`, `i64`, `usize`, `isize` or `f64` and the cache has no weigher, no
+    /// time to idle and no [`Expiry`](crate::Expiry), a replacement overwrites the value in
+    /// place (a reader sees the old value or the new one, whole, and still takes no lock);
+    /// otherwise it stores a new entry in place of the old one. Either way the replacement
+    /// counts as an insert and a removal in [`stats`](Self::stats), keeps the entry's standing
+    /// with the eviction policy, and restarts its time to live.
     pub fn insert(&self, key: K, value: V) {
         if let Err((key, value)) = self.store(key, value, None, Write::Upsert) {
             self.refused(&key, &value);

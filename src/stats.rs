@@ -65,6 +65,12 @@ struct Stripe([AtomicU64; COUNTERS]);
 pub(crate) struct StatsCounters {
     record_reads: bool,
     stripes: Box<[CachePadded<Stripe>]>,
+    /// Values replaced in place (`Shard::insert_in_place`), each an insert and a removal that
+    /// no maintainer hears of: one counter per live thread (`live_index`), which only its
+    /// owner writes (a plain load and store, no locked instruction on a write that has only
+    /// one other), and one that the threads past those share.
+    in_place: Box<[CachePadded<AtomicU64>]>,
+    in_place_shared: CachePadded<AtomicU64>,
 }
 
 impl StatsCounters {
@@ -75,6 +81,10 @@ impl StatsCounters {
             stripes: (0..stripes)
                 .map(|_| CachePadded::new(Stripe::default()))
                 .collect(),
+            in_place: (0..stripes)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+            in_place_shared: CachePadded::new(AtomicU64::new(0)),
         }
     }
 
@@ -89,6 +99,23 @@ impl StatsCounters {
         }
     }
 
+    /// Counts a value replaced in place (always: writes are always counted).
+    #[inline]
+    pub(crate) fn replaced_in_place(&self) {
+        if cfg!(loom) {
+            return;
+        }
+        // Relaxed: see `read`.
+        match crate::sync::live_index().and_then(|i| self.in_place.get(i)) {
+            // Only this thread writes its counter (`live_index`), so nothing comes between the
+            // load and the store.
+            Some(mine) => mine.store(mine.load(Ordering::Relaxed) + 1, Ordering::Relaxed),
+            None => {
+                self.in_place_shared.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// The counters: the read counters summed over the stripes, the write counters as given
     /// (summed over the shards by the caller).
     pub(crate) fn snapshot(&self, writes: WriteCounts) -> Stats {
@@ -99,11 +126,18 @@ impl StatsCounters {
                 *total += c.load(Ordering::Relaxed);
             }
         }
+        // Relaxed: see `read`.
+        let in_place = self.in_place_shared.load(Ordering::Relaxed)
+            + self
+                .in_place
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum::<u64>();
         Stats {
             hits: sum[HIT],
             misses: sum[MISS],
-            inserts: writes[Counter::Insert as usize],
-            removals: writes[Counter::Removal as usize],
+            inserts: writes[Counter::Insert as usize] + in_place,
+            removals: writes[Counter::Removal as usize] + in_place,
             evictions: writes[Counter::Eviction as usize],
             expirations: writes[Counter::Expiration as usize],
         }

@@ -122,6 +122,43 @@ pub(crate) fn thread_index() -> usize {
     })
 }
 
+/// A small number that no other *live* thread has (taken at the thread's first call, given
+/// back when it exits, then handed to a later thread): whoever owns slot `i` of a per-thread
+/// array may update it with a plain load and store. `None` once the thread's thread-locals are
+/// being destroyed.
+#[cfg(not(loom))]
+pub(crate) fn live_index() -> Option<usize> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    static FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    struct Owned(usize);
+    impl Drop for Owned {
+        fn drop(&mut self) {
+            FREE.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(self.0);
+        }
+    }
+    fn take() -> Owned {
+        let reused = FREE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        // Relaxed: only distinctness matters (a fresh number is never handed out twice). A
+        // reused one comes through the mutex, which orders its last owner's writes first.
+        Owned(reused.unwrap_or_else(|| NEXT.fetch_add(1, Ordering::Relaxed)))
+    }
+    thread_local! {
+        static LIVE: Owned = take();
+    }
+    LIVE.try_with(|o| o.0).ok()
+}
+
+/// Under loom, none (the models do not look at statistics).
+#[cfg(loom)]
+pub(crate) fn live_index() -> Option<usize> {
+    None
+}
+
 /// Under loom, every thread shares stripe 0 (the models do not look at statistics).
 #[cfg(loom)]
 pub(crate) fn thread_index() -> usize {

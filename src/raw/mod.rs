@@ -38,7 +38,7 @@ use maint::Notes;
 pub(crate) use reclaim::Chore;
 use reclaim::{light, retire};
 pub(crate) use shard::Inserted;
-use shard::{InsertMode, Removed, Shard, Staged, Stale};
+use shard::{InsertMode, Removed, Seen, Shard, Staged, Stale};
 pub(crate) use table::NEVER;
 #[cfg(all(test, not(loom)))]
 pub(crate) use table::node::FREQ_MAX;
@@ -321,6 +321,11 @@ pub(crate) struct RawCache<K, V, S> {
     /// The user's per-entry expiry, if any (`set_expiry`): its read hook makes reads take
     /// `Shard::read_hooked`, its create and update hooks decide inserts' lifetimes.
     expiry: Option<Box<ExpiryFn<K, V>>>,
+    /// Whether an insert of a live key may overwrite its value in place
+    /// (`Shard::insert_in_place`): the values are value words (`table::word_value`), every
+    /// entry weighs 1, and deadlines move only on inserts and `touch` (no time to idle, no
+    /// expiry hooks).
+    in_place: bool,
 }
 
 /// A share of the bound reserved for an insert: given back when dropped unless `kept` (the
@@ -371,6 +376,7 @@ where
                 })
                 .collect::<Option<_>>()?,
             shard_bits: layout.shards.trailing_zeros(),
+            in_place: table::word_value::<V>() && cfg.weigher.is_none() && cfg.tti == NEVER,
             cfg,
             expiry: None,
         })
@@ -379,6 +385,7 @@ where
     /// Sets the per-entry expiry (at build, before the cache is shared).
     pub(crate) fn set_expiry(&mut self, expiry: Box<ExpiryFn<K, V>>) {
         self.expiry = Some(expiry);
+        self.in_place = false;
     }
 
     #[inline]
@@ -534,8 +541,23 @@ where
     {
         let hash = self.cfg.hash(&key);
         let shard = self.shard(hash);
-        let guard = shard.pin_for(hash);
         let cfg = &self.cfg;
+        let mut value = value;
+        if self.in_place && ttl.is_none() && matches!(write, Write::Upsert) {
+            // In a light read, as a lookup: no crossbeam pin (a full barrier) for a write that
+            // publishes and retires nothing.
+            let attempt = light::read(|guard| shard.insert_in_place(cfg, hash, &key, value, guard));
+            match attempt {
+                Ok(old) => {
+                    if let Some(listener) = &cfg.listener {
+                        listener(&key, &old, RemovalCause::Replaced);
+                    }
+                    return Ok(Inserted::Stored);
+                }
+                Err(back) => value = back,
+            }
+        }
+        let guard = shard.pin_for(hash);
         let result = match (&cfg.bound, write) {
             (None, Write::Upsert) => shard.insert(
                 cfg,
@@ -799,7 +821,7 @@ where
                         None => CompResult::StillNone,
                     };
                 }
-                (Op::Remove, Some((old, _))) => {
+                (Op::Remove, Some(old)) => {
                     let Ok(removed) = self.remove_current(
                         shard,
                         &staged,
@@ -823,7 +845,8 @@ where
                     };
                     let weight = staged.with_key(|k| self.weigh(k, &value));
                     let own_ttl = staged.with_key(|k| {
-                        let old = seen.map(|(_, d)| {
+                        let old = seen.map(|seen| {
+                            let d = seen.deadline;
                             if d == table::NEVER {
                                 table::NEVER
                             } else {
@@ -853,7 +876,7 @@ where
                         // as for `insert`, the previous value goes and the new one is evicted
                         // at once.
                         drop(reserved);
-                        if let Some((old, _)) = seen {
+                        if let Some(old) = seen {
                             match self.remove_current(
                                 shard,
                                 &staged,
@@ -872,15 +895,7 @@ where
                         return result;
                     }
                     let published = shard.upkeep.exclusive(|| {
-                        shard.publish(
-                            cfg,
-                            hash,
-                            &mut staged,
-                            seen.map(|(old, _)| old),
-                            own_ttl,
-                            weight,
-                            &guard,
-                        )
+                        shard.publish(cfg, hash, &mut staged, seen, own_ttl, weight, &guard)
                     });
                     let Ok(published) = published else {
                         continue;
@@ -903,14 +918,14 @@ where
         shard: &Shard<K, V>,
         staged: &Staged<'_, K, V>,
         hash: u64,
-        old: table::Idx,
+        old: Seen,
         cause: RemovalCause,
         guard: &Guard,
     ) -> Result<Removed, Stale> {
         let claimed = shard.upkeep.exclusive(|| {
             staged.with_key(|k| shard.remove_current(&self.cfg, hash, k, old, guard))
         })?;
-        Ok(shard.removed_current(&self.cfg, old, claimed, cause, guard))
+        Ok(shard.removed_current(&self.cfg, old.idx, claimed, cause, guard))
     }
 
     /// Removes every live entry for which `pred` is true (`Explicit`); returns how many this
@@ -1196,6 +1211,35 @@ mod tests {
         }
         cache.run_pending_tasks();
         assert_eq!(bound().reserved(), cache.len() as u64);
+    }
+
+    /// An insert of a live key of a `u64` cache overwrites the value in the node it finds: the
+    /// same node keeps the key. An insert with its own lifetime
+    /// publishes a new node (lifetimes are per node, in a column the in-place write does not
+    /// keep).
+    #[test]
+    fn a_replacement_of_a_word_value_keeps_its_node() {
+        assert!(table::word_value::<u64>() && table::word_value::<f64>());
+        assert!(!table::word_value::<u32>() && !table::word_value::<(u32, u32)>());
+        assert!(!table::word_value::<&'static u64>() && !table::word_value::<Box<u64>>());
+        let cache = raw(1, 8);
+        assert!(cache.in_place);
+        let hash = cache.cfg.hash(&7u64);
+        let node_of = |cache: &RawCache<u64, u64, _>| {
+            let guard = epoch::pin();
+            cache.shards[0].table.lookup(hash, &7u64, &guard).unwrap().0
+        };
+        cache.insert(7, 70, None, 1, Write::Upsert).ok().unwrap();
+        let first = node_of(&cache);
+        cache.insert(7, 71, None, 1, Write::Upsert).ok().unwrap();
+        assert_eq!(cache.read(&7, |v| *v), Some(71));
+        assert_eq!(node_of(&cache), first);
+        cache
+            .insert(7, 72, Some(1 << 40), 1, Write::Upsert)
+            .ok()
+            .unwrap();
+        assert_eq!(cache.read(&7, |v| *v), Some(72));
+        assert_ne!(node_of(&cache), first);
     }
 
     /// An unbounded cache has no eviction policy, so a hit writes nothing, not even the CLOCK

@@ -20,11 +20,13 @@ mod expiry;
 use std::borrow::Borrow;
 use std::hash::BuildHasher;
 
-pub(crate) use conditional::{Staged, Stale};
+pub(crate) use conditional::{Seen, Staged, Stale};
 
 use super::maint::{Event, Notes, PassKind, TICK_SHIFT, Upkeep};
 use super::reclaim::{Protected, light};
-use super::table::{Idx, MARK, NEVER, Node, Table, UNINIT, bucket_of, tag_of};
+#[cfg(doc)]
+use super::table::node::WRITING;
+use super::table::{Idx, MARK, NEVER, Node, Table, UNINIT, bucket_of, tag_of, word_value};
 use super::{Bound, Config};
 use crate::listener::RemovalCause;
 use crate::stats::WriteCounts;
@@ -149,9 +151,11 @@ where
     /// Whether the node's deadline is still ahead (`now` is read only if it has one).
     #[inline]
     pub(crate) fn alive<S>(node: &Node<K, V>, cfg: &Config<K, V, S>) -> bool {
-        // Relaxed: the deadline is a single word; whichever value a racing `touch` or TTI read
-        // left is a deadline the entry really had during this read.
-        let deadline = node.deadline.load(Ordering::Relaxed);
+        // The deadline is a single word; whichever value a racing `touch` or TTI read left is a
+        // deadline the entry really had during this read. Acquire: pairs with the Release
+        // store of an in-place write's deadline (`insert_in_place`), made after its value, so
+        // that a reader that sees the later deadline sees the value written with it.
+        let deadline = node.deadline.load(Ordering::Acquire);
         deadline == NEVER || cfg.time.now() < deadline
     }
 
@@ -160,8 +164,8 @@ where
     /// tick so that a hot entry does not write its cache line on every read.
     #[inline]
     fn alive_on_hit<S>(&self, cfg: &Config<K, V, S>, idx: Idx, node: &Node<K, V>) -> bool {
-        // Relaxed: as in `alive`.
-        let deadline = node.deadline.load(Ordering::Relaxed);
+        // Acquire: as in `alive`.
+        let deadline = node.deadline.load(Ordering::Acquire);
         if deadline == NEVER {
             return true;
         }
@@ -328,6 +332,73 @@ where
         }
     }
 
+    /// Replaces the value of `key`'s live entry in place, for a [`word_value`] type in a cache
+    /// whose entries all weigh 1 and whose deadlines are set only by inserts and `touch`
+    /// (no time to idle, no expiry hooks, no own lifetimes: the caller checks that): the
+    /// node's value word is overwritten while holding the node ([`WRITING`]), its deadline
+    /// renewed after it, and nothing else changes: no node is published or retired, and no
+    /// event is recorded (the node keeps its place in the policy, its CLOCK counter and its
+    /// slot in the wheel, as a replacing node would take them over; a later deadline is found
+    /// when its old slot comes due).
+    ///
+    /// Returns the value it replaced, or `Err(value)` if it cannot be done so (no live entry,
+    /// a marked or expired one, a deadline that would move earlier, or a node held through
+    /// all the spins by other writers): the caller then inserts the usual way.
+    ///
+    /// Linearizable with the other writers: a marker that marks the node while this write
+    /// holds it waits for the write before it reads the value (`Node::mark`), and the expiry
+    /// checks the deadline while holding the node (`Node::mark_if_due`); if a newer node of
+    /// the key was published after the lookup, this write comes before that insert, which
+    /// then replaces (and reports) the value written here.
+    pub(crate) fn insert_in_place<S>(
+        &self,
+        cfg: &Config<K, V, S>,
+        hash: u64,
+        key: &K,
+        value: V,
+        guard: &impl Protected,
+    ) -> Result<V, V> {
+        debug_assert!(word_value::<V>() && cfg.weigher.is_none() && cfg.tti == NEVER);
+        let table = &self.table;
+        let Some((idx, node, next)) = table.lookup_for_write(hash, key, guard) else {
+            return Err(value);
+        };
+        if next & MARK != 0 || table.lifetime.is_allocated(idx) {
+            return Err(value);
+        }
+        if !node.begin_write(next) {
+            return Err(value);
+        }
+        // Relaxed: writers change the deadline only while holding the node, and `begin_write`'s
+        // Acquire ordered this one after the last of them.
+        let old_deadline = node.deadline.load(Ordering::Relaxed);
+        let (deadline, _) = Self::expiry_of(cfg, cfg.ttl);
+        let expired = old_deadline != NEVER && cfg.time.now() >= old_deadline;
+        if expired || deadline < old_deadline {
+            // An expired entry is replaced as an expiry (by a new node), and an earlier
+            // deadline needs the wheel to hear of it.
+            node.end_write();
+            return Err(value);
+        }
+        // SAFETY: a `word_value` type is 8 bytes of plain bits.
+        let bits = unsafe { std::mem::transmute_copy::<V, u64>(&value) };
+        // SAFETY: `V` is a `word_value` type, the node was found while protected (`guard`, see
+        // `Table::find`), and we hold `WRITING`.
+        let old = unsafe { node.write_word(bits) };
+        if deadline != old_deadline {
+            // Release: after the word, so that a reader that sees this deadline (Acquire, in
+            // `alive`) sees the value written with it.
+            node.deadline.store(deadline, Ordering::Release);
+        }
+        node.end_write();
+        if let Some(bound) = &cfg.bound {
+            node.written(bound.sample(hash));
+        }
+        cfg.stats.replaced_in_place();
+        // SAFETY: as above: the bits of a `word_value`.
+        Ok(unsafe { std::mem::transmute_copy::<u64, V>(&old) })
+    }
+
     /// Inserts `key -> value` (see [`InsertMode`]), with its own time to live in ns, or the
     /// cache's default. Returns the key and value back if the shard cannot hold another node.
     #[allow(clippy::too_many_arguments)]
@@ -401,7 +472,7 @@ where
                 continue;
             }
             // SAFETY: we own the node (not yet published), so its payload is initialised.
-            let older = unsafe { node.with_payload(|k, _| table.find(head, tag, k, guard)) };
+            let older = unsafe { node.with_key(|k| table.find(head, tag, k, guard)) };
             let older = match older {
                 Some((old_idx, old, next)) if next & MARK == 0 => {
                     if only_if_absent && Self::alive(old, cfg) {
@@ -776,12 +847,12 @@ where
                 let next = node.next.load(Ordering::Acquire);
                 // SAFETY: reached through links while pinned (see `Table::find`).
                 let (mine, first) = unsafe {
-                    node.with_payload(|k, _| {
+                    node.with_key(|k| {
                         let mine = !filter || bucket_of(cfg.hash(k), buckets.mask()) == j;
                         let first = mine
                             && !seen.iter().any(|&s| {
                                 let other = table.node(s);
-                                other.tag() == node.tag() && other.with_payload(|ok, _| ok == k)
+                                other.tag() == node.tag() && other.with_key(|ok| ok == k)
                             });
                         (mine, first)
                     })

@@ -290,7 +290,7 @@ where
     fn hash(&self, id: u32) -> u64 {
         // SAFETY: the policy only names admitted nodes that are not retired yet, and the
         // maintainer holding the lock is pinned for the whole pass.
-        unsafe { self.table.node(id).with_payload(|k, _| self.cfg.hash(k)) }
+        unsafe { self.table.node(id).with_key(|k| self.cfg.hash(k)) }
     }
 }
 
@@ -384,6 +384,16 @@ where
         );
         let next = wheel.next_expiration().unwrap_or(NEVER);
         for idx in expired.drain(..) {
+            if crate::raw::table::word_value::<V>() {
+                // An in-place write may renew the entry under us: check its deadline and mark
+                // it in one hold of the node (see `Node::mark_if_due`).
+                match table.node(idx).mark_if_due(now) {
+                    Ok(Some(claimed)) => self.marked(idx, claimed, RemovalCause::Expired),
+                    Ok(None) => {}
+                    Err(()) => self.schedule(idx),
+                }
+                continue;
+            }
             // If someone else marked it first, their removal is the one reported.
             self.mark(idx, RemovalCause::Expired);
         }
@@ -590,6 +600,12 @@ where
         let Some(claimed) = self.table.node(idx).mark() else {
             return false;
         };
+        self.marked(idx, claimed, cause);
+        true
+    }
+
+    /// The bookkeeping of a removal the maintainer marked (`claimed` as `Node::mark` returned).
+    fn marked(&mut self, idx: Idx, claimed: bool, cause: RemovalCause) {
         // A claimed node's share belongs to the insert replacing it (see `Bound`).
         if !claimed && let Some(bound) = &self.cfg.bound {
             bound.release(self.weight_of(idx));
@@ -604,7 +620,6 @@ where
         self.add_flags(idx, SEEN_REMOVE);
         self.dismiss(idx);
         self.m.unlink_queue.push((idx, NIL));
-        true
     }
 
     /// Marks every node of the table (as `cause`): `clear`.

@@ -42,13 +42,44 @@ use super::{Removed, Shard};
 use crate::listener::RemovalCause;
 use crate::raw::Config;
 use crate::raw::maint::{Event, Notes};
-use crate::raw::table::{Idx, MARK, NEVER, NIL, Table, UNINIT, bucket_of, tag_of};
+use crate::raw::table::{
+    Idx, MARK, NEVER, NIL, Node, Table, UNINIT, bits_of, bucket_of, tag_of, word_value,
+};
 use crate::sync::Ordering;
 use crate::sync::epoch::Guard;
 
 /// The key's value was not the one the compute was given any more: start over.
 #[derive(Debug)]
 pub(crate) struct Stale;
+
+/// The live value a compute was given: its node, its deadline, and (for a value word) its
+/// bits, which the value must still have when the compute takes effect (an in-place write
+/// changes the value without changing the node).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Seen {
+    pub(crate) idx: Idx,
+    pub(crate) deadline: u64,
+    pub(crate) bits: u64,
+}
+
+/// Holds `node` ([`Node::hold`]) if its value is a value word, and checks that the word is
+/// still `bits`: for a remover that decided on that value, so that its mark (with
+/// `Node::mark_held`) removes exactly it. `Ok(true)`: held; `Ok(false)`: not a value word,
+/// nothing held (the node alone identifies the value); `Err(Stale)`: marked, or overwritten.
+fn hold_if_word<K, V: 'static>(node: &Node<K, V>, bits: u64) -> Result<bool, Stale> {
+    if !word_value::<V>() {
+        return Ok(false);
+    }
+    if !node.hold() {
+        return Err(Stale);
+    }
+    // SAFETY: the callers reached the node while protected, and hold it; a value word.
+    if unsafe { node.word_bits() } != bits {
+        node.end_write();
+        return Err(Stale);
+    }
+    Ok(true)
+}
 
 /// The key of a compute and, once it decided to put a value, the private node that holds
 /// both (kept across attempts: only the value changes). Released if dropped unpublished.
@@ -74,7 +105,7 @@ impl<'a, K, V> Staged<'a, K, V> {
             (None, Some(idx)) => {
                 // SAFETY: the node is ours (allocated and initialised by `stage`, never
                 // published: `published` clears `idx`), so its payload is initialised.
-                unsafe { self.table.node(idx).with_payload(|k, _| f(k)) }
+                unsafe { self.table.node(idx).with_key(|k| f(k)) }
             }
             (None, None) => unreachable!("a staged key is in `key` or in its node"),
         }
@@ -163,7 +194,7 @@ where
         key: &Q,
         guard: &Guard,
         f: impl FnOnce(Option<&V>) -> R,
-    ) -> (Option<(Idx, u64)>, R)
+    ) -> (Option<Seen>, R)
     where
         K: Borrow<Q>,
         Q: Eq + ?Sized,
@@ -173,8 +204,15 @@ where
                 // Relaxed: as in `alive`.
                 let deadline = node.deadline.load(Ordering::Relaxed);
                 // SAFETY: found while pinned (see `Table::find`).
-                let r = unsafe { node.with_payload(|_, v| f(Some(v))) };
-                (Some((idx, deadline)), r)
+                let (r, bits) = unsafe { node.with_payload(|_, v| (f(Some(v)), bits_of(v))) };
+                (
+                    Some(Seen {
+                        idx,
+                        deadline,
+                        bits,
+                    }),
+                    r,
+                )
             }
             _ => (None, f(None)),
         }
@@ -191,7 +229,7 @@ where
         cfg: &Config<K, V, S>,
         hash: u64,
         staged: &mut Staged<'_, K, V>,
-        expect: Option<Idx>,
+        expect: Option<Seen>,
         own_ttl: Option<u64>,
         weight: u32,
         guard: &Guard,
@@ -214,7 +252,14 @@ where
         if cfg.weigher.is_some() {
             table.weights.set(idx, u64::from(weight));
         }
-        let announce = expect.map(|o| Announce::new(table, o));
+        let announce = expect.map(|o| Announce::new(table, o.idx));
+        // Whether we hold the expected node (a value word, checked unchanged; see
+        // `hold_if_word`), from the check to the mark.
+        let mut held = false;
+        let idx_of = |superseded: Option<(Idx, RemovalCause)>| match superseded {
+            Some((i, _)) => i,
+            None => unreachable!("only a superseded node is held"),
+        };
         let superseded = loop {
             let buckets = table.current(guard);
             let bucket = buckets.bucket(hash);
@@ -233,14 +278,18 @@ where
                 continue;
             }
             // SAFETY: we own the node (not yet published), so its payload is initialised.
-            let first = unsafe { node.with_payload(|k, _| table.find(head, tag, k, guard)) };
+            let first = unsafe { node.with_key(|k| table.find(head, tag, k, guard)) };
             let superseded = match (expect, first) {
                 // The value the compute was given: still first, unmarked and alive (the
-                // announcement came first, so a remover that marks it from now on finds it).
+                // announcement came first, so a remover that marks it from now on finds it),
+                // and not overwritten in place.
                 (Some(o), Some((f, first, next)))
-                    if f == o && next & MARK == 0 && Self::alive(first, cfg) =>
+                    if f == o.idx && next & MARK == 0 && Self::alive(first, cfg) =>
                 {
-                    Some((o, RemovalCause::Replaced))
+                    // Held from here to the mark, with no user code in between (a user's `Eq`
+                    // or `Hash` could panic, or write this key, with the node held).
+                    held = hold_if_word(first, o.bits)?;
+                    Some((o.idx, RemovalCause::Replaced))
                 }
                 (Some(_), _) => return Err(Stale),
                 (None, None) => None,
@@ -261,12 +310,18 @@ where
             {
                 break superseded;
             }
+            if held {
+                // Checked again next time, after the walk (user code) is over.
+                table.node(idx_of(superseded)).end_write();
+                held = false;
+            }
         };
         staged.published();
         let mut event = Event::Inserted { idx, weight, hash };
         let mut own = None;
         if let Some((old_idx, cause)) = superseded {
-            match table.node(old_idx).mark() {
+            let old = table.node(old_idx);
+            match if held { old.mark_held() } else { old.mark() } {
                 Some(claimed) => {
                     self.writer_removed(cfg, old_idx, claimed);
                     own = Some((old_idx, cause));
@@ -297,7 +352,7 @@ where
         cfg: &Config<K, V, S>,
         hash: u64,
         key: &Q,
-        expect: Idx,
+        expect: Seen,
         guard: &Guard,
     ) -> Result<bool, Stale>
     where
@@ -306,10 +361,15 @@ where
     {
         match self.table.lookup(hash, key, guard) {
             Some((idx, node, next))
-                if idx == expect && next & MARK == 0 && Self::alive(node, cfg) =>
+                if idx == expect.idx && next & MARK == 0 && Self::alive(node, cfg) =>
             {
-                // Lost only to a lookup-based remover, which then removed it first.
-                node.mark().ok_or(Stale)
+                // Lost only to a lookup-based remover, which then removed it first (or, for a
+                // value word, to an in-place write).
+                if hold_if_word(node, expect.bits)? {
+                    node.mark_held().ok_or(Stale)
+                } else {
+                    node.mark().ok_or(Stale)
+                }
             }
             _ => Err(Stale),
         }
@@ -385,7 +445,8 @@ where
         let buckets = table.current(guard);
         let old = table.old(guard);
         let mut seen: Vec<Idx> = Vec::new();
-        let mut doomed: Vec<Idx> = Vec::new();
+        // Each with the bits of the value `pred` was given (see `hold_if_word`).
+        let mut doomed: Vec<(Idx, u64)> = Vec::new();
         for j in 0..buckets.len() {
             // Acquire: as in `Table::start`.
             let head = buckets.at(j).load(Ordering::Acquire);
@@ -413,38 +474,45 @@ where
                 let next = node.next.load(Ordering::Acquire);
                 // SAFETY: reached through links while pinned (see `Table::find`).
                 let (mine, first) = unsafe {
-                    node.with_payload(|k, _| {
+                    node.with_key(|k| {
                         let mine = !filter || bucket_of(cfg.hash(k), buckets.mask()) == j;
                         let first = mine
                             && !seen.iter().any(|&s| {
                                 let other = table.node(s);
-                                other.tag() == node.tag() && other.with_payload(|ok, _| ok == k)
+                                other.tag() == node.tag() && other.with_key(|ok| ok == k)
                             });
                         (mine, first)
                     })
                 };
                 if mine && first {
                     seen.push(cur);
-                    if next & MARK == 0
-                        && Self::alive(node, cfg)
+                    if next & MARK == 0 && Self::alive(node, cfg) {
                         // SAFETY: as above.
-                        && unsafe { node.with_payload(|k, v| pred(k, v)) }
-                    {
-                        doomed.push(cur);
+                        let (doom, bits) =
+                            unsafe { node.with_payload(|k, v| (pred(k, v), bits_of(v))) };
+                        if doom {
+                            doomed.push((cur, bits));
+                        }
                     }
                 }
                 cur = next & crate::raw::table::IDX_MASK;
             }
         }
         let mut notes = Notes::new();
-        for idx in doomed {
+        for (idx, bits) in doomed {
             // Whoever marks first removes it; if it was replaced or removed since the test,
             // the mark fails or the node is no longer its key's value (a newer node was
             // linked in front: then marking it removes nothing visible, and the insert that
-            // superseded it reports nothing, as when a remove races an insert).
+            // superseded it reports nothing, as when a remove races an insert). A value word
+            // overwritten in place since the test is a newer value: left alone.
             let node = table.node(idx);
             let live = Self::alive(node, cfg);
-            let Some(claimed) = node.mark() else {
+            let marked = match hold_if_word(node, bits) {
+                Ok(true) => node.mark_held(),
+                Ok(false) => node.mark(),
+                Err(Stale) => None,
+            };
+            let Some(claimed) = marked else {
                 continue;
             };
             if self.overtaken_by_compute(cfg, idx, claimed, &mut notes, guard) {

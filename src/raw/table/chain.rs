@@ -8,7 +8,8 @@
 
 use std::borrow::Borrow;
 
-use super::node::{IDX_MASK, Idx, LINK_BITS, MARK, NIL, Node, UNINIT};
+use super::node::{IDX_MASK, Idx, LINK_BITS, MARK, NIL, Node, UNINIT, WRITING};
+use super::prefetch::prefetch_write;
 use super::{Buckets, Table, bucket_of, tag_of};
 use crate::raw::reclaim::Protected;
 use crate::sync::Ordering;
@@ -95,7 +96,7 @@ impl<K, V> Table<K, V> {
     {
         loop {
             let (head, start) = self.start(hash, guard);
-            let found = self.find_in::<true, Q>(head, tag_of(hash), key, guard);
+            let found = self.find_in::<true, false, Q>(head, tag_of(hash), key, guard);
             if matches!(found, Some((_, _, next)) if next & MARK == 0)
                 || self.unchanged(&start, hash, guard)
             {
@@ -121,13 +122,35 @@ impl<K, V> Table<K, V> {
         K: Borrow<Q>,
         Q: Eq + ?Sized,
     {
-        self.find_in::<false, Q>(head, tag, key, guard)
+        self.find_in::<false, false, Q>(head, tag, key, guard)
+    }
+
+    /// [`lookup`](Self::lookup) for a writer that will write the node it finds (an in-place
+    /// write): each node of the chain is fetched for writing, so that its line comes once,
+    /// exclusive, rather than shared for the lookup and then again for the write. Its
+    /// answers are those of `lookup` when it finds an unmarked node; otherwise they are only
+    /// a reason for the caller to take its other path.
+    #[inline]
+    pub(crate) fn lookup_for_write<'a, Q>(
+        &'a self,
+        hash: u64,
+        key: &Q,
+        guard: &impl Protected,
+    ) -> Option<(Idx, &'a Node<K, V>, u32)>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        // No retry for an absent key (see `unchanged`): the caller then writes the usual way,
+        // which looks again.
+        let (head, _) = self.start(hash, guard);
+        self.find_in::<true, true, Q>(head, tag_of(hash), key, guard)
     }
 
     /// [`find`](Self::find), reaching nodes beyond the arena's first chunk inline
     /// (`INLINE`, for lookups) or through a call (writers).
     #[inline]
-    fn find_in<'a, const INLINE: bool, Q>(
+    fn find_in<'a, const INLINE: bool, const WRITE: bool, Q>(
         &'a self,
         head: u32,
         tag: u16,
@@ -141,6 +164,9 @@ impl<K, V> Table<K, V> {
         let mut cur = head;
         while cur != NIL {
             let node = self.node_at::<INLINE>(cur);
+            if WRITE {
+                prefetch_write(node);
+            }
             // Acquire: pairs with the Release CAS that linked the successor (so its contents
             // are visible when we follow the link) and with the AcqRel CAS that set the mark.
             let next = node.next.load(Ordering::Acquire);
@@ -151,7 +177,7 @@ impl<K, V> Table<K, V> {
             let node_tag = unsafe { node.tag() };
             if node_tag == tag
                 // SAFETY: as just said, for the payload.
-                && unsafe { node.with_payload(|k, _| k.borrow() == key) }
+                && unsafe { node.with_key(|k| k.borrow() == key) }
             {
                 return Some((cur, node, next));
             }
@@ -180,7 +206,7 @@ impl<K, V> Table<K, V> {
         while cur != NIL {
             let node = self.node(cur);
             // SAFETY: reached through links while protected (see `find`).
-            let h = unsafe { node.with_payload(|k, _| hash(k)) };
+            let h = unsafe { node.with_key(|k| hash(k)) };
             if bucket_of(h, buckets.mask()) == j {
                 break;
             }
@@ -211,7 +237,7 @@ impl<K, V> Table<K, V> {
         let node = self.node(idx);
         debug_assert!(node.is_marked());
         // SAFETY: the node is in the table (only the maintainer unlinks), and we are protected.
-        let h = unsafe { node.with_payload(|k, _| hash(k)) };
+        let h = unsafe { node.with_key(|k| hash(k)) };
         let tag = tag_of(h);
         'retry: loop {
             let buckets = self.current(guard);
@@ -234,6 +260,15 @@ impl<K, V> Table<K, V> {
                     self.superseded(idx, tag, next & IDX_MASK, &mut supersede);
                     // Only the maintainer changes the index bits of a link other than a bucket
                     // head, so `next`'s index is still current (its mark bit is set anyway).
+                    // A held predecessor (an in-place write) is written by its holder only
+                    // (see `WRITING`): wait it out, then walk again from what it left.
+                    if pred_val & WRITING != 0 {
+                        // Acquire: as in `Node::wait_unheld`.
+                        while pred.load(Ordering::Acquire) & WRITING != 0 {
+                            crate::sync::spin_hint();
+                        }
+                        continue 'retry;
+                    }
                     let new = (pred_val & LINK_BITS) | (next & IDX_MASK);
                     // Release: readers that load the new link must see the successor's
                     // contents; they were published to us by the Acquire loads above, and
@@ -273,7 +308,9 @@ impl<K, V> Table<K, V> {
         let link = &self.node(pred).next;
         // Acquire: as in `find` (pairs with the CAS that set this link).
         let pred_val = link.load(Ordering::Acquire);
-        if pred_val & IDX_MASK != idx {
+        // A held predecessor is written by its holder only (see `WRITING`): the caller then
+        // unlinks the usual way, which waits for it.
+        if pred_val & IDX_MASK != idx || pred_val & WRITING != 0 {
             return false;
         }
         // Acquire: as in `find`.
@@ -309,7 +346,7 @@ impl<K, V> Table<K, V> {
                 // SAFETY: both nodes are in the chain and the caller is protected.
                 && unsafe { other.tag() } == tag
                 // SAFETY: both nodes are in the chain and the caller is protected.
-                && unsafe { node.with_payload(|k, _| other.with_payload(|ok, _| ok == k)) }
+                && unsafe { node.with_key(|k| other.with_key(|ok| ok == k)) }
             {
                 supersede(cur);
             }

@@ -274,7 +274,7 @@ impl Growth {
             let node = table.node(cur);
             // SAFETY: reached through links while pinned (the frozen chain is final; none of
             // its nodes is unlinked before the growth ends).
-            let h = unsafe { node.with_payload(|k, _| hash(k)) };
+            let h = unsafe { node.with_key(|k| hash(k)) };
             walked.push((cur, (bucket_of(h, buckets.mask()) >> shift) as u32));
             // Acquire: as in `Table::find`.
             cur = node.next.load(Ordering::Acquire) & IDX_MASK;
@@ -391,9 +391,12 @@ impl Growth {
             let new = idx_at(y);
             let mut cur = idx_at(next[x]);
             loop {
+                // A held node's link is written by its holder only (see `WRITING`).
+                cur = table.node(nodes[x]).wait_unheld(cur);
                 // Release: as for an unlink (readers following the new link see the node it
                 // leads to). Only the mark and claim bits can change under us (a writer marking
-                // or claiming x), and they are kept.
+                // or claiming x, or the holder of an in-place write releasing it), and they are
+                // kept.
                 match link.compare_exchange_weak(
                     cur,
                     (cur & LINK_BITS) | new,

@@ -26,7 +26,7 @@ pub(crate) mod prefetch;
 
 pub(crate) use arena::{Arena, Column};
 pub(crate) use buckets::{Buckets, bucket_of};
-pub(crate) use node::{IDX_MASK, Idx, MARK, NEVER, NIL, Node, UNINIT};
+pub(crate) use node::{IDX_MASK, Idx, MARK, NEVER, NIL, Node, UNINIT, bits_of, word_value};
 
 use buckets::{free_buckets, new_buckets, prefetch_bucket};
 

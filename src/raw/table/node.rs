@@ -7,12 +7,12 @@
 //!
 //! | field      | type        | written by                          | read by                |
 //! |------------|-------------|-------------------------------------|------------------------|
-//! | `deadline` | `AtomicU64` | inserter, `touch`/`set_ttl`, TTI reads | readers, maintainer |
-//! | `next`     | `AtomicU32` | inserter (before publishing), markers (bit 31), claimers (bit 30), maintainer (unlinks) | everyone |
+//! | `deadline` | `AtomicU64` | inserter, `touch`/`set_ttl`, TTI reads, in-place writers | readers, maintainer |
+//! | `next`     | `AtomicU32` | inserter (before publishing), markers (bit 31), claimers (bit 30), holders (bit 29), maintainer (unlinks) | everyone |
 //! | `tag`      | `u16` cell  | inserter (before publishing)         | readers (chain filter) |
 //! | `freq`     | `AtomicU8`  | inserter (stamp), readers (counter bump, stamp), maintainer (CLOCK hand) | maintainer |
 //! | `state`    | `AtomicU8`  | the slot's owner: inserter (life), maintainer (its flags, retire), deferred release | maintainer, shard drop |
-//! | payload    | `(K, V)`    | inserter (before publishing)         | readers (immutable while reachable) |
+//! | payload    | `(K, V)`    | inserter (before publishing); a value word's holder | readers (immutable while reachable, but a value word) |
 //!
 //! `tag` is a plain cell, not an atomic: it is written only while no other thread can reach
 //! the node (before publication), so the ordering that publishes the node orders that write
@@ -29,13 +29,31 @@
 //!
 //! For `Cache<u64, u64>` a node is 32 bytes.
 //!
+//! # Values replaced in place
+//!
+//! A value of a [`word_value`] type (`u64`, `i64`, `usize`, `isize`, `f64`: 8 bytes, no
+//! padding, no pointer, no drop, every bit pattern valid) is a *value word*: every access to it
+//! is an atomic load or store of the payload's value field, and an insert of a live key may
+//! overwrite it in place (`Shard::insert_in_place`) instead of publishing a new node. Such a
+//! writer *holds* the node ([`WRITING`], bit 29 of `next`, set by a CAS on an unmarked,
+//! unheld node) for a load and three stores: the value word, the deadline (Release, after the
+//! word: a reader that sees the new deadline sees the value written with it) and `next`
+//! itself, which releases the node. While a node is held, its holder is the only writer of
+//! `next`: markers, claimers and the maintainer's relinking wait until it is released
+//! ([`Node::wait_unheld`]), which is why the holder releases it with a plain store. So a
+//! removal that comes after a write reads the written value (no write is lost to it), and a
+//! remover that decides on a value and then marks (a compute, `retain`, the expiry's check of
+//! the deadline) holds the node across its check and its mark. Readers never hold, wait or
+//! write anything: a value word is read with one atomic load, whole.
+//!
 //! # Ground rules (the entry state machine)
 //!
 //! 1. **Private.** A slot popped from the arena belongs to the thread that popped it. It fills
 //!    the header and the payload with plain (Relaxed / `with_mut`) writes.
 //! 2. **Published.** The inserter links the node at the head of its bucket chain with a
-//!    Release CAS. From then on the payload is immutable; readers reach it through Acquire
-//!    loads of links, so they see it initialised.
+//!    Release CAS. From then on the payload is immutable (but a value word, which only the
+//!    node's holder writes, see above); readers reach it through Acquire loads of links, so
+//!    they see it initialised.
 //! 3. **Marked (logically removed).** Exactly one thread wins the CAS that sets [`MARK`] in the
 //!    node's `next`: that thread is the entry's remover. It gives the entry's share of the size
 //!    bound back (unless the node is [`CLAIM`]ed), reports the removal (listener, event for the
@@ -89,8 +107,15 @@ pub(crate) const MARK: u32 = 1 << 31;
 /// it must not give that share back. Never set in a bucket word. Set at most once, on an
 /// unmarked node, and never cleared while the node is reachable.
 pub(crate) const CLAIM: u32 = 1 << 30;
+/// Bit 29 of a node's `next`: "held": a writer that overwrites the node's value word in
+/// place (see [`word_value`]) holds the node for the few stores of its write (and a remover
+/// that must check the value before it marks, for a load and a CAS). While it is set, only its
+/// holder writes `next`: a marker, a claimer or the maintainer relinking waits those few
+/// stores out (see [`Node::wait_unheld`]), so the holder releases it with a plain store. Set
+/// only on an unmarked node, by a CAS; never set in a bucket word.
+pub(crate) const WRITING: u32 = 1 << 29;
 /// The index bits of a link.
-pub(crate) const IDX_MASK: u32 = CLAIM - 1;
+pub(crate) const IDX_MASK: u32 = WRITING - 1;
 /// The bits of a link that are not its index (`MARK`, `CLAIM`): an unlink that redirects a
 /// link keeps them.
 pub(crate) const LINK_BITS: u32 = !IDX_MASK;
@@ -103,6 +128,13 @@ pub(crate) const MAX_NODES: u32 = UNINIT;
 
 /// Deadline of an entry that never expires.
 pub(crate) const NEVER: u64 = u64::MAX;
+
+/// How many times an in-place writer spins on a node another writer holds before it falls
+/// back to publishing a new node (under loom, few: each spin is a branch of the model, and
+/// the fallback is a path the models should reach).
+const WRITE_SPINS: u32 = if cfg!(loom) { 2 } else { 64 };
+/// Spin hints between two looks at a node another writer holds (under loom, one: a yield).
+const WRITE_BACKOFF: u32 = if cfg!(loom) { 1 } else { 32 };
 
 /// Saturation value of the CLOCK reference counter.
 pub(crate) const FREQ_MAX: u8 = 3;
@@ -120,6 +152,40 @@ const LIFE_MASK: u8 = 3;
 /// The bits of `state` the maintainer's flags may use (see `raw/maint` and `table/grow.rs`).
 pub(crate) const FLAG_BITS: u8 = !LIFE_MASK;
 
+/// Whether a value of type `V` is kept as a *value word*: a plain number of 8 bytes (`u64`,
+/// `i64`, `usize`, `isize`, `f64`), which every access reads and writes with atomic operations
+/// on the payload's value field, so that an insert of a live key may overwrite it in place
+/// (`Shard::insert_in_place`) instead of publishing a new node. Such a value has no padding, no
+/// pointer and no drop, and every bit pattern is a valid value: a reader that loads the word
+/// while it is overwritten gets one value or the other, never a torn one, and an overwritten
+/// value needs no retirement.
+#[inline(always)]
+pub(crate) fn word_value<V: 'static>() -> bool {
+    use std::any::TypeId;
+    use std::mem::{align_of, size_of};
+    if size_of::<V>() != 8 || align_of::<V>() < align_of::<AtomicU64>() {
+        return false;
+    }
+    let t = TypeId::of::<V>();
+    t == TypeId::of::<u64>()
+        || t == TypeId::of::<i64>()
+        || t == TypeId::of::<usize>()
+        || t == TypeId::of::<isize>()
+        || t == TypeId::of::<f64>()
+}
+
+/// The bits of `v` if `V` is a [`word_value`] type (0 otherwise): what a remover that
+/// decided on `v` compares the value word with when it marks (see `Node::hold`).
+#[inline(always)]
+pub(crate) fn bits_of<V: 'static>(v: &V) -> u64 {
+    if word_value::<V>() {
+        // SAFETY: a `word_value` type is 8 bytes of plain bits.
+        unsafe { std::mem::transmute_copy::<V, u64>(v) }
+    } else {
+        0
+    }
+}
+
 /// One entry. See the module documentation for who may touch which field when.
 #[repr(C)]
 pub(crate) struct Node<K, V> {
@@ -129,6 +195,10 @@ pub(crate) struct Node<K, V> {
     pub(crate) freq: AtomicU8,
     state: AtomicU8,
     payload: UnsafeCell<MaybeUninit<(K, V)>>,
+    /// Under loom, the value word of a [`word_value`] type (loom cannot treat the payload's
+    /// field as an atomic); otherwise the word is the payload's value field itself.
+    #[cfg(loom)]
+    word: AtomicU64,
 }
 
 impl<K, V> Node<K, V> {
@@ -141,6 +211,8 @@ impl<K, V> Node<K, V> {
             freq: AtomicU8::new(0),
             state: AtomicU8::new(LIFE_FREE),
             payload: UnsafeCell::new(MaybeUninit::uninit()),
+            #[cfg(loom)]
+            word: AtomicU64::new(0),
         }
     }
 
@@ -162,6 +234,17 @@ impl<K, V> Node<K, V> {
             // SAFETY: the caller owns the slot, so nothing else accesses its cells.
             unsafe { *t = tag };
         });
+        #[cfg(loom)]
+        if std::mem::size_of::<V>() == 8 {
+            // Relaxed: published with the node. (Only read for a `word_value` type; the bits
+            // are the value's, read back by `with_payload`.)
+            // SAFETY: `V` is 8 bytes, so reading its bytes as a `u64` reads inside `value`;
+            // they are only used as bits of a `word_value` type, which has no padding.
+            self.word.store(
+                unsafe { std::mem::transmute_copy::<V, u64>(&value) },
+                Ordering::Relaxed,
+            );
+        }
         self.payload.with_mut(|p| {
             // SAFETY: the caller owns the slot (no other access, per this function's contract).
             unsafe { (*p).write((key, value)) };
@@ -175,6 +258,15 @@ impl<K, V> Node<K, V> {
     /// The caller owns the slot (taken from the arena, initialised by [`init`](Self::init),
     /// never published).
     pub(crate) unsafe fn swap_value(&self, value: V) -> V {
+        #[cfg(loom)]
+        if std::mem::size_of::<V>() == 8 {
+            // Relaxed: the node is private. As in `init`.
+            // SAFETY: as in `init`.
+            self.word.store(
+                unsafe { std::mem::transmute_copy::<V, u64>(&value) },
+                Ordering::Relaxed,
+            );
+        }
         self.payload.with_mut(|p| {
             // SAFETY: exclusive access to an initialised payload, per this function's contract.
             let (_, v) = unsafe { (*p).assume_init_mut() };
@@ -188,13 +280,238 @@ impl<K, V> Node<K, V> {
     /// The payload is initialised and stays so for the call: the node is published and the
     /// caller is protected (pinned, or inside a light read) since it reached the node through
     /// a link (rule 5), or the caller owns the node.
+    ///
+    /// For a [`word_value`] type, `f` is given a copy of the value word, loaded atomically (an
+    /// in-place write may be overwriting it); otherwise the value itself, which is immutable
+    /// while the node is reachable.
     #[inline]
-    pub(crate) unsafe fn with_payload<R>(&self, f: impl FnOnce(&K, &V) -> R) -> R {
+    pub(crate) unsafe fn with_payload<R>(&self, f: impl FnOnce(&K, &V) -> R) -> R
+    where
+        V: 'static,
+    {
+        if word_value::<V>() {
+            // SAFETY: per this function's contract.
+            let bits = unsafe { self.load_word() };
+            // SAFETY: a `word_value` type is 8 bytes and every bit pattern is one of its
+            // values; the bits are those of a value stored in this node (`init`, `write_word`).
+            let v: V = unsafe { std::mem::transmute_copy(&bits) };
+            // SAFETY: per this function's contract.
+            return unsafe { self.with_key(|k| f(k, &v)) };
+        }
         self.payload.with(|p| {
-            // SAFETY: initialised and not mutated while reachable, per this function's contract.
-            let (k, v) = unsafe { (*p).assume_init_ref() };
+            let pair = p.cast::<(K, V)>();
+            // SAFETY: initialised and, not being a value word, not mutated while reachable,
+            // per this function's contract. The fields are borrowed apart, never the pair.
+            let (k, v) = unsafe {
+                (
+                    &*std::ptr::addr_of!((*pair).0),
+                    &*std::ptr::addr_of!((*pair).1),
+                )
+            };
             f(k, v)
         })
+    }
+
+    /// Runs `f` on the key (immutable while the node is reachable); never touches the value,
+    /// which an in-place write may be overwriting.
+    ///
+    /// # Safety
+    /// As for [`with_payload`](Self::with_payload).
+    #[inline]
+    pub(crate) unsafe fn with_key<R>(&self, f: impl FnOnce(&K) -> R) -> R {
+        self.payload.with(|p| {
+            let pair = p.cast::<(K, V)>();
+            // SAFETY: initialised and not mutated while reachable, per this function's contract;
+            // only the key's field is borrowed.
+            f(unsafe { &*std::ptr::addr_of!((*pair).0) })
+        })
+    }
+
+    /// The value word's atomic: the payload's value field (under loom, a field of its own).
+    ///
+    /// # Safety
+    /// `V` is a [`word_value`] type and the payload is initialised (as for `with_payload`).
+    #[cfg(not(loom))]
+    #[inline(always)]
+    unsafe fn word(&self) -> &AtomicU64 {
+        self.payload.with(|p| {
+            let pair = p.cast::<(K, V)>().cast_mut();
+            // SAFETY: the value field is 8 bytes, aligned for an `AtomicU64` (`word_value`),
+            // inside the `UnsafeCell`, so it may be mutated through a shared reference; every
+            // access to it while the node is reachable is atomic (this function), and the
+            // non-atomic ones (`init`, `drop_payload`) are ordered with those by the node's
+            // publication and retirement (rules 2 and 5).
+            unsafe { AtomicU64::from_ptr(std::ptr::addr_of_mut!((*pair).1).cast::<u64>()) }
+        })
+    }
+
+    #[cfg(loom)]
+    #[inline(always)]
+    unsafe fn word(&self) -> &AtomicU64 {
+        &self.word
+    }
+
+    /// Loads the value word.
+    ///
+    /// # Safety
+    /// As for [`word`](Self::word).
+    #[inline(always)]
+    unsafe fn load_word(&self) -> u64 {
+        // Relaxed: the word is the value, a plain number that publishes nothing; a reader that
+        // must not see an older value than a deadline it read orders that itself (the
+        // deadline's Acquire load in `Shard::alive` pairs with `write_word`'s caller's
+        // Release store of the deadline, made after the word).
+        // SAFETY: per this function's contract.
+        unsafe { self.word() }.load(Ordering::Relaxed)
+    }
+
+    /// Overwrites the value word, returning the old one.
+    ///
+    /// # Safety
+    /// As for [`word`](Self::word), and the caller holds [`WRITING`] (see
+    /// [`begin_write`](Self::begin_write)).
+    #[inline]
+    pub(crate) unsafe fn write_word(&self, bits: u64) -> u64 {
+        debug_assert!(self.next.load(Ordering::Relaxed) & WRITING != 0);
+        // SAFETY: per this function's contract.
+        let word = unsafe { self.word() };
+        // Relaxed: see `load_word`; the caller's release of `WRITING` (Release) publishes it to
+        // markers, and its deadline store to readers. A load and a store, not a swap: only the
+        // holder of `WRITING` writes the word of a published node, so nothing comes between.
+        let old = word.load(Ordering::Relaxed);
+        word.store(bits, Ordering::Relaxed);
+        old
+    }
+
+    /// Takes the node for an in-place write: sets [`WRITING`] if the node is not marked,
+    /// waiting a few spins for another writer holding it. Returns false (the caller then
+    /// publishes a new node instead) if the node is marked, or still held after the spins.
+    #[inline]
+    pub(crate) fn begin_write(&self, hint: u32) -> bool {
+        // The CAS is tried first with the caller's `hint` (the link it loaded on its way to
+        // the node, usually still current), so that an uncontended hold takes the node's line
+        // once, for writing.
+        let mut cur = hint & !WRITING;
+        let mut spins = 0;
+        loop {
+            if cur & MARK != 0 {
+                return false;
+            }
+            if cur & WRITING != 0 {
+                // Held by another writer, for a few stores: back off before looking again, so
+                // that its stores, and its next write if it has one, find the line still in
+                // its core instead of taking it back from us each time (a hot key written
+                // from two threads: 0.6x quick_cache with one spin between looks, 1.5x with
+                // this backoff; `docs/perf-log.md`, 2026-12-07, fourteenth session).
+                spins += 1;
+                if spins > WRITE_SPINS {
+                    return false;
+                }
+                for _ in 0..WRITE_BACKOFF {
+                    crate::sync::spin_hint();
+                }
+                // Relaxed: a hint for the CAS, which validates it.
+                cur = self.next.load(Ordering::Relaxed);
+                continue;
+            }
+            // Acquire: orders this write after the previous holder's (its release of the bit),
+            // so that the deadline and word it left are the ones this writer reads and replaces.
+            match self.next.compare_exchange_weak(
+                cur,
+                cur | WRITING,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Holds the node as an in-place writer does ([`begin_write`](Self::begin_write)), for a
+    /// remover that must check the value and mark it in one step (a compute, `retain`, the
+    /// expiry), waiting for other writers as long as they hold it (each for a few stores).
+    /// Returns false, holding nothing, if the node is marked.
+    pub(crate) fn hold(&self) -> bool {
+        loop {
+            // Relaxed: a hint for `begin_write`'s CAS.
+            if self.begin_write(self.next.load(Ordering::Relaxed)) {
+                return true;
+            }
+            if self.is_marked() {
+                return false;
+            }
+            // Writers held the node through all the spins; each holds it for a few stores.
+            crate::sync::yield_now();
+        }
+    }
+
+    /// The value word's bits now (for a check by a holder of [`WRITING`]).
+    ///
+    /// # Safety
+    /// As for [`with_payload`](Self::with_payload), and `V` is a [`word_value`] type.
+    pub(crate) unsafe fn word_bits(&self) -> u64 {
+        // SAFETY: per this function's contract.
+        unsafe { self.load_word() }
+    }
+
+    /// Releases [`WRITING`] after an in-place write (or a check that decided against one).
+    #[inline]
+    pub(crate) fn end_write(&self) {
+        // Relaxed load: while we hold the bit nobody else writes `next` (see `WRITING`).
+        let cur = self.next.load(Ordering::Relaxed);
+        debug_assert!(cur & WRITING != 0 && cur & MARK == 0);
+        // Release: publishes the write (word, deadline) to the next holder (its Acquire CAS)
+        // and to those that waited for the bit to clear (`wait_unheld`'s Acquire load).
+        self.release_held(cur, cur & !WRITING);
+    }
+
+    /// The holder's store of `next` (from `cur`, which it read, to `new`). With debug
+    /// assertions, a CAS that checks that nobody else wrote `next` while it was held.
+    #[inline(always)]
+    fn release_held(&self, cur: u32, new: u32) {
+        if cfg!(debug_assertions) {
+            // Release: as the store below.
+            let swapped =
+                self.next
+                    .compare_exchange(cur, new, Ordering::Release, Ordering::Relaxed);
+            assert_eq!(
+                swapped,
+                Ok(cur),
+                "a held node's link was written by another thread"
+            );
+        } else {
+            // Release: see the callers.
+            self.next.store(new, Ordering::Release);
+        }
+    }
+
+    /// Marks the node removed (as [`mark`](Self::mark)) while the caller holds [`WRITING`],
+    /// releasing it in the same store; returns whether the node was claimed. (Nobody else
+    /// marks a held node, so this always marks it.)
+    pub(crate) fn mark_held(&self) -> Option<bool> {
+        // Relaxed load: as in `end_write`.
+        let cur = self.next.load(Ordering::Relaxed);
+        debug_assert!(cur & WRITING != 0 && cur & MARK == 0);
+        // Release: as `mark`'s CAS (the remover's earlier writes, to whoever sees the mark),
+        // and as `end_write`'s. (The Acquire half of `mark`'s CAS was `begin_write`'s.)
+        self.release_held(cur, (cur | MARK) & !WRITING);
+        Some(cur & CLAIM != 0)
+    }
+
+    /// Waits until the node is not held ([`WRITING`]), and returns its `next` then: for
+    /// whoever would write `next` (a marker, a claimer, the maintainer relinking), which may
+    /// only do so with a CAS from an unheld value. A holder runs no user code and holds the
+    /// node for a few stores.
+    #[inline]
+    pub(crate) fn wait_unheld(&self, mut cur: u32) -> u32 {
+        while cur & WRITING != 0 {
+            crate::sync::spin_hint();
+            // Acquire: pairs with the holder's Release store that clears the bit, so that the
+            // waiter sees what it wrote (a marker then reads the value the write left).
+            cur = self.next.load(Ordering::Acquire);
+        }
+        cur
     }
 
     /// Drops the payload in place.
@@ -314,9 +631,15 @@ impl<K, V> Node<K, V> {
             if cur & MARK != 0 {
                 return None;
             }
+            // A held node is being written in place: the write comes first, and this marker
+            // then reads the value it left (so a write is never lost to a removal).
+            cur = self.wait_unheld(cur);
+            if cur & MARK != 0 {
+                return None;
+            }
             // AcqRel: Release publishes the remover's earlier writes to whoever sees the mark
             // (readers, the maintainer); Acquire orders the remover after the last link update
-            // (and after the claim, if any).
+            // (and after the claim, if any, and the last in-place write).
             match self.next.compare_exchange_weak(
                 cur,
                 cur | MARK,
@@ -329,12 +652,34 @@ impl<K, V> Node<K, V> {
         }
     }
 
+    /// The maintainer's expiry of a node the wheel found due: marks it if its deadline is at
+    /// or before `now`, checked while holding [`WRITING`], so that an in-place write cannot
+    /// renew the entry between the check and the mark (the write would be lost to an expiry
+    /// it came after). `Err(())` if the deadline is ahead (the entry was renewed: file it
+    /// again), `Ok(None)` if another marker came first, else `Ok(Some(claimed))`.
+    pub(crate) fn mark_if_due(&self, now: u64) -> Result<Option<bool>, ()> {
+        if !self.hold() {
+            return Ok(None);
+        }
+        // Relaxed: writers change the deadline only while holding `WRITING`, and our Acquire
+        // in `begin_write` ordered us after the last of them.
+        if self.deadline.load(Ordering::Relaxed) > now {
+            self.end_write();
+            return Err(());
+        }
+        Ok(self.mark_held())
+    }
+
     /// Claims the node's share of the bound for an insert replacing it: sets [`CLAIM`] if the
     /// node is neither marked nor claimed. Returns whether this call set it.
     pub(crate) fn claim(&self) -> bool {
         // Relaxed first load: a hint for the CAS.
         let mut cur = self.next.load(Ordering::Relaxed);
         loop {
+            if cur & (MARK | CLAIM) != 0 {
+                return false;
+            }
+            cur = self.wait_unheld(cur);
             if cur & (MARK | CLAIM) != 0 {
                 return false;
             }
@@ -368,6 +713,20 @@ impl<K, V> Node<K, V> {
                 if byte & COUNTER_MASK < FREQ_MAX {
                     self.freq.store(byte + 1, Ordering::Relaxed);
                 }
+            }
+        }
+    }
+
+    /// Records an in-place write in the CLOCK byte: as a replacement by a new node does (the
+    /// maintainer's `transfer`), the counter is kept and, for a sampled key, the stamp made
+    /// current (the write is a request of the key).
+    #[inline]
+    pub(crate) fn written(&self, sample: Option<&Recent>) {
+        if let Some(recent) = sample {
+            // Relaxed: as in `touch`.
+            let byte = self.freq.load(Ordering::Relaxed);
+            if let Some(next) = recent.hit(byte, byte & COUNTER_MASK) {
+                self.freq.store(next, Ordering::Relaxed);
             }
         }
     }

@@ -38,3 +38,21 @@ pub(crate) fn prefetch<T>(p: *const T) {
         let _ = p;
     }
 }
+
+/// Starts loading the cache line that holds `*p` for writing (x86's `prefetchw`): the line
+/// arrives exclusive, so that a read-modify-write soon after does not have to ask the other
+/// cores for it a second time. Otherwise as [`prefetch`].
+#[inline(always)]
+pub(crate) fn prefetch_write<T>(p: *const T) {
+    #[cfg(all(not(loom), target_arch = "x86_64"))]
+    {
+        use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
+        // SAFETY: as in `prefetch`; `prefetchw` is executed as a no-op by processors without
+        // it.
+        unsafe { _mm_prefetch::<_MM_HINT_ET0>(p as *const i8) };
+    }
+    #[cfg(not(all(not(loom), target_arch = "x86_64")))]
+    {
+        prefetch(p);
+    }
+}
