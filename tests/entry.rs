@@ -13,25 +13,8 @@ use std::time::Duration;
 
 use evanesce::{Cache, CapacityError, CompResult, Op, RemovalCause};
 
-/// Runs `f` on a thread and fails if it does not finish within `limit` (a hang is a failure).
-fn watchdog<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let handle = thread::spawn(move || {
-        let r = f();
-        let _ = tx.send(());
-        r
-    });
-    match rx.recv_timeout(limit) {
-        Ok(()) => handle.join().unwrap(),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
-        },
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("did not finish within {limit:?} (hang)")
-        }
-    }
-}
+mod harness;
+use harness::watchdog;
 
 type Log = Arc<Mutex<Vec<(u64, u64, RemovalCause)>>>;
 

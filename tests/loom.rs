@@ -188,7 +188,12 @@ fn two_inserts_of_one_key_leave_one() {
 
 #[test]
 fn growth_vs_get_and_insert() {
-    model(|| {
+    // As for the four-way growth below: a growth is many atomic operations in one execution,
+    // and each insert of a `u64` value first tries an in-place write (a light read and a
+    // lookup), which takes this model past loom's default bound on branches.
+    let mut builder = loom::model::Builder::new();
+    builder.max_branches = 20_000;
+    model_with(builder, || {
         let cache = cache::<u64>();
         // One bucket: the second key makes the shard grow (publish a two-bucket table whose
         // buckets are split lazily); the get and the insert race with that.
@@ -440,7 +445,11 @@ fn compute_vs_remove_is_linearizable() {
 /// first (its `f == o` test dropped), loom finds the key at 1 instead of 2.
 #[test]
 fn two_computes_lose_no_increment() {
-    model(|| {
+    // Each compute of a `u64` value holds the node it replaces while it checks the value and
+    // publishes (`hold_if_word`): more branches than loom's default bound.
+    let mut builder = loom::model::Builder::new();
+    builder.max_branches = 20_000;
+    model_with(builder, || {
         let (cache, _mock, log) = timed();
         cache.insert(1, 0);
         let incr = |cache: &Cache<u64, u64, Fixed>| {
@@ -680,5 +689,108 @@ fn a_dropped_loader_wakes_a_waiting_task() {
         assert!(polled.is_none() || polled == Some(2));
         assert_eq!(waiter.join().unwrap(), 2);
         assert_eq!(cache.get(&1), Some(2));
+    });
+}
+
+/// Two inserts of one key in a cache of `u64` values, which both try to overwrite the live
+/// node's value in place: they take the node in turn (or one gives up after its spins and
+/// publishes a new node), and either way one value survives and the other is heard replaced,
+/// once, as are the value they found.
+#[test]
+fn two_in_place_writes_of_one_key_leave_one() {
+    model(|| {
+        let (cache, _mock, log) = timed();
+        cache.insert(1, 10);
+        let other = {
+            let cache = cache.clone();
+            thread::spawn(move || cache.insert(1, 20))
+        };
+        cache.insert(1, 30);
+        other.join().unwrap();
+        cache.run_pending_tasks();
+        let last = cache.get(&1).expect("a value survives");
+        let first = if last == 20 { 30 } else { 20 };
+        assert!(last == 20 || last == 30, "{last}");
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![
+                (1, 10, RemovalCause::Replaced),
+                (1, first, RemovalCause::Replaced)
+            ]
+        );
+        assert_eq!(cache.len(), 1);
+    });
+}
+
+/// An in-place write racing a remove of its key: either the write comes first (the remove
+/// returns and reports the written value) or the remove does (the write finds the node marked
+/// and inserts a new one). A remover that marks the node while the write holds it waits for
+/// the write, so no written value is lost.
+#[test]
+fn in_place_write_vs_remove_loses_nothing() {
+    model(|| {
+        let (cache, _mock, log) = timed();
+        cache.insert(1, 10);
+        let writer = {
+            let cache = cache.clone();
+            thread::spawn(move || cache.insert(1, 20))
+        };
+        let removed = cache.remove(&1);
+        writer.join().unwrap();
+        cache.run_pending_tasks();
+        let heard = log.lock().unwrap().clone();
+        match removed {
+            // The remove, then the write (into an absent key).
+            Some(10) => {
+                assert_eq!(cache.get(&1), Some(20));
+                assert_eq!(heard, vec![(1, 10, RemovalCause::Explicit)]);
+            }
+            // The write, then the remove.
+            Some(20) => {
+                assert_eq!(cache.get(&1), None);
+                assert_eq!(
+                    heard,
+                    vec![
+                        (1, 10, RemovalCause::Replaced),
+                        (1, 20, RemovalCause::Explicit)
+                    ]
+                );
+            }
+            other => panic!("not linearizable: removed {other:?}, heard {heard:?}"),
+        }
+    });
+}
+
+/// An in-place write of a node while the maintainer unlinks the node behind it in the chain
+/// (one bucket under loom: key 1's node links to key 2's): the holder of an in-place write is
+/// the only writer of its node's link, so the unlink waits for it, and the write's release
+/// cannot undo the unlink. (With the unlink not waiting, the release wrote the old link back:
+/// key 2's node, retired and freed, was linked again.)
+#[test]
+fn in_place_write_vs_unlink_behind_it() {
+    model(|| {
+        let (cache, _mock, log) = timed();
+        cache.insert(2, 20);
+        cache.insert(1, 10);
+        cache.remove(&2);
+        let writer = {
+            let cache = cache.clone();
+            thread::spawn(move || cache.insert(1, 11))
+        };
+        // The pass unlinks key 2's node through key 1's.
+        cache.run_pending_tasks();
+        writer.join().unwrap();
+        cache.run_pending_tasks();
+        assert_eq!(cache.get(&1), Some(11));
+        assert_eq!(cache.get(&2), None);
+        assert_eq!(cache.iter().collect::<Vec<_>>(), vec![(1, 11)]);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![
+                (2, 20, RemovalCause::Explicit),
+                (1, 10, RemovalCause::Replaced)
+            ]
+        );
     });
 }

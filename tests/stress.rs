@@ -10,6 +10,9 @@ use std::thread;
 
 use evanesce::{Cache, RemovalCause};
 
+mod harness;
+use harness::Rng;
+
 const THREADS: u64 = 8;
 
 fn ops_per_thread() -> u64 {
@@ -17,17 +20,6 @@ fn ops_per_thread() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000)
-}
-
-/// xorshift64*: a tiny deterministic generator per thread.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
 }
 
 /// A value that counts its live instances (created minus dropped).
