@@ -325,3 +325,42 @@ fn an_insert_over_an_expired_entry_reports_the_expiry() {
         vec![(1, 1, RemovalCause::Expired)]
     );
 }
+
+/// Writes are what drive expiry when nobody reads: a cache whose writes all overwrite values
+/// in place (they record no event) still offers the maintenance pass that expires an entry
+/// nobody touches. (The in-place write first offered none: the idle entry stayed, unreported.)
+#[test]
+fn in_place_writes_still_drive_expiry() {
+    let (clock, mock) = quanta::Clock::mock();
+    let reports: Reports = Arc::default();
+    let sink = reports.clone();
+    let cache: Cache<u64, u64> = Cache::builder()
+        .shards(1)
+        .clock(clock)
+        .time_to_live(Duration::from_millis(100))
+        .eviction_listener(move |k: &u64, v: &u64, cause| {
+            sink.lock().unwrap().push((*k, *v, cause));
+        })
+        .build()
+        .unwrap();
+    cache.insert(1, 10);
+    mock.increment(Duration::from_millis(60));
+    cache.insert(2, 20);
+    // The maintainer admits both and learns when the first deadline comes.
+    cache.run_pending_tasks();
+    // Key 1's deadline has passed, key 2's has not: its writes overwrite it in place.
+    mock.increment(Duration::from_millis(60));
+    cache.insert(2, 21);
+    cache.insert(2, 22);
+    // Not `run_pending_tasks`: only the writes may have run the pass.
+    cache.insert(2, 23);
+    assert!(
+        reports
+            .lock()
+            .unwrap()
+            .contains(&(1, 10, RemovalCause::Expired)),
+        "the idle entry was not expired by the writes: {:?}",
+        reports.lock().unwrap()
+    );
+    assert_eq!(cache.get(&2), Some(23));
+}

@@ -300,6 +300,29 @@ fn timed() -> (
     (cache, mock, log)
 }
 
+/// [`timed`] with a time to live.
+#[allow(clippy::type_complexity)]
+fn timed_with_ttl(
+    ttl: std::time::Duration,
+) -> (
+    Cache<u64, u64, Fixed>,
+    std::sync::Arc<quanta::Mock>,
+    std::sync::Arc<std::sync::Mutex<Vec<(u64, u64, RemovalCause)>>>,
+) {
+    let (clock, mock) = quanta::Clock::mock();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = log.clone();
+    let cache = Cache::builder()
+        .shards(1)
+        .clock(clock)
+        .hasher(Fixed::default())
+        .time_to_live(ttl)
+        .eviction_listener(move |k: &u64, v: &u64, c| sink.lock().unwrap().push((*k, *v, c)))
+        .build()
+        .unwrap();
+    (cache, mock, log)
+}
+
 fn ms(n: u64) -> std::time::Duration {
     std::time::Duration::from_millis(n)
 }
@@ -792,5 +815,70 @@ fn in_place_write_vs_unlink_behind_it() {
                 (1, 10, RemovalCause::Replaced)
             ]
         );
+    });
+}
+
+/// An in-place write racing a `set_ttl` of its key: the two serialize on the node (both hold
+/// it), so the entry ends with the lifetime of whichever came last, and `touch` (which restarts
+/// the entry's own lifetime, or the cache's) gives the same remaining time as before it. With
+/// the in-place write checking the entry's own lifetime before it held the node, loom finds
+/// the `set_ttl` lost: the deadline of the cache's lifetime with the own lifetime of the
+/// `set_ttl`, which the next `touch` brings back.
+#[test]
+fn in_place_write_vs_set_ttl() {
+    model(|| {
+        let (clock, _mock) = quanta::Clock::mock();
+        let cache = Cache::builder()
+            .shards(1)
+            .clock(clock)
+            .hasher(Fixed::default())
+            .time_to_live(ms(500))
+            .build()
+            .unwrap();
+        cache.insert(1u64, 10u64);
+        let writer = {
+            let cache = cache.clone();
+            thread::spawn(move || cache.insert(1, 20))
+        };
+        assert!(cache.set_ttl(&1, ms(200)));
+        writer.join().unwrap();
+        let before = cache.ttl(&1).expect("live");
+        assert!(cache.touch(&1));
+        assert_eq!(cache.ttl(&1), Some(before), "touch changed the lifetime");
+        assert_eq!(cache.get(&1), Some(20));
+    });
+}
+
+/// A remove of an entry whose deadline passes as an in-place write renews it: the remove
+/// decides whether the entry is alive while it holds the node, so it either removes the
+/// renewed value (returned, `Explicit`) or finds the old one expired before the write (which
+/// then stores a new entry). It never removes the renewed value as expired. The clock moves
+/// in the model (the main thread), between the writer's check of the deadline and the
+/// remover's.
+#[test]
+fn in_place_write_vs_remove_at_the_deadline() {
+    model(|| {
+        let (cache, mock, log) = timed_with_ttl(ms(10));
+        cache.insert(1, 10);
+        mock.increment(ms(9));
+        let writer = {
+            let cache = cache.clone();
+            thread::spawn(move || cache.insert(1, 20))
+        };
+        // Past the first deadline (deadlines are kept in ticks of about a millisecond).
+        mock.increment(ms(2));
+        let removed = cache.remove(&1);
+        writer.join().unwrap();
+        cache.run_pending_tasks();
+        let heard = log.lock().unwrap().clone();
+        assert!(
+            !heard.contains(&(1, 20, RemovalCause::Expired)),
+            "a renewed value was removed as expired: removed {removed:?}, heard {heard:?}"
+        );
+        match removed {
+            Some(20) => assert_eq!(cache.get(&1), None),
+            None => assert_eq!(cache.get(&1), Some(20)),
+            other => panic!("removed {other:?}, heard {heard:?}"),
+        }
     });
 }

@@ -552,6 +552,11 @@ where
                     if let Some(listener) = &cfg.listener {
                         listener(&key, &old, RemovalCause::Replaced);
                     }
+                    if shard.upkeep_due(cfg) {
+                        let guard = epoch::pin();
+                        let notes = shard.try_maintain(cfg, &guard);
+                        self.deliver(shard, notes, &guard);
+                    }
                     return Ok(Inserted::Stored);
                 }
                 Err(back) => value = back,

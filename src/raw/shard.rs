@@ -188,6 +188,22 @@ where
         true
     }
 
+    /// Marks `node` removed (rule 3) and says whether it was alive when marked: `None` if
+    /// another marker came first, else `(claimed, alive)`. A value word's node is held across
+    /// the check and the mark, so that an in-place write cannot renew the entry in between
+    /// (the removal would then take the renewed value, and report it as expired).
+    fn mark_live<S>(node: &Node<K, V>, cfg: &Config<K, V, S>) -> Option<(bool, bool)> {
+        if word_value::<V>() {
+            if !node.hold() {
+                return None;
+            }
+            let alive = Self::alive(node, cfg);
+            return node.mark_held().map(|claimed| (claimed, alive));
+        }
+        let alive = Self::alive(node, cfg);
+        node.mark().map(|claimed| (claimed, alive))
+    }
+
     /// The weight of node `idx` (1 without a weigher).
     #[inline]
     fn weight_of<S>(&self, cfg: &Config<K, V, S>, idx: Idx) -> u64 {
@@ -221,6 +237,15 @@ where
                 .bound
                 .as_ref()
                 .is_some_and(|b| b.shard_over(self.upkeep.size()))
+    }
+
+    /// Whether a writer that recorded no event (an in-place write) should offer a maintenance
+    /// pass all the same: the timer wheel has something due, or the shard is over its part of
+    /// the bound. Writes are what drive expiry when nobody reads, so a cache whose writes are
+    /// all in place must still offer them.
+    #[inline]
+    pub(crate) fn upkeep_due<S>(&self, cfg: &Config<K, V, S>) -> bool {
+        self.wants_pass(cfg, false)
     }
 
     /// The expiry of a new entry: `(deadline, hard cap)` for a lifetime in ns.
@@ -363,20 +388,23 @@ where
         let Some((idx, node, next)) = table.lookup_for_write(hash, key, guard) else {
             return Err(value);
         };
-        if next & MARK != 0 || table.lifetime.is_allocated(idx) {
+        if next & MARK != 0 {
             return Err(value);
         }
+        let (deadline, _) = Self::expiry_of(cfg, cfg.ttl);
         if !node.begin_write(next) {
             return Err(value);
         }
-        // Relaxed: writers change the deadline only while holding the node, and `begin_write`'s
-        // Acquire ordered this one after the last of them.
+        // Relaxed: the deadline of a value word's node, and its own lifetime, change only while
+        // it is held (here, `retime`), and `begin_write`'s Acquire ordered this hold after the
+        // last one. (The maintainer's expiry holds it too, `Node::mark_if_due`.)
         let old_deadline = node.deadline.load(Ordering::Relaxed);
-        let (deadline, _) = Self::expiry_of(cfg, cfg.ttl);
         let expired = old_deadline != NEVER && cfg.time.now() >= old_deadline;
-        if expired || deadline < old_deadline {
-            // An expired entry is replaced as an expiry (by a new node), and an earlier
-            // deadline needs the wheel to hear of it.
+        // An entry with its own lifetime keeps the node path, which sets or clears it (a
+        // column the in-place write does not keep).
+        if expired || deadline < old_deadline || table.lifetime.is_allocated(idx) {
+            // An expired entry is replaced as an expiry (by a new node), an earlier deadline
+            // needs the wheel to hear of it, and an own lifetime is the node path's.
             node.end_write();
             return Err(value);
         }
@@ -570,8 +598,7 @@ where
             if next & MARK != 0 {
                 return (None, Removed::default().after(earlier));
             }
-            let live = Self::alive(node, cfg);
-            if let Some(claimed) = node.mark() {
+            if let Some((claimed, live)) = Self::mark_live(node, cfg) {
                 if self.overtaken_by_compute(cfg, idx, claimed, &mut earlier, guard) {
                     // A compute replaced the value as we marked it: remove its value instead.
                     continue;
@@ -610,6 +637,16 @@ where
         if next & MARK != 0 || !Self::alive(node, cfg) {
             return (false, Removed::default());
         }
+        // A value word's node is held while its lifetime and deadline change, as an in-place
+        // write holds it (which reads both): neither undoes the other's.
+        let held = word_value::<V>();
+        if held && !node.hold() {
+            return (false, Removed::default());
+        }
+        if held && !Self::alive(node, cfg) {
+            node.end_write();
+            return (false, Removed::default());
+        }
         let lifetime = match own_ttl {
             Some(ttl) => {
                 table.lifetime.set(idx, ttl);
@@ -622,7 +659,7 @@ where
         };
         if lifetime == 0 {
             // Already expired: remove it now, as an expiry.
-            let removed = match node.mark() {
+            let removed = match if held { node.mark_held() } else { node.mark() } {
                 Some(claimed) => {
                     let mut earlier = Notes::new();
                     if self.overtaken_by_compute(cfg, idx, claimed, &mut earlier, guard) {
@@ -643,6 +680,9 @@ where
         // Relaxed: the deadline is one word (see `alive`). A later deadline needs nothing more:
         // the wheel re-files the entry when its old slot comes due.
         let old = node.deadline.swap(deadline, Ordering::Relaxed);
+        if held {
+            node.end_write();
+        }
         let mut removed = Removed::default();
         if deadline < old {
             let (offer, notes) = self
@@ -667,7 +707,8 @@ where
         if next & MARK != 0 {
             return None;
         }
-        // Relaxed: as in `alive`.
+        // Relaxed: a single word, whichever value a racing writer left (nothing is read after
+        // it that it must order).
         let deadline = node.deadline.load(Ordering::Relaxed);
         if deadline == NEVER {
             return Some(NEVER);
@@ -705,7 +746,24 @@ where
             let value = unsafe { node.with_payload(|_, v| v.clone()) };
             return (Some((value, false)), Removed::default());
         }
-        let Some(claimed) = node.mark() else {
+        let marked = if word_value::<V>() {
+            // Held across the check and the mark (see `mark_live`): an in-place write may have
+            // renewed the entry since the check above, and then it is live.
+            if !node.hold() {
+                return (None, Removed::default());
+            }
+            if Self::alive(node, cfg) {
+                // SAFETY: found while pinned (see `Table::find`); a value word's clone is a
+                // copy (no user code while the node is held).
+                let value = unsafe { node.with_payload(|_, v| v.clone()) };
+                node.end_write();
+                return (Some((value, false)), Removed::default());
+            }
+            node.mark_held()
+        } else {
+            node.mark()
+        };
+        let Some(claimed) = marked else {
             return (None, Removed::default());
         };
         let mut earlier = Notes::new();

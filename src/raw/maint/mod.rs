@@ -382,7 +382,7 @@ where
             |idx| table.node(idx).deadline.load(Ordering::Relaxed),
             |idx| expired.push(idx),
         );
-        let next = wheel.next_expiration().unwrap_or(NEVER);
+        let mut next = wheel.next_expiration().unwrap_or(NEVER);
         for idx in expired.drain(..) {
             if crate::raw::table::word_value::<V>() {
                 // An in-place write may renew the entry under us: check its deadline and mark
@@ -390,7 +390,12 @@ where
                 match table.node(idx).mark_if_due(now) {
                     Ok(Some(claimed)) => self.marked(idx, claimed, RemovalCause::Expired),
                     Ok(None) => {}
-                    Err(()) => self.schedule(idx),
+                    Err(()) => {
+                        // Renewed: filed again, and writers must hear when it comes due.
+                        self.schedule(idx);
+                        // Relaxed: see `Shard::alive`; the renewal is ordered by the hold.
+                        next = next.min(table.node(idx).deadline.load(Ordering::Relaxed));
+                    }
                 }
                 continue;
             }

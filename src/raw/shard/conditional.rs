@@ -89,7 +89,7 @@ pub(crate) struct Staged<'a, K, V> {
     idx: Option<Idx>,
 }
 
-impl<'a, K, V> Staged<'a, K, V> {
+impl<'a, K, V: 'static> Staged<'a, K, V> {
     pub(crate) fn new(table: &'a Table<K, V>, key: K) -> Self {
         Self {
             table,
@@ -201,7 +201,8 @@ where
     {
         match self.table.lookup(hash, key, guard) {
             Some((idx, node, next)) if next & MARK == 0 && Self::alive(node, cfg) => {
-                // Relaxed: as in `alive`.
+                // Relaxed: a single word; `alive` above made its Acquire load (the value read
+                // next is the one written with that deadline, or a later one).
                 let deadline = node.deadline.load(Ordering::Relaxed);
                 // SAFETY: found while pinned (see `Table::find`).
                 let (r, bits) = unsafe { node.with_payload(|_, v| (f(Some(v)), bits_of(v))) };
@@ -294,8 +295,21 @@ where
                 (Some(_), _) => return Err(Stale),
                 (None, None) => None,
                 (None, Some((_, _, next))) if next & MARK != 0 => None,
-                // Absent because expired: superseded as an expiry, as an insert does.
+                // Absent because expired: superseded as an expiry, as an insert does. A value
+                // word's node is held from the check to the mark, so that an in-place write
+                // cannot renew it in between (it would then be live, not absent).
                 (None, Some((f, first, _))) if !Self::alive(first, cfg) => {
+                    if word_value::<V>() {
+                        if !first.hold() {
+                            // Marked meanwhile: absent; look again.
+                            continue;
+                        }
+                        held = true;
+                        if Self::alive(first, cfg) {
+                            first.end_write();
+                            return Err(Stale);
+                        }
+                    }
                     Some((f, RemovalCause::Expired))
                 }
                 (None, Some(_)) => return Err(Stale),
@@ -506,11 +520,18 @@ where
             // superseded it reports nothing, as when a remove races an insert). A value word
             // overwritten in place since the test is a newer value: left alone.
             let node = table.node(idx);
-            let live = Self::alive(node, cfg);
-            let marked = match hold_if_word(node, bits) {
-                Ok(true) => node.mark_held(),
-                Ok(false) => node.mark(),
-                Err(Stale) => None,
+            // Whether it is alive when marked: for a value word, checked while held (see
+            // `Shard::mark_live`).
+            let (marked, live) = match hold_if_word(node, bits) {
+                Ok(true) => {
+                    let live = Self::alive(node, cfg);
+                    (node.mark_held(), live)
+                }
+                Ok(false) => {
+                    let live = Self::alive(node, cfg);
+                    (node.mark(), live)
+                }
+                Err(Stale) => (None, false),
             };
             let Some(claimed) = marked else {
                 continue;

@@ -54,7 +54,8 @@ where
         if next & MARK != 0 {
             return (None, None);
         }
-        // Relaxed: as in `alive`.
+        // Relaxed: a single word (a cache with an expiry never writes values in place, so no
+        // value is ordered by it).
         let deadline = node.deadline.load(Ordering::Relaxed);
         cfg.time.ensure_ticking();
         let now = cfg.time.now();

@@ -8,7 +8,7 @@
 
 use std::borrow::Borrow;
 
-use super::node::{IDX_MASK, Idx, LINK_BITS, MARK, NIL, Node, UNINIT, WRITING};
+use super::node::{IDX_MASK, Idx, LINK_BITS, MARK, NIL, Node, UNINIT, WRITING, wait_link_unheld};
 use super::prefetch::prefetch_write;
 use super::{Buckets, Table, bucket_of, tag_of};
 use crate::raw::reclaim::Protected;
@@ -263,10 +263,7 @@ impl<K, V> Table<K, V> {
                     // A held predecessor (an in-place write) is written by its holder only
                     // (see `WRITING`): wait it out, then walk again from what it left.
                     if pred_val & WRITING != 0 {
-                        // Acquire: as in `Node::wait_unheld`.
-                        while pred.load(Ordering::Acquire) & WRITING != 0 {
-                            crate::sync::spin_hint();
-                        }
+                        wait_link_unheld(pred, pred_val);
                         continue 'retry;
                     }
                     let new = (pred_val & LINK_BITS) | (next & IDX_MASK);

@@ -41,10 +41,13 @@
 //! itself, which releases the node. While a node is held, its holder is the only writer of
 //! `next`: markers, claimers and the maintainer's relinking wait until it is released
 //! ([`Node::wait_unheld`]), which is why the holder releases it with a plain store. So a
-//! removal that comes after a write reads the written value (no write is lost to it), and a
-//! remover that decides on a value and then marks (a compute, `retain`, the expiry's check of
-//! the deadline) holds the node across its check and its mark. Readers never hold, wait or
-//! write anything: a value word is read with one atomic load, whole.
+//! removal that comes after a write reads the written value (no write is lost to it). Whoever
+//! decides on a value word's value or deadline and then acts holds the node across the
+//! decision and the act: a compute and `retain` (the value, then the mark), `remove`,
+//! `get_stale` and the expiry (whether the entry is alive, then the mark: an in-place write
+//! may renew it in between), and `touch`/`set_ttl` (the entry's own lifetime and deadline,
+//! which the in-place write reads). A waiter spins a while, then yields. Readers never hold,
+//! wait or write anything: a value word is read with one atomic load, whole.
 //!
 //! # Ground rules (the entry state machine)
 //!
@@ -116,8 +119,8 @@ pub(crate) const CLAIM: u32 = 1 << 30;
 pub(crate) const WRITING: u32 = 1 << 29;
 /// The index bits of a link.
 pub(crate) const IDX_MASK: u32 = WRITING - 1;
-/// The bits of a link that are not its index (`MARK`, `CLAIM`): an unlink that redirects a
-/// link keeps them.
+/// The bits of a link that are not its index (`MARK`, `CLAIM`, `WRITING`): an unlink that
+/// redirects a link keeps them.
 pub(crate) const LINK_BITS: u32 = !IDX_MASK;
 /// End of a chain.
 pub(crate) const NIL: u32 = IDX_MASK;
@@ -174,6 +177,29 @@ pub(crate) fn word_value<V: 'static>() -> bool {
         || t == TypeId::of::<f64>()
 }
 
+/// Waits until `link` (a node's `next`, last seen as `cur`) is not held ([`WRITING`]), and
+/// returns its value then. Spins a while, then yields between looks: a holder preempted in the
+/// middle of its few stores is waited for by the scheduler's clock, not by a spinning core.
+#[inline]
+pub(crate) fn wait_link_unheld(link: &AtomicU32, mut cur: u32) -> u32 {
+    let mut spins = 0u32;
+    while cur & WRITING != 0 {
+        if spins < UNHELD_SPINS {
+            spins += 1;
+            crate::sync::spin_hint();
+        } else {
+            crate::sync::yield_now();
+        }
+        // Acquire: pairs with the holder's Release store that clears the bit, so that the
+        // waiter sees what it wrote (a marker then reads the value the write left).
+        cur = link.load(Ordering::Acquire);
+    }
+    cur
+}
+
+/// Spins of [`wait_link_unheld`] before it yields.
+const UNHELD_SPINS: u32 = if cfg!(loom) { 0 } else { 256 };
+
 /// The bits of `v` if `V` is a [`word_value`] type (0 otherwise): what a remover that
 /// decided on `v` compares the value word with when it marks (see `Node::hold`).
 #[inline(always)]
@@ -221,7 +247,10 @@ impl<K, V> Node<K, V> {
     /// # Safety
     /// The caller owns the slot: it was just popped from the arena, nothing else references
     /// it, and its payload is not initialised.
-    pub(crate) unsafe fn init(&self, tag: u16, deadline: u64, key: K, value: V) {
+    pub(crate) unsafe fn init(&self, tag: u16, deadline: u64, key: K, value: V)
+    where
+        V: 'static,
+    {
         self.unpoison_payload();
         // Relaxed: the node is private; these stores are published by the Release CAS that
         // links the node (rule 2).
@@ -235,11 +264,9 @@ impl<K, V> Node<K, V> {
             unsafe { *t = tag };
         });
         #[cfg(loom)]
-        if std::mem::size_of::<V>() == 8 {
-            // Relaxed: published with the node. (Only read for a `word_value` type; the bits
-            // are the value's, read back by `with_payload`.)
-            // SAFETY: `V` is 8 bytes, so reading its bytes as a `u64` reads inside `value`;
-            // they are only used as bits of a `word_value` type, which has no padding.
+        if word_value::<V>() {
+            // Relaxed: published with the node. (The bits are read back by `with_payload`.)
+            // SAFETY: a `word_value` type is 8 bytes of plain bits, with no padding.
             self.word.store(
                 unsafe { std::mem::transmute_copy::<V, u64>(&value) },
                 Ordering::Relaxed,
@@ -257,9 +284,12 @@ impl<K, V> Node<K, V> {
     /// # Safety
     /// The caller owns the slot (taken from the arena, initialised by [`init`](Self::init),
     /// never published).
-    pub(crate) unsafe fn swap_value(&self, value: V) -> V {
+    pub(crate) unsafe fn swap_value(&self, value: V) -> V
+    where
+        V: 'static,
+    {
         #[cfg(loom)]
-        if std::mem::size_of::<V>() == 8 {
+        if word_value::<V>() {
             // Relaxed: the node is private. As in `init`.
             // SAFETY: as in `init`.
             self.word.store(
@@ -504,14 +534,8 @@ impl<K, V> Node<K, V> {
     /// only do so with a CAS from an unheld value. A holder runs no user code and holds the
     /// node for a few stores.
     #[inline]
-    pub(crate) fn wait_unheld(&self, mut cur: u32) -> u32 {
-        while cur & WRITING != 0 {
-            crate::sync::spin_hint();
-            // Acquire: pairs with the holder's Release store that clears the bit, so that the
-            // waiter sees what it wrote (a marker then reads the value the write left).
-            cur = self.next.load(Ordering::Acquire);
-        }
-        cur
+    pub(crate) fn wait_unheld(&self, cur: u32) -> u32 {
+        wait_link_unheld(&self.next, cur)
     }
 
     /// Drops the payload in place.
