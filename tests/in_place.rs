@@ -28,6 +28,23 @@ fn value(thread: u64, seq: u64, key: u64) -> u64 {
 
 type Reports = Arc<Mutex<Vec<(u64, u64, RemovalCause)>>>;
 
+/// A one-shard cache of `u64` values on a mock clock, with a time to live of `ttl_ms` (if any)
+/// and a listener recording `(key, value, cause)`.
+fn logged(ttl_ms: Option<u64>) -> (Cache<u64, u64>, Arc<quanta::Mock>, Reports) {
+    let (clock, mock) = quanta::Clock::mock();
+    let reports: Reports = Arc::default();
+    let sink = reports.clone();
+    let mut builder = Cache::builder().shards(1).clock(clock).eviction_listener(
+        move |k: &u64, v: &u64, cause| {
+            sink.lock().unwrap().push((*k, *v, cause));
+        },
+    );
+    if let Some(ms) = ttl_ms {
+        builder = builder.time_to_live(Duration::from_millis(ms));
+    }
+    (builder.build().unwrap(), mock, reports)
+}
+
 struct Setup {
     keys: u64,
     capacity: Option<u64>,
@@ -238,14 +255,7 @@ fn in_place_writes_race_expiry() {
 /// statistics, as when it publishes a new node, and the listener hears the old value.
 #[test]
 fn an_in_place_write_counts_and_reports_as_a_replacement() {
-    let reports: Reports = Arc::default();
-    let sink = reports.clone();
-    let cache: Cache<u64, u64> = Cache::builder()
-        .eviction_listener(move |k: &u64, v: &u64, cause| {
-            sink.lock().unwrap().push((*k, *v, cause));
-        })
-        .build()
-        .unwrap();
+    let (cache, _mock, reports) = logged(None);
     cache.insert(1, 10);
     cache.insert(1, 11);
     cache.insert(1, 12);
@@ -268,17 +278,7 @@ fn an_in_place_write_counts_and_reports_as_a_replacement() {
 /// nobody renewed expires, reported as such.
 #[test]
 fn an_in_place_write_renews_the_deadline() {
-    let (clock, mock) = quanta::Clock::mock();
-    let reports: Reports = Arc::default();
-    let sink = reports.clone();
-    let cache: Cache<u64, u64> = Cache::builder()
-        .clock(clock)
-        .time_to_live(Duration::from_millis(300))
-        .eviction_listener(move |k: &u64, v: &u64, cause| {
-            sink.lock().unwrap().push((*k, *v, cause));
-        })
-        .build()
-        .unwrap();
+    let (cache, mock, reports) = logged(Some(300));
     cache.insert(1, 1);
     cache.insert(2, 2);
     mock.increment(Duration::from_millis(200));
@@ -304,17 +304,7 @@ fn an_in_place_write_renews_the_deadline() {
 /// entry back: it replaces it as an expiry (a new node), as any insert does.
 #[test]
 fn an_insert_over_an_expired_entry_reports_the_expiry() {
-    let (clock, mock) = quanta::Clock::mock();
-    let reports: Reports = Arc::default();
-    let sink = reports.clone();
-    let cache: Cache<u64, u64> = Cache::builder()
-        .clock(clock)
-        .time_to_live(Duration::from_millis(100))
-        .eviction_listener(move |k: &u64, v: &u64, cause| {
-            sink.lock().unwrap().push((*k, *v, cause));
-        })
-        .build()
-        .unwrap();
+    let (cache, mock, reports) = logged(Some(100));
     cache.insert(1, 1);
     mock.increment(Duration::from_millis(150));
     cache.insert(1, 2);
@@ -331,18 +321,7 @@ fn an_insert_over_an_expired_entry_reports_the_expiry() {
 /// nobody touches. (The in-place write first offered none: the idle entry stayed, unreported.)
 #[test]
 fn in_place_writes_still_drive_expiry() {
-    let (clock, mock) = quanta::Clock::mock();
-    let reports: Reports = Arc::default();
-    let sink = reports.clone();
-    let cache: Cache<u64, u64> = Cache::builder()
-        .shards(1)
-        .clock(clock)
-        .time_to_live(Duration::from_millis(100))
-        .eviction_listener(move |k: &u64, v: &u64, cause| {
-            sink.lock().unwrap().push((*k, *v, cause));
-        })
-        .build()
-        .unwrap();
+    let (cache, mock, reports) = logged(Some(100));
     cache.insert(1, 10);
     mock.increment(Duration::from_millis(60));
     cache.insert(2, 20);

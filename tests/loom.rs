@@ -287,17 +287,7 @@ fn timed() -> (
     std::sync::Arc<quanta::Mock>,
     std::sync::Arc<std::sync::Mutex<Vec<(u64, u64, RemovalCause)>>>,
 ) {
-    let (clock, mock) = quanta::Clock::mock();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = log.clone();
-    let cache = Cache::builder()
-        .shards(1)
-        .clock(clock)
-        .hasher(Fixed::default())
-        .eviction_listener(move |k: &u64, v: &u64, c| sink.lock().unwrap().push((*k, *v, c)))
-        .build()
-        .unwrap();
-    (cache, mock, log)
+    timed_with(None)
 }
 
 /// [`timed`] with a time to live.
@@ -309,18 +299,29 @@ fn timed_with_ttl(
     std::sync::Arc<quanta::Mock>,
     std::sync::Arc<std::sync::Mutex<Vec<(u64, u64, RemovalCause)>>>,
 ) {
+    timed_with(Some(ttl))
+}
+
+#[allow(clippy::type_complexity)]
+fn timed_with(
+    ttl: Option<std::time::Duration>,
+) -> (
+    Cache<u64, u64, Fixed>,
+    std::sync::Arc<quanta::Mock>,
+    std::sync::Arc<std::sync::Mutex<Vec<(u64, u64, RemovalCause)>>>,
+) {
     let (clock, mock) = quanta::Clock::mock();
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = log.clone();
-    let cache = Cache::builder()
+    let mut builder = Cache::builder()
         .shards(1)
         .clock(clock)
         .hasher(Fixed::default())
-        .time_to_live(ttl)
-        .eviction_listener(move |k: &u64, v: &u64, c| sink.lock().unwrap().push((*k, *v, c)))
-        .build()
-        .unwrap();
-    (cache, mock, log)
+        .eviction_listener(move |k: &u64, v: &u64, c| sink.lock().unwrap().push((*k, *v, c)));
+    if let Some(ttl) = ttl {
+        builder = builder.time_to_live(ttl);
+    }
+    (builder.build().unwrap(), mock, log)
 }
 
 fn ms(n: u64) -> std::time::Duration {
