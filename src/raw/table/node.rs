@@ -364,13 +364,12 @@ impl<K, V> Node<K, V> {
     #[cfg(not(loom))]
     #[inline(always)]
     unsafe fn word(&self) -> &AtomicU64 {
+        // Every access to the value field while the node is reachable is atomic (through
+        // here), and the non-atomic ones (`init`, `drop_payload`) are ordered with those by the
+        // node's publication and retirement (rules 2 and 5).
         self.payload.with(|p| {
             let pair = p.cast::<(K, V)>().cast_mut();
-            // SAFETY: the value field is 8 bytes, aligned for an `AtomicU64` (`word_value`),
-            // inside the `UnsafeCell`, so it may be mutated through a shared reference; every
-            // access to it while the node is reachable is atomic (this function), and the
-            // non-atomic ones (`init`, `drop_payload`) are ordered with those by the node's
-            // publication and retirement (rules 2 and 5).
+            // SAFETY: an 8-byte field aligned for `AtomicU64` (`word_value`), in the cell.
             unsafe { AtomicU64::from_ptr(std::ptr::addr_of_mut!((*pair).1).cast::<u64>()) }
         })
     }
