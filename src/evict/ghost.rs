@@ -23,7 +23,7 @@ struct Bucket([u32; BUCKET]);
 
 /// Bounded history of evicted keys (see the module documentation).
 pub(super) struct Ghost {
-    slots: Vec<Bucket>,
+    table: Vec<Bucket>,
     buckets: u64,
 }
 
@@ -32,14 +32,14 @@ impl Ghost {
     pub(super) fn with_slots(n: usize) -> Self {
         let b = n.div_ceil(BUCKET).max(MIN_SLOTS / BUCKET);
         Ghost {
-            slots: vec![Bucket([0; BUCKET]); b],
+            table: vec![Bucket([0; BUCKET]); b],
             buckets: b as u64,
         }
     }
 
     /// Number of slots.
     pub(super) fn slots(&self) -> usize {
-        self.slots.len() * BUCKET
+        self.table.len() * BUCKET
     }
 
     /// The bucket of `hash`.
@@ -53,9 +53,7 @@ impl Ghost {
 
     /// Slots in use per bucket for `entries` records.
     pub(super) fn depth(&self, entries: usize) -> usize {
-        (entries * BUCKET)
-            .div_ceil(self.slots())
-            .clamp(1, BUCKET)
+        (entries * BUCKET).div_ceil(self.slots()).clamp(1, BUCKET)
     }
 
     /// Removes and returns the `info` of the record for `hash`, if any; with `check`, only a
@@ -68,9 +66,9 @@ impl Ghost {
         mask: u32,
         check: Option<u32>,
     ) -> Option<u32> {
-        let base = self.bucket(hash);
+        let at = self.bucket(hash);
         let fp = Self::fingerprint(hash);
-        let b = &mut self.slots[base].0;
+        let b = &mut self.table[at].0;
         // The slots whose fingerprint matches, as a bit mask: a fixed-length loop without an
         // early exit, which the compiler turns into a few vector compares (the search was a
         // tenth of an evicting insert's instructions). A fingerprint has its low bit set, so
@@ -97,8 +95,8 @@ impl Ghost {
     /// the oldest falls out.
     pub(super) fn add(&mut self, hash: u64, info: u32, depth: usize) {
         debug_assert!(info < 1 << INFO_BITS);
-        let base = self.bucket(hash);
-        let b = &mut self.slots[base].0;
+        let at = self.bucket(hash);
+        let b = &mut self.table[at].0;
         // Fixed lengths, so that the shift and the clearing compile to vector moves and
         // selects instead of a call to `memmove` and a loop: everything moves down one slot,
         // then the slots from `depth` on (the oldest record, or stale ones after a change of
@@ -115,8 +113,8 @@ impl Ghost {
     /// Checks the table's shape and records. For tests and fuzzing.
     #[cfg(any(all(test, not(loom)), fuzzing))]
     pub(super) fn validate(&self) {
-        assert_eq!(self.slots.len() as u64, self.buckets);
-        for &v in self.slots.iter().flat_map(|b| &b.0) {
+        assert_eq!(self.table.len() as u64, self.buckets);
+        for &v in self.table.iter().flat_map(|b| &b.0) {
             assert!(
                 v == 0 || v & (1 << INFO_BITS) != 0,
                 "malformed ghost record"
@@ -142,8 +140,8 @@ mod tests {
         for n in [64, 1000, 1 << 16] {
             let g = Ghost::with_slots(n);
             assert!(g.slots() >= n);
-            for b in [0, g.slots.len() / 2, g.slots.len() - 1] {
-                assert_eq!(std::ptr::from_ref(&g.slots[b]) as usize % 64, 0);
+            for b in [0, g.table.len() / 2, g.table.len() - 1] {
+                assert_eq!(std::ptr::from_ref(&g.table[b]) as usize % 64, 0);
             }
         }
     }
